@@ -1,0 +1,24 @@
+"""jimunet (积木, "building blocks"): convolutional networks written on NumPy alone.
+
+Example:
+    >>> import numpy as np, jimunet as jn
+    >>> jn.set_seed(0)
+    >>> model = jn.Sequential([jn.layers.Conv2D(1, 8, 3), jn.layers.ReLU(), jn.layers.MaxPool2D(2),
+    ...                        jn.layers.Flatten(), jn.layers.Dense(14 * 14 * 8, 10)])
+    >>> loss_fn = jn.losses.SoftmaxCrossEntropy()
+    >>> opt = jn.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    >>> x, y = np.random.rand(4, 28, 28, 1).astype(np.float32), np.array([0, 1, 2, 3])
+    >>> loss = loss_fn.forward(model.forward(x, training=True), y)
+    >>> _ = model.backward(loss_fn.backward()); opt.step(); opt.zero_grad()
+"""
+__version__ = "0.1.0"
+
+from . import backend, functional, init, layers, losses, models, optim  # noqa: E402
+from .gradcheck import GradcheckError, gradcheck  # noqa: E402
+from .model import Sequential, Summary, load  # noqa: E402
+from .parameter import Parameter  # noqa: E402
+from .random import set_seed  # noqa: E402
+from .serialization import CheckpointError  # noqa: E402
+
+__all__ = ["backend", "functional", "init", "layers", "losses", "models", "optim", "gradcheck", "GradcheckError",
+           "Sequential", "Summary", "load", "Parameter", "set_seed", "CheckpointError"]

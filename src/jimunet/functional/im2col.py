@@ -1,0 +1,50 @@
+"""im2col / col2im for NHWC tensors.
+
+``im2col`` turns every kernel-sized window of the input into one row of a matrix, so a
+convolution becomes a single matrix product with the HWIO weight reshaped to
+``(kh*kw*C, O)``. The row layout is ``(kh, kw, C)``, matching HWIO, and the rows are in
+``(N, out_h, out_w)`` order, so the product is already NHWC.
+"""
+from __future__ import annotations
+
+from ..backend import as_strided, xp_of
+
+
+def window_view(xp_padded, kernel, stride, out_hw):
+    """A read-only strided view ``(N, out_h, out_w, kh, kw, C)`` of every window (no copy)."""
+    n, _, _, c = xp_padded.shape
+    sn, sh, sw, sc = xp_padded.strides
+    (kh, kw), (st_h, st_w), (oh, ow) = kernel, stride, out_hw
+    return as_strided(xp_padded, (n, oh, ow, kh, kw, c), (sn, sh * st_h, sw * st_w, sh, sw, sc))
+
+
+def im2col(xp_padded, kernel, stride, out_hw, out=None):
+    """Rows of windows: ``(N*out_h*out_w, kh*kw*C)``, from an already padded NHWC input.
+
+    ``out``, if given, is a buffer of that shape to fill (saves reallocating it each step).
+    """
+    xp = xp_of(xp_padded)
+    win = window_view(xp_padded, kernel, stride, out_hw)
+    n, oh, ow, kh, kw, c = win.shape
+    if out is None:
+        out = xp.empty((n, oh, ow, kh, kw, c), dtype=xp_padded.dtype)
+    else:
+        out = out.reshape(n, oh, ow, kh, kw, c)
+    out[...] = win
+    return out.reshape(n * oh * ow, kh * kw * c)
+
+
+def col2im(cols, padded_shape, kernel, stride, out_hw):
+    """Adjoint of ``im2col``: scatter-add rows back into a zero padded NHWC array.
+
+    Loops over the ``kh*kw`` kernel offsets only; each offset adds one strided slab.
+    """
+    xp = xp_of(cols)
+    n, hp, wp, c = padded_shape
+    (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
+    cols = cols.reshape(n, oh, ow, kh, kw, c)
+    dx = xp.zeros(padded_shape, dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dx[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :] += cols[:, :, :, i, j, :]
+    return dx

@@ -1,0 +1,61 @@
+"""Padding rules shared by convolution and pooling (TensorFlow's ``"same"``/``"valid"``)."""
+from __future__ import annotations
+
+
+def pair(v, what: str = "value"):
+    """``v`` as a pair of positive ints (an int ``k`` means ``(k, k)``)."""
+    if isinstance(v, bool):
+        raise ValueError(f"{what} must be a positive int or a pair of them, got {v!r}")
+    if isinstance(v, int):
+        v = (v, v)
+    try:
+        a, b = v
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a positive int or a pair of them, got {v!r}") from None
+    if not (isinstance(a, int) and isinstance(b, int)) or isinstance(a, bool) or a < 1 or b < 1:
+        raise ValueError(f"{what} must be a positive int or a pair of them, got {v!r}")
+    return int(a), int(b)
+
+
+def normalize_padding(padding):
+    """``"same"``, ``"valid"``, or explicit symmetric padding ``((top, bottom), (left, right))``."""
+    if isinstance(padding, str):
+        p = padding.lower()
+        if p not in ("same", "valid"):
+            raise ValueError(f'padding must be "same", "valid", an int or a pair of ints, got {padding!r}')
+        return p
+    if isinstance(padding, int) and not isinstance(padding, bool):
+        padding = (padding, padding)
+    try:
+        ph, pw = padding
+        ok = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (ph, pw))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f'padding must be "same", "valid", an int or a pair of ints >= 0, got {padding!r}')
+    return ((ph, ph), (pw, pw))
+
+
+def _axis_pad(n: int, k: int, s: int, padding, axis: int):
+    if padding == "valid":
+        return 0, 0
+    if padding == "same":
+        # TensorFlow: out = ceil(n/s); total = max((out-1)*s + k - n, 0); smaller half first.
+        out = -(-n // s)
+        total = max((out - 1) * s + k - n, 0)
+        return total // 2, total - total // 2
+    return padding[axis]
+
+
+def pad_amounts(in_hw, kernel, stride, padding):
+    """``((top, bottom), (left, right))`` for an input of spatial size ``in_hw``."""
+    (h, w), (kh, kw), (sh, sw) = in_hw, kernel, stride
+    return _axis_pad(h, kh, sh, padding, 0), _axis_pad(w, kw, sw, padding, 1)
+
+
+def conv_output_size(in_hw, kernel, stride, padding):
+    """Spatial output size ``(out_h, out_w)`` of a convolution or pooling window."""
+    (pt, pb), (pl, pr) = pad_amounts(in_hw, kernel, stride, padding)
+    h, w = in_hw[0] + pt + pb, in_hw[1] + pl + pr
+    (kh, kw), (sh, sw) = kernel, stride
+    return (h - kh) // sh + 1, (w - kw) // sw + 1

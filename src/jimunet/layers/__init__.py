@@ -1,0 +1,11 @@
+"""Stateful building blocks, one family per file."""
+from .activations import LeakyReLU, ReLU, Sigmoid, Tanh
+from .base import Layer, from_config, register
+from .conv import Conv2D
+from .dense import Dense
+from .dropout import Dropout
+from .pooling import AvgPool2D, MaxPool2D
+from .reshape import Flatten
+
+__all__ = ["Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "Dense", "ReLU", "LeakyReLU", "Sigmoid", "Tanh",
+           "Flatten", "Dropout", "from_config", "register"]

@@ -1,0 +1,94 @@
+"""Elementwise activations: ReLU, LeakyReLU, Sigmoid, Tanh."""
+from __future__ import annotations
+
+from ..backend import xp_of
+from .base import Layer, register
+
+
+class _Elementwise(Layer):
+    def __init__(self):
+        self._saved = None
+
+    def flops(self, input_shape):
+        n = 1
+        for d in input_shape:
+            n *= d
+        return n
+
+    def forward(self, x, training: bool = False):
+        self._check_input(x)
+        y, self._saved = self._forward(x)
+        return y
+
+    def backward(self, grad, input_grad: bool = True):
+        if self._saved is None:
+            raise self._no_forward()
+        self._check_grad(grad, self._saved.shape)
+        return self._backward(grad, self._saved)
+
+
+@register
+class ReLU(_Elementwise):
+    """``max(x, 0)``; gradient passes where the input was positive.
+
+    Example:
+        >>> import numpy as np, jimunet as jn
+        >>> jn.layers.ReLU()(np.array([-1.0, 2.0]))
+        array([0., 2.])
+    """
+
+    def _forward(self, x):
+        y = xp_of(x).maximum(x, 0)
+        return y, y
+
+    def _backward(self, grad, y):
+        return grad * (y > 0)
+
+
+@register
+class LeakyReLU(_Elementwise):
+    """``x`` where positive, ``alpha·x`` elsewhere.
+
+    Args:
+        alpha: slope for negative inputs (default 0.01, as PyTorch).
+    """
+
+    def __init__(self, alpha: float = 0.01):
+        super().__init__()
+        self.alpha = float(alpha)
+
+    def describe(self):
+        return f"LeakyReLU(alpha={self.alpha})"
+
+    def get_config(self):
+        return {"alpha": self.alpha}
+
+    def _forward(self, x):
+        return xp_of(x).where(x > 0, x, x * self.alpha), x
+
+    def _backward(self, grad, x):
+        return xp_of(x).where(x > 0, grad, grad * self.alpha)
+
+
+@register
+class Sigmoid(_Elementwise):
+    """``1/(1+e^-x)``, computed as ``(1+tanh(x/2))/2`` so large ``|x|`` cannot overflow."""
+
+    def _forward(self, x):
+        y = 0.5 * (1.0 + xp_of(x).tanh(0.5 * x))
+        return y, y
+
+    def _backward(self, grad, y):
+        return grad * y * (1.0 - y)
+
+
+@register
+class Tanh(_Elementwise):
+    """Hyperbolic tangent; gradient ``1 - tanh²``."""
+
+    def _forward(self, x):
+        y = xp_of(x).tanh(x)
+        return y, y
+
+    def _backward(self, grad, y):
+        return grad * (1.0 - y * y)

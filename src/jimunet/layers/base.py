@@ -1,0 +1,117 @@
+"""The ``Layer`` contract shared by every block.
+
+A layer maps ``forward(x, training)`` to an output and ``backward(grad)`` to the gradient
+w.r.t. its last input, ADDING parameter gradients into ``Parameter.grad``. It never
+mutates its arguments and holds no batch size: shapes come from the data.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import xp_of
+
+_REGISTRY: dict[str, type] = {}
+
+
+def register(cls):
+    """Make a layer class reconstructible from its ``get_config()`` (used by ``jn.load``)."""
+    _REGISTRY[cls.__name__] = cls
+    return cls
+
+
+def from_config(config: dict):
+    """Build a layer from ``{"class": name, "config": {...}}``."""
+    try:
+        cls = _REGISTRY[config["class"]]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown layer description {config!r}; known layers: {sorted(_REGISTRY)}") from None
+    return cls(**config.get("config", {}))
+
+
+class Layer:
+    """Base class: ``forward``, ``backward``, ``parameters``, shapes and FLOPs for ``summary``."""
+
+    def __call__(self, x, training: bool = False):
+        return self.forward(x, training=training)
+
+    def forward(self, x, training: bool = False):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backward(self, grad):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def parameters(self) -> list:
+        """Trainable parameters, weight before bias."""
+        return []
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.zero_grad()
+
+    def astype(self, dtype):
+        """Cast every parameter (and its gradient) to ``dtype`` in place; returns self."""
+        for p in self.parameters():
+            p.data = p.data.astype(dtype)
+            p.grad = p.grad.astype(dtype)
+        return self
+
+    def output_shape(self, input_shape: tuple) -> tuple:
+        """Per-sample output shape (no batch axis) for a per-sample ``input_shape``."""
+        return tuple(input_shape)
+
+    def flops(self, input_shape: tuple) -> int:
+        """Forward floating-point operations for one sample (multiply and add count as 2)."""
+        return 0
+
+    def get_config(self) -> dict:
+        """Constructor arguments as JSON-able values."""
+        return {}
+
+    def describe(self) -> str:
+        """Short text used in error messages and summaries."""
+        return type(self).__name__ + "()"
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+    # -- helpers shared by subclasses -------------------------------------------------
+
+    def _check_input(self, x, ndim: int | None = None, channels: int | None = None,
+                     layout: str = "") -> None:
+        """Raise a ValueError naming this layer if ``x`` is not a float array of the right rank.
+
+        NaN is rejected too: it would otherwise propagate silently into every weight.
+        """
+        xp = xp_of(x)
+        if not hasattr(x, "dtype") or not hasattr(x, "shape"):
+            raise ValueError(f"{self.describe()}: expected an array, got {type(x).__name__}")
+        if x.dtype.kind != "f":
+            raise ValueError(f"{self.describe()}: expected a floating-point array (float32 or float64), "
+                             f"got dtype {x.dtype}; convert with x.astype('float32')")
+        if ndim is not None and x.ndim != ndim:
+            raise ValueError(f"{self.describe()}: expected a {ndim}-D {layout or 'array'}, "
+                             f"got shape {tuple(x.shape)}")
+        if channels is not None and x.shape[-1] != channels:
+            hint = ""
+            if x.ndim == 4 and x.shape[1] == channels:
+                hint = " (it looks like NCHW; jimunet uses NHWC: x.transpose(0, 2, 3, 1))"
+            raise ValueError(f"{self.describe()}: expected {channels} channels in the last axis of an "
+                             f"{layout or 'array'}, got shape {tuple(x.shape)}{hint}")
+        # sum() is one cheap pass without a temporary; only a non-finite sum needs a closer look.
+        if x.size and not bool(xp.isfinite(x.sum())) and bool(xp.isnan(x).any()):
+            raise ValueError(f"{self.describe()}: input contains NaN")
+
+    def _check_grad(self, grad, expected_shape) -> None:
+        if tuple(grad.shape) != tuple(expected_shape):
+            raise ValueError(f"{self.describe()}: backward expected a gradient of shape "
+                             f"{tuple(expected_shape)} (the forward output), got {tuple(grad.shape)}")
+
+    def _no_forward(self):
+        return RuntimeError(f"{self.describe()}: backward() called before forward(x, training=...)")
+
+
+def check_dtype_arg(dtype) -> np.dtype:
+    dt = np.dtype(dtype)
+    if dt.kind != "f":
+        raise ValueError(f"dtype must be a floating-point type (float32 or float64), got {dt}")
+    return dt

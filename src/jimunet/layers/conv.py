@@ -1,0 +1,152 @@
+"""2-D convolution on NHWC activations with HWIO weights, by im2col and one GEMM."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import init as _init
+from ..backend import xp_of
+from ..functional.im2col import im2col
+from ..functional.padding import conv_output_size, normalize_padding, pad_amounts, pair
+from ..parameter import Parameter
+from ..random import resolve_rng
+from .base import Layer, check_dtype_arg, register
+
+
+def pad_nhwc(x, pads, value=0.0):
+    """``x`` with ``((top, bottom), (left, right))`` rows/columns of ``value`` around H and W."""
+    (pt, pb), (pl, pr) = pads
+    if not (pt or pb or pl or pr):
+        return x
+    n, h, w, c = x.shape
+    out = xp_of(x).full((n, h + pt + pb, w + pl + pr, c), value, dtype=x.dtype)
+    out[:, pt:pt + h, pl:pl + w, :] = x
+    return out
+
+
+def _fmt_pad(padding):
+    return padding if isinstance(padding, str) else [list(padding[0]), list(padding[1])]
+
+
+@register
+class Conv2D(Layer):
+    """2-D convolution (cross-correlation, as in TensorFlow and PyTorch).
+
+    Forward copies every window into a row of an im2col matrix and multiplies it once by
+    the weight reshaped to ``(kh*kw*in, out)``. Backward: ``dW = colsᵀ·dY``,
+    ``db = Σ dY`` and ``dX`` = for each kernel offset, ``dY·W[i,j]ᵀ`` added into the
+    shifted input slab that offset read from.
+
+    Args:
+        in_channels: channels of the input (its last axis).
+        out_channels: number of filters.
+        kernel_size: int or ``(kh, kw)``; odd and even sizes both work.
+        stride: int or ``(sh, sw)``, each ≥ 1.
+        padding: ``"same"`` (TensorFlow's rule: output ``ceil(n/stride)``, the smaller half of
+            the padding before), ``"valid"`` (none), or an int / pair of zero rows per side.
+        use_bias: add a learned bias per output channel.
+        weight_init, bias_init: initialisers (see ``jimunet.init``) or their names.
+        rng: Generator (or int seed) for the initial weights; default ``jn.set_seed``'s.
+        dtype: parameter dtype, float32 by default.
+
+    Shape:
+        input ``(N, H, W, in_channels)`` → output ``(N, H_out, W_out, out_channels)``;
+        weight ``(kh, kw, in_channels, out_channels)``, bias ``(out_channels,)``.
+
+    Example:
+        >>> import numpy as np, jimunet as jn
+        >>> conv = jn.layers.Conv2D(1, 32, 5)
+        >>> conv(np.zeros((2, 28, 28, 1), np.float32)).shape
+        (2, 28, 28, 32)
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding="same",
+                 use_bias: bool = True, weight_init="glorot_uniform", bias_init="zeros", rng=None,
+                 dtype=np.float32):
+        for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"Conv2D: {name} must be a positive int, got {v!r}")
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size = pair(kernel_size, "Conv2D kernel_size")
+        self.stride = pair(stride, "Conv2D stride")
+        self.padding = normalize_padding(padding)
+        self.use_bias = bool(use_bias)
+        self.weight_init, self.bias_init = _init.get(weight_init), _init.get(bias_init)
+        dtype = check_dtype_arg(dtype)
+        rng = resolve_rng(rng)
+        kh, kw = self.kernel_size
+        self.weight = Parameter(self.weight_init((kh, kw, self.in_channels, self.out_channels), rng, dtype),
+                                "weight")
+        self.bias = Parameter(self.bias_init((self.out_channels,), rng, dtype), "bias") if use_bias else None
+        self._cache = None
+
+    def describe(self) -> str:
+        kh, kw = self.kernel_size
+        return f"Conv2D({self.in_channels}->{self.out_channels}, {kh}x{kw}, stride={self.stride}, " \
+               f"padding={_fmt_pad(self.padding)})"
+
+    def parameters(self):
+        return [self.weight] + ([self.bias] if self.bias is not None else [])
+
+    def _geometry(self, hw):
+        pads = pad_amounts(hw, self.kernel_size, self.stride, self.padding)
+        out_hw = conv_output_size(hw, self.kernel_size, self.stride, self.padding)
+        if out_hw[0] < 1 or out_hw[1] < 1:
+            raise ValueError(f"{self.describe()}: input of height x width {tuple(hw)} is smaller than the "
+                             f"{self.kernel_size[0]}x{self.kernel_size[1]} kernel after padding")
+        return pads, out_hw
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 3 or input_shape[-1] != self.in_channels:
+            raise ValueError(f"{self.describe()}: expected per-sample input (height, width, "
+                             f"{self.in_channels}), got {tuple(input_shape)}")
+        _, out_hw = self._geometry(input_shape[:2])
+        return (*out_hw, self.out_channels)
+
+    def flops(self, input_shape):
+        oh, ow, o = self.output_shape(input_shape)
+        kh, kw = self.kernel_size
+        return 2 * oh * ow * o * kh * kw * self.in_channels + (oh * ow * o if self.use_bias else 0)
+
+    def get_config(self):
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": list(self.kernel_size), "stride": list(self.stride),
+                "padding": _fmt_pad(self.padding), "use_bias": self.use_bias,
+                "dtype": str(self.weight.data.dtype)}
+
+    def forward(self, x, training: bool = False):
+        self._check_input(x, 4, self.in_channels, "NHWC batch (batch, height, width, channels)")
+        n, h, w, _ = x.shape
+        pads, out_hw = self._geometry((h, w))
+        xpad = pad_nhwc(x, pads)
+        cols = im2col(xpad, self.kernel_size, self.stride, out_hw)
+        y = cols @ self.weight.data.reshape(-1, self.out_channels)
+        if self.bias is not None:
+            y += self.bias.data
+        self._cache = (cols, x.shape, xpad.shape, pads, out_hw)
+        return y.reshape(n, *out_hw, self.out_channels)
+
+    def backward(self, grad, input_grad: bool = True):
+        if self._cache is None:
+            raise self._no_forward()
+        cols, x_shape, xpad_shape, pads, (oh, ow) = self._cache
+        n = x_shape[0]
+        self._check_grad(grad, (n, oh, ow, self.out_channels))
+        dy = grad.reshape(-1, self.out_channels)
+        self.weight.grad += (cols.T @ dy).reshape(self.weight.data.shape)
+        if self.bias is not None:
+            self.bias.grad += dy.sum(axis=0)
+        if not input_grad:
+            return None
+        xp = xp_of(grad)
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        c = self.in_channels
+        w = self.weight.data
+        dxpad = xp.zeros(xpad_shape, dtype=np.result_type(grad.dtype, w.dtype))
+        # dX is a sum over kernel offsets: the slab each offset read gets dY·W[i,j]ᵀ.
+        # Small GEMMs straight into the slabs avoid a (rows × kh·kw·C) dcols buffer.
+        for i in range(kh):
+            for j in range(kw):
+                dxpad[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :] += \
+                    (dy @ w[i, j].T).reshape(n, oh, ow, c)
+        (pt, _), (pl, _) = pads
+        return dxpad[:, pt:pt + x_shape[1], pl:pl + x_shape[2], :]

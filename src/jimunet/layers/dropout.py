@@ -1,0 +1,68 @@
+"""Inverted dropout with its own seeded Generator."""
+from __future__ import annotations
+
+from ..random import resolve_rng, spawn_rng
+from .base import Layer, register
+
+
+@register
+class Dropout(Layer):
+    """Zero each activation with probability ``rate`` during training, scaling the survivors
+    by ``1/(1-rate)`` so the expected value is unchanged; identity at evaluation.
+
+    Backward applies the same mask and scale (the tutorial code forgot the scale).
+
+    Args:
+        rate: probability of DROPPING, in ``[0, 1)`` (Keras/PyTorch meaning; the TF 1.x
+            sample's ``keep_prob=0.5`` is the same as ``rate=0.5``).
+        rng: Generator (used as is) or int seed for the masks; by default a new one spawned
+            from the default Generator at construction, so ``jn.set_seed`` fixes the masks.
+
+    Shape:
+        any; output has the input's shape.
+
+    Example:
+        >>> import numpy as np, jimunet as jn
+        >>> d = jn.layers.Dropout(0.5, rng=0)
+        >>> sorted(set(d(np.ones(1000), training=True).tolist()))
+        [0.0, 2.0]
+    """
+
+    def __init__(self, rate: float, rng=None):
+        if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0.0 <= rate < 1.0:
+            raise ValueError(f"Dropout: rate must be a number in [0, 1), got {rate!r}")
+        self.rate = float(rate)
+        # Its own stream, so adding or removing other random layers leaves these masks alone.
+        self.rng = spawn_rng() if rng is None else resolve_rng(rng)
+        self._mask = None
+        self._shape = None
+
+    def describe(self):
+        return f"Dropout(rate={self.rate})"
+
+    def get_config(self):
+        return {"rate": self.rate}
+
+    def flops(self, input_shape):
+        n = 1
+        for d in input_shape:
+            n *= d
+        return n
+
+    def forward(self, x, training: bool = False):
+        self._check_input(x)
+        self._shape = x.shape
+        if not training or self.rate == 0.0:
+            self._mask = None
+            return x
+        # One uniform draw per activation, in the input's precision (float32 halves the work).
+        u = self.rng.random(x.shape, dtype=x.dtype if x.dtype.itemsize in (4, 8) else "float64")
+        self._mask = (u >= self.rate).astype(x.dtype)
+        self._mask *= 1.0 / (1.0 - self.rate)
+        return x * self._mask
+
+    def backward(self, grad, input_grad: bool = True):
+        if self._shape is None:
+            raise self._no_forward()
+        self._check_grad(grad, self._shape)
+        return grad if self._mask is None else grad * self._mask

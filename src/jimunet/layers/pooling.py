@@ -1,0 +1,161 @@
+"""Max and average pooling over NHWC windows (any size, stride, overlap, padding)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import xp_of
+from ..functional.padding import conv_output_size, normalize_padding, pad_amounts, pair
+from .base import Layer, register
+from .conv import _fmt_pad, pad_nhwc
+
+
+class _Pool2D(Layer):
+    kind = "Pool"
+
+    def __init__(self, pool_size=2, stride=None, padding="valid"):
+        self.pool_size = pair(pool_size, f"{type(self).__name__} pool_size")
+        self.stride = self.pool_size if stride is None else pair(stride, f"{type(self).__name__} stride")
+        self.padding = normalize_padding(padding)
+        if isinstance(self.padding, tuple):
+            for (a, b), k in zip(self.padding, self.pool_size):
+                if 2 * a > k:
+                    raise ValueError(f"{type(self).__name__}: explicit padding {a} exceeds half the window "
+                                     f"{k}; a window could then see padding only")
+        self._cache = None
+
+    def describe(self):
+        return f"{type(self).__name__}(pool_size={self.pool_size}, stride={self.stride}, " \
+               f"padding={_fmt_pad(self.padding)})"
+
+    def get_config(self):
+        return {"pool_size": list(self.pool_size), "stride": list(self.stride),
+                "padding": _fmt_pad(self.padding)}
+
+    def _geometry(self, hw):
+        pads = pad_amounts(hw, self.pool_size, self.stride, self.padding)
+        out_hw = conv_output_size(hw, self.pool_size, self.stride, self.padding)
+        if out_hw[0] < 1 or out_hw[1] < 1:
+            raise ValueError(f"{self.describe()}: input of height x width {tuple(hw)} is smaller than the window")
+        return pads, out_hw
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"{self.describe()}: expected per-sample input (height, width, channels), "
+                             f"got {tuple(input_shape)}")
+        _, out_hw = self._geometry(input_shape[:2])
+        return (*out_hw, input_shape[2])
+
+    def flops(self, input_shape):
+        oh, ow, c = self.output_shape(input_shape)
+        return oh * ow * c * self.pool_size[0] * self.pool_size[1]
+
+    def _slabs(self, out_hw):
+        """Yield, for each window offset in row-major order, the strided slab of ``a`` it reads."""
+        (kh, kw), (sh, sw), (oh, ow) = self.pool_size, self.stride, out_hw
+        for i in range(kh):
+            for j in range(kw):
+                yield (slice(None), slice(i, i + sh * (oh - 1) + 1, sh), slice(j, j + sw * (ow - 1) + 1, sw))
+
+
+@register
+class MaxPool2D(_Pool2D):
+    """Max pooling. On ties the gradient goes to ONE cell: the first maximum in row-major
+    window order, as PyTorch and TensorFlow do (MNIST's flat backgrounds tie often).
+
+    Args:
+        pool_size: int or ``(ph, pw)``.
+        stride: int or pair; defaults to ``pool_size``. Smaller strides overlap windows.
+        padding: ``"valid"``, ``"same"`` (TensorFlow's rule) or an int / pair; padding
+            cells are -inf, so they never win.
+
+    Shape:
+        ``(N, H, W, C)`` → ``(N, H_out, W_out, C)``.
+
+    Example:
+        >>> import numpy as np, jimunet as jn
+        >>> jn.layers.MaxPool2D(2)(np.arange(16.).reshape(1, 4, 4, 1))[0, :, :, 0]
+        array([[ 5.,  7.],
+               [13., 15.]])
+    """
+
+    def forward(self, x, training: bool = False):
+        self._check_input(x, 4, None, "NHWC batch (batch, height, width, channels)")
+        pads, out_hw = self._geometry(x.shape[1:3])
+        xpad = pad_nhwc(x, pads, -np.inf)
+        y = None
+        for s in self._slabs(out_hw):
+            y = xpad[s].copy() if y is None else xp_of(x).maximum(y, xpad[s], out=y)
+        self._cache = (xpad, y, pads, x.shape)
+        return y
+
+    def backward(self, grad, input_grad: bool = True):
+        if self._cache is None:
+            raise self._no_forward()
+        xpad, y, pads, x_shape = self._cache
+        self._check_grad(grad, y.shape)
+        xp = xp_of(grad)
+        dxpad = xp.zeros(xpad.shape, dtype=grad.dtype)
+        unclaimed = xp.ones(y.shape, dtype=bool)
+        for s in self._slabs(y.shape[1:3]):
+            hit = (xpad[s] == y) & unclaimed  # first max in the window takes the gradient
+            dxpad[s] += xp.where(hit, grad, 0)
+            unclaimed &= ~hit
+        (pt, _), (pl, _) = pads
+        return dxpad[:, pt:pt + x_shape[1], pl:pl + x_shape[2], :]
+
+
+@register
+class AvgPool2D(_Pool2D):
+    """Average pooling.
+
+    With ``"same"`` padding the padded cells are not counted (TensorFlow's rule), so every
+    output is the mean of the real cells under its window. With explicit padding,
+    ``count_include_pad`` chooses (PyTorch's default, True, counts them).
+
+    Shape:
+        ``(N, H, W, C)`` → ``(N, H_out, W_out, C)``.
+
+    Example:
+        >>> import numpy as np, jimunet as jn
+        >>> jn.layers.AvgPool2D(2)(np.ones((1, 4, 4, 3))).shape
+        (1, 2, 2, 3)
+    """
+
+    def __init__(self, pool_size=2, stride=None, padding="valid", count_include_pad: bool = True):
+        super().__init__(pool_size, stride, padding)
+        self.count_include_pad = bool(count_include_pad)
+
+    def get_config(self):
+        return {**super().get_config(), "count_include_pad": self.count_include_pad}
+
+    def _counts(self, x, pads, out_hw):
+        """Per-output divisor, shape (1, out_h, out_w, 1)."""
+        xp = xp_of(x)
+        if self.padding == "same" or not self.count_include_pad:
+            ones = pad_nhwc(xp.ones((1, x.shape[1], x.shape[2], 1), dtype=x.dtype), pads)
+            return sum(ones[s] for s in self._slabs(out_hw))
+        return xp.asarray(float(self.pool_size[0] * self.pool_size[1]), dtype=x.dtype)
+
+    def forward(self, x, training: bool = False):
+        self._check_input(x, 4, None, "NHWC batch (batch, height, width, channels)")
+        pads, out_hw = self._geometry(x.shape[1:3])
+        xpad = pad_nhwc(x, pads)
+        y = None
+        for s in self._slabs(out_hw):
+            y = xpad[s].copy() if y is None else xp_of(x).add(y, xpad[s], out=y)
+        counts = self._counts(x, pads, out_hw)
+        y /= counts
+        self._cache = (xpad.shape, counts, pads, x.shape, y.shape)
+        return y
+
+    def backward(self, grad, input_grad: bool = True):
+        if self._cache is None:
+            raise self._no_forward()
+        xpad_shape, counts, pads, x_shape, y_shape = self._cache
+        self._check_grad(grad, y_shape)
+        dxpad = xp_of(grad).zeros(xpad_shape, dtype=grad.dtype)
+        share = grad / counts
+        for s in self._slabs(y_shape[1:3]):
+            dxpad[s] += share
+        (pt, _), (pl, _) = pads
+        return dxpad[:, pt:pt + x_shape[1], pl:pl + x_shape[2], :]

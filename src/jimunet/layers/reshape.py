@@ -1,0 +1,44 @@
+"""Flatten: (N, ...) to (N, features)."""
+from __future__ import annotations
+
+from .base import Layer, register
+
+
+@register
+class Flatten(Layer):
+    """Collapse every axis but the batch axis, in C order (NHWC → ``h·W·C + w·C + c``).
+
+    Shape:
+        ``(N, d1, d2, ...)`` → ``(N, d1·d2·...)``.
+
+    Example:
+        >>> import numpy as np, jimunet as jn
+        >>> jn.layers.Flatten()(np.zeros((2, 7, 7, 64))).shape
+        (2, 3136)
+    """
+
+    def __init__(self):
+        self._shape = None
+
+    def output_shape(self, input_shape):
+        n = 1
+        for d in input_shape:
+            n *= d
+        return (n,)
+
+    def forward(self, x, training: bool = False):
+        self._check_input(x)
+        if x.ndim < 2:
+            raise ValueError(f"{self.describe()}: expected at least a 2-D (batch, ...) array, got shape "
+                             f"{tuple(x.shape)}")
+        self._shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, grad, input_grad: bool = True):
+        if self._shape is None:
+            raise self._no_forward()
+        n = 1
+        for d in self._shape[1:]:
+            n *= d
+        self._check_grad(grad, (self._shape[0], n))
+        return grad.reshape(self._shape)

@@ -1,0 +1,211 @@
+"""``Sequential``: a stack of layers with summary, prediction, saving and loading."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from . import __version__
+from .backend import xp_of
+from .layers.base import Layer, from_config
+from .serialization import CheckpointError, load_npz, save_npz
+
+MODEL_FORMAT = "jimunet-model"
+
+
+def _shape_str(shape) -> str:
+    return "(" + ", ".join(["N"] + [str(d) for d in shape]) + ")"
+
+
+class Summary:
+    """Per-layer output shapes, parameter counts and FLOPs; ``str()`` is a table."""
+
+    def __init__(self, input_shape, rows):
+        self.input_shape, self.rows = tuple(input_shape), rows
+
+    @property
+    def total_params(self) -> int:
+        return sum(r["params"] for r in self.rows)
+
+    @property
+    def total_flops(self) -> int:
+        return sum(r["flops"] for r in self.rows)
+
+    @property
+    def output_shape(self):
+        return self.rows[-1]["output_shape"] if self.rows else self.input_shape
+
+    def __str__(self):
+        head = ("#", "layer", "output shape", "params", "FLOPs")
+        body = [(str(i), r["layer"], _shape_str(r["output_shape"]), f"{r['params']:,}",
+                 f"{r['flops']:,}") for i, r in enumerate(self.rows)]
+        body.append(("", "total", "", f"{self.total_params:,}", f"{self.total_flops:,}"))
+        widths = [max(len(row[c]) for row in [head] + body) for c in range(5)]
+        fmt = lambda row: "  ".join(v.ljust(w) if c < 3 else v.rjust(w)  # noqa: E731
+                                    for c, (v, w) in enumerate(zip(row, widths)))
+        rule = "-" * len(fmt(head))
+        lines = [f"input: {_shape_str(self.input_shape)}", fmt(head), rule] + [fmt(r) for r in body[:-1]]
+        return "\n".join(lines + [rule, fmt(body[-1]), "FLOPs are per sample, forward pass."])
+
+    __repr__ = __str__
+
+
+class Sequential(Layer):
+    """Layers applied in order; ``backward`` runs them in reverse.
+
+    Args:
+        layers: a list of ``Layer`` objects.
+
+    Example:
+        >>> import numpy as np, jimunet as jn
+        >>> m = jn.Sequential([jn.layers.Flatten(), jn.layers.Dense(4, 3)])
+        >>> m.forward(np.zeros((2, 2, 2), np.float32)).shape
+        (2, 3)
+        >>> m.summary((2, 2)).total_params
+        15
+    """
+
+    def __init__(self, layers):
+        layers = list(layers)
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise ValueError(f"Sequential: item {i} is a {type(layer).__name__}, not a jimunet Layer")
+        self.layers = layers
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def describe(self):
+        return f"Sequential({len(self.layers)} layers)"
+
+    def forward(self, x, training: bool = False):
+        for layer in self.layers:
+            x = layer.forward(x, training=training)
+        return x
+
+    def backward(self, grad, input_grad: bool = True):
+        """Back-propagate ``grad``; with ``input_grad=False`` the first layer skips dX (returns None)."""
+        for i in range(len(self.layers) - 1, -1, -1):
+            grad = self.layers[i].backward(grad, input_grad=input_grad or i > 0)
+        return grad
+
+    def parameters(self):
+        return [p for layer in self.layers for p in layer.parameters()]
+
+    def named_parameters(self):
+        """``[("0.weight", p), ("0.bias", p), ...]`` in layer order."""
+        return [(f"{i}.{p.name}", p) for i, layer in enumerate(self.layers) for p in layer.parameters()]
+
+    def output_shape(self, input_shape):
+        return self.summary(input_shape).output_shape
+
+    def flops(self, input_shape):
+        return self.summary(input_shape).total_flops
+
+    def summary(self, input_shape) -> Summary:
+        """Shapes, parameters and FLOPs per layer, computed by flowing ``input_shape`` through.
+
+        Args:
+            input_shape: per-sample shape, e.g. ``(28, 28, 1)`` (a leading ``None`` batch
+                axis is dropped).
+
+        Raises ValueError naming the first layer that cannot take its input.
+        """
+        shape = tuple(input_shape)
+        if shape and shape[0] is None:
+            shape = shape[1:]
+        start, rows = shape, []
+        for i, layer in enumerate(self.layers):
+            try:
+                out = tuple(layer.output_shape(shape))
+            except ValueError as e:
+                raise ValueError(f"layer {i} ({layer.describe()}) cannot take input {_shape_str(shape)}: {e}") from None
+            rows.append({"layer": layer.describe(), "output_shape": out,
+                         "params": sum(p.size for p in layer.parameters()), "flops": int(layer.flops(shape))})
+            shape = out
+        return Summary(start, rows)
+
+    def predict(self, x, batch_size: int = 100):
+        """Outputs for ``x`` in evaluation mode, ``batch_size`` samples at a time (bounded memory)."""
+        if batch_size < 1:
+            raise ValueError(f"predict: batch_size must be >= 1, got {batch_size}")
+        xp = xp_of(x)
+        outs = [self.forward(x[i:i + batch_size], training=False) for i in range(0, len(x), batch_size)]
+        return xp.concatenate(outs) if outs else xp.zeros((0,))
+
+    # -- state -------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """``{"0.weight": array, ...}`` (the arrays themselves, not copies)."""
+        return {name: p.data for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Copy weights in, checking names and shapes first so nothing is half-loaded."""
+        named = self.named_parameters()
+        missing = [n for n, _ in named if n not in state]
+        extra = sorted(set(state) - {n for n, _ in named})
+        if missing or extra:
+            raise ValueError(f"load_state_dict: parameters do not match this model (missing {missing}, "
+                             f"unexpected {extra})")
+        for name, p in named:
+            if tuple(state[name].shape) != tuple(p.data.shape):
+                raise ValueError(f"load_state_dict: {name} has shape {tuple(state[name].shape)} in the file, "
+                                 f"{tuple(p.data.shape)} in the model")
+        for name, p in named:
+            p.data[...] = xp_of(p.data).asarray(state[name])
+
+    def rng_states(self) -> dict:
+        """Bit-generator states of layers that draw random numbers (e.g. Dropout), by index."""
+        return {str(i): layer.rng.bit_generator.state for i, layer in enumerate(self.layers)
+                if isinstance(getattr(layer, "rng", None), np.random.Generator)}
+
+    def set_rng_states(self, states: dict) -> None:
+        for i, st in states.items():
+            self.layers[int(i)].rng.bit_generator.state = st
+
+    def get_config(self) -> dict:
+        return {"layers": [{"class": type(layer).__name__, "config": layer.get_config()} for layer in self.layers]}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Sequential":
+        return cls([from_config(c) for c in config["layers"]])
+
+    def save(self, path, metadata: dict | None = None) -> None:
+        """Write weights and architecture to one ``.npz`` (atomically; no pickles).
+
+        Args:
+            path: file to write.
+            metadata: optional JSON-able dict stored alongside (e.g. training config).
+        """
+        meta = {"format": MODEL_FORMAT, "version": 1, "jimunet": __version__,
+                "architecture": self.get_config(), "metadata": metadata or {}}
+        save_npz(path, {f"param/{k}": v for k, v in self.state_dict().items()}, meta)
+
+    def copy(self) -> "Sequential":
+        """A deep copy (weights, gradients and RNG states)."""
+        return copy.deepcopy(self)
+
+
+def load(path) -> Sequential:
+    """Rebuild a ``Sequential`` saved with ``model.save(path)``.
+
+    Raises ``CheckpointError`` (a ValueError) for a corrupt file, a file of another kind,
+    or weights that do not fit the described architecture.
+    """
+    arrays, meta = load_npz(path, kind=MODEL_FORMAT)
+    try:
+        model = Sequential.from_config(meta["architecture"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot rebuild the architecture it describes ({e})") from None
+    try:
+        model.load_state_dict({k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")})
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    model.metadata = meta.get("metadata", {})
+    return model
