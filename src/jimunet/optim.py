@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 from .backend import to_numpy, xp_of
+from .parallel import pfor
 from .parameter import Parameter
 
 
@@ -139,19 +140,31 @@ class SGD(Optimizer):
 
     def step(self) -> None:
         for g in self.param_groups:
-            lr, mom, damp, wd, nest = g["lr"], g["momentum"], g["dampening"], g["weight_decay"], g["nesterov"]
             for p in g["params"]:
-                d = p.grad if wd == 0 else p.grad + wd * p.data
-                if mom != 0:
+                buf, first = None, False
+                if g["momentum"] != 0:
                     st = self.state.setdefault(id(p), {})
                     buf = st.get("momentum_buffer")
-                    if buf is None:
-                        buf = st["momentum_buffer"] = d.copy()
-                    else:
-                        buf *= mom
-                        buf += (1.0 - damp) * d if damp else d
-                    d = d + mom * buf if nest else buf
-                p.data -= lr * d
+                    first = buf is None
+                    if first:
+                        buf = st["momentum_buffer"] = xp_of(p.data).empty_like(p.data)
+                pfor(lambda sl: self._update(p.data.reshape(-1)[sl], p.grad.reshape(-1)[sl],
+                                             None if buf is None else buf.reshape(-1)[sl], g, first),
+                     p.data.size, p.data.size)
+
+    @staticmethod
+    def _update(p, grad, buf, g, first):
+        """One SGD step on flat views, in place, with the fewest temporaries."""
+        lr, mom, damp, wd, nest = g["lr"], g["momentum"], g["dampening"], g["weight_decay"], g["nesterov"]
+        d = grad if wd == 0 else grad + wd * p
+        if buf is not None:
+            if first:
+                buf[...] = d
+            else:
+                buf *= mom
+                buf += (1.0 - damp) * d if damp else d
+            d = d + mom * buf if nest else buf
+        p -= lr * d
 
 
 class Adam(Optimizer):
@@ -177,6 +190,8 @@ class Adam(Optimizer):
         b1, b2 = betas
         if not (0 <= b1 < 1 and 0 <= b2 < 1):
             raise ValueError(f"Adam: betas must lie in [0, 1), got {betas}")
+        if not eps >= 0:  # as torch.optim.Adam; a negative eps can zero the denominator
+            raise ValueError(f"Adam: eps must be >= 0, got {eps}")
         super().__init__(params, dict(lr=lr, betas=(float(b1), float(b2)), eps=eps, weight_decay=weight_decay))
 
     def step(self) -> None:

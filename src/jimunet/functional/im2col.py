@@ -21,7 +21,8 @@ def window_view(xp_padded, kernel, stride, out_hw):
 def im2col(xp_padded, kernel, stride, out_hw, out=None):
     """Rows of windows: ``(N*out_h*out_w, kh*kw*C)``, from an already padded NHWC input.
 
-    ``out``, if given, is a buffer of that shape to fill (saves reallocating it each step).
+    ``out``, if given, is a C-contiguous buffer of that shape to fill (saves reallocating
+    it each step).
     """
     xp = xp_of(xp_padded)
     win = window_view(xp_padded, kernel, stride, out_hw)

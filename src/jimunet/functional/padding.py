@@ -17,22 +17,29 @@ def pair(v, what: str = "value"):
     return int(a), int(b)
 
 
-def normalize_padding(padding):
-    """``"same"``, ``"valid"``, or explicit symmetric padding ``((top, bottom), (left, right))``."""
+def normalize_padding(padding, what: str = "padding"):
+    """``"same"``, ``"valid"``, or explicit symmetric padding ``((top, bottom), (left, right))``.
+
+    ``what`` names the argument in error messages (e.g. ``"Conv2D padding"``).
+    """
     if isinstance(padding, str):
         p = padding.lower()
         if p not in ("same", "valid"):
-            raise ValueError(f'padding must be "same", "valid", an int or a pair of ints, got {padding!r}')
+            raise ValueError(f'{what} must be "same", "valid", an int or a pair of ints, got {padding!r}')
         return p
+    original = padding
     if isinstance(padding, int) and not isinstance(padding, bool):
         padding = (padding, padding)
+    if isinstance(padding, (list, tuple)) and len(padding) == 2 and all(
+            isinstance(p, (list, tuple)) and len(p) == 2 and p[0] == p[1] for p in padding):
+        padding = (padding[0][0], padding[1][0])  # the ((top, bottom), (left, right)) form get_config writes
     try:
         ph, pw = padding
         ok = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (ph, pw))
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise ValueError(f'padding must be "same", "valid", an int or a pair of ints >= 0, got {padding!r}')
+        raise ValueError(f'{what} must be "same", "valid", an int or a pair of ints >= 0, got {original!r}')
     return ((ph, ph), (pw, pw))
 
 

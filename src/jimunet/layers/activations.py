@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..backend import xp_of
+from ..parallel import pfor
 from .base import Layer, register
 
 
@@ -38,11 +39,16 @@ class ReLU(_Elementwise):
     """
 
     def _forward(self, x):
-        y = xp_of(x).maximum(x, 0)
+        xp = xp_of(x)
+        y = xp.empty_like(x)
+        pfor(lambda sl: xp.maximum(x[sl], 0, out=y[sl]), x.shape[0], x.size)
         return y, y
 
     def _backward(self, grad, y):
-        return grad * (y > 0)
+        xp = xp_of(grad)
+        dx = xp.empty(grad.shape, xp.result_type(grad.dtype, y.dtype))
+        pfor(lambda sl: xp.multiply(grad[sl], y[sl] > 0, out=dx[sl]), grad.shape[0], grad.size)
+        return dx
 
 
 @register

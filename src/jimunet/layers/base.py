@@ -98,7 +98,10 @@ class Layer:
             raise ValueError(f"{self.describe()}: expected {channels} channels in the last axis of an "
                              f"{layout or 'array'}, got shape {tuple(x.shape)}{hint}")
         # sum() is one cheap pass without a temporary; only a non-finite sum needs a closer look.
-        if x.size and not bool(xp.isfinite(x.sum())) and bool(xp.isnan(x).any()):
+        # (inf + -inf or an overflowing sum is not an error, so numpy must not warn about it.)
+        with np.errstate(invalid="ignore", over="ignore"):
+            finite = x.size == 0 or bool(xp.isfinite(x.sum()))
+        if not finite and bool(xp.isnan(x).any()):
             raise ValueError(f"{self.describe()}: input contains NaN")
 
     def _check_grad(self, grad, expected_shape) -> None:

@@ -7,20 +7,50 @@ from .. import init as _init
 from ..backend import xp_of
 from ..functional.im2col import im2col
 from ..functional.padding import conv_output_size, normalize_padding, pad_amounts, pair
+from ..parallel import pfor, pmatmul
 from ..parameter import Parameter
 from ..random import resolve_rng
 from .base import Layer, check_dtype_arg, register
 
 
-def pad_nhwc(x, pads, value=0.0):
-    """``x`` with ``((top, bottom), (left, right))`` rows/columns of ``value`` around H and W."""
+def pad_nhwc(x, pads, value=0.0, out=None):
+    """``x`` with ``((top, bottom), (left, right))`` rows/columns of ``value`` around H and W.
+
+    ``out``: a buffer from an earlier call with the same shapes, pads and value; only its
+    interior is rewritten, since the border already holds ``value``.
+    """
     (pt, pb), (pl, pr) = pads
     if not (pt or pb or pl or pr):
         return x
     n, h, w, c = x.shape
-    out = xp_of(x).full((n, h + pt + pb, w + pl + pr, c), value, dtype=x.dtype)
+    if out is None:
+        out = xp_of(x).full((n, h + pt + pb, w + pl + pr, c), value, dtype=x.dtype)
     out[:, pt:pt + h, pl:pl + w, :] = x
     return out
+
+
+class _Workspace:
+    """Scratch arrays kept between calls, keyed by name, reused while shape and dtype match.
+
+    Re-allocating a 40 MB im2col matrix every step costs page faults worth ~10% of a
+    training step; these buffers never leave the layer, so reusing them is safe.
+    """
+
+    def __init__(self):
+        self._bufs = {}
+
+    def get(self, name, shape, dtype, xp):
+        buf = self._bufs.get(name)
+        if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype or xp_of(buf) is not xp:
+            return None
+        return buf
+
+    def put(self, name, buf):
+        self._bufs[name] = buf
+        return buf
+
+    def __deepcopy__(self, memo):  # copies of a layer start with empty scratch space
+        return _Workspace()
 
 
 def _fmt_pad(padding):
@@ -68,7 +98,7 @@ class Conv2D(Layer):
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size = pair(kernel_size, "Conv2D kernel_size")
         self.stride = pair(stride, "Conv2D stride")
-        self.padding = normalize_padding(padding)
+        self.padding = normalize_padding(padding, "Conv2D padding")
         self.use_bias = bool(use_bias)
         self.weight_init, self.bias_init = _init.get(weight_init), _init.get(bias_init)
         dtype = check_dtype_arg(dtype)
@@ -78,6 +108,7 @@ class Conv2D(Layer):
                                 "weight")
         self.bias = Parameter(self.bias_init((self.out_channels,), rng, dtype), "bias") if use_bias else None
         self._cache = None
+        self._work = _Workspace()
 
     def describe(self) -> str:
         kh, kw = self.kernel_size
@@ -115,15 +146,36 @@ class Conv2D(Layer):
 
     def forward(self, x, training: bool = False):
         self._check_input(x, 4, self.in_channels, "NHWC batch (batch, height, width, channels)")
-        n, h, w, _ = x.shape
-        pads, out_hw = self._geometry((h, w))
-        xpad = pad_nhwc(x, pads)
-        cols = im2col(xpad, self.kernel_size, self.stride, out_hw)
-        y = cols @ self.weight.data.reshape(-1, self.out_channels)
-        if self.bias is not None:
-            y += self.bias.data
-        self._cache = (cols, x.shape, xpad.shape, pads, out_hw)
-        return y.reshape(n, *out_hw, self.out_channels)
+        xp = xp_of(x)
+        n, h, w, c = x.shape
+        pads, (oh, ow) = self._geometry((h, w))
+        (pt, pb), (pl, pr) = pads
+        kh, kw = self.kernel_size
+        pad_shape = (n, h + pt + pb, w + pl + pr, c)
+        padded = pad_shape != x.shape
+        # The padded input and the im2col matrix live in reused scratch buffers; the border
+        # of the padded buffer is zeroed once and only its interior is rewritten.
+        xpad = self._work.get("xpad", pad_shape, x.dtype, xp) if padded else x
+        if xpad is None:
+            xpad = self._work.put("xpad", xp.zeros(pad_shape, x.dtype))
+        rows = oh * ow
+        cols = self._work.get("cols", (n * rows, kh * kw * c), x.dtype, xp)
+        if cols is None:
+            cols = self._work.put("cols", xp.empty((n * rows, kh * kw * c), x.dtype))
+        w2 = self.weight.data.reshape(-1, self.out_channels)
+        y = xp.empty((n * rows, self.out_channels), np.result_type(x.dtype, w2.dtype))
+
+        def block(sl):  # samples sl: pad, im2col, GEMM, bias; each writes only its own rows
+            r = slice(sl.start * rows, sl.stop * rows)
+            if padded:
+                xpad[sl, pt:pt + h, pl:pl + w, :] = x[sl]
+            im2col(xpad[sl], self.kernel_size, self.stride, (oh, ow), out=cols[r])
+            xp.matmul(cols[r], w2, out=y[r])
+            if self.bias is not None:
+                y[r] += self.bias.data
+        pfor(block, n, cols.size)
+        self._cache = (cols, x.shape, pad_shape, pads, (oh, ow))
+        return y.reshape(n, oh, ow, self.out_channels)
 
     def backward(self, grad, input_grad: bool = True):
         if self._cache is None:
@@ -131,22 +183,28 @@ class Conv2D(Layer):
         cols, x_shape, xpad_shape, pads, (oh, ow) = self._cache
         n = x_shape[0]
         self._check_grad(grad, (n, oh, ow, self.out_channels))
+        xp = xp_of(grad)
         dy = grad.reshape(-1, self.out_channels)
-        self.weight.grad += (cols.T @ dy).reshape(self.weight.data.shape)
+        self.weight.grad += pmatmul(cols.T, dy).reshape(self.weight.data.shape)
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=0)
         if not input_grad:
             return None
-        xp = xp_of(grad)
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        c = self.in_channels
-        w = self.weight.data
-        dxpad = xp.zeros(xpad_shape, dtype=np.result_type(grad.dtype, w.dtype))
-        # dX is a sum over kernel offsets: the slab each offset read gets dY·W[i,j]ᵀ.
-        # Small GEMMs straight into the slabs avoid a (rows × kh·kw·C) dcols buffer.
-        for i in range(kh):
-            for j in range(kw):
-                dxpad[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :] += \
-                    (dy @ w[i, j].T).reshape(n, oh, ow, c)
+        c, rows, w = self.in_channels, oh * ow, self.weight.data
+        dxpad = xp.empty(xpad_shape, dtype=np.result_type(grad.dtype, w.dtype))
+
+        def block(sl):
+            # dX is a sum over kernel offsets: the slab each offset read gets dY·W[i,j]ᵀ.
+            # Small GEMMs straight into the slabs avoid a (rows × kh·kw·C) dcols buffer.
+            dxb = dxpad[sl]
+            dxb[...] = 0
+            dyb = dy[sl.start * rows:sl.stop * rows]
+            m = sl.stop - sl.start
+            for i in range(kh):
+                for j in range(kw):
+                    dxb[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :] += \
+                        (dyb @ w[i, j].T).reshape(m, oh, ow, c)
+        pfor(block, n, dy.size * kh * kw)
         (pt, _), (pl, _) = pads
         return dxpad[:, pt:pt + x_shape[1], pl:pl + x_shape[2], :]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import init as _init
+from ..parallel import pmatmul
 from ..parameter import Parameter
 from ..random import resolve_rng
 from .base import Layer, check_dtype_arg, register
@@ -68,7 +69,7 @@ class Dense(Layer):
 
     def forward(self, x, training: bool = False):
         self._check_input(x, 2, self.in_features, "(batch, features) array")
-        y = x @ self.weight.data
+        y = pmatmul(x, self.weight.data)
         if self.bias is not None:
             y += self.bias.data
         self._x = x
@@ -78,7 +79,7 @@ class Dense(Layer):
         if self._x is None:
             raise self._no_forward()
         self._check_grad(grad, (self._x.shape[0], self.out_features))
-        self.weight.grad += self._x.T @ grad
+        self.weight.grad += pmatmul(self._x.T, grad)
         if self.bias is not None:
             self.bias.grad += grad.sum(axis=0)
-        return grad @ self.weight.data.T if input_grad else None
+        return pmatmul(grad, self.weight.data.T) if input_grad else None

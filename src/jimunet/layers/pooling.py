@@ -5,6 +5,7 @@ import numpy as np
 
 from ..backend import xp_of
 from ..functional.padding import conv_output_size, normalize_padding, pad_amounts, pair
+from ..parallel import pfor
 from .base import Layer, register
 from .conv import _fmt_pad, pad_nhwc
 
@@ -15,7 +16,7 @@ class _Pool2D(Layer):
     def __init__(self, pool_size=2, stride=None, padding="valid"):
         self.pool_size = pair(pool_size, f"{type(self).__name__} pool_size")
         self.stride = self.pool_size if stride is None else pair(stride, f"{type(self).__name__} stride")
-        self.padding = normalize_padding(padding)
+        self.padding = normalize_padding(padding, f"{type(self).__name__} padding")
         if isinstance(self.padding, tuple):
             for (a, b), k in zip(self.padding, self.pool_size):
                 if 2 * a > k:
@@ -80,11 +81,18 @@ class MaxPool2D(_Pool2D):
 
     def forward(self, x, training: bool = False):
         self._check_input(x, 4, None, "NHWC batch (batch, height, width, channels)")
-        pads, out_hw = self._geometry(x.shape[1:3])
+        pads, (oh, ow) = self._geometry(x.shape[1:3])
         xpad = pad_nhwc(x, pads, -np.inf)
-        y = None
-        for s in self._slabs(out_hw):
-            y = xpad[s].copy() if y is None else xp_of(x).maximum(y, xpad[s], out=y)
+        y = xp_of(x).empty((x.shape[0], oh, ow, x.shape[3]), x.dtype)
+
+        def block(sl):
+            yb, xb = y[sl], xpad[sl]
+            for k, s in enumerate(self._slabs((oh, ow))):
+                if k == 0:
+                    yb[...] = xb[s]
+                else:
+                    xp_of(x).maximum(yb, xb[s], out=yb)
+        pfor(block, x.shape[0], x.size)
         self._cache = (xpad, y, pads, x.shape)
         return y
 
@@ -94,12 +102,29 @@ class MaxPool2D(_Pool2D):
         xpad, y, pads, x_shape = self._cache
         self._check_grad(grad, y.shape)
         xp = xp_of(grad)
-        dxpad = xp.zeros(xpad.shape, dtype=grad.dtype)
-        unclaimed = xp.ones(y.shape, dtype=bool)
-        for s in self._slabs(y.shape[1:3]):
-            hit = (xpad[s] == y) & unclaimed  # first max in the window takes the gradient
-            dxpad[s] += xp.where(hit, grad, 0)
-            unclaimed &= ~hit
+        dxpad = xp.empty(xpad.shape, dtype=grad.dtype)
+        (kh, kw), (sh, sw), (oh, ow) = self.pool_size, self.stride, y.shape[1:3]
+        disjoint = sh >= kh and sw >= kw
+        # Disjoint windows that tile the whole input write every cell exactly once.
+        tiled = disjoint and (sh, sw) == (kh, kw) and xpad.shape[1:3] == (oh * kh, ow * kw)
+
+        def block(sl):
+            dxb, xb, yb, gb = dxpad[sl], xpad[sl], y[sl], grad[sl]
+            if not tiled:
+                dxb[...] = 0
+            taken = None
+            for s in self._slabs((oh, ow)):
+                hit = xb[s] == yb
+                if taken is None:
+                    taken = hit.copy()
+                else:  # only the first max in the window takes the gradient
+                    xp.greater(hit, taken, out=hit)
+                    taken |= hit
+                if disjoint:
+                    xp.multiply(gb, hit, out=dxb[s])
+                else:
+                    dxb[s] += gb * hit
+        pfor(block, grad.shape[0], xpad.size)
         (pt, _), (pl, _) = pads
         return dxpad[:, pt:pt + x_shape[1], pl:pl + x_shape[2], :]
 

@@ -1,0 +1,204 @@
+"""Side-by-side speed and memory of jimunet and PyTorch (CPU) on the TF MNIST sample model.
+
+Each measurement runs in a fresh process (so peak RSS belongs to that task alone), and the
+two frameworks alternate, round after round, so drifting machine load hits both alike.
+Reports images/s and peak RSS per task and the jimunet/PyTorch ratio per round with its median.
+
+    python benchmarks/bench.py                 # 3 rounds, all tasks
+    python benchmarks/bench.py --rounds 5 --tasks train64 infer1000 --json out.json
+
+PyTorch is an optional benchmark dependency (``pip install -e '.[bench]'``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+TASKS = {  # name: (kind, batch, warm-up iterations, timed iterations)
+    "train64": ("train", 64, 5, 60),
+    "train256": ("train", 256, 2, 16),
+    "infer1000": ("infer", 1000, 1, 8),
+}
+FRAMEWORKS = ("jimunet", "torch")
+
+
+def _data(batch):
+    import numpy as np
+    rng = np.random.default_rng(0)
+    x = ((rng.integers(0, 256, (batch, 28, 28, 1)) - 127.5) / 255).astype(np.float32)
+    return x, rng.integers(0, 10, batch).astype(np.int64)
+
+
+def _run_jimunet(kind, batch, warm, iters, threads):
+    import jimunet as jn
+    if threads and hasattr(jn, "set_num_threads"):
+        jn.set_num_threads(threads)
+    x, y = _data(batch)
+    model = jn.models.mnist_cnn(rng=0)
+    if kind == "infer":
+        for _ in range(warm):
+            model.predict(x)
+        t = time.perf_counter()
+        for _ in range(iters):
+            model.predict(x)
+        return time.perf_counter() - t
+    loss_fn = jn.losses.SoftmaxCrossEntropy()
+    dense = [p for layer in model.layers if isinstance(layer, jn.layers.Dense) for p in layer.parameters()]
+    conv = [p for p in model.parameters() if all(p is not q for q in dense)]
+    opt = jn.optim.SGD([{"params": conv}, {"params": dense, "weight_decay": 5e-4}], lr=0.01, momentum=0.9)
+
+    def step():
+        loss_fn.forward(model.forward(x, training=True), y)
+        model.backward(loss_fn.backward(), input_grad=False)
+        opt.step()
+        opt.zero_grad()
+    for _ in range(warm):
+        step()
+    t = time.perf_counter()
+    for _ in range(iters):
+        step()
+    return time.perf_counter() - t
+
+
+def _torch_model(torch):
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(3136, 512), nn.ReLU(), nn.Dropout(0.5), nn.Linear(512, 10))
+
+
+def _run_torch(kind, batch, warm, iters, threads, channels_last=False):
+    import torch
+    torch.set_num_threads(threads or os.cpu_count())
+    torch.manual_seed(0)
+    x, y = _data(batch)
+    x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    y = torch.from_numpy(y)
+    model = _torch_model(torch)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    if kind == "infer":
+        model.eval()
+        with torch.no_grad():
+            for _ in range(warm):
+                model(x)
+            t = time.perf_counter()
+            for _ in range(iters):
+                model(x)
+        return time.perf_counter() - t
+    model.train()
+    dense = [p for m in model if isinstance(m, torch.nn.Linear) for p in m.parameters()]
+    conv = [p for m in model if isinstance(m, torch.nn.Conv2d) for p in m.parameters()]
+    opt = torch.optim.SGD([{"params": conv}, {"params": dense, "weight_decay": 5e-4}], lr=0.01, momentum=0.9)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+    for _ in range(warm):
+        step()
+    t = time.perf_counter()
+    for _ in range(iters):
+        step()
+    return time.perf_counter() - t
+
+
+def worker(framework, task, threads):
+    kind, batch, warm, iters = TASKS[task]
+    if framework == "jimunet":
+        seconds = _run_jimunet(kind, batch, warm, iters, threads)
+    else:
+        seconds = _run_torch(kind, batch, warm, iters, threads, channels_last=framework == "torch-cl")
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps({"images_per_s": batch * iters / seconds, "peak_rss_mb": peak_mb}))
+
+
+def _measure(framework, task, threads):
+    out = subprocess.run([sys.executable, __file__, "--worker", framework, task, "--threads", str(threads)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{framework} {task} failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def versions():
+    import numpy
+    info = {"python": platform.python_version(), "numpy": numpy.__version__, "machine": platform.machine(),
+            "cpus": os.cpu_count(), "processor": platform.processor() or "n/a"}
+    try:
+        import jimunet
+        info["jimunet"] = jimunet.__version__
+    except ImportError:
+        pass
+    try:
+        import torch
+        info["torch"] = torch.__version__
+    except ImportError:
+        info["torch"] = "not installed"
+    return info
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both frameworks")
+    ap.add_argument("--channels-last", action="store_true", help="also time PyTorch with channels_last")
+    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "TASK"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        return worker(args.worker[0], args.worker[1], args.threads)
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise SystemExit("the benchmark compares against PyTorch: pip install -e '.[bench]' (torch==2.13.0)")
+    frameworks = ["jimunet", "torch"] + (["torch-cl"] if args.channels_last else [])
+    info = versions()
+    print("machine:", ", ".join(f"{k} {v}" for k, v in info.items()), f"| threads {args.threads}")
+    results = {t: {f: [] for f in frameworks} for t in args.tasks}
+    for r in range(args.rounds):
+        for task in args.tasks:
+            for fw in (frameworks if r % 2 == 0 else frameworks[::-1]):  # alternate who goes first
+                results[task][fw].append(_measure(fw, task, args.threads))
+            j, t = results[task]["jimunet"][-1], results[task]["torch"][-1]
+            print(f"round {r + 1} {task:9s} jimunet {j['images_per_s']:7.0f} img/s {j['peak_rss_mb']:6.0f} MB | "
+                  f"torch {t['images_per_s']:7.0f} img/s {t['peak_rss_mb']:6.0f} MB | "
+                  f"speed ratio {j['images_per_s'] / t['images_per_s']:.2f}", flush=True)
+    print("\nmedians over rounds (ratio = jimunet / PyTorch, per round, then median)")
+    print(f"{'task':10s} {'jimunet img/s':>14s} {'torch img/s':>12s} {'speed ratio':>12s} "
+          f"{'jimunet MB':>11s} {'torch MB':>9s} {'memory ratio':>13s}")
+    summary = {}
+    for task in args.tasks:
+        j, t = results[task]["jimunet"], results[task]["torch"]
+        speed = statistics.median(a["images_per_s"] / b["images_per_s"] for a, b in zip(j, t))
+        mem = statistics.median(a["peak_rss_mb"] / b["peak_rss_mb"] for a, b in zip(j, t))
+        med = lambda rows, k: statistics.median(r[k] for r in rows)  # noqa: E731
+        summary[task] = {"jimunet_img_s": med(j, "images_per_s"), "torch_img_s": med(t, "images_per_s"),
+                         "speed_ratio": speed, "jimunet_peak_mb": med(j, "peak_rss_mb"),
+                         "torch_peak_mb": med(t, "peak_rss_mb"), "memory_ratio": mem}
+        if "torch-cl" in results[task]:
+            summary[task]["torch_channels_last_img_s"] = med(results[task]["torch-cl"], "images_per_s")
+        s = summary[task]
+        print(f"{task:10s} {s['jimunet_img_s']:14.0f} {s['torch_img_s']:12.0f} {speed:12.2f} "
+              f"{s['jimunet_peak_mb']:11.0f} {s['torch_peak_mb']:9.0f} {mem:13.2f}")
+        if "torch_channels_last_img_s" in s:
+            print(f"{'':10s} torch channels_last: {s['torch_channels_last_img_s']:.0f} img/s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"versions": info, "threads": args.threads, "rounds": args.rounds,
+                       "raw": results, "summary": summary}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
