@@ -93,7 +93,7 @@ class Sequential(Layer):
         """Back-propagate ``grad``; with ``input_grad=False`` the first layer skips dX (returns None)."""
         for i in range(len(self.layers) - 1, -1, -1):
             grad = self.layers[i].backward(grad, input_grad=input_grad or i > 0)
-        return grad
+        return grad if input_grad else None  # layers without parameters ignore input_grad
 
     def parameters(self):
         return [p for layer in self.layers for p in layer.parameters()]

@@ -98,6 +98,9 @@ def load_npz(path, kind: str | None = None):
         meta = json.loads(arrays.pop(META_KEY).tobytes().decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: its JSON description is corrupt ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: its JSON description is a {type(meta).__name__}, not an object; "
+                              "not a jimunet file")
     if kind is not None and meta.get("format") != kind:
         raise CheckpointError(f"{path}: expected a {kind!r} file, got {meta.get('format')!r}")
     return arrays, meta

@@ -95,7 +95,8 @@ class Layer:
             hint = ""
             if x.ndim == 4 and x.shape[1] == channels:
                 hint = " (it looks like NCHW; jimunet uses NHWC: x.transpose(0, 2, 3, 1))"
-            raise ValueError(f"{self.describe()}: expected {channels} channels in the last axis of an "
+            what = "channels" if x.ndim == 4 else "features"
+            raise ValueError(f"{self.describe()}: expected {channels} {what} in the last axis of an "
                              f"{layout or 'array'}, got shape {tuple(x.shape)}{hint}")
         # sum() is one cheap pass without a temporary; only a non-finite sum needs a closer look.
         # (inf + -inf or an overflowing sum is not an error, so numpy must not warn about it.)

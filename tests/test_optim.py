@@ -1,0 +1,336 @@
+"""Optimizers beyond the torch comparisons (those live in test_oracle_torch.py): state
+round trips (in memory and on disk), in-place updates, schedules, bad hyper-parameters."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import jimunet as jn
+from jimunet.serialization import CheckpointError, load_npz, pack, save_npz, unpack
+
+SHAPES = [(3, 4), (5,), (2, 2, 3)]
+
+
+def _params(seed=0):
+    rng = np.random.default_rng(seed)
+    return [jn.Parameter(rng.standard_normal(s), name=f"p{i}") for i, s in enumerate(SHAPES)]
+
+
+def _grads(steps, seed=1):
+    rng = np.random.default_rng(seed)
+    return [[rng.standard_normal(s) for s in SHAPES] for _ in range(steps)]
+
+
+def _step(opt, params, grads):
+    opt.zero_grad()
+    for p, g in zip(params, grads):
+        p.grad += g
+    opt.step()
+
+
+OPTIMIZERS = {
+    "sgd_momentum": lambda ps: jn.optim.SGD(ps, lr=0.05, momentum=0.9),
+    "sgd_nesterov_wd": lambda ps: jn.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
+    "sgd_dampening": lambda ps: jn.optim.SGD(ps, lr=0.05, momentum=0.5, dampening=0.3),
+    "sgd_plain": lambda ps: jn.optim.SGD(ps, lr=0.1),
+    "adam": lambda ps: jn.optim.Adam(ps, lr=0.01),
+    "adam_wd_betas": lambda ps: jn.optim.Adam(ps, lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1),
+    "sgd_groups": lambda ps: jn.optim.SGD([{"params": ps[:2], "lr": 0.1, "weight_decay": 0.01},
+                                           {"params": ps[2:], "momentum": 0.5}], lr=0.02, momentum=0.9),
+    "adam_groups": lambda ps: jn.optim.Adam([{"params": ps[:1], "lr": 0.05},
+                                             {"params": ps[1:], "betas": (0.5, 0.9), "weight_decay": 0.1}], lr=0.01),
+}
+
+
+def _through_disk(sd, tmp_path):
+    arrays = {}
+    tree = pack(sd, arrays)
+    path = tmp_path / "opt.npz"
+    save_npz(path, arrays, {"format": "jimunet-optimizer", "state": tree})
+    arrays2, meta = load_npz(path, kind="jimunet-optimizer")
+    return unpack(meta["state"], arrays2)
+
+
+@pytest.mark.parametrize("via_disk", [False, True], ids=["memory", "disk"])
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_state_dict_round_trip_continues_identically(name, via_disk, tmp_path):
+    make = OPTIMIZERS[name]
+    grads = _grads(10)
+    a = _params()
+    opt_a = make(a)
+    for gs in grads[:5]:
+        _step(opt_a, a, gs)
+    sd = opt_a.state_dict()
+    if via_disk:
+        sd = _through_disk(sd, tmp_path)
+    # a fresh optimizer on fresh parameters holding the same values (as after a restart)
+    b = [jn.Parameter(p.data.copy(), name=p.name) for p in a]
+    opt_b = make(b)
+    opt_b.load_state_dict(sd)
+    for gs in grads[5:]:
+        _step(opt_a, a, gs)
+        _step(opt_b, b, gs)
+        for pa, pb in zip(a, b):
+            np.testing.assert_array_equal(pa.data, pb.data)
+    # and a fresh optimizer WITHOUT the state diverges (the state mattered), except plain SGD
+    c = [jn.Parameter(p.data.copy()) for p in b]
+    opt_c = make(c)
+    _step(opt_c, c, grads[0])
+    _step(opt_b, b, grads[0])
+    differs = any(not np.array_equal(pb.data, pc.data) for pb, pc in zip(b, c))
+    assert differs == (name != "sgd_plain")
+
+
+def test_state_dict_restores_hyper_parameters_and_lr():
+    ps = _params()
+    opt = jn.optim.SGD(ps, lr=0.1, momentum=0.9)
+    opt.set_lr(0.0125)
+    sd = opt.state_dict()
+    other = jn.optim.SGD(_params(), lr=0.5, momentum=0.9)
+    other.load_state_dict(sd)
+    assert other.lr == 0.0125
+    assert other.param_groups[0]["momentum"] == 0.9
+
+
+def test_adam_state_survives_json_types(tmp_path):
+    ps = _params()
+    opt = jn.optim.Adam(ps, lr=0.01, betas=(0.8, 0.95))
+    _step(opt, ps, _grads(1)[0])
+    sd = _through_disk(opt.state_dict(), tmp_path)
+    fresh = jn.optim.Adam([jn.Parameter(p.data.copy()) for p in ps], lr=0.01)
+    fresh.load_state_dict(sd)
+    assert fresh.param_groups[0]["betas"] == (0.8, 0.95)
+    steps = [st["step"] for st in fresh.state.values()]
+    assert steps == [1, 1, 1] and all(type(s) is int for s in steps)
+
+
+def test_state_dict_is_a_snapshot():
+    ps = _params()
+    opt = jn.optim.SGD(ps, lr=0.1, momentum=0.9)
+    _step(opt, ps, _grads(1)[0])
+    sd = opt.state_dict()
+    saved = {i: s["momentum_buffer"].copy() for i, s in sd["state"].items()}
+    _step(opt, ps, _grads(1, seed=5)[0])
+    for i, s in sd["state"].items():
+        np.testing.assert_array_equal(s["momentum_buffer"], saved[i])
+
+
+def test_loaded_state_is_not_shared_with_the_dict():
+    ps = _params()
+    opt = jn.optim.SGD(ps, lr=0.1, momentum=0.9)
+    _step(opt, ps, _grads(1)[0])
+    sd = opt.state_dict()
+    snapshot = {i: s["momentum_buffer"].copy() for i, s in sd["state"].items()}
+    other_ps = [jn.Parameter(p.data.copy()) for p in ps]
+    other = jn.optim.SGD(other_ps, lr=0.1, momentum=0.9)
+    other.load_state_dict(sd)
+    _step(other, other_ps, _grads(1, seed=6)[0])
+    for i, s in sd["state"].items():
+        np.testing.assert_array_equal(s["momentum_buffer"], snapshot[i])
+
+
+def test_load_state_dict_mismatch_raises():
+    ps = _params()
+    opt = jn.optim.SGD(ps, lr=0.1, momentum=0.9)
+    _step(opt, ps, _grads(1)[0])
+    sd = opt.state_dict()
+    with pytest.raises(ValueError, match="param groups do not match"):
+        jn.optim.SGD(ps[:2], lr=0.1, momentum=0.9).load_state_dict(sd)
+    with pytest.raises(ValueError, match="param groups do not match"):
+        jn.optim.SGD([{"params": ps[:1]}, {"params": ps[1:]}], lr=0.1, momentum=0.9).load_state_dict(sd)
+    swapped = [jn.Parameter(np.zeros(s)) for s in [(5,), (3, 4), (2, 2, 3)]]
+    with pytest.raises(ValueError, match="has shape"):
+        jn.optim.SGD(swapped, lr=0.1, momentum=0.9).load_state_dict(sd)
+    with pytest.raises(ValueError):
+        opt.load_state_dict({"nonsense": 1})
+
+
+def test_corrupt_optimizer_file_is_a_checkpoint_error(tmp_path):
+    ps = _params()
+    opt = jn.optim.Adam(ps)
+    _step(opt, ps, _grads(1)[0])
+    arrays = {}
+    tree = pack(opt.state_dict(), arrays)
+    path = tmp_path / "opt.npz"
+    save_npz(path, arrays, {"format": "jimunet-optimizer", "state": tree})
+    arrays2, meta = load_npz(path)
+    del arrays2[next(iter(arrays2))]
+    with pytest.raises(CheckpointError, match="does not contain"):
+        unpack(meta["state"], arrays2)
+    with pytest.raises(CheckpointError, match="expected a 'jimunet-model' file"):
+        load_npz(path, kind="jimunet-model")
+
+
+# --------------------------------------------------------------------------- behaviour
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_updates_are_in_place(name):
+    """A model's Parameter objects and their arrays stay the ones the optimizer updates."""
+    ps = _params()
+    arrays = [p.data for p in ps]
+    before = [a.copy() for a in arrays]
+    opt = OPTIMIZERS[name](ps)
+    for gs in _grads(3):
+        _step(opt, ps, gs)
+    for p, a, b in zip(ps, arrays, before):
+        assert p.data is a
+        assert not np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_step_does_not_touch_gradients(name):
+    ps = _params()
+    opt = OPTIMIZERS[name](ps)
+    gs = _grads(1)[0]
+    for p, g in zip(ps, gs):
+        p.grad += g
+    opt.step()
+    for p, g in zip(ps, gs):
+        np.testing.assert_array_equal(p.grad, g)
+    opt.zero_grad()
+    assert all(not p.grad.any() for p in ps)
+
+
+def test_first_steps_by_hand():
+    p = jn.Parameter(np.array([1.0, -2.0]))
+    opt = jn.optim.SGD([p], lr=0.1, momentum=0.9, weight_decay=0.5)
+    p.grad[:] = [1.0, 1.0]
+    opt.step()  # d = g + 0.5 p = [1.5, 0]; buf = d; p -= 0.1 d
+    np.testing.assert_allclose(p.data, [0.85, -2.0])
+    opt.step()  # d = [1 + .425, 0]; buf = .9*[1.5, 0] + d
+    np.testing.assert_allclose(p.data, [0.85 - 0.1 * (0.9 * 1.5 + 1.425), -2.0])
+
+    q = jn.Parameter(np.array([0.0, 1.0]))
+    adam = jn.optim.Adam([q], lr=0.1)
+    q.grad[:] = [3.0, -0.5]
+    adam.step()  # first Adam step moves each coordinate by ~lr against the gradient sign
+    np.testing.assert_allclose(q.data, [-0.1, 1.1], rtol=1e-6)
+
+
+def test_float32_parameters_stay_float32():
+    for make in (lambda ps: jn.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.1),
+                 lambda ps: jn.optim.Adam(ps, weight_decay=0.1)):
+        p = jn.Parameter(np.ones((3, 3), np.float32))
+        opt = make([p])
+        p.grad[...] = 0.5
+        opt.step()
+        opt.step()
+        assert p.data.dtype == np.float32 and p.grad.dtype == np.float32
+        for st in opt.state.values():
+            for v in st.values():
+                if hasattr(v, "dtype"):
+                    assert v.dtype == np.float32
+
+
+def test_set_lr_and_lr_property():
+    ps = _params()
+    opt = jn.optim.SGD([{"params": ps[:1], "lr": 0.5}, {"params": ps[1:]}], lr=0.1)
+    assert opt.lr == 0.5
+    opt.set_lr(0.01)
+    assert [g["lr"] for g in opt.param_groups] == [0.01, 0.01]
+
+
+def test_lr_zero_changes_nothing():
+    ps = _params()
+    before = [p.data.copy() for p in ps]
+    opt = jn.optim.Adam(ps, lr=0.0)
+    _step(opt, ps, _grads(1)[0])
+    for p, b in zip(ps, before):
+        np.testing.assert_array_equal(p.data, b)
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+@pytest.mark.parametrize("step,expected", [(0, 0.01), (1, 0.01), (937, 0.01), (938, 0.0095), (1875, 0.0095),
+                                           (1876, 0.01 * 0.95 ** 2), (9380, 0.01 * 0.95 ** 10)])
+def test_exponential_decay_staircase(step, expected):
+    # The TF MNIST sample: base 0.01, decay once per epoch (60000/64 = 937.5 -> 938 steps), rate 0.95.
+    sched = jn.optim.exponential_decay(0.01, 938, 0.95, staircase=True)
+    assert sched(step) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("step", [0, 1, 10, 469, 938, 1000, 5000])
+def test_exponential_decay_smooth(step):
+    sched = jn.optim.exponential_decay(0.01, 938, 0.95, staircase=False)
+    assert sched(step) == pytest.approx(0.01 * 0.95 ** (step / 938), rel=1e-12)
+
+
+def test_exponential_decay_smooth_is_strictly_decreasing_and_staircase_is_flat():
+    smooth = jn.optim.exponential_decay(1.0, 10, 0.5, staircase=False)
+    stair = jn.optim.exponential_decay(1.0, 10, 0.5, staircase=True)
+    values = [smooth(s) for s in range(40)]
+    assert all(a > b for a, b in zip(values, values[1:]))
+    assert {stair(s) for s in range(10)} == {1.0}
+    assert stair(10) == 0.5 and stair(25) == 0.25
+    assert smooth(10) == pytest.approx(0.5) and smooth(5) == pytest.approx(2 ** -0.5)
+
+
+def test_step_decay_and_constant():
+    sd = jn.optim.step_decay(0.1, 3, gamma=0.1)
+    assert [sd(s) for s in (0, 2, 3, 6)] == pytest.approx([0.1, 0.1, 0.01, 0.001])
+    c = jn.optim.constant_lr(0.3)
+    assert c(0) == c(10 ** 6) == 0.3
+
+
+def test_cosine_decay():
+    sched = jn.optim.cosine_decay(0.1, 100)
+    assert sched(0) == pytest.approx(0.1)
+    assert sched(50) == pytest.approx(0.05)
+    assert sched(25) == pytest.approx(0.05 * (1 + math.cos(math.pi / 4)))
+    assert sched(100) == pytest.approx(0.0, abs=1e-15)
+    assert sched(1000) == pytest.approx(0.0, abs=1e-15)
+    with_final = jn.optim.cosine_decay(0.1, 10, final=0.01)
+    assert with_final(0) == pytest.approx(0.1) and with_final(10) == pytest.approx(0.01)
+    assert with_final(5) == pytest.approx(0.055) and with_final(50) == pytest.approx(0.01)
+    values = [sched(s) for s in range(101)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_schedules_describe_themselves():
+    s = jn.optim.exponential_decay(0.01, 938, 0.95)
+    assert s.config == {"name": "exponential_decay", "base": 0.01, "decay_steps": 938, "rate": 0.95,
+                        "staircase": True}
+    assert jn.optim.cosine_decay(0.1, 5).config["name"] == "cosine_decay"
+
+
+# --------------------------------------------------------------------------- bad hyper-parameters
+
+
+def _p():
+    return [jn.Parameter(np.zeros(3))]
+
+
+@pytest.mark.parametrize("fn,match", [
+    (lambda: jn.optim.SGD(_p(), lr=-0.1), "learning rate"),
+    (lambda: jn.optim.SGD(_p(), lr=float("nan")), "learning rate"),
+    (lambda: jn.optim.SGD(_p(), lr=0.1, momentum=-0.5), "momentum"),
+    (lambda: jn.optim.SGD(_p(), lr=0.1, weight_decay=-1e-4), "weight_decay"),
+    (lambda: jn.optim.SGD(_p(), lr=0.1, nesterov=True), "nesterov"),
+    (lambda: jn.optim.SGD(_p(), lr=0.1, momentum=0.9, dampening=0.1, nesterov=True), "nesterov"),
+    (lambda: jn.optim.SGD([], lr=0.1), "empty"),
+    (lambda: jn.optim.SGD([np.zeros(3)], lr=0.1), "Parameter"),
+    (lambda: jn.optim.SGD([{"params": _p(), "mometum": 0.9}], lr=0.1), "unknown hyper-parameters"),
+    (lambda: jn.optim.SGD([{"lr": 0.1}], lr=0.1), "'params'"),
+    (lambda: jn.optim.SGD([{"params": _p(), "lr": -1.0}], lr=0.1), "learning rate"),
+    (lambda: jn.optim.Adam(_p(), lr=-1e-3), "learning rate"),
+    (lambda: jn.optim.Adam(_p(), betas=(1.0, 0.999)), "betas"),
+    (lambda: jn.optim.Adam(_p(), betas=(0.9, -0.1)), "betas"),
+    (lambda: jn.optim.Adam(_p(), eps=-1e-8), "eps"),
+    (lambda: jn.optim.Adam(_p(), weight_decay=-0.1), "weight_decay"),
+    (lambda: jn.optim.Adam([{"params": _p(), "weight_decay": -1.0}]), "weight_decay"),
+    (lambda: jn.optim.exponential_decay(0.1, 0, 0.9), "decay_steps"),
+    (lambda: jn.optim.cosine_decay(0.1, 0), "total_steps"),
+])
+def test_bad_hyper_parameters_raise(fn, match):
+    with pytest.raises(ValueError, match=match):
+        fn()
+
+
+def test_parameter_in_two_groups_raises():
+    p = _p()
+    with pytest.raises(ValueError, match="more than one group"):
+        jn.optim.SGD([{"params": p}, {"params": p}], lr=0.1)
