@@ -53,6 +53,12 @@ def unpack(tree, arrays):
     return tree
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_npz(path, arrays: dict, meta: dict) -> None:
     """Write ``arrays`` and the JSON ``meta`` to ``path`` atomically.
 
@@ -68,6 +74,7 @@ def save_npz(path, arrays: dict, meta: dict) -> None:
     payload[META_KEY] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **payload)
             f.flush()

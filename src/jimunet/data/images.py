@@ -1,0 +1,207 @@
+"""From pixels to model input: MNIST's preprocessing of digit images, and the network's scaling.
+
+Two conventions meet here:
+
+* **MNIST pixels**: a white (255) digit on a black (0) background, 28×28, the digit scaled
+  so its longer side is 20 px and centred by its centre of mass. ``load_digit_image`` turns
+  any photo or scan of a single digit into this form; ``load_inputs`` also reads ``.npy``.
+* **Model input**: ``preprocess(pixels) = (pixels - 127.5) / 255`` as float32 (the TF
+  sample's scaling, values in [-0.5, 0.5]); training, evaluation and prediction all use it.
+
+Pillow (the ``image`` extra: ``pip install 'jimunet[image]'``) is needed for PNG/JPEG only.
+
+Example:
+    >>> import numpy as np
+    >>> from jimunet.data.images import preprocess
+    >>> preprocess(np.array([0, 255], np.uint8)).tolist()
+    [-0.5, 0.5]
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+__all__ = ["preprocess", "load_digit_image", "load_inputs", "normalize_digit", "IMAGE_EXTENSIONS"]
+
+SIZE = 28          # MNIST field
+BOX = 20           # the digit's longer side inside the field
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def preprocess(x) -> np.ndarray:
+    """MNIST pixels (uint8 or float, 0..255) → float32 model input ``(x - 127.5) / 255``."""
+    return (np.asarray(x, dtype=np.float32) - np.float32(127.5)) / np.float32(255.0)
+
+
+def _require_pillow():
+    try:
+        from PIL import Image, ImageOps  # noqa: F401
+    except ImportError:
+        raise ImportError("reading PNG/JPEG images needs Pillow: pip install 'jimunet[image]' "
+                          "(or pip install pillow)") from None
+    return Image, ImageOps
+
+
+def _border(a: np.ndarray) -> np.ndarray:
+    """The pixels of the outer frame (about 4% of each side, at least 1 px)."""
+    h, w = a.shape
+    t = max(1, min(h, w) // 25)
+    return np.concatenate([a[:t].ravel(), a[-t:].ravel(), a[:, :t].ravel(), a[:, -t:].ravel()])
+
+
+def normalize_digit(gray, name: str = "image") -> np.ndarray:
+    """MNIST-style normalisation of one grayscale digit image (any size, any polarity).
+
+    Steps: if the border is brighter than mid-grey the image is inverted (dark ink on light
+    paper → light digit on black); the background level (the border's median) is subtracted
+    and the contrast stretched to 0..255; the image is cropped to the digit's bounding box
+    (pixels above 25% of the peak), scaled with anti-aliasing so the longer side is 20 px
+    (aspect ratio kept) and its peak is 255 again, and pasted into a 28×28 field so that its
+    centre of mass lies at pixel (14, 14), where MNIST's digits have it (MNIST's own
+    procedure; shifted back inside the field if the digit would spill over).
+
+    Args:
+        gray: 2-D array of grey levels in 0..255 (uint8 or float).
+        name: what to call the image in error messages.
+
+    Returns:
+        float32 ``(28, 28, 1)`` in 0..255, white digit on black.
+
+    Raises:
+        ValueError: the image is blank (no digit stands out from the background).
+    """
+    Image, _ = _require_pillow()
+    a = np.asarray(gray, dtype=np.float32)
+    if a.ndim != 2 or a.size == 0:
+        raise ValueError(f"{name}: expected a 2-D grayscale image, got shape {a.shape}")
+    if np.median(_border(a)) > 127.5:
+        a = 255.0 - a
+    a = np.clip(a - np.median(_border(a)), 0.0, None)
+    peak = float(a.max())
+    if peak < 16.0:  # under ~6% of full scale: nothing stands out from the background
+        raise ValueError(f"{name}: the image looks blank (no digit stands out from the background)")
+    a *= 255.0 / peak
+    rows = np.flatnonzero((a > 0.25 * 255.0).any(axis=1))
+    cols = np.flatnonzero((a > 0.25 * 255.0).any(axis=0))
+    a = a[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    h, w = a.shape
+    scale = BOX / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    small = Image.fromarray(np.ascontiguousarray(a, np.float32)).resize((nw, nh), Image.Resampling.LANCZOS)
+    small = np.asarray(small, np.float32)
+    small = np.clip(small, 0.0, None)
+    small *= 255.0 / max(float(small.max()), 1e-6)  # MNIST strokes reach full white
+    total = float(small.sum())
+    if total <= 0:  # pragma: no cover - guarded by the peak test above
+        raise ValueError(f"{name}: the image looks blank")
+    cy = float((small.sum(axis=1) * np.arange(nh)).sum() / total)
+    cx = float((small.sum(axis=0) * np.arange(nw)).sum() / total)
+    centre = SIZE / 2.0  # MNIST digits have their centre of mass at index (14, 14), measured
+    top = int(np.clip(round(centre - cy), 0, SIZE - nh))
+    left = int(np.clip(round(centre - cx), 0, SIZE - nw))
+    out = np.zeros((SIZE, SIZE, 1), np.float32)
+    out[top:top + nh, left:left + nw, 0] = small
+    return out
+
+
+def _open_gray(path: str) -> np.ndarray:
+    """Read an image file as a float32 2-D array of grey levels (0..255), alpha resolved."""
+    Image, ImageOps = _require_pillow()
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            im.load()
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                im = im.convert("RGBA")
+                rgba = np.asarray(im, np.float32)
+                alpha = rgba[..., 3] / 255.0
+                lum = np.asarray(im.convert("L"), np.float32)
+                # Transparent pixels are background: paint them with the opposite of the ink.
+                ink = lum[alpha > 0.5]
+                bg = 255.0 if (ink.size and float(np.median(ink)) < 127.5) else 0.0
+                return lum * alpha + bg * (1.0 - alpha)
+            return np.asarray(im.convert("L"), np.float32)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # Pillow raises UnidentifiedImageError, OSError, SyntaxError, ...
+        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+
+
+def load_digit_image(path) -> np.ndarray:
+    """One digit from a PNG/JPEG (or other Pillow-readable) file, in MNIST's convention.
+
+    Any size, light or dark background, colour or grey, with or without alpha: the image is
+    made grayscale and normalised by ``normalize_digit`` (inverted when the background is
+    light, cropped, scaled to 20 px, centred by centre of mass in 28×28). ``.npy`` files are
+    accepted too (see ``load_inputs``) when they hold exactly one image.
+
+    Returns:
+        float32 ``(28, 28, 1)``, values 0..255, white digit on black.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a readable image, or looks blank.
+        ImportError: Pillow is not installed (PNG/JPEG only).
+    """
+    path = os.fspath(path)
+    if path.lower().endswith(".npy"):
+        x = load_inputs(path)
+        if len(x) != 1:
+            raise ValueError(f"{path}: holds {len(x)} images; load_digit_image wants exactly one "
+                             "(use load_inputs for batches)")
+        return x[0]
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    return normalize_digit(_open_gray(path), name=path)
+
+
+def _load_npy(path: str) -> np.ndarray:
+    try:
+        x = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable .npy array ({type(e).__name__}: {e})") from None
+    if x.dtype.kind not in "uif" or x.dtype.kind == "b":
+        raise ValueError(f"{path}: expected a numeric array, got dtype {x.dtype}")
+    if x.shape == (SIZE, SIZE):
+        x = x[None, :, :, None]
+    elif x.shape == (SIZE, SIZE, 1):
+        x = x[None]
+    elif x.ndim == 3 and x.shape[1:] == (SIZE, SIZE):
+        x = x[..., None]
+    elif not (x.ndim == 4 and x.shape[1:] == (SIZE, SIZE, 1)):
+        raise ValueError(f"{path}: expected an array of shape (28, 28), (28, 28, 1), (N, 28, 28) or "
+                         f"(N, 28, 28, 1), got {x.shape}")
+    if len(x) == 0:
+        raise ValueError(f"{path}: holds no images")
+    if x.dtype.kind in "ui":
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi > 255:
+            raise ValueError(f"{path}: integer pixels must lie in 0..255, got {lo}..{hi}")
+        return x.astype(np.float32)
+    x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError(f"{path}: contains NaN or infinite values")
+    lo, hi = float(x.min()), float(x.max())
+    if lo >= 0.0 and hi <= 1.0:
+        return x * np.float32(255.0)
+    if lo >= 0.0 and hi <= 255.0:
+        return x
+    raise ValueError(f"{path}: float pixels must lie in [0, 1] or [0, 255], got {lo:g}..{hi:g}")
+
+
+def load_inputs(path) -> np.ndarray:
+    """Images from one file as MNIST pixels: float32 ``(N, 28, 28, 1)`` in 0..255.
+
+    * ``.npy``: shape ``(28, 28)``, ``(28, 28, 1)``, ``(N, 28, 28)`` or ``(N, 28, 28, 1)``,
+      ALREADY in MNIST's convention (white digit on black, centred) — it is not inverted or
+      re-centred. Integer arrays are pixels 0..255; float arrays whose values all lie in
+      [0, 1] are scaled by 255, floats in [0, 255] are taken as they are.
+    * anything else: an image file, one digit, normalised by ``load_digit_image``.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    if path.lower().endswith(".npy"):
+        return _load_npy(path)
+    return load_digit_image(path)[None]

@@ -1,0 +1,241 @@
+"""The command line: ``python -m jimunet train | evaluate | predict``, its messages and exit codes."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import jimunet as jn
+from jimunet import cli
+
+
+def run(*args, env=None, timeout=120):
+    full_env = {k: v for k, v in os.environ.items() if k != "JIMUNET_DEBUG"}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "jimunet", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "model.npz"
+    jn.models.mnist_cnn(rng=0).save(path, metadata={"epoch": 0})
+    return path
+
+
+def test_help_lists_the_commands():
+    r = run("--help")
+    assert r.returncode == 0
+    for cmd in ("train", "evaluate", "predict"):
+        assert cmd in r.stdout
+    r = run("train", "--help")
+    assert r.returncode == 0 and "--self-test" in r.stdout and "--resume" in r.stdout
+    r = run()
+    assert r.returncode == 2 and "usage" in r.stderr
+
+
+def test_self_test_from_the_command_line(tmp_path):
+    out = tmp_path / "run"
+    r = run("train", "--self-test", "--out", out, "--no-report", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert "test error 0.00%" in r.stdout
+    assert "epoch   1/1" in r.stdout
+    assert (out / "model.npz").is_file() and (out / "checkpoint.npz").is_file()
+    assert (out / "train.log").read_text().strip().splitlines() == r.stdout.strip().splitlines()
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["test_error"] == 0.0 and m["config"]["self_test"] is True and m["config"]["epochs"] == 1
+
+
+def one_line_error(r, prog):
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"{prog}: error: ") and "Traceback" not in r.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--epochs", "-1"], "--epochs: must be >= 1, got -1"),
+    (["--epochs", "0"], "--epochs: must be >= 1"),
+    (["--epochs", "ten"], "expected an integer"),
+    (["--batch-size", "0"], "--batch-size: must be >= 1"),
+    (["--lr", "-0.1"], "--lr: must be a positive number"),
+    (["--lr", "nan"], "--lr: must be a positive number"),
+    (["--train-size", "60000", "--self-test"], None),  # self-test: any size is cut to its 256 images
+    (["--train-size", "60000"], "train_size must be <= 55000"),
+    (["--resume", "/nonexistent/run"], "no such run directory"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_train_bad_arguments(tmp_path, args, expect):
+    if expect is None:
+        r = run("train", *args, "--out", tmp_path / "run", "--no-report")
+        assert r.returncode == 0, r.stderr
+        return
+    line = one_line_error(run("train", *args, "--out", tmp_path / "run"), "jimunet train")
+    assert expect in line
+    assert not (tmp_path / "run" / "checkpoint.npz").exists()
+
+
+def test_resume_of_a_directory_without_checkpoint(tmp_path):
+    line = one_line_error(run("train", "--resume", tmp_path), "jimunet train")
+    assert "checkpoint.npz does not exist" in line
+
+
+def test_model_file_errors(tmp_path, model_file):
+    line = one_line_error(run("evaluate", tmp_path / "missing.npz"), "jimunet evaluate")
+    assert "no such model file" in line
+    corrupt = tmp_path / "corrupt.npz"
+    corrupt.write_bytes(b"PK\x03\x04 definitely not a zip")
+    line = one_line_error(run("evaluate", corrupt), "jimunet evaluate")
+    assert "corrupt" in line or "not a readable" in line
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(model_file.read_bytes()[:5000])
+    one_line_error(run("predict", truncated, tmp_path / "x.npy"), "jimunet predict")
+    other = tmp_path / "other.npz"
+    np.savez(other, a=np.zeros(3))
+    line = one_line_error(run("evaluate", other), "jimunet evaluate")
+    assert "not one written by jimunet" in line
+
+
+def test_predict_errors(tmp_path, model_file):
+    text = tmp_path / "notes.png"
+    text.write_text("hello")
+    line = one_line_error(run("predict", model_file, text), "jimunet predict")
+    assert "not a readable image" in line
+    line = one_line_error(run("predict", model_file, tmp_path / "missing.png"), "jimunet predict")
+    assert "no such file" in line
+    np.save(tmp_path / "wrong.npy", np.zeros((3, 5)))
+    line = one_line_error(run("predict", model_file, tmp_path / "wrong.npy"), "jimunet predict")
+    assert "expected an array of shape" in line
+    one_line_error(run("predict", model_file), "jimunet predict")  # no FILE
+
+
+def test_predict_prints_top3_per_image(tmp_path, model_file):
+    from PIL import Image, ImageDraw
+    im = Image.new("L", (90, 120), 255)
+    ImageDraw.Draw(im).line([(45, 10), (45, 110)], fill=0, width=10)
+    im.save(tmp_path / "one.png")
+    np.save(tmp_path / "two.npy", np.zeros((2, 28, 28, 1), np.uint8))
+    r = run("predict", model_file, tmp_path / "one.png", tmp_path / "two.npy")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert [ln.split(":")[0] for ln in lines] == [str(tmp_path / "one.png"), f"{tmp_path / 'two.npy'}[0]",
+                                                 f"{tmp_path / 'two.npy'}[1]"]
+    for ln in lines:
+        top = re.findall(r"(\d) \((\d+\.\d)%\)", ln.split(": ", 1)[1])
+        assert len(top) == 3 and len({c for c, _ in top}) == 3
+        probs = [float(p) for _, p in top]
+        assert probs == sorted(probs, reverse=True) and sum(probs) <= 100.2
+    # the same input twice gives the same answer (evaluation mode: no dropout)
+    assert lines[1].split(": ")[1] == lines[2].split(": ")[1]
+
+
+def test_predict_matches_the_model(tmp_path, model_file):
+    """What ``predict`` prints for a .npy digit is the model's own softmax on preprocessed pixels."""
+    (_, _), (x, _) = jn.datasets.load_mnist(progress=False)
+    np.save(tmp_path / "d.npy", x[0])
+    from jimunet.data.images import preprocess
+    model = jn.load(model_file)
+    logits = model.predict(preprocess(x[:1]))[0].astype(np.float64)
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    best = int(p.argmax())
+    r = run("predict", model_file, tmp_path / "d.npy", "--top", "1")
+    assert r.returncode == 0 and r.stdout.strip() == f"{tmp_path / 'd.npy'}: {best} ({100 * p[best]:.1f}%)"
+
+
+def test_evaluate_prints_accuracy_and_confusion_table(model_file, monkeypatch, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (50, 28, 28, 1), dtype=np.uint8)
+    y = np.arange(50, dtype=np.int64) % 10
+    monkeypatch.setattr(jn.datasets, "load_mnist", lambda root=None, **kw: ((x, y), (x, y)))
+    assert cli.main(["evaluate", str(model_file)]) == 0
+    out = capsys.readouterr().out
+    m = re.search(r"accuracy (\d+\.\d\d)%\s+error (\d+\.\d\d)%", out)
+    assert m and float(m.group(1)) + float(m.group(2)) == pytest.approx(100.0)
+    table = out[out.index("true\\pred"):].strip().splitlines()
+    assert len(table) == 11
+    assert table[0].split()[1:] == [str(i) for i in range(10)] + ["total"]
+    rows = [[int(v) for v in ln.split()] for ln in table[1:]]
+    assert [r[0] for r in rows] == list(range(10))
+    assert all(sum(r[1:-1]) == r[-1] == 5 for r in rows)
+    assert len({len(ln) for ln in table[1:]}) == 1  # aligned
+
+
+def test_unexpected_errors_are_one_line_unless_debugging(monkeypatch, capsys):
+    import jimunet.train
+
+    def broken(*a, **k):
+        raise OSError("disk on fire")
+    monkeypatch.setattr(jimunet.train, "train_mnist", broken)
+    monkeypatch.delenv("JIMUNET_DEBUG", raising=False)
+    assert cli.main(["train", "--self-test"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["jimunet train: error: OSError: disk on fire (JIMUNET_DEBUG=1 shows the traceback)"]
+    monkeypatch.setenv("JIMUNET_DEBUG", "1")
+    with pytest.raises(OSError, match="disk on fire"):
+        cli.main(["train", "--self-test"])
+
+
+def test_interrupt_and_divergence_exit_codes(monkeypatch, capsys):
+    import jimunet.train
+
+    def interrupted(*a, **k):
+        raise jimunet.train.TrainingInterrupted("stopped", 1, 8)
+    monkeypatch.setattr(jimunet.train, "train_mnist", interrupted)
+    assert cli.main(["train", "--self-test"]) == 130
+
+    def diverged(*a, **k):
+        raise jimunet.train.TrainingDiverged("training diverged at step 3 (epoch 1): the loss is nan", 3, 1)
+    monkeypatch.setattr(jimunet.train, "train_mnist", diverged)
+    assert cli.main(["train", "--self-test"]) == 1
+    assert "diverged at step 3" in capsys.readouterr().err
+
+
+def test_nan_loss_from_the_command_line(tmp_path):
+    r = run("train", "--self-test", "--lr", "1e6", "--epochs", "2", "--out", tmp_path / "run", "--no-report")
+    assert r.returncode == 1
+    errors = [ln for ln in r.stderr.splitlines() if "error:" in ln]
+    assert len(errors) == 1 and re.search(r"diverged at step \d+ \(epoch 1\)", errors[0])
+    assert "Traceback" not in r.stderr
+    assert (tmp_path / "run" / "checkpoint.npz").is_file()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT delivery to a child needs POSIX")
+def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "jimunet", "train", "--self-test", "--epochs", "500",
+                             "--out", str(out), "--no-report"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.time() + 60
+        def epochs_done():  # metrics.json is rewritten (atomically) at the end of every epoch
+            try:
+                return json.loads((out / "metrics.json").read_text())["epochs_completed"]
+            except FileNotFoundError:
+                return 0
+        while epochs_done() < 1:
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert f"jimunet train --resume {out}" in stdout
+    with np.load(out / "checkpoint.npz", allow_pickle=False) as z:
+        done = json.loads(z["__meta__"].tobytes())["state"]["epoch"]
+    assert done >= 1
+    assert json.loads((out / "metrics.json").read_text())["status"] == "interrupted"
+    r = run("train", "--resume", out, "--epochs", done + 1)
+    assert r.returncode == 0, r.stderr
+    assert f"resumed from checkpoint.npz: {done} epochs" in r.stdout
+    assert "test error 0.00%" in r.stdout
+    assert json.loads((out / "metrics.json").read_text())["epochs_completed"] == done + 1
