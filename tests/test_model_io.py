@@ -297,3 +297,26 @@ def test_state_dict_round_trip_and_copy():
     assert not np.array_equal(clone.parameters()[0].data, model.parameters()[0].data)
     with pytest.raises(ValueError, match="missing"):
         model.load_state_dict({})
+
+
+def test_fused_relu_maxpool_order_gives_identical_results():
+    """fuse=True runs ReLU→MaxPool2D as MaxPool2D→ReLU; outputs and all gradients are equal."""
+    def build(fuse):
+        return jn.Sequential([jn.layers.Conv2D(2, 3, 3, rng=1, dtype=np.float64), jn.layers.ReLU(),
+                              jn.layers.MaxPool2D(2, padding="same"), jn.layers.ReLU(), jn.layers.MaxPool2D(3, 2),
+                              jn.layers.Flatten()], fuse=fuse)
+    rng = np.random.default_rng(3)
+    # integer-valued inputs and weights make ties and exact zeros common
+    x = rng.integers(-2, 3, (4, 9, 9, 2)).astype(np.float64)
+    results = []
+    for fuse in (True, False):
+        m = build(fuse)
+        m.layers[0].weight.data[...] = np.random.default_rng(5).integers(-1, 2, m.layers[0].weight.data.shape)
+        y = m.forward(x, training=True)
+        g = np.random.default_rng(6).standard_normal(y.shape)
+        dx = m.backward(g)
+        results.append((y, dx, m.layers[0].weight.grad.copy(), m.layers[0].bias.grad.copy()))
+    assert build(True)._order() == [0, 2, 1, 4, 3, 5]
+    assert build(False)._order() == list(range(6))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)

@@ -55,6 +55,10 @@ class Sequential(Layer):
 
     Args:
         layers: a list of ``Layer`` objects.
+        fuse: run each ``ReLU → MaxPool2D`` pair as ``MaxPool2D → ReLU``. Max commutes
+            with ReLU, and so does the choice of the first maximum, so outputs and
+            gradients are identical, while ReLU touches 4× fewer values (for 2×2 pools).
+            ``False`` runs the layers strictly in list order.
 
     Example:
         >>> import numpy as np, jimunet as jn
@@ -65,12 +69,26 @@ class Sequential(Layer):
         15
     """
 
-    def __init__(self, layers):
+    def __init__(self, layers, fuse: bool = True):
         layers = list(layers)
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
                 raise ValueError(f"Sequential: item {i} is a {type(layer).__name__}, not a jimunet Layer")
         self.layers = layers
+        self.fuse = bool(fuse)
+
+    def _order(self):
+        """Indices of the layers in the order they run (see ``fuse``)."""
+        order = list(range(len(self.layers)))
+        if self.fuse:
+            from .layers import MaxPool2D, ReLU
+            i = 0
+            while i < len(order) - 1:
+                if isinstance(self.layers[i], ReLU) and isinstance(self.layers[i + 1], MaxPool2D):
+                    order[i], order[i + 1] = i + 1, i
+                    i += 1
+                i += 1
+        return order
 
     def __len__(self):
         return len(self.layers)
@@ -85,14 +103,16 @@ class Sequential(Layer):
         return f"Sequential({len(self.layers)} layers)"
 
     def forward(self, x, training: bool = False):
-        for layer in self.layers:
-            x = layer.forward(x, training=training)
+        self._ran = self._order()
+        for i in self._ran:
+            x = self.layers[i].forward(x, training=training)
         return x
 
     def backward(self, grad, input_grad: bool = True):
         """Back-propagate ``grad``; with ``input_grad=False`` the first layer skips dX (returns None)."""
-        for i in range(len(self.layers) - 1, -1, -1):
-            grad = self.layers[i].backward(grad, input_grad=input_grad or i > 0)
+        order = getattr(self, "_ran", None) or self._order()
+        for k in range(len(order) - 1, -1, -1):
+            grad = self.layers[order[k]].backward(grad, input_grad=input_grad or k > 0)
         return grad if input_grad else None  # layers without parameters ignore input_grad
 
     def parameters(self):
@@ -170,11 +190,12 @@ class Sequential(Layer):
             self.layers[int(i)].rng.bit_generator.state = st
 
     def get_config(self) -> dict:
-        return {"layers": [{"class": type(layer).__name__, "config": layer.get_config()} for layer in self.layers]}
+        return {"layers": [{"class": type(layer).__name__, "config": layer.get_config()} for layer in self.layers],
+                "fuse": self.fuse}
 
     @classmethod
     def from_config(cls, config: dict) -> "Sequential":
-        return cls([from_config(c) for c in config["layers"]])
+        return cls([from_config(c) for c in config["layers"]], fuse=config.get("fuse", True))
 
     def save(self, path, metadata: dict | None = None) -> None:
         """Write weights and architecture to one ``.npz`` (atomically; no pickles).

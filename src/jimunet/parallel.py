@@ -118,11 +118,6 @@ def _parts(n: int, threads: int):
     return [slice(bounds[i], bounds[i + 1]) for i in range(k)]
 
 
-def _active():
-    """True when threads should be used: more than one, and not already inside a region."""
-    return _num_threads > 1 and not getattr(_local, "inside", False)
-
-
 def pfor(fn, n: int, work: int | None = None) -> None:
     """Call ``fn(slice)`` for disjoint slices covering ``range(n)``, one per thread.
 
@@ -130,32 +125,69 @@ def pfor(fn, n: int, work: int | None = None) -> None:
     (e.g. the number of elements touched) below ~64k runs on this thread alone: waking
     a worker costs more than such a job.
     """
-    if not _active() or n < 2 or (work is not None and work < 1 << 16):
+    if getattr(_local, "inside", False):
         fn(slice(0, n))
         return
+    # BLAS runs single-threaded inside every region, also when jimunet runs one thread:
+    # multi-threaded BLAS may sum in another order, and results must not depend on threads.
     _local.inside = True
     try:
         with _blas_single_thread():
-            _pool().run(fn, _parts(n, _num_threads))
+            if _num_threads == 1 or n < 2 or (work is not None and work < 1 << 16):
+                fn(slice(0, n))
+            else:
+                _pool().run(fn, _parts(n, _num_threads))
     finally:
         _local.inside = False
 
 
-def pmatmul(a, b, out=None):
-    """``a @ b`` for 2-D arrays, its output split across threads by rows (or columns when
-    ``a`` has few rows). ``out``, if given, must be C-contiguous of the result's shape."""
+def pmatmul(a, b, out=None, accumulate: bool = False):
+    """``a @ b`` for 2-D arrays (or ``out += a @ b`` with ``accumulate``), the output split
+    across threads by rows, or by columns when ``a`` has few rows. Each thread adds its
+    own block, so accumulating into a large gradient needs no full-size temporary."""
     xp = xp_of(a, b)
     m, n = a.shape[0], b.shape[1]
     if out is None:
+        if accumulate:
+            raise ValueError("pmatmul: accumulate=True needs out")
         out = xp.empty((m, n), dtype=xp.result_type(a.dtype, b.dtype))
-    if xp_of(a) is not xp_of(out) or not _active() or m * n * a.shape[1] < 1 << 22:
-        xp.matmul(a, b, out=out)
-        return out
-    if m >= 4 * _num_threads:
-        pfor(lambda sl: xp.matmul(a[sl], b, out=out[sl]), m)
+
+    def block(rows, cols):
+        if accumulate:
+            out[rows, cols] += xp.matmul(a[rows], b[:, cols])
+        else:
+            xp.matmul(a[rows], b[:, cols], out=out[rows, cols])
+    everything = slice(None)
+    if m >= 8:
+        pfor(lambda sl: block(sl, everything), m, m * n * a.shape[1] >> 6)
     else:
-        pfor(lambda sl: xp.matmul(a, b[:, sl], out=out[:, sl]), n)
+        pfor(lambda sl: block(everything, sl), n, m * n * a.shape[1] >> 6)
     return out
 
 
-__all__ = ["set_num_threads", "get_num_threads", "pfor", "pmatmul"]
+def paccumulate_tmatmul(a, b, out, blocks: int = 8):
+    """``out += aᵀ @ b`` for tall ``a`` and ``b`` (a reduction over their many rows).
+
+    The rows are cut into a fixed number of blocks, whatever the thread count; each
+    block's product lands in its own buffer and the buffers are added in block order,
+    so the result does not depend on how many threads computed it. Each thread reads
+    only its own rows, the cheapest split when ``aᵀ @ b`` is small.
+    """
+    xp = xp_of(a, b)
+    k = a.shape[0]
+    blocks = max(1, min(blocks, k))
+    bounds = [k * i // blocks for i in range(blocks + 1)]
+    partial = xp.empty((blocks, a.shape[1], b.shape[1]), dtype=xp.result_type(a.dtype, b.dtype))
+
+    def run(sl):
+        for i in range(sl.start, sl.stop):
+            r = slice(bounds[i], bounds[i + 1])
+            xp.matmul(a[r].T, b[r], out=partial[i])
+    pfor(run, blocks, a.size * b.shape[1] >> 6)
+    for i in range(1, blocks):  # the whole sum first, then one add: accumulation stays exact
+        partial[0] += partial[i]
+    out += partial[0]
+    return out
+
+
+__all__ = ["set_num_threads", "get_num_threads", "pfor", "pmatmul", "paccumulate_tmatmul"]

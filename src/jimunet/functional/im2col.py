@@ -25,14 +25,19 @@ def im2col(xp_padded, kernel, stride, out_hw, out=None):
     it each step).
     """
     xp = xp_of(xp_padded)
-    win = window_view(xp_padded, kernel, stride, out_hw)
-    n, oh, ow, kh, kw, c = win.shape
+    n, _, _, c = xp_padded.shape
+    (kh, kw), (oh, ow) = kernel, out_hw
     if out is None:
-        out = xp.empty((n, oh, ow, kh, kw, c), dtype=xp_padded.dtype)
+        out = xp.empty((n * oh * ow, kh * kw * c), dtype=xp_padded.dtype)
+    sn, sh, sw, sc = xp_padded.strides
+    if sw == c * sc:
+        # A window row (kw pixels × C channels) is one contiguous run of the input, so copy
+        # runs of kw·C values instead of C: for C=1 that is 5× fewer, longer inner copies.
+        win = as_strided(xp_padded, (n, oh, ow, kh, kw * c), (sn, sh * stride[0], sw * stride[1], sh, sc))
+        out.reshape(n, oh, ow, kh, kw * c)[...] = win
     else:
-        out = out.reshape(n, oh, ow, kh, kw, c)
-    out[...] = win
-    return out.reshape(n * oh * ow, kh * kw * c)
+        out.reshape(n, oh, ow, kh, kw, c)[...] = window_view(xp_padded, kernel, stride, out_hw)
+    return out
 
 
 def col2im(cols, padded_shape, kernel, stride, out_hw):

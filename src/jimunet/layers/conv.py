@@ -7,7 +7,7 @@ from .. import init as _init
 from ..backend import xp_of
 from ..functional.im2col import im2col
 from ..functional.padding import conv_output_size, normalize_padding, pad_amounts, pair
-from ..parallel import pfor, pmatmul
+from ..parallel import paccumulate_tmatmul, pfor
 from ..parameter import Parameter
 from ..random import resolve_rng
 from .base import Layer, check_dtype_arg, register
@@ -185,7 +185,7 @@ class Conv2D(Layer):
         self._check_grad(grad, (n, oh, ow, self.out_channels))
         xp = xp_of(grad)
         dy = grad.reshape(-1, self.out_channels)
-        self.weight.grad += pmatmul(cols.T, dy).reshape(self.weight.data.shape)
+        paccumulate_tmatmul(cols, dy, self.weight.grad.reshape(cols.shape[1], self.out_channels))
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=0)
         if not input_grad:

@@ -79,7 +79,7 @@ class Dense(Layer):
         if self._x is None:
             raise self._no_forward()
         self._check_grad(grad, (self._x.shape[0], self.out_features))
-        self.weight.grad += pmatmul(self._x.T, grad)
+        pmatmul(self._x.T, grad, out=self.weight.grad, accumulate=True)
         if self.bias is not None:
             self.bias.grad += grad.sum(axis=0)
         return pmatmul(grad, self.weight.data.T) if input_grad else None
