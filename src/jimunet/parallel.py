@@ -14,6 +14,8 @@ import queue
 import threading
 from contextlib import contextmanager
 
+import numpy as np
+
 from .backend import xp_of
 
 try:  # threadpoolctl is how BLAS is held to one thread inside a parallel region
@@ -141,6 +143,23 @@ def pfor(fn, n: int, work: int | None = None) -> None:
         _local.inside = False
 
 
+def has_nan(x) -> bool:
+    """Whether ``x`` holds a NaN. Each thread sums its block (one cheap pass, no
+    temporary); only a non-finite sum calls for the exact elementwise look."""
+    xp = xp_of(x)
+    if x.size == 0:
+        return False
+    flat = x.reshape(x.shape[0], -1) if x.ndim > 1 else x.reshape(-1, 1)
+    non_finite = []
+
+    def block(sl):
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf or overflow is no error here
+            if not bool(xp.isfinite(flat[sl].sum())):
+                non_finite.append(sl)
+    pfor(block, flat.shape[0], x.size)
+    return bool(non_finite) and any(bool(xp.isnan(flat[sl]).any()) for sl in non_finite)
+
+
 def pmatmul(a, b, out=None, accumulate: bool = False):
     """``a @ b`` for 2-D arrays (or ``out += a @ b`` with ``accumulate``), the output split
     across threads by rows, or by columns when ``a`` has few rows. Each thread adds its
@@ -165,11 +184,12 @@ def pmatmul(a, b, out=None, accumulate: bool = False):
     return out
 
 
-def paccumulate_tmatmul(a, b, out, blocks: int = 8):
-    """``out += aᵀ @ b`` for tall ``a`` and ``b`` (a reduction over their many rows).
+def paccumulate_tmatmul(a, b, out, blocks: int = 8, b_sum_out=None):
+    """``out += aᵀ @ b`` for tall ``a`` and ``b`` (a reduction over their many rows), and
+    ``b_sum_out += b.sum(axis=0)`` in the same pass when given (a bias gradient).
 
     The rows are cut into a fixed number of blocks, whatever the thread count; each
-    block's product lands in its own buffer and the buffers are added in block order,
+    block's result lands in its own buffer and the buffers are added in block order,
     so the result does not depend on how many threads computed it. Each thread reads
     only its own rows, the cheapest split when ``aᵀ @ b`` is small.
     """
@@ -177,16 +197,24 @@ def paccumulate_tmatmul(a, b, out, blocks: int = 8):
     k = a.shape[0]
     blocks = max(1, min(blocks, k))
     bounds = [k * i // blocks for i in range(blocks + 1)]
-    partial = xp.empty((blocks, a.shape[1], b.shape[1]), dtype=xp.result_type(a.dtype, b.dtype))
+    dtype = xp.result_type(a.dtype, b.dtype)
+    partial = xp.empty((blocks, a.shape[1], b.shape[1]), dtype=dtype)
+    partial_sum = xp.empty((blocks, b.shape[1]), dtype=b.dtype) if b_sum_out is not None else None
 
     def run(sl):
         for i in range(sl.start, sl.stop):
             r = slice(bounds[i], bounds[i + 1])
             xp.matmul(a[r].T, b[r], out=partial[i])
+            if partial_sum is not None:
+                b[r].sum(axis=0, out=partial_sum[i])
     pfor(run, blocks, a.size * b.shape[1] >> 6)
     for i in range(1, blocks):  # the whole sum first, then one add: accumulation stays exact
         partial[0] += partial[i]
+        if partial_sum is not None:
+            partial_sum[0] += partial_sum[i]
     out += partial[0]
+    if partial_sum is not None:
+        b_sum_out += partial_sum[0]
     return out
 
 

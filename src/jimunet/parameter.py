@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .backend import xp_of
+from .parallel import pfor
 
 
 class Parameter:
@@ -37,7 +38,7 @@ class Parameter:
         return int(self.data.size)
 
     def zero_grad(self) -> None:
-        self.grad[...] = 0
+        pfor(lambda sl: self.grad.reshape(-1)[sl].fill(0), self.grad.size, self.grad.size)
 
     def __repr__(self) -> str:
         return f"Parameter(name={self.name!r}, shape={tuple(self.data.shape)}, dtype={self.data.dtype})"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import xp_of
+from ..parallel import has_nan
 
 _REGISTRY: dict[str, type] = {}
 
@@ -98,11 +99,7 @@ class Layer:
             what = "channels" if x.ndim == 4 else "features"
             raise ValueError(f"{self.describe()}: expected {channels} {what} in the last axis of an "
                              f"{layout or 'array'}, got shape {tuple(x.shape)}{hint}")
-        # sum() is one cheap pass without a temporary; only a non-finite sum needs a closer look.
-        # (inf + -inf or an overflowing sum is not an error, so numpy must not warn about it.)
-        with np.errstate(invalid="ignore", over="ignore"):
-            finite = x.size == 0 or bool(xp.isfinite(x.sum()))
-        if not finite and bool(xp.isnan(x).any()):
+        if has_nan(x):
             raise ValueError(f"{self.describe()}: input contains NaN")
 
     def _check_grad(self, grad, expected_shape) -> None:

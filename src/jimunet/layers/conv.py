@@ -185,9 +185,8 @@ class Conv2D(Layer):
         self._check_grad(grad, (n, oh, ow, self.out_channels))
         xp = xp_of(grad)
         dy = grad.reshape(-1, self.out_channels)
-        paccumulate_tmatmul(cols, dy, self.weight.grad.reshape(cols.shape[1], self.out_channels))
-        if self.bias is not None:
-            self.bias.grad += dy.sum(axis=0)
+        paccumulate_tmatmul(cols, dy, self.weight.grad.reshape(cols.shape[1], self.out_channels),
+                            b_sum_out=None if self.bias is None else self.bias.grad)
         if not input_grad:
             return None
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
