@@ -7,7 +7,7 @@ import numpy as np
 
 from . import __version__
 from .backend import xp_of
-from .layers.base import Layer, from_config
+from .layers.base import Layer, data_already_checked, from_config
 from .serialization import CheckpointError, load_npz, save_npz
 
 MODEL_FORMAT = "jimunet-model"
@@ -60,6 +60,10 @@ class Sequential(Layer):
             gradients are identical, while ReLU touches 4× fewer values (for 2×2 pools).
             ``False`` runs the layers strictly in list order.
 
+    Only the first layer scans the input for NaN; the others check shapes and dtypes but
+    skip that data pass over results the model made itself (a NaN arising inside the
+    network, from overflow, still shows in the loss).
+
     Example:
         >>> import numpy as np, jimunet as jn
         >>> m = jn.Sequential([jn.layers.Flatten(), jn.layers.Dense(4, 3)])
@@ -104,8 +108,12 @@ class Sequential(Layer):
 
     def forward(self, x, training: bool = False):
         self._ran = self._order()
-        for i in self._ran:
-            x = self.layers[i].forward(x, training=training)
+        if not self._ran:
+            return x
+        x = self.layers[self._ran[0]].forward(x, training=training)
+        with data_already_checked():  # the first layer scanned the data for NaN
+            for i in self._ran[1:]:
+                x = self.layers[i].forward(x, training=training)
         return x
 
     def backward(self, grad, input_grad: bool = True):

@@ -6,12 +6,32 @@ mutates its arguments and holds no batch size: shapes come from the data.
 """
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
+
 import numpy as np
 
 from ..backend import xp_of
 from ..parallel import has_nan
 
 _REGISTRY: dict[str, type] = {}
+_checked = threading.local()
+
+
+@contextmanager
+def data_already_checked():
+    """Within this block, layers skip the NaN scan of their input (shape checks remain).
+
+    ``Sequential`` scans its input once and runs its later layers inside this block: their
+    inputs are its own intermediate results, and a NaN born inside the network (overflow)
+    still reaches the loss.
+    """
+    saved = getattr(_checked, "inside", False)
+    _checked.inside = True
+    try:
+        yield
+    finally:
+        _checked.inside = saved
 
 
 def register(cls):
@@ -99,7 +119,7 @@ class Layer:
             what = "channels" if x.ndim == 4 else "features"
             raise ValueError(f"{self.describe()}: expected {channels} {what} in the last axis of an "
                              f"{layout or 'array'}, got shape {tuple(x.shape)}{hint}")
-        if has_nan(x):
+        if not getattr(_checked, "inside", False) and has_nan(x):
             raise ValueError(f"{self.describe()}: input contains NaN")
 
     def _check_grad(self, grad, expected_shape) -> None:
