@@ -29,6 +29,16 @@ TASKS = {  # name: (kind, batch, warm-up iterations, timed iterations)
 FRAMEWORKS = ("jimunet", "torch")
 
 
+def _time(step, warm, iters):
+    """Seconds for ``iters`` calls of ``step`` after ``warm`` untimed ones."""
+    for _ in range(warm):
+        step()
+    t = time.perf_counter()
+    for _ in range(iters):
+        step()
+    return time.perf_counter() - t
+
+
 def _data(batch):
     import numpy as np
     rng = np.random.default_rng(0)
@@ -43,12 +53,7 @@ def _run_jimunet(kind, batch, warm, iters, threads):
     x, y = _data(batch)
     model = jn.models.mnist_cnn(rng=0)
     if kind == "infer":
-        for _ in range(warm):
-            model.predict(x)
-        t = time.perf_counter()
-        for _ in range(iters):
-            model.predict(x)
-        return time.perf_counter() - t
+        return _time(lambda: model.predict(x), warm, iters)
     loss_fn = jn.losses.SoftmaxCrossEntropy()
     dense = [p for layer in model.layers if isinstance(layer, jn.layers.Dense) for p in layer.parameters()]
     conv = [p for p in model.parameters() if all(p is not q for q in dense)]
@@ -59,12 +64,7 @@ def _run_jimunet(kind, batch, warm, iters, threads):
         model.backward(loss_fn.backward(), input_grad=False)
         opt.step()
         opt.zero_grad()
-    for _ in range(warm):
-        step()
-    t = time.perf_counter()
-    for _ in range(iters):
-        step()
-    return time.perf_counter() - t
+    return _time(step, warm, iters)
 
 
 def _torch_model(torch):
@@ -89,12 +89,7 @@ def _run_torch(kind, batch, warm, iters, threads, channels_last=False):
     if kind == "infer":
         model.eval()
         with torch.no_grad():
-            for _ in range(warm):
-                model(x)
-            t = time.perf_counter()
-            for _ in range(iters):
-                model(x)
-        return time.perf_counter() - t
+            return _time(lambda: model(x), warm, iters)
     model.train()
     dense = [p for m in model if isinstance(m, torch.nn.Linear) for p in m.parameters()]
     conv = [p for m in model if isinstance(m, torch.nn.Conv2d) for p in m.parameters()]
@@ -105,12 +100,7 @@ def _run_torch(kind, batch, warm, iters, threads, channels_last=False):
         opt.zero_grad()
         loss_fn(model(x), y).backward()
         opt.step()
-    for _ in range(warm):
-        step()
-    t = time.perf_counter()
-    for _ in range(iters):
-        step()
-    return time.perf_counter() - t
+    return _time(step, warm, iters)
 
 
 def worker(framework, task, threads):

@@ -6,9 +6,11 @@ named arrays and a JSON skeleton that refers to them, so loading needs only
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import pathlib
 import tempfile
 import zipfile
 
@@ -59,6 +61,40 @@ def _umask() -> int:
     return mask
 
 
+@contextlib.contextmanager
+def atomic_writer(path):
+    """Open a temporary file next to ``path``; on success fsync it and move it into place.
+
+    Readers therefore see either the old file or the complete new one, never a
+    partial write, even if the process dies. On error the temporary file is removed.
+
+    Example:
+        >>> with atomic_writer("/tmp/x.bin") as f:   # doctest: +SKIP
+        ...     f.write(b"data")
+    """
+    path = pathlib.Path(path)
+    # Same directory, so os.replace is a rename within one file system.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    # Persist the rename itself; not possible (nor needed) on every platform.
+    with contextlib.suppress(OSError, AttributeError):
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
 def save_npz(path, arrays: dict, meta: dict) -> None:
     """Write ``arrays`` and the JSON ``meta`` to ``path`` atomically.
 
@@ -72,18 +108,8 @@ def save_npz(path, arrays: dict, meta: dict) -> None:
     if META_KEY in payload:
         raise ValueError(f"array name {META_KEY!r} is reserved")
     payload[META_KEY] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_writer(path) as f:
+        np.savez(f, **payload)
 
 
 def load_npz(path, kind: str | None = None):

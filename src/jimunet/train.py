@@ -38,7 +38,7 @@ from . import __version__
 from .backend import to_numpy, xp_of
 from .data.images import preprocess
 from .recipes import RESUMABLE_FIELDS, ConfigError, MNISTConfig, build, fake_data
-from .serialization import CheckpointError, load_npz, pack, save_npz, unpack
+from .serialization import CheckpointError, atomic_writer, load_npz, pack, save_npz, unpack
 
 __all__ = ["Trainer", "fit", "evaluate", "Evaluation", "History", "Callback", "TrainingDiverged",
            "TrainingInterrupted", "train_mnist", "TrainResult", "RunLog", "preprocess",
@@ -426,19 +426,8 @@ def fit(model, loss_fn, optimizer, x, y, epochs: int = 1, batch_size: int = 64, 
 
 def write_json_atomic(path, obj) -> None:
     """Write ``obj`` as JSON to ``path`` via a temporary file and ``os.replace``."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_writer(path) as f:
+        f.write((json.dumps(obj, indent=1, allow_nan=False) + "\n").encode())
 
 
 class RunLog:

@@ -13,15 +13,14 @@ Example:
 """
 from __future__ import annotations
 
-import contextlib
 import gzip
 import os
-import tempfile
 import zlib
-from pathlib import Path
-from typing import IO, Iterator, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
+
+from ..serialization import atomic_writer
 
 __all__ = ["IDXFormatError", "read_idx", "write_idx", "encode_idx", "decode_idx"]
 
@@ -191,41 +190,6 @@ def encode_idx(array: np.ndarray) -> bytes:
     header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
     body = np.ascontiguousarray(array, dtype=_CODE_TO_DTYPE[code]).tobytes()
     return header + body
-
-
-@contextlib.contextmanager
-def atomic_writer(path: PathLike) -> Iterator[IO[bytes]]:
-    """Open a temporary file next to ``path``; on success fsync it and move it into place.
-
-    Readers therefore see either the old file or the complete new one, never a
-    partial write, even if the process dies. On error the temporary file is removed.
-
-    Example:
-        >>> with atomic_writer("/tmp/x.bin") as f:   # doctest: +SKIP
-        ...     f.write(b"data")
-    """
-    path = Path(path)
-    # Same directory, so os.replace is a rename within one file system.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes the file 0600; a cache file should be readable like any other.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    # Persist the rename itself; not possible (nor needed) on every platform.
-    with contextlib.suppress(OSError, AttributeError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def write_idx_bytes(path: PathLike, data: bytes) -> None:
