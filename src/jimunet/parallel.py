@@ -162,8 +162,8 @@ def has_nan(x) -> bool:
 
 def pmatmul(a, b, out=None, accumulate: bool = False):
     """``a @ b`` for 2-D arrays (or ``out += a @ b`` with ``accumulate``), the output split
-    across threads by rows, or by columns when ``a`` has few rows. Each thread adds its
-    own block, so accumulating into a large gradient needs no full-size temporary."""
+    across threads by rows or by columns. Each thread adds its own block, so accumulating
+    into a large gradient needs no full-size temporary."""
     xp = xp_of(a, b)
     m, n = a.shape[0], b.shape[1]
     if out is None:
@@ -177,7 +177,9 @@ def pmatmul(a, b, out=None, accumulate: bool = False):
         else:
             xp.matmul(a[rows], b[:, cols], out=out[rows, cols])
     everything = slice(None)
-    if m >= 8:
+    # Split the larger operand, so each thread reads only its share of it (for a
+    # batch times a big weight matrix, that is the weight's columns, not the batch).
+    if a.size >= b.size and m >= 2:
         pfor(lambda sl: block(sl, everything), m, m * n * a.shape[1] >> 6)
     else:
         pfor(lambda sl: block(everything, sl), n, m * n * a.shape[1] >> 6)

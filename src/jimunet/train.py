@@ -541,15 +541,10 @@ def load_run_config(run_dir) -> MNISTConfig:
     return _read_checkpoint_config(run_dir)
 
 
-def _apply_threads(threads, log):
-    if threads is None:
-        return
-    import jimunet
-    fn = getattr(jimunet, "set_num_threads", None)
-    if fn is None:
-        log(f"warning: threads={threads} ignored: this jimunet has no set_num_threads()")
-    else:
-        fn(int(threads))
+def _apply_threads(threads):
+    if threads is not None:
+        from .parallel import set_num_threads
+        set_num_threads(int(threads))
 
 
 def train_mnist(config: MNISTConfig | dict | None = None, *, resume=None, callbacks=(), data=None,
@@ -562,7 +557,7 @@ def train_mnist(config: MNISTConfig | dict | None = None, *, resume=None, callba
             it except in ``epochs``, ``data_dir``, ``threads``, ``progress``, ``report``,
             ``download`` (``epochs`` may grow to train longer).
         resume: a run directory holding ``checkpoint.npz``: continue it. Resumed training
-            ends bit-identical to an uninterrupted run (same machine, same thread count).
+            ends bit-identical to an uninterrupted run on the same machine (any thread count).
         callbacks: extra ``Callback`` objects (after the one that writes the run directory).
         data: ``((x_train, y_train), (x_test, y_test))`` in ``load_mnist``'s format
             (uint8 pixels), instead of loading MNIST.
@@ -613,7 +608,7 @@ def train_mnist(config: MNISTConfig | dict | None = None, *, resume=None, callba
 
 def _train_mnist(cfg, run_dir, resuming, callbacks, data, log):
     t_start = time.perf_counter()
-    _apply_threads(cfg.threads, log)
+    _apply_threads(cfg.threads)
     log(f"{'resuming' if resuming else 'starting'} run {run_dir}  (jimunet {__version__}, numpy {np.__version__}, "
         f"python {platform.python_version()})")
     (x, y), (xv, yv), (xs, ys) = _load_data(cfg, data)
