@@ -160,6 +160,9 @@ def has_nan(x) -> bool:
     return bool(non_finite) and any(bool(xp.isnan(flat[sl]).any()) for sl in non_finite)
 
 
+_MATMUL_BLOCKS = 4
+
+
 def pmatmul(a, b, out=None, accumulate: bool = False):
     """``a @ b`` for 2-D arrays (or ``out += a @ b`` with ``accumulate``), the output split
     across threads by rows or by columns. Each thread adds its own block, so accumulating
@@ -176,13 +179,20 @@ def pmatmul(a, b, out=None, accumulate: bool = False):
             out[rows, cols] += xp.matmul(a[rows], b[:, cols])
         else:
             xp.matmul(a[rows], b[:, cols], out=out[rows, cols])
+    # Split the larger operand, so each thread reads only its share of it (for a batch
+    # times a big weight matrix, that is the weight's columns). The cut is a fixed number
+    # of blocks, whatever the thread count: BLAS may round a narrower product differently.
+    by_rows = a.size >= b.size
+    size = m if by_rows else n
+    blocks = max(1, min(_MATMUL_BLOCKS, size))
+    bounds = [size * i // blocks for i in range(blocks + 1)]
     everything = slice(None)
-    # Split the larger operand, so each thread reads only its share of it (for a
-    # batch times a big weight matrix, that is the weight's columns, not the batch).
-    if a.size >= b.size and m >= 2:
-        pfor(lambda sl: block(sl, everything), m, m * n * a.shape[1] >> 6)
-    else:
-        pfor(lambda sl: block(everything, sl), n, m * n * a.shape[1] >> 6)
+
+    def run(sl):
+        for i in range(sl.start, sl.stop):
+            part = slice(bounds[i], bounds[i + 1])
+            block(*((part, everything) if by_rows else (everything, part)))
+    pfor(run, blocks, m * n * a.shape[1] >> 6)
     return out
 
 
