@@ -3,9 +3,11 @@
 NumPy's copies and elementwise kernels run on one core but release the GIL, and BLAS is
 most efficient on large single-threaded blocks. So jimunet splits work itself: each
 thread takes a disjoint block of the batch (``pfor``) or of a matrix product's output
-(``pmatmul``), with BLAS held to one thread meanwhile. No block's result depends on
-another's, and every output element is computed by the same arithmetic whatever the
-split, so results are identical for any number of threads.
+(``pmatmul``), with BLAS held to one thread meanwhile (through threadpoolctl, which sets
+it process-wide for the duration of each region). Splits by sample leave every number's
+arithmetic unchanged; products split by columns and reductions over the batch use a fixed
+number of blocks, whatever the thread count. So results are bit-identical for any number
+of threads (``tests/test_parallel.py`` checks it).
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ def get_num_threads() -> int:
 
 
 class _Workers:
-    """Daemon threads fed through queues: cheaper per call (~10 µs) than an executor's futures."""
+    """Daemon threads fed through queues: cheaper per call than an executor's futures."""
 
     def __init__(self, n: int):
         self.inbox = [queue.SimpleQueue() for _ in range(n)]
