@@ -222,7 +222,7 @@ def _block_details(layer, in_shape, x):
         pads, (oh, ow) = layer._geometry(in_shape[:2])
         (kh, kw), (sh, sw) = layer.kernel_size, layer.stride
         cin, cout = layer.in_channels, layer.out_channels
-        from .layers.conv import pad_nhwc
+        from .functional.padding import pad_nhwc
 
         xpad = pad_nhwc(x, pads)
         cols = im2col(xpad, layer.kernel_size, layer.stride, (oh, ow))  # the real thing, one image

@@ -80,6 +80,7 @@ class Sequential(Layer):
                 raise ValueError(f"Sequential: item {i} is a {type(layer).__name__}, not a jimunet Layer")
         self.layers = layers
         self.fuse = bool(fuse)
+        self._ran = None  # the order the last forward used; backward retraces it
 
     def _order(self):
         """Indices of the layers in the order they run (see ``fuse``)."""
@@ -118,7 +119,7 @@ class Sequential(Layer):
 
     def backward(self, grad, input_grad: bool = True):
         """Back-propagate ``grad``; with ``input_grad=False`` the first layer skips dX (returns None)."""
-        order = getattr(self, "_ran", None) or self._order()
+        order = self._ran or self._order()
         for k in range(len(order) - 1, -1, -1):
             grad = self.layers[order[k]].backward(grad, input_grad=input_grad or k > 0)
         return grad if input_grad else None  # layers without parameters ignore input_grad

@@ -1,6 +1,8 @@
 """Padding rules shared by convolution and pooling (TensorFlow's ``"same"``/``"valid"``)."""
 from __future__ import annotations
 
+from ..backend import xp_of
+
 
 def pair(v, what: str = "value"):
     """``v`` as a pair of positive ints (an int ``k`` means ``(k, k)``)."""
@@ -66,3 +68,15 @@ def conv_output_size(in_hw, kernel, stride, padding):
     h, w = in_hw[0] + pt + pb, in_hw[1] + pl + pr
     (kh, kw), (sh, sw) = kernel, stride
     return (h - kh) // sh + 1, (w - kw) // sw + 1
+
+
+def pad_nhwc(x, pads, value=0.0):
+    """``x`` with ``((top, bottom), (left, right))`` rows/columns of ``value`` around H and W
+    (``x`` itself when there is nothing to add)."""
+    (pt, pb), (pl, pr) = pads
+    if not (pt or pb or pl or pr):
+        return x
+    n, h, w, c = x.shape
+    out = xp_of(x).full((n, h + pt + pb, w + pl + pr, c), value, dtype=x.dtype)
+    out[:, pt:pt + h, pl:pl + w, :] = x
+    return out

@@ -1,6 +1,8 @@
 """Elementwise activations: ReLU, LeakyReLU, Sigmoid, Tanh."""
 from __future__ import annotations
 
+import math
+
 from ..backend import xp_of
 from ..parallel import pfor
 from .base import Layer, register
@@ -11,10 +13,7 @@ class _Elementwise(Layer):
         self._saved = None
 
     def flops(self, input_shape):
-        n = 1
-        for d in input_shape:
-            n *= d
-        return n
+        return math.prod(input_shape)
 
     def forward(self, x, training: bool = False):
         self._check_input(x)

@@ -13,22 +13,6 @@ from ..random import resolve_rng
 from .base import Layer, check_dtype_arg, register
 
 
-def pad_nhwc(x, pads, value=0.0, out=None):
-    """``x`` with ``((top, bottom), (left, right))`` rows/columns of ``value`` around H and W.
-
-    ``out``: a buffer from an earlier call with the same shapes, pads and value; only its
-    interior is rewritten, since the border already holds ``value``.
-    """
-    (pt, pb), (pl, pr) = pads
-    if not (pt or pb or pl or pr):
-        return x
-    n, h, w, c = x.shape
-    if out is None:
-        out = xp_of(x).full((n, h + pt + pb, w + pl + pr, c), value, dtype=x.dtype)
-    out[:, pt:pt + h, pl:pl + w, :] = x
-    return out
-
-
 class _Workspace:
     """Scratch arrays kept between calls, keyed by name, reused while shape and dtype match.
 
@@ -39,14 +23,11 @@ class _Workspace:
     def __init__(self):
         self._bufs = {}
 
-    def get(self, name, shape, dtype, xp):
+    def buffer(self, name, shape, dtype, xp, zeros: bool = False):
+        """The buffer kept under ``name`` if it still fits, else a new one (zero-filled if asked)."""
         buf = self._bufs.get(name)
         if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype or xp_of(buf) is not xp:
-            return None
-        return buf
-
-    def put(self, name, buf):
-        self._bufs[name] = buf
+            buf = self._bufs[name] = (xp.zeros if zeros else xp.empty)(shape, dtype)
         return buf
 
     def __deepcopy__(self, memo):  # copies of a layer start with empty scratch space
@@ -155,13 +136,9 @@ class Conv2D(Layer):
         padded = pad_shape != x.shape
         # The padded input and the im2col matrix live in reused scratch buffers; the border
         # of the padded buffer is zeroed once and only its interior is rewritten.
-        xpad = self._work.get("xpad", pad_shape, x.dtype, xp) if padded else x
-        if xpad is None:
-            xpad = self._work.put("xpad", xp.zeros(pad_shape, x.dtype))
+        xpad = self._work.buffer("xpad", pad_shape, x.dtype, xp, zeros=True) if padded else x
         rows = oh * ow
-        cols = self._work.get("cols", (n * rows, kh * kw * c), x.dtype, xp)
-        if cols is None:
-            cols = self._work.put("cols", xp.empty((n * rows, kh * kw * c), x.dtype))
+        cols = self._work.buffer("cols", (n * rows, kh * kw * c), x.dtype, xp)
         w2 = self.weight.data.reshape(-1, self.out_channels)
         y = xp.empty((n * rows, self.out_channels), np.result_type(x.dtype, w2.dtype))
 

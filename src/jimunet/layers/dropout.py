@@ -1,6 +1,8 @@
 """Inverted dropout with its own seeded Generator."""
 from __future__ import annotations
 
+import math
+
 from ..random import resolve_rng, spawn_rng
 from .base import Layer, register
 
@@ -44,10 +46,7 @@ class Dropout(Layer):
         return {"rate": self.rate}
 
     def flops(self, input_shape):
-        n = 1
-        for d in input_shape:
-            n *= d
-        return n
+        return math.prod(input_shape)
 
     def forward(self, x, training: bool = False):
         self._check_input(x)

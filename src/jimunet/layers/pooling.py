@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import xp_of
-from ..functional.padding import conv_output_size, normalize_padding, pad_amounts, pair
+from ..functional.padding import conv_output_size, normalize_padding, pad_amounts, pad_nhwc, pair
 from ..parallel import pfor
 from .base import Layer, register
-from .conv import _fmt_pad, pad_nhwc
+from .conv import _fmt_pad
 
 
 class _Pool2D(Layer):

@@ -1,6 +1,8 @@
 """Flatten: (N, ...) to (N, features)."""
 from __future__ import annotations
 
+import math
+
 from .base import Layer, register
 
 
@@ -21,10 +23,7 @@ class Flatten(Layer):
         self._shape = None
 
     def output_shape(self, input_shape):
-        n = 1
-        for d in input_shape:
-            n *= d
-        return (n,)
+        return (math.prod(input_shape),)
 
     def forward(self, x, training: bool = False):
         self._check_input(x)
@@ -37,8 +36,5 @@ class Flatten(Layer):
     def backward(self, grad, input_grad: bool = True):
         if self._shape is None:
             raise self._no_forward()
-        n = 1
-        for d in self._shape[1:]:
-            n *= d
-        self._check_grad(grad, (self._shape[0], n))
+        self._check_grad(grad, (self._shape[0], math.prod(self._shape[1:])))
         return grad.reshape(self._shape)
