@@ -1,9 +1,11 @@
 """jn.set_num_threads: one setting, and the same numbers for every thread count."""
+import threading
+
 import numpy as np
 import pytest
 
 import jimunet as jn
-from jimunet.parallel import pfor, pmatmul
+from jimunet.parallel import paccumulate_tmatmul, pfor, pmatmul
 
 
 @pytest.fixture(autouse=True)
@@ -11,6 +13,31 @@ def restore_threads():
     saved = jn.get_num_threads()
     yield
     jn.set_num_threads(saved)
+
+
+@pytest.fixture
+def blas_rounding_by_shape(monkeypatch):
+    """``np.matmul`` as on a CPU whose BLAS rounds a product differently for different
+    shapes (OpenBLAS's Haswell kernels do, by the product's height; this machine's may
+    not): every result is scaled by 1 + k·eps with k taken from the operands' shapes.
+    A split whose GEMM shapes follow the thread count then changes the numbers here too,
+    on any CPU. Returns the list of shapes multiplied, to show the patch was used."""
+    real = np.matmul
+    calls = []
+    lock = threading.Lock()
+
+    def matmul(a, b, out=None, **kwargs):
+        r = real(a, b, **kwargs)
+        with lock:
+            calls.append((a.shape, b.shape))
+        k = hash((a.shape, b.shape)) % 7
+        r *= r.dtype.type(1 + k * np.finfo(r.dtype).eps)
+        if out is None:
+            return r
+        out[...] = r
+        return out
+    monkeypatch.setattr(np, "matmul", matmul)
+    return calls
 
 
 def _train_steps(threads, steps=3, batch=24, dtype=np.float32):
@@ -39,6 +66,58 @@ def test_training_is_bit_identical_for_any_thread_count(dtype):
         for a, b in zip(params, ref_params):
             assert np.array_equal(a, b)
         assert np.array_equal(pred, ref_pred)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_product_has_the_same_shapes_for_any_thread_count(blas_rounding_by_shape, dtype):
+    # Batch sizes divisible by 1, 2 and 3 threads, and ones that are not.
+    for batch in (1, 4, 10, 16, 23):
+        results = []
+        for threads in (1, 2, 3):
+            blas_rounding_by_shape.clear()
+            results.append(_train_steps(threads, steps=2, batch=batch, dtype=dtype))
+            shapes = sorted(blas_rounding_by_shape)
+            assert any(len(a) == 2 and a[1] == 25 for a, _ in shapes)  # conv1's im2col GEMM ran patched
+            if threads == 1:
+                ref_shapes = shapes
+            assert shapes == ref_shapes, f"batch {batch}: the GEMM shapes change with {threads} threads"
+        (ref_losses, ref_params, ref_pred), *others = results
+        for losses, params, pred in others:
+            assert losses == ref_losses, f"batch {batch}"
+            assert all(np.array_equal(a, b) for a, b in zip(params, ref_params)), f"batch {batch}"
+            assert np.array_equal(pred, ref_pred), f"batch {batch}"
+
+
+@pytest.mark.parametrize("n, work", [(1, None), (2, None), (7, None), (64, None), (1000, 1 << 20), (1000, 10)])
+def test_pfor_cuts_the_same_slices_for_any_thread_count(n, work):
+    seen = {}
+    for threads in (1, 2, 3, 5, 8):
+        jn.set_num_threads(threads)
+        got, lock = [], threading.Lock()
+
+        def record(sl):
+            with lock:
+                got.append((sl.start, sl.stop))
+        pfor(record, n, work)
+        seen[threads] = sorted(got)
+    assert all(v == seen[1] for v in seen.values()), seen
+    bounds = seen[1]
+    assert bounds[0][0] == 0 and bounds[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))  # disjoint, contiguous, complete
+
+
+def test_blocked_reductions_do_not_depend_on_threads(blas_rounding_by_shape):
+    rng = np.random.default_rng(3)
+    a, b = rng.random((997, 40)).astype(np.float32), rng.random((997, 24)).astype(np.float32)
+    w = rng.random((40, 24)).astype(np.float32)
+    outs = []
+    for threads in (1, 2, 3):
+        jn.set_num_threads(threads)
+        out, bias = np.zeros((40, 24), np.float32), np.zeros(24, np.float32)
+        paccumulate_tmatmul(a, b, out, b_sum_out=bias)
+        outs.append((out, bias, pmatmul(a, w), pmatmul(b.T, a)))
+    for got in outs[1:]:
+        assert all(np.array_equal(x, y) for x, y in zip(got, outs[0]))
 
 
 def test_pfor_covers_every_index_once_and_reraises():

@@ -115,32 +115,51 @@ def _blas_single_thread():
         yield
 
 
-def _parts(n: int, threads: int):
-    """``threads`` contiguous slices covering ``range(n)`` (fewer when n is small)."""
-    k = max(1, min(threads, n))
+def _parts(n: int, k: int):
+    """``k`` contiguous slices covering ``range(n)`` (fewer when n is small)."""
+    k = max(1, min(k, n))
     bounds = [n * i // k for i in range(k + 1)]
     return [slice(bounds[i], bounds[i + 1]) for i in range(k)]
 
 
-def pfor(fn, n: int, work: int | None = None) -> None:
-    """Call ``fn(slice)`` for disjoint slices covering ``range(n)``, one per thread.
+# How many blocks ``pfor`` cuts its range into: a constant, so that the blocks, and with
+# them the shape of every BLAS call made on a block, are fixed by the problem alone. Some
+# CPUs' BLAS kernels round a row of a product differently depending on the product's
+# height, so a split that followed the thread count would change the numbers. 8 blocks
+# keep up to 8 threads busy and leave each block large enough for an efficient GEMM.
+_BLOCKS = 8
 
-    ``fn`` must only write to the part of its outputs that its slice selects. ``work``
-    (e.g. the number of elements touched) below ~64k runs on this thread alone: waking
-    a worker costs more than such a job.
+
+def pfor(fn, n: int, work: int | None = None, blocks: int = _BLOCKS) -> None:
+    """Call ``fn(slice)`` once for each of ``blocks`` disjoint slices covering ``range(n)``,
+    the slices spread over the threads in contiguous runs.
+
+    The slices depend on ``n``, ``work`` and ``blocks`` only, never on the thread count,
+    so ``fn`` sees the same pieces whether one thread or eight run them. ``fn`` must
+    only write to the part of its outputs that its slice selects. ``work`` (e.g. the
+    number of elements touched) below ~64k makes the whole range one slice: waking a
+    worker costs more than such a job.
     """
-    if getattr(_local, "inside", False):
-        fn(slice(0, n))
+    if n < 1:
+        return
+    parts = [slice(0, n)] if work is not None and work < 1 << 16 else _parts(n, blocks)
+
+    def run(group):
+        for part in parts[group]:
+            fn(part)
+    if getattr(_local, "inside", False):  # already in a region: this thread does it all
+        run(slice(None))
         return
     # BLAS runs single-threaded inside every region, also when jimunet runs one thread:
     # multi-threaded BLAS may sum in another order, and results must not depend on threads.
     _local.inside = True
     try:
         with _blas_single_thread():
-            if _num_threads == 1 or n < 2 or (work is not None and work < 1 << 16):
-                fn(slice(0, n))
+            groups = _parts(len(parts), _num_threads)
+            if len(groups) == 1:
+                run(groups[0])
             else:
-                _pool().run(fn, _parts(n, _num_threads))
+                _pool().run(run, groups)
     finally:
         _local.inside = False
 
@@ -182,19 +201,11 @@ def pmatmul(a, b, out=None, accumulate: bool = False):
         else:
             xp.matmul(a[rows], b[:, cols], out=out[rows, cols])
     # Split the larger operand, so each thread reads only its share of it (for a batch
-    # times a big weight matrix, that is the weight's columns). The cut is a fixed number
-    # of blocks, whatever the thread count: BLAS may round a narrower product differently.
+    # times a big weight matrix, that is the weight's columns), into pfor's fixed blocks.
     by_rows = a.size >= b.size
-    size = m if by_rows else n
-    blocks = max(1, min(_MATMUL_BLOCKS, size))
-    bounds = [size * i // blocks for i in range(blocks + 1)]
     everything = slice(None)
-
-    def run(sl):
-        for i in range(sl.start, sl.stop):
-            part = slice(bounds[i], bounds[i + 1])
-            block(*((part, everything) if by_rows else (everything, part)))
-    pfor(run, blocks, m * n * a.shape[1] >> 6)
+    pfor(lambda part: block(*((part, everything) if by_rows else (everything, part))),
+         m if by_rows else n, m * n * a.shape[1] >> 6, blocks=_MATMUL_BLOCKS)
     return out
 
 
@@ -208,20 +219,19 @@ def paccumulate_tmatmul(a, b, out, blocks: int = 8, b_sum_out=None):
     only its own rows, the cheapest split when ``aᵀ @ b`` is small.
     """
     xp = xp_of(a, b)
-    k = a.shape[0]
-    blocks = max(1, min(blocks, k))
-    bounds = [k * i // blocks for i in range(blocks + 1)]
+    parts = _parts(a.shape[0], blocks)
+    blocks = len(parts)
     dtype = xp.result_type(a.dtype, b.dtype)
     partial = xp.empty((blocks, a.shape[1], b.shape[1]), dtype=dtype)
     partial_sum = xp.empty((blocks, b.shape[1]), dtype=b.dtype) if b_sum_out is not None else None
 
     def run(sl):
         for i in range(sl.start, sl.stop):
-            r = slice(bounds[i], bounds[i + 1])
+            r = parts[i]
             xp.matmul(a[r].T, b[r], out=partial[i])
             if partial_sum is not None:
                 b[r].sum(axis=0, out=partial_sum[i])
-    pfor(run, blocks, a.size * b.shape[1] >> 6)
+    pfor(run, blocks, a.size * b.shape[1] >> 6, blocks=blocks)
     for i in range(1, blocks):  # the whole sum first, then one add: accumulation stays exact
         partial[0] += partial[i]
         if partial_sum is not None:

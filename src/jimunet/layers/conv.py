@@ -180,7 +180,7 @@ class Conv2D(Layer):
             for i in range(kh):
                 for j in range(kw):
                     dxb[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :] += \
-                        (dyb @ w[i, j].T).reshape(m, oh, ow, c)
+                        xp.matmul(dyb, w[i, j].T).reshape(m, oh, ow, c)
         pfor(block, n, dy.size * kh * kw)
         (pt, _), (pl, _) = pads
         return dxpad[:, pt:pt + x_shape[1], pl:pl + x_shape[2], :]
