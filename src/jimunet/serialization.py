@@ -163,7 +163,7 @@ def _depth(tree) -> int:
     return deepest
 
 
-def _read_header(f, what: str) -> tuple[ArrayHeader, int]:
+def read_npy_header(f, what: str) -> tuple[ArrayHeader, int]:
     """The header of the .npy stream ``f`` and its length in bytes; data is left unread."""
     version = np.lib.format.read_magic(f)
     if version == (1, 0):
@@ -220,7 +220,7 @@ class NpzReader:
             self.headers = {}
             for name, info in self._infos.items():
                 with self._zip.open(info) as f:
-                    header, offset = _read_header(f, f"array {name!r}")
+                    header, offset = read_npy_header(f, f"array {name!r}")
                 if offset + header.nbytes != info.file_size:
                     raise ValueError(f"array {name!r}: its header declares {header.nbytes:,} bytes of data "
                                      f"{header.dtype} {header.shape}, the zip entry holds "
@@ -284,7 +284,7 @@ class NpzReader:
         out = np.empty(header.shape, header.dtype, order="F" if header.fortran else "C")
         view = memoryview(out.reshape(-1, order="A").view(np.uint8))
         with self._zip.open(self._infos[name]) as f:
-            _read_header(f, f"array {name!r}")
+            read_npy_header(f, f"array {name!r}")
             filled = 0
             while filled < len(view):  # zipfile checks the CRC once the entry is read to its end
                 n = f.readinto(view[filled:])

@@ -37,7 +37,7 @@ import numpy as np
 from . import __version__
 from .backend import to_numpy, xp_of
 from .data.images import preprocess
-from .recipes import RESUMABLE_FIELDS, ConfigError, MNISTConfig, build, fake_data
+from .recipes import RESUMABLE_FIELDS, SELF_TEST_EVAL, SELF_TEST_TRAIN, ConfigError, MNISTConfig, build, fake_data
 from .serialization import CheckpointError, atomic_writer, load_npz, pack, referenced_arrays, save_npz, unpack
 
 __all__ = ["Trainer", "fit", "evaluate", "Evaluation", "History", "Callback", "TrainingDiverged",
@@ -508,8 +508,8 @@ class TrainResult:
 def _load_data(cfg: MNISTConfig, data):
     """``(x_train, y_train), (x_val, y_val), (x_test, y_test)`` as model inputs."""
     if cfg.self_test:
-        xt, yt = fake_data(256)
-        (xv, yv), (xs, ys) = fake_data(64), fake_data(64)
+        xt, yt = fake_data(SELF_TEST_TRAIN)
+        (xv, yv), (xs, ys) = fake_data(SELF_TEST_EVAL), fake_data(SELF_TEST_EVAL)
         if cfg.train_size is not None:
             xt, yt = xt[:cfg.train_size], yt[:cfg.train_size]
         if cfg.test_size is not None:
