@@ -517,7 +517,7 @@ def _cli(args) -> int:
             model = load(model_path)
         except (OSError, CheckpointError) as e:
             print(f"jimunet explain: error: cannot load {model_path}: {e}", file=sys.stderr)
-            return 1
+            return 2
         print(f"model    {model_path}")
     label = None
     if image_file is not None:
@@ -525,12 +525,16 @@ def _cli(args) -> int:
             images, _ = _load_image_file(image_file)
         except (OSError, ValueError) as e:
             print(f"jimunet explain: error: {e}", file=sys.stderr)
-            return 1
+            return 2
         image = images[0]
         more = f" (the first of {len(images)} images)" if len(images) > 1 else ""
         print(f"image    {image_file}{more}")
     else:
         index = 0 if args.index is None else args.index
+        if index < 0:  # an index counts from 0, as everywhere else in jimunet (no Python wrap-around)
+            print(f"jimunet explain: error: --index must be >= 0 (a test image's position, 0..9999), got {index}",
+                  file=sys.stderr)
+            return 2
         from .datasets import load_mnist
 
         try:

@@ -801,7 +801,10 @@ def _cli(args) -> int:
     except PlotDependencyError as e:
         print(f"jimunet report: error: {e}", file=sys.stderr)
         return 1
-    except (FileNotFoundError, CheckpointError, ValueError) as e:
+    except (FileNotFoundError, NotADirectoryError, CheckpointError) as e:  # bad usage, as in jimunet's other commands
+        print(f"jimunet report: error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
         print(f"jimunet report: error: {e}", file=sys.stderr)
         return 1
     except RuntimeError as e:  # MNISTUnavailableError

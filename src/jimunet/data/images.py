@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
@@ -163,7 +164,10 @@ def _open_gray(path: str) -> np.ndarray:
     """
     Image, ImageOps = _require_pillow()
     try:
-        with Image.open(path) as im:  # reads the header only
+        with warnings.catch_warnings():  # Pillow warns of sizes that are refused just below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)  # reads the header only
+        with im:
             w, h = im.size
             if w * h > MAX_IMAGE_PIXELS:
                 raise _TooLarge(f"{path}: the image is {w}x{h} ({w * h / 1e6:.1f} megapixels); at most "
@@ -186,6 +190,9 @@ def _open_gray(path: str) -> np.ndarray:
             return np.asarray(im.convert("L"), np.float32)
     except (FileNotFoundError, _TooLarge):
         raise
+    except Image.DecompressionBombError as e:  # over Pillow's own limit, refused by Image.open
+        raise ValueError(f"{path}: the image is too large ({e}); at most {MAX_IMAGE_PIXELS / 1e6:.1f} megapixels "
+                         "are read (a digit needs far fewer: crop or scale it down)") from None
     except ValueError as e:
         if str(e).startswith(path):  # ours, already clear
             raise
