@@ -556,3 +556,12 @@ def test_predict_on_an_empty_batch_keeps_the_output_shape(make, x, expected):
 def test_predict_on_an_empty_batch_still_checks_the_sample_shape():
     with pytest.raises(ValueError, match="Dense"):
         jn.Sequential([L.Flatten(), L.Dense(4, 3, rng=0)]).predict(np.zeros((0, 3, 3), np.float32))
+
+
+def test_too_many_layers_are_refused_before_any_is_built(tmp_path, monkeypatch):
+    monkeypatch.setattr(jn.model, "MAX_LAYERS", 100)
+    path = _write_npz(tmp_path / "deep.npz", {"__meta__.npy": _meta_npy(_model_meta([{"class": "ReLU"}] * 101))})
+    with pytest.raises(CheckpointError, match="describes 101 layers; at most 100"):
+        jn.load(path)
+    _write_npz(tmp_path / "ok.npz", {"__meta__.npy": _meta_npy(_model_meta([{"class": "ReLU"}] * 100))})
+    assert len(jn.load(tmp_path / "ok.npz")) == 100

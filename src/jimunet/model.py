@@ -11,6 +11,7 @@ from .layers.base import Layer, data_already_checked, from_config, placeholder_p
 from .serialization import CheckpointError, NpzReader, save_npz
 
 MODEL_FORMAT = "jimunet-model"
+MAX_LAYERS = 10_000  # a file describing more is refused before any layer object is made
 
 
 def _shape_str(shape) -> str:
@@ -265,6 +266,9 @@ def load(path, max_bytes: int | None = None) -> Sequential:
     """
     with NpzReader(path, kind=MODEL_FORMAT) as reader:
         meta = reader.meta
+        layers = meta.get("architecture", {}).get("layers") if isinstance(meta.get("architecture"), dict) else None
+        if isinstance(layers, list) and len(layers) > MAX_LAYERS:
+            raise CheckpointError(f"{path}: describes {len(layers):,} layers; at most {MAX_LAYERS:,} are built")
         try:
             with placeholder_parameters():
                 model = Sequential.from_config(meta["architecture"])

@@ -117,7 +117,7 @@ def save_npz(path, arrays: dict, meta: dict) -> None:
 # below these (the MNIST network with Adam state in float64 is ~80 MB); pass ``max_bytes``
 # to ``load_npz`` / ``jimunet.load`` for a larger model.
 MAX_LOAD_BYTES = 2 ** 30          # 1 GiB of array data (as declared in the .npy headers)
-MAX_META_BYTES = 32 * 2 ** 20     # the JSON description
+MAX_META_BYTES = 16 * 2 ** 20     # the JSON description (a long run's history is ~1 MB)
 MAX_META_DEPTH = 64               # nesting of the JSON description
 MAX_ARRAYS = 100_000              # entries in the zip directory
 _HEADER_BYTES = 100_000           # an .npy header (NumPy's own default limit is 10,000)
