@@ -493,6 +493,10 @@ def _cli(args) -> int:
     from .models import mnist_cnn
     from .serialization import CheckpointError
 
+    if args.index is not None and args.index < 0:  # counted from 0, as everywhere in jimunet (no wrap-around)
+        print(f"jimunet explain: error: --index must be >= 0 (a test image's position, 0..9999), got {args.index}",
+              file=sys.stderr)
+        return 2
     paths = list(args.paths or [])
     for p in paths:
         if os.path.isdir(p):
@@ -531,10 +535,6 @@ def _cli(args) -> int:
         print(f"image    {image_file}{more}")
     else:
         index = 0 if args.index is None else args.index
-        if index < 0:  # an index counts from 0, as everywhere else in jimunet (no Python wrap-around)
-            print(f"jimunet explain: error: --index must be >= 0 (a test image's position, 0..9999), got {index}",
-                  file=sys.stderr)
-            return 2
         from .datasets import load_mnist
 
         try:

@@ -235,16 +235,15 @@ class Sequential(Layer):
         return copy.deepcopy(self)
 
 
-def check_weight_header(name, shape, dtype, expected_shape) -> None:
+def check_weight_header(name, shape, dtype, expected_shape, where="load_state_dict: ") -> None:
     """ValueError unless an array of ``shape`` and ``dtype`` can be the weight ``name``."""
     if shape is None or dtype is None:
-        raise ValueError(f"load_state_dict: {name} should be an array, got {type(shape).__name__}")
+        raise ValueError(f"{where}{name} should be an array, got {type(shape).__name__}")
     dtype = np.dtype(dtype)
     if dtype.kind != "f" or dtype.itemsize not in (4, 8) or dtype.fields is not None:
-        raise ValueError(f"load_state_dict: {name} has dtype {dtype}; weights must be float32 or float64")
+        raise ValueError(f"{where}{name} has dtype {dtype}; weights must be float32 or float64")
     if tuple(shape) != tuple(expected_shape):
-        raise ValueError(f"load_state_dict: {name} has shape {tuple(shape)} in the file, "
-                         f"{tuple(expected_shape)} in the model")
+        raise ValueError(f"{where}{name} has shape {tuple(shape)} in the file, {tuple(expected_shape)} in the model")
 
 
 def load(path, max_bytes: int | None = None) -> Sequential:
@@ -281,11 +280,11 @@ def load(path, max_bytes: int | None = None) -> Sequential:
         missing = [n for n, _ in named if n not in stored]
         extra = sorted(set(stored) - {n for n, _ in named})
         if missing or extra or others:
-            raise CheckpointError(f"{path}: load_state_dict: parameters do not match this model (missing {missing}, "
-                                  f"unexpected {extra + others})")
+            raise CheckpointError(f"{path}: the stored weights do not match this model, the architecture the file "
+                                  f"describes (missing {missing}, unexpected {extra + others})")
         try:
             for name, p in named:
-                check_weight_header(name, stored[name].shape, stored[name].dtype, p.data.shape)
+                check_weight_header(name, stored[name].shape, stored[name].dtype, p.data.shape, where="the weight ")
         except ValueError as e:
             raise CheckpointError(f"{path}: {e}") from None
         reader.check_size(max_bytes)

@@ -26,6 +26,10 @@ class CheckpointError(ValueError):
     """A file that is not a valid jimunet ``.npz`` (corrupt, truncated, or of another kind)."""
 
 
+class NpyHeaderError(ValueError):
+    """An .npy header that jimunet refuses (objects, non-numeric dtypes, impossible sizes)."""
+
+
 def pack(tree, arrays: dict, prefix: str = ""):
     """Replace every array in ``tree`` by ``{"__array__": key}``, storing it in ``arrays``."""
     if hasattr(tree, "shape") and hasattr(tree, "dtype") and getattr(tree, "ndim", 0) > 0:
@@ -171,13 +175,13 @@ def read_npy_header(f, what: str) -> tuple[ArrayHeader, int]:
     elif version == (2, 0):
         shape, fortran, dtype = np.lib.format.read_array_header_2_0(f, max_header_size=_HEADER_BYTES)
     else:
-        raise ValueError(f"{what}: .npy format version {version} is not supported (1.0 and 2.0 are)")
+        raise NpyHeaderError(f"{what}: .npy format version {version} is not supported (1.0 and 2.0 are)")
     if any(d < 0 for d in shape):
-        raise ValueError(f"{what}: negative size in shape {shape}")
+        raise NpyHeaderError(f"{what}: negative size in shape {shape}")
     if dtype.hasobject:
-        raise ValueError(f"{what}: holds Python objects (dtype {dtype}); jimunet never unpickles")
+        raise NpyHeaderError(f"{what}: holds Python objects (dtype {dtype}); jimunet never unpickles")
     if dtype.fields is not None or dtype.subdtype is not None or dtype.kind not in "biuf":
-        raise ValueError(f"{what}: dtype {dtype} is not a plain numeric type (bool, int or float)")
+        raise NpyHeaderError(f"{what}: dtype {dtype} is not a plain numeric type (bool, int or float)")
     return ArrayHeader(shape, dtype, fortran), f.tell()
 
 
@@ -222,7 +226,7 @@ class NpzReader:
                 with self._zip.open(info) as f:
                     header, offset = read_npy_header(f, f"array {name!r}")
                 if offset + header.nbytes != info.file_size:
-                    raise ValueError(f"array {name!r}: its header declares {header.nbytes:,} bytes of data "
+                    raise NpyHeaderError(f"array {name!r}: its header declares {header.nbytes:,} bytes of data "
                                      f"{header.dtype} {header.shape}, the zip entry holds "
                                      f"{info.file_size - offset:,}")
                 self.headers[name] = header
@@ -230,6 +234,9 @@ class NpzReader:
         except CheckpointError:
             self.close()
             raise
+        except NpyHeaderError as e:
+            self.close()
+            raise CheckpointError(f"{self.path}: {e}") from None
         except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, KeyError,
                 NotImplementedError, RuntimeError) as e:  # RuntimeError: encrypted entries
             self.close()
