@@ -162,7 +162,11 @@ class Sequential(Layer):
         return Summary(start, rows)
 
     def predict(self, x, batch_size: int = 100):
-        """Outputs for ``x`` in evaluation mode, ``batch_size`` samples at a time (bounded memory)."""
+        """Outputs for ``x`` in evaluation mode, ``batch_size`` samples at a time (bounded memory).
+
+        An empty batch gives ``(0, *output_shape)`` in the dtype a forward pass would give: the
+        per-sample shape is known from ``x.shape[1:]`` even without samples.
+        """
         if batch_size < 1:
             raise ValueError(f"predict: batch_size must be >= 1, got {batch_size}")
         xp = xp_of(x)

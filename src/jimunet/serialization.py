@@ -1,8 +1,12 @@
 """Safe, atomic ``.npz`` files: arrays plus a JSON description, never pickles.
 
 Nested state (optimizer buffers, RNG states, configs) is split by ``pack`` into flat
-named arrays and a JSON skeleton that refers to them, so loading needs only
-``np.load(..., allow_pickle=False)`` and ``json.loads``.
+named arrays and a JSON skeleton that refers to them, so loading needs only .npy headers,
+raw array bytes and ``json.loads``.
+
+A file to load is untrusted: ``NpzReader`` checks the zip directory, every .npy header and
+the JSON description (size, nesting) before any array data is read, refuses object and
+non-numeric dtypes, and bounds the total size (``MAX_LOAD_BYTES``).
 """
 from __future__ import annotations
 

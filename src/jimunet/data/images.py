@@ -208,7 +208,9 @@ class _TooLarge(ValueError):
 def load_digit_image(path) -> np.ndarray:
     """One digit from a PNG/JPEG (or other Pillow-readable) file, in MNIST's convention.
 
-    Any size, light or dark background, colour or grey, with or without alpha: the image is
+    Any size up to ``MAX_IMAGE_PIXELS``, any bit depth (8- or 16-bit, 32-bit int, float: each
+    scaled by its own white level), light or dark background, colour or grey, with or
+    without alpha: the image is
     made grayscale and normalised by ``normalize_digit`` (inverted when the background is
     light, cropped, scaled to 20 px, centred by centre of mass in 28×28). ``.npy`` files are
     accepted too (see ``load_inputs``) when they hold exactly one image.
@@ -218,7 +220,8 @@ def load_digit_image(path) -> np.ndarray:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not a readable image, or looks blank.
+        ValueError: the file is not a readable image, looks blank, or has more than
+            ``MAX_IMAGE_PIXELS`` pixels (refused from its header, before decoding).
         ImportError: Pillow is not installed (PNG/JPEG only).
     """
     path = os.fspath(path)
