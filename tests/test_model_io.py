@@ -565,3 +565,11 @@ def test_too_many_layers_are_refused_before_any_is_built(tmp_path, monkeypatch):
         jn.load(path)
     _write_npz(tmp_path / "ok.npz", {"__meta__.npy": _meta_npy(_model_meta([{"class": "ReLU"}] * 100))})
     assert len(jn.load(tmp_path / "ok.npz")) == 100
+
+
+def test_fortran_order_arrays_read_back_exactly(tmp_path):
+    a = np.asfortranarray(np.arange(24, dtype=np.float64).reshape(2, 3, 4))
+    np.savez(tmp_path / "f.npz", __meta__=np.frombuffer(b'{"format": "x"}', np.uint8), a=a, b=np.array(7))
+    arrays, meta = load_npz(tmp_path / "f.npz", kind="x")
+    np.testing.assert_array_equal(arrays["a"], a)
+    assert arrays["b"].shape == () and arrays["b"] == 7 and meta == {"format": "x"}
