@@ -66,7 +66,7 @@ def one_line_error(r, prog):
     (["--batch-size", "0"], "--batch-size: must be >= 1"),
     (["--lr", "-0.1"], "--lr: must be a positive number"),
     (["--lr", "nan"], "--lr: must be a positive number"),
-    (["--train-size", "60000", "--self-test"], None),  # self-test: any size is cut to its 256 images
+    (["--train-size", "60000", "--self-test"], "self-test trains on 256 fake images"),  # not cut silently
     (["--train-size", "60000"], "train_size must be <= 55000"),
     (["--resume", "/nonexistent/run"], "no such run directory"),
     (["--bogus"], "unrecognized arguments: --bogus"),
@@ -239,3 +239,76 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
     assert f"resumed from checkpoint.npz: {done} epochs" in r.stdout
     assert "test error 0.00%" in r.stdout
     assert json.loads((out / "metrics.json").read_text())["epochs_completed"] == done + 1
+
+
+# --------------------------------------------------------------------------- one error format
+
+@pytest.fixture
+def odd_files(tmp_path, model_file):
+    """A run directory, models that are not MNIST classifiers, an image too large to read."""
+    run_dir = tmp_path / "runs" / "X"
+    run_dir.mkdir(parents=True)
+    (run_dir / "best.npz").write_bytes(model_file.read_bytes())
+    (run_dir / "model.npz").write_bytes(model_file.read_bytes())
+    jn.Sequential([]).save(tmp_path / "zero.npz")
+    jn.Sequential([jn.layers.Conv2D(1, 2, 3, rng=0)]).save(tmp_path / "conv.npz")
+    jn.Sequential([jn.layers.Flatten(), jn.layers.Dense(10, 10, rng=0)]).save(tmp_path / "small_input.npz")
+    (tmp_path / "corrupt.npz").write_bytes(b"PK\x03\x04 not a zip")
+    np.save(tmp_path / "d.npy", np.zeros((28, 28), np.uint8))
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    (tmp_path / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 12000, 12000,
+                                                                                          8, 0, 0, 0, 0))
+                                        + chunk(b"IEND", b""))
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["train", "--epochs", "0"], "--epochs: must be >= 1"),
+    (["train", "--self-test", "--train-size", "100000"],
+     "the self-test trains on 256 fake images and tests on 64, so train_size (--train-size) must be <= 256, "
+     "got 100000"),
+    (["evaluate", "{t}/runs/X"], "{t}/runs/X is a directory, not a model file; did you mean {t}/runs/X/best.npz "
+                                 "or {t}/runs/X/model.npz?"),
+    (["evaluate", "{t}/runs"], "{t}/runs is a directory, not a model file (a model file is e.g. {t}/runs/best.npz)"),
+    (["evaluate", "{t}/zero.npz"], "{t}/zero.npz: the model has no layers"),
+    (["evaluate", "{t}/conv.npz"], "{t}/conv.npz: the model outputs (28, 28, 2) per image; expected class scores"),
+    (["evaluate", "{t}/small_input.npz"], "the model cannot take a 28x28x1 MNIST image: layer 1 (Dense(10->10))"),
+    (["predict", "{t}/zero.npz", "{t}/d.npy"], "the model has no layers"),
+    (["predict", "{t}/runs/X", "{t}/d.npy"], "is a directory, not a model file; did you mean"),
+    (["predict", "{model}", "{t}/huge.png"], "{t}/huge.png: the image is 12000x12000 (144.0 megapixels)"),
+    (["report", "{t}/nope"], "{t}/nope"),
+    (["explain", "--index", "-1"], "--index must be >= 0"),
+    (["explain", "{t}/runs/X"], "is a directory, not a model file; did you mean {t}/runs/X/best.npz"),
+    (["explain", "{t}/corrupt.npz"], "cannot load {t}/corrupt.npz"),
+    (["explain", "{model}", "{t}/huge.png"], "megapixels"),
+])
+def test_every_command_reports_errors_the_same_way(odd_files, model_file, argv, expect, capsys):
+    """``jimunet <command>: error: <message>`` on stderr, one line, exit code 2 (bad usage)."""
+    fill = {"t": str(odd_files), "model": str(model_file)}
+    try:
+        code = cli.main([a.format(**fill) for a in argv])
+    except SystemExit as e:  # argparse's own errors exit
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"jimunet {argv[0]}: error: "), err
+    assert expect.format(**fill) in lines[0]
+
+
+def test_evaluate_a_model_of_more_classes_than_digits(tmp_path, monkeypatch, capsys):
+    """A 20-class model used to fail with "cannot reshape array of size 110 into shape (10,10)";
+    the confusion matrix now has a column per model output."""
+    jn.Sequential([jn.layers.Flatten(), jn.layers.Dense(784, 20, rng=0)]).save(tmp_path / "m20.npz")
+    x = np.random.default_rng(0).integers(0, 256, (40, 28, 28, 1), dtype=np.uint8)
+    y = np.arange(40, dtype=np.int64) % 10
+    monkeypatch.setattr(jn.datasets, "load_mnist", lambda root=None, **kw: ((x, y), (x, y)))
+    assert cli.main(["evaluate", str(tmp_path / "m20.npz")]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("true\\pred"):].strip().splitlines()
+    assert table[0].split()[1:] == [str(i) for i in range(20)] + ["total"]
+    assert len(table) == 21 and all(int(row.split()[-1]) == (4 if i < 10 else 0) for i, row in enumerate(table[1:]))

@@ -293,7 +293,7 @@ def test_load_fetches_missing_files_into_root(tmp_path, fake_mnist):
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
-def test_corrupt_cached_file_is_refetched(tmp_path, fake_mnist, caplog, damage):
+def test_corrupt_cached_file_is_moved_aside_and_refetched(tmp_path, fake_mnist, capsys, damage):
     arrays, specs, fetched = fake_mnist
     _populate(tmp_path, arrays, specs)
     path = tmp_path / specs["train_images"].name
@@ -303,12 +303,30 @@ def test_corrupt_cached_file_is_refetched(tmp_path, fake_mnist, caplog, damage):
     else:
         data = data[:-10]
     path.write_bytes(bytes(data))
-    with caplog.at_level(logging.WARNING, logger=mnist_mod.__name__):
-        (x, _), _ = load_mnist(tmp_path, progress=False)
+    (x, _), _ = load_mnist(tmp_path, progress=False)
     assert fetched == [[specs["train_images"].name]]
-    assert "Corrupt MNIST file" in caplog.text and str(path) in caplog.text
+    err = capsys.readouterr().err
+    assert "Corrupt MNIST file" in err and str(path) in err and f"Moved it to {path}.corrupt" in err
     np.testing.assert_array_equal(x[..., 0], arrays["train_images"])
     assert path.read_bytes() == encode_idx(arrays["train_images"])
+    assert (tmp_path / f"{path.name}.corrupt").read_bytes() == bytes(data)  # the user's file, kept
+
+
+def test_a_valid_idx_file_of_another_data_set_is_moved_aside_never_overwriting(tmp_path, fake_mnist, capsys):
+    """Fashion-MNIST uses MNIST's file names: such a file (a valid IDX file that fails the
+    checksum) is renamed to NAME.corrupt, or NAME.corrupt.1 when that is taken, never deleted."""
+    arrays, specs, fetched = fake_mnist
+    _populate(tmp_path, arrays, specs)
+    name = specs["test_images"].name
+    fashion = encode_idx((255 - arrays["test_images"]).astype(np.uint8))  # well-formed, other content
+    (tmp_path / name).write_bytes(fashion)
+    (tmp_path / f"{name}.corrupt").write_bytes(b"an older file the user keeps")
+    (_, _), (xt, _) = load_mnist(tmp_path, progress=False)
+    np.testing.assert_array_equal(xt[..., 0], arrays["test_images"])
+    assert (tmp_path / f"{name}.corrupt").read_bytes() == b"an older file the user keeps"
+    assert (tmp_path / f"{name}.corrupt.1").read_bytes() == fashion
+    err = capsys.readouterr().err
+    assert f"Moved it to {tmp_path / name}.corrupt.1" in err and "Fashion-MNIST" in err
 
 
 def test_corrupt_cached_file_without_download_is_an_error(tmp_path, fake_mnist):

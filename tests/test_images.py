@@ -151,3 +151,83 @@ def test_normalize_digit_array_and_preprocess():
     np.testing.assert_array_equal(preprocess(np.array([0, 127.5, 255], np.float32)), [-0.5, 0.0, 0.5])
     u8 = np.arange(256, dtype=np.uint8)
     np.testing.assert_array_equal(preprocess(u8), (u8.astype(np.float32) - 127.5) / 255)
+
+
+# --------------------------------------------------------------------------- bit depths and sizes
+
+def _seven_8bit(tmp_path):
+    """A dark 7 on white paper, 8-bit, and its grey levels (to re-save at other depths)."""
+    im = draw_seven(60, 48, ink=20, paper=240)
+    im.save(tmp_path / "seven8.png")
+    return np.asarray(im, np.float64), load_digit_image(tmp_path / "seven8.png")
+
+
+@pytest.mark.parametrize("kind", ["I;16 png", "I;16 tiff", "I tiff", "I tiff 32-bit", "F tiff 0..1", "F tiff 0..255",
+                                  "P png", "LA png"])
+def test_every_bit_depth_gives_the_8bit_result(tmp_path, kind):
+    """A 16-bit PNG used to be clipped to 0/255 (a dark 7 on white became blank); every mode
+    is scaled by its own white level into the 0..255 that 8-bit images have."""
+    levels, expected = _seven_8bit(tmp_path)
+    mode, ext = kind.split()[0], kind.split()[1]
+    if mode == "I;16":
+        im = Image.fromarray(np.round(levels * 257).astype(np.uint16))
+    elif kind == "I tiff":
+        im = Image.fromarray(np.round(levels * 257).astype(np.int32))  # 16-bit data in 32-bit ints
+    elif kind == "I tiff 32-bit":
+        im = Image.fromarray(np.round(levels * (2 ** 31 - 1) / 255).astype(np.int32))
+    elif kind == "F tiff 0..1":
+        im = Image.fromarray((levels / 255).astype(np.float32))
+    elif kind == "F tiff 0..255":
+        im = Image.fromarray(levels.astype(np.float32))
+    elif mode == "P":
+        im = Image.fromarray(levels.astype(np.uint8)).convert("P")
+    else:  # LA: opaque grey with alpha
+        im = Image.fromarray(levels.astype(np.uint8)).convert("LA")
+    path = tmp_path / f"seven.{ext}"
+    im.save(path)
+    with Image.open(path) as saved:
+        assert saved.mode == mode
+    got = load_digit_image(path)
+    np.testing.assert_allclose(got, expected, atol=1.0)
+
+
+def test_float_images_outside_both_ranges_are_refused(tmp_path):
+    Image.fromarray(np.linspace(-1, 300, 400, dtype=np.float32).reshape(20, 20)).save(tmp_path / "f.tiff")
+    with pytest.raises(ValueError, match=r"f\.tiff: floating-point pixels must lie in \[0, 1\] or \[0, 255\]"):
+        load_digit_image(tmp_path / "f.tiff")
+
+
+def _png_header_only(width, height):
+    """A PNG signature and IHDR chunk (8-bit grey) with no pixel data: ~50 bytes declaring any size."""
+    import struct
+    import zlib
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data  # noqa: E731
+                                + struct.pack(">I", zlib.crc32(kind + data)))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("size", [(12000, 12000), (4097, 4097), (70000, 300), (20000, 20000)])
+def test_huge_images_are_refused_from_their_header(tmp_path, size):
+    """A 168 KB 12000x12000 PNG used to take 2.3 GB and 11 s; the size in the header is
+    enough to refuse it, so this file (which has no pixel data at all) gets the same answer."""
+    path = tmp_path / "huge.png"
+    path.write_bytes(_png_header_only(*size))
+    shown = f"{size[0]}x{size[1]} " if size[0] * size[1] < 2 * 89478485 else "too large"  # else Pillow refuses it
+    with pytest.raises(ValueError, match=rf"huge\.png: the image is {shown}.* at most 16\.8 megapixels"):
+        load_inputs(path)
+
+
+def test_npy_header_claiming_more_data_than_the_file_holds(tmp_path):
+    import io
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False, "shape": (10 ** 11, 28, 28)})
+    (tmp_path / "big.npy").write_bytes(buf.getvalue() + bytes(784))
+    with pytest.raises(ValueError, match=r"big\.npy: not a readable \.npy array .*header declares uint8 "
+                                         r"\(100000000000, 28, 28\) .* the file holds 784 bytes"):
+        load_inputs(tmp_path / "big.npy")
+    np.savez(tmp_path / "zipped.npy", x=np.zeros((28, 28)))  # an .npz under an .npy name
+    import shutil
+    shutil.move(tmp_path / "zipped.npy.npz", tmp_path / "zipped.npy")
+    with pytest.raises(ValueError, match=r"zipped\.npy: not a readable \.npy array"):
+        load_inputs(tmp_path / "zipped.npy")

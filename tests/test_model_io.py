@@ -320,3 +320,256 @@ def test_fused_relu_maxpool_order_gives_identical_results():
     assert build(False)._order() == list(range(6))
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
+
+
+# --------------------------------------------------------------------------- untrusted files
+# Crafted files are built by hand (zip entries holding .npy bytes), small, and never make
+# the loader allocate what their headers claim.
+
+import io  # noqa: E402
+import tracemalloc  # noqa: E402
+import zipfile  # noqa: E402
+
+from jimunet import serialization  # noqa: E402
+
+
+def _npy(array=None, *, shape=None, descr="<f4", data=b""):
+    """.npy bytes of ``array``, or a bare header claiming ``shape``/``descr`` followed by ``data``."""
+    buf = io.BytesIO()
+    if array is not None:
+        np.lib.format.write_array(buf, np.asarray(array), allow_pickle=False)
+        return buf.getvalue()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue() + data
+
+
+def _meta_npy(meta):
+    return _npy(np.frombuffer(json.dumps(meta).encode() if isinstance(meta, dict) else meta, np.uint8))
+
+
+def _model_meta(layers):
+    return {"format": "jimunet-model", "version": 1, "architecture": {"layers": layers}, "metadata": {}}
+
+
+def _dense(n_in, n_out):
+    return {"class": "Dense", "config": {"in_features": n_in, "out_features": n_out}}
+
+
+def _write_npz(path, entries, compression=zipfile.ZIP_STORED):
+    with zipfile.ZipFile(path, "w", compression) as z:
+        for name, payload in entries.items():
+            z.writestr(name, payload)
+    return path
+
+
+def _tiny_model_file(path, weight=None, bias=None, extra=()):
+    w = np.ones((3, 2), np.float32) if weight is None else weight
+    b = np.zeros(2, np.float32) if bias is None else bias
+    entries = {"__meta__.npy": _meta_npy(_model_meta([_dense(3, 2)])),
+               "param/0.weight.npy": _npy(w), "param/0.bias.npy": _npy(b)}
+    entries.update(extra)
+    return _write_npz(path, entries)
+
+
+@pytest.mark.parametrize("weight,shown", [
+    (np.ones((3, 2), np.int64), "int64"),
+    (np.ones((3, 2), bool), "bool"),
+    (np.ones((3, 2), np.float16), "float16"),
+    (np.ones((3, 2), np.complex64), "complex64"),
+    (np.full((3, 2), "ab"), "<U2"),
+    (np.zeros((3, 2), [("a", "<f4"), ("b", "<f4")]), "('a', '<f4')"),
+])
+def test_only_float32_and_float64_weights_load(tmp_path, weight, shown):
+    path = _tiny_model_file(tmp_path / "m.npz", weight=weight)
+    with pytest.raises(CheckpointError, match="0.weight") as info:
+        jn.load(path)
+    assert shown in str(info.value) and "m.npz" in str(info.value)
+    model = jn.Sequential([L.Dense(3, 2)])
+    if weight.dtype.kind in "bif":  # arrays a caller could hand to load_state_dict
+        with pytest.raises(ValueError, match=r"0\.weight has dtype .*float32 or float64"):
+            model.load_state_dict({"0.weight": weight, "0.bias": np.zeros(2, np.float32)})
+
+
+def test_object_weights_are_refused_unread(tmp_path):
+    path = _tiny_model_file(tmp_path / "m.npz", extra={"param/0.weight.npy": _npy(shape=(3, 2), descr="|O")})
+    with pytest.raises(CheckpointError, match="objects"):
+        jn.load(path)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_weights_are_refused(tmp_path, bad):
+    w = np.ones((3, 2), np.float32)
+    w[1, 1] = bad
+    with pytest.raises(CheckpointError, match=r"0\.weight .*NaN or infinite"):
+        jn.load(_tiny_model_file(tmp_path / "m.npz", weight=w))
+    b = np.zeros(2, np.float64)
+    b[0] = bad
+    with pytest.raises(CheckpointError, match=r"0\.bias .*NaN or infinite"):
+        jn.load(_tiny_model_file(tmp_path / "b.npz", bias=b))
+    model = jn.Sequential([L.Dense(3, 2, rng=0)])
+    before = model.state_dict()["0.weight"].copy()
+    with pytest.raises(ValueError, match="0.weight contains NaN or infinite"):
+        model.load_state_dict({"0.weight": w, "0.bias": np.zeros(2, np.float32)})
+    np.testing.assert_array_equal(model.state_dict()["0.weight"], before)  # nothing half-loaded
+
+
+def test_a_valid_handmade_file_loads(tmp_path):
+    """The crafting helpers make files jimunet accepts when nothing is wrong (so the refusals
+    above are about the one thing each test changes); float64 weights become float32."""
+    w = np.arange(6, dtype=np.float64).reshape(3, 2)
+    model = jn.load(_tiny_model_file(tmp_path / "m.npz", weight=w))
+    assert model[0].weight.data.dtype == np.float32
+    np.testing.assert_array_equal(model[0].weight.data, w)
+    assert model.predict(np.ones((1, 3), np.float32)).tolist() == [[6.0, 9.0]]
+
+
+def test_architecture_is_checked_before_anything_is_allocated(tmp_path):
+    """A 454-byte file describing Dense(3*10**8, 1) without its weights used to allocate
+    3.5 GB before noticing; now the shapes are compared with the stored headers first."""
+    meta = _model_meta([_dense(3 * 10 ** 8, 1)])
+    path = _write_npz(tmp_path / "bomb.npz", {"__meta__.npy": _meta_npy(meta)})
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match=r"missing \['0.weight', '0.bias'\]"):
+            jn.load(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2 ** 20, f"loading a refused file allocated {peak:,} bytes"
+    # the same with weights of the wrong shape stored: still nothing of the declared size
+    path = _write_npz(tmp_path / "bomb2.npz", {"__meta__.npy": _meta_npy(meta),
+                                               "param/0.weight.npy": _npy(np.ones((3, 1), np.float32)),
+                                               "param/0.bias.npy": _npy(np.ones(1, np.float32))})
+    with pytest.raises(CheckpointError, match=r"0\.weight has shape \(3, 1\) in the file, \(300000000, 1\)"):
+        jn.load(path)
+
+
+def test_load_initialises_no_weights_and_leaves_the_default_generator_alone(tmp_path, monkeypatch):
+    model = jn.models.mnist_cnn(rng=0)  # Conv2D, Dense and Dropout layers
+    model.save(tmp_path / "m.npz")
+    jn.set_seed(123)
+    state = jn.random.default_rng().bit_generator.state
+    calls = []
+
+    def counting(factory):
+        def make(*args, **kwargs):
+            init = factory(*args, **kwargs)
+            return lambda shape, rng, dtype=np.float32: (calls.append(shape), init(shape, rng, dtype))[1]
+        return make
+
+    for name, factory in list(jn.init._REGISTRY.items()):
+        monkeypatch.setitem(jn.init._REGISTRY, name, counting(factory))
+    jn.layers.Dense(2, 3)  # (the counting works)
+    assert calls == [(2, 3), (3,)]
+    jn.set_seed(123)
+    calls.clear()
+    loaded = jn.load(tmp_path / "m.npz")
+    assert jn.random.default_rng().bit_generator.state == state
+    assert calls == []  # no initial weights were drawn
+    for (name, p), (_, q) in zip(model.named_parameters(), loaded.named_parameters()):
+        np.testing.assert_array_equal(p.data, q.data)
+        assert q.data.flags.writeable and q.data.flags.c_contiguous and not q.grad.any()
+    # the loaded model trains: its Dropout draws from its own stream once used
+    x = np.random.default_rng(0).standard_normal((2, 28, 28, 1)).astype(np.float32)
+    out = loaded.forward(x, training=True)
+    loaded.backward(np.ones_like(out))
+    assert all(np.isfinite(p.grad).all() for p in loaded.parameters())
+
+
+def test_unknown_arrays_are_refused_before_they_are_read(tmp_path):
+    """An extra array (here 2 MB of deflated zeros, ~2 KB on disk) is named and refused;
+    the zip directory and headers suffice, its data is never inflated."""
+    zeros = _npy(np.zeros(2 ** 19, np.float32))
+    for name in ("param/9.weight.npy", "junk.npy"):
+        path = tmp_path / "extra.npz"
+        _write_npz(path, {"__meta__.npy": _meta_npy(_model_meta([_dense(3, 2)])),
+                          "param/0.weight.npy": _npy(np.ones((3, 2), np.float32)),
+                          "param/0.bias.npy": _npy(np.zeros(2, np.float32)), name: zeros},
+                   zipfile.ZIP_DEFLATED)
+        assert path.stat().st_size < 20_000
+        with pytest.raises(CheckpointError, match="unexpected .*" + name[:-4].split("/")[-1]):
+            jn.load(path)
+    path = _tiny_model_file(tmp_path / "x.npz", extra={"notes.txt": b"hello"})
+    with pytest.raises(CheckpointError, match="unexpected entry 'notes.txt'"):
+        jn.load(path)
+
+
+def test_total_size_is_bounded_before_reading(tmp_path, monkeypatch):
+    model = jn.Sequential([L.Dense(512, 1024, rng=0)])  # 2 MB of weights
+    model.save(tmp_path / "m.npz")
+    monkeypatch.setattr(serialization, "MAX_LOAD_BYTES", 2 ** 20)
+    with pytest.raises(CheckpointError, match=r"2,101,248 bytes in all, over the limit of 1,048,576 bytes"):
+        jn.load(tmp_path / "m.npz")
+    with pytest.raises(CheckpointError, match="over the limit"):
+        load_npz(tmp_path / "m.npz")
+    assert jn.load(tmp_path / "m.npz", max_bytes=4 * 2 ** 20)[0].weight.shape == (512, 1024)
+
+
+@pytest.mark.parametrize("shape", [(10 ** 11,), (10 ** 6, 10 ** 6), (2 ** 62, 4)])
+def test_a_header_claiming_a_huge_array_is_a_clear_error(tmp_path, shape):
+    path = _tiny_model_file(tmp_path / "m.npz", extra={"param/0.weight.npy": _npy(shape=shape, data=b"\0" * 64)})
+    with pytest.raises(CheckpointError, match=r"header declares [\d,]+ bytes of data"):
+        jn.load(path)
+    with pytest.raises(CheckpointError, match="header declares"):
+        load_npz(path)
+
+
+@pytest.mark.parametrize("depth", [100, 100_000])
+def test_deeply_nested_json_is_a_clear_error(tmp_path, depth):
+    meta = b'{"format": "jimunet-model", "metadata": ' + b"[" * depth + b"]" * depth + b"}"
+    path = _write_npz(tmp_path / "deep.npz", {"__meta__.npy": _meta_npy(meta)})
+    with pytest.raises(CheckpointError, match="nested more than 64 levels"):
+        jn.load(path)
+
+
+def test_oversized_json_description_is_refused_unread(tmp_path, monkeypatch):
+    monkeypatch.setattr(serialization, "MAX_META_BYTES", 1000)
+    meta = _model_meta([_dense(3, 2)])
+    meta["metadata"] = {"notes": "x" * 2000}
+    path = _tiny_model_file(tmp_path / "m.npz", extra={"__meta__.npy": _meta_npy(meta)})
+    with pytest.raises(CheckpointError, match="JSON description is 2,[0-9]+ bytes; at most 1,000"):
+        jn.load(path)
+
+
+def test_checkpoint_files_refuse_arrays_they_do_not_refer_to(tmp_path):
+    arrays = {"state/w": np.ones(2)}
+    save_npz(tmp_path / "c.npz", {**arrays, "stowaway": np.zeros(3)},
+             {"format": "ckpt", "state": {"w": {"__array__": "state/w"}}})
+    with pytest.raises(CheckpointError, match="'stowaway'"):
+        load_npz(tmp_path / "c.npz", expected=serialization.referenced_arrays)
+    assert set(load_npz(tmp_path / "c.npz")[0]) == {"state/w", "stowaway"}
+
+
+@pytest.mark.parametrize("make,x,expected", [
+    (lambda: jn.models.mnist_cnn(rng=0), np.zeros((0, 28, 28, 1), np.float32), ((0, 10), np.float32)),
+    (lambda: jn.models.mnist_cnn(rng=0), np.zeros((0, 28, 28, 1), np.float64), ((0, 10), np.float64)),
+    (lambda: jn.Sequential([L.Flatten(), L.Dense(4, 3, rng=0)]), np.zeros((0, 2, 2), np.float32),
+     ((0, 3), np.float32)),
+    (lambda: jn.Sequential([L.Conv2D(1, 2, 3, rng=0)]), np.zeros((0, 5, 7, 1), np.float32),
+     ((0, 5, 7, 2), np.float32)),
+])
+def test_predict_on_an_empty_batch_keeps_the_output_shape(make, x, expected):
+    y = make().predict(x)
+    assert (y.shape, y.dtype) == expected
+
+
+def test_predict_on_an_empty_batch_still_checks_the_sample_shape():
+    with pytest.raises(ValueError, match="Dense"):
+        jn.Sequential([L.Flatten(), L.Dense(4, 3, rng=0)]).predict(np.zeros((0, 3, 3), np.float32))
+
+
+def test_too_many_layers_are_refused_before_any_is_built(tmp_path, monkeypatch):
+    monkeypatch.setattr(jn.model, "MAX_LAYERS", 100)
+    path = _write_npz(tmp_path / "deep.npz", {"__meta__.npy": _meta_npy(_model_meta([{"class": "ReLU"}] * 101))})
+    with pytest.raises(CheckpointError, match="describes 101 layers; at most 100"):
+        jn.load(path)
+    _write_npz(tmp_path / "ok.npz", {"__meta__.npy": _meta_npy(_model_meta([{"class": "ReLU"}] * 100))})
+    assert len(jn.load(tmp_path / "ok.npz")) == 100
+
+
+def test_fortran_order_arrays_read_back_exactly(tmp_path):
+    a = np.asfortranarray(np.arange(24, dtype=np.float64).reshape(2, 3, 4))
+    np.savez(tmp_path / "f.npz", __meta__=np.frombuffer(b'{"format": "x"}', np.uint8), a=a, b=np.array(7))
+    arrays, meta = load_npz(tmp_path / "f.npz", kind="x")
+    np.testing.assert_array_equal(arrays["a"], a)
+    assert arrays["b"].shape == () and arrays["b"] == 7 and meta == {"format": "x"}

@@ -3,6 +3,7 @@ round trips (in memory and on disk), in-place updates, schedules, bad hyper-para
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -334,3 +335,89 @@ def test_parameter_in_two_groups_raises():
     p = _p()
     with pytest.raises(ValueError, match="more than one group"):
         jn.optim.SGD([{"params": p}, {"params": p}], lr=0.1)
+
+
+# --------------------------------------------------------------------------- hyper-parameters
+# NaN and infinity are refused everywhere (one step would spread them into every weight);
+# ranges follow torch.optim where it is sane (lr = 0 allowed, negative values refused).
+
+_NAN, _INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("make,names", [
+    (lambda p: jn.optim.SGD(p, lr=0.1, momentum=_NAN), ["momentum", "[0, inf)", "nan"]),
+    (lambda p: jn.optim.SGD(p, lr=_INF), ["lr (the learning rate)", "[0, inf)", "inf"]),
+    (lambda p: jn.optim.SGD(p, lr=_NAN), ["lr (the learning rate)", "nan"]),
+    (lambda p: jn.optim.SGD(p, lr=0.1, weight_decay=_NAN), ["weight_decay", "nan"]),
+    (lambda p: jn.optim.SGD(p, lr=0.1, momentum=-0.5), ["momentum", "-0.5"]),
+    (lambda p: jn.optim.SGD(p, lr=0.1, momentum=0.9, dampening=1.5), ["dampening", "[0, 1]", "1.5"]),
+    (lambda p: jn.optim.SGD(p, lr=0.1, momentum=0.9, dampening=-0.1), ["dampening", "[0, 1]"]),
+    (lambda p: jn.optim.SGD(p, lr=0.1, nesterov="yes"), ["nesterov", "True or False"]),
+    (lambda p: jn.optim.SGD(p, lr="0.1"), ["lr (the learning rate)", "'0.1'"]),
+    (lambda p: jn.optim.SGD(p, lr=True), ["lr (the learning rate)", "True"]),
+    (lambda p: jn.optim.Adam(p, eps=0), ["eps", "(0, inf)", "got 0"]),
+    (lambda p: jn.optim.Adam(p, eps=_NAN), ["eps", "nan"]),
+    (lambda p: jn.optim.Adam(p, lr=_INF), ["lr (the learning rate)", "inf"]),
+    (lambda p: jn.optim.Adam(p, weight_decay=_NAN), ["weight_decay", "nan"]),
+    (lambda p: jn.optim.Adam(p, betas=(_NAN, 0.999)), ["betas[0]", "[0, 1)"]),
+    (lambda p: jn.optim.Adam(p, betas=(0.9, 1.0)), ["betas[1]", "[0, 1)", "1.0"]),
+    (lambda p: jn.optim.Adam(p, betas=0.9), ["betas must be a pair"]),
+    (lambda p: jn.optim.SGD([{"params": p, "lr": _NAN}], lr=0.1), ["lr (the learning rate)", "nan"]),
+    (lambda p: jn.optim.SGD([{"params": p[:1]}, {"params": p[1:], "momentum": _INF}], lr=0.1),
+     ["param group 1", "momentum", "inf"]),
+    (lambda p: jn.optim.Adam([{"params": p, "eps": -1.0}]), ["eps", "-1.0"]),
+])
+def test_bad_hyper_parameters_name_the_parameter_and_its_range(make, names):
+    params = [jn.Parameter(np.ones(3)), jn.Parameter(np.ones(2))]
+    with pytest.raises(ValueError) as info:
+        make(params)
+    for name in names:
+        assert name in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: jn.optim.SGD(p, lr=0.0),  # torch allows lr = 0 (a frozen phase of a schedule)
+    lambda p: jn.optim.SGD(p, lr=0.1, momentum=0.9, dampening=1.0, weight_decay=0.0),
+    lambda p: jn.optim.SGD(p, lr=np.float32(0.1), momentum=np.float64(0.9), nesterov=True),
+    lambda p: jn.optim.Adam(p, lr=0, betas=[0.0, 0.0], eps=1e-12),
+])
+def test_edge_values_torch_accepts_are_accepted(make):
+    p = jn.Parameter(np.ones(3))
+    p.grad[:] = 1.0
+    make([p]).step()
+    assert np.isfinite(p.data).all()
+
+
+@pytest.mark.parametrize("bad", [_NAN, _INF, -0.1, "0.1", None])
+def test_set_lr_refuses_bad_rates_and_keeps_the_old_one(bad):
+    opt = jn.optim.SGD([jn.Parameter(np.ones(2))], lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match=r"set_lr: lr \(the learning rate\) must be a finite number in \[0, inf\)"):
+        opt.set_lr(bad)
+    assert opt.lr == 0.1
+    opt.set_lr(0)
+    assert opt.lr == 0.0
+
+
+@pytest.mark.parametrize("key,value", [("lr", _NAN), ("momentum", -1.0), ("weight_decay", _INF),
+                                       ("dampening", 2.0)])
+def test_load_state_dict_checks_saved_hyper_parameters_before_changing_anything(key, value):
+    p = jn.Parameter(np.ones(2))
+    opt = jn.optim.SGD([p], lr=0.1, momentum=0.9)
+    sd = opt.state_dict()
+    sd["param_groups"][0][key] = value
+    with pytest.raises(ValueError, match=f"load_state_dict \\(param group 0\\): {key}"):
+        opt.load_state_dict(sd)
+    assert (opt.param_groups[0]["lr"], opt.param_groups[0]["momentum"]) == (0.1, 0.9)
+
+
+def test_adam_load_state_dict_checks_betas_and_eps():
+    opt = jn.optim.Adam([jn.Parameter(np.ones(2))])
+    for key, value, name in [("betas", [0.9, 1.5], "betas[1]"), ("eps", 0.0, "eps"), ("betas", "x", "betas")]:
+        sd = opt.state_dict()
+        sd["param_groups"][0][key] = value
+        with pytest.raises(ValueError, match=r"Adam\.load_state_dict .*" + re.escape(name)):
+            opt.load_state_dict(sd)
+    sd = opt.state_dict()
+    sd["param_groups"][0]["betas"] = [0.5, 0.75]  # what JSON makes of the tuple
+    opt.load_state_dict(sd)
+    assert opt.param_groups[0]["betas"] == (0.5, 0.75)

@@ -229,8 +229,8 @@ def test_cli_report(tmp_path, capsys, monkeypatch):
     assert "r.html" in capsys.readouterr().out
     assert read_report_data(tmp_path / "r.html")["num_test"] == 30 and seen["data_dir"] == "/d"
     args = parser.parse_args(["report", str(tmp_path / "nope")])
-    assert args.func(args) == 1
-    assert "nope" in capsys.readouterr().err
+    assert args.func(args) == 2  # a missing directory is bad usage, as in jimunet's other commands
+    assert capsys.readouterr().err.startswith(f"jimunet report: error: {tmp_path / 'nope'}")
 
 
 def test_modules_import_without_matplotlib(monkeypatch):

@@ -372,6 +372,28 @@ def test_evaluate_returns_accuracy_error_percent_and_confusion():
         evaluate(Fixed(), x, y[:3])
 
 
+def test_evaluate_sizes_the_confusion_matrix_by_the_model_and_names_bad_outputs():
+    """A 20-class model on 10-class labels used to fail with "cannot reshape array of size 110
+    into shape (10,10)"; outputs that are not class scores get a clear error."""
+    class Scores:
+        def __init__(self, k, shape=None):
+            self.k, self.shape = k, shape
+
+        def predict(self, x, batch_size=100):
+            if self.shape is not None:
+                return np.zeros((len(x),) + self.shape, np.float32)
+            return np.eye(self.k, dtype=np.float32)[x[:, 0].astype(int)]
+
+    x = np.array([[0], [19], [3]], np.float32)
+    y = np.array([0, 9, 3])
+    acc, _, conf = evaluate(Scores(20), x, y, num_classes=10)
+    assert conf.shape == (20, 20) and acc == pytest.approx(2 / 3) and conf[9, 19] == 1
+    with pytest.raises(ValueError, match=r"expected class scores of shape \(N, classes\) .* got \(3, 4, 4, 2\)"):
+        evaluate(Scores(0, shape=(4, 4, 2)), x, y)
+    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.4 \(the model has 5 outputs\), got 0\.\.9"):
+        evaluate(Scores(5), np.zeros((3, 1), np.float32), y)
+
+
 def test_checkpoint_round_trip_through_the_trainer(tmp_path):
     model, x, y = toy(12)
     opt = jn.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)

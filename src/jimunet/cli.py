@@ -92,11 +92,40 @@ def _cmd_train(args) -> int:
 
 # -- evaluate -------------------------------------------------------------------------------
 
+def model_path_error(path) -> str | None:
+    """Why ``path`` cannot be a model file (None if it is a file); a run directory gets a hint."""
+    if os.path.isfile(path):
+        return None
+    if os.path.isdir(path):
+        inside = [os.path.join(path, n) for n in ("best.npz", "model.npz") if os.path.isfile(os.path.join(path, n))]
+        hint = f"; did you mean {' or '.join(inside)}?" if inside else \
+            f" (a model file is e.g. {os.path.join(path, 'best.npz')})"
+        return f"{path} is a directory, not a model file{hint}"
+    return f"{path}: no such model file"
+
+
+def check_classifier(model, path, input_shape=(28, 28, 1)) -> int:
+    """The number of classes ``model`` scores an MNIST image into; UsageError if it does not."""
+    if len(model) == 0:
+        raise UsageError(f"{path}: the model has no layers; expected a classifier of 28x28x1 images")
+    try:
+        out = model.output_shape(input_shape)
+    except ValueError as e:
+        raise UsageError(f"{path}: the model cannot take a 28x28x1 MNIST image: {e}") from None
+    if len(out) != 1 or out[0] < 2:
+        raise UsageError(f"{path}: the model outputs {out} per image; expected class scores (classes,), with "
+                         "at least 2 classes (a classifier ends in a Dense layer)")
+    return out[0]
+
+
 def _load_model(path):
     from .model import load
-    if not os.path.isfile(path):
-        raise UsageError(f"{path}: no such model file")
-    return load(path)  # CheckpointError → usage error in main
+    problem = model_path_error(path)
+    if problem:
+        raise UsageError(problem)
+    model = load(path)  # CheckpointError → usage error in main
+    check_classifier(model, path)
+    return model
 
 
 def format_confusion(confusion) -> str:
@@ -117,6 +146,7 @@ def _cmd_evaluate(args) -> int:
 
     model = _load_model(args.model)
     (_, _), (x, y) = load_mnist(root=args.data_dir)
+    # a model of more than 10 classes gets a larger matrix
     res = evaluate(model, preprocess(x), y, batch_size=args.batch_size, num_classes=10)
     meta = getattr(model, "metadata", {}) or {}
     n = meta.get("epoch")

@@ -493,15 +493,24 @@ def _cli(args) -> int:
     from .models import mnist_cnn
     from .serialization import CheckpointError
 
+    if args.index is not None and args.index < 0:  # counted from 0, as everywhere in jimunet (no wrap-around)
+        print(f"jimunet explain: error: --index must be >= 0 (a test image's position, 0..9999), got {args.index}",
+              file=sys.stderr)
+        return 2
     paths = list(args.paths or [])
+    for p in paths:
+        if os.path.isdir(p):
+            from .cli import model_path_error
+            print(f"jimunet explain: error: {model_path_error(p)}", file=sys.stderr)
+            return 2
     model_path = next((p for p in paths if p.lower().endswith(".npz")), None)
     files = [p for p in paths if p is not model_path]
     if len(files) > 1 or len(paths) > 2:
-        print(f"jimunet explain: expected at most a MODEL.npz and one image FILE, got {paths}", file=sys.stderr)
+        print(f"jimunet explain: error: expected at most a MODEL.npz and one image FILE, got {paths}", file=sys.stderr)
         return 2
     image_file = files[0] if files else None
     if image_file is not None and args.index is not None:
-        print("jimunet explain: give either --index I or an image FILE, not both", file=sys.stderr)
+        print("jimunet explain: error: give either --index I or an image FILE, not both", file=sys.stderr)
         return 2
     if model_path is None:
         model = mnist_cnn(rng=0)
@@ -511,16 +520,16 @@ def _cli(args) -> int:
         try:
             model = load(model_path)
         except (OSError, CheckpointError) as e:
-            print(f"jimunet explain: cannot load {model_path}: {e}", file=sys.stderr)
-            return 1
+            print(f"jimunet explain: error: cannot load {model_path}: {e}", file=sys.stderr)
+            return 2
         print(f"model    {model_path}")
     label = None
     if image_file is not None:
         try:
             images, _ = _load_image_file(image_file)
         except (OSError, ValueError) as e:
-            print(f"jimunet explain: {e}", file=sys.stderr)
-            return 1
+            print(f"jimunet explain: error: {e}", file=sys.stderr)
+            return 2
         image = images[0]
         more = f" (the first of {len(images)} images)" if len(images) > 1 else ""
         print(f"image    {image_file}{more}")
@@ -531,21 +540,21 @@ def _cli(args) -> int:
         try:
             _, (x_test, y_test) = load_mnist(root=args.data_dir)
         except Exception as e:  # MNISTUnavailableError, OSError, ...
-            print(f"jimunet explain: cannot load the MNIST test set ({e}); pass an image FILE (.npy) "
+            print(f"jimunet explain: error: cannot load the MNIST test set ({e}); pass an image FILE (.npy) "
                   f"instead", file=sys.stderr)
             return 1
-        if not -len(x_test) <= index < len(x_test):
-            print(f"jimunet explain: --index must be in [0, {len(x_test)}), got {index}", file=sys.stderr)
+        if not 0 <= index < len(x_test):
+            print(f"jimunet explain: error: --index must be in [0, {len(x_test)}), got {index}", file=sys.stderr)
             return 2
         image, label = x_test[index], int(y_test[index])
         print(f"image    MNIST test image {index} (true label {label})")
     try:
         res = explain(model, image, out_dir=args.out, file=sys.stdout)
     except PlotDependencyError as e:
-        print(f"jimunet explain: {e}", file=sys.stderr)
+        print(f"jimunet explain: error: {e}", file=sys.stderr)
         return 1
     except ValueError as e:
-        print(f"jimunet explain: {e}", file=sys.stderr)
+        print(f"jimunet explain: error: {e}", file=sys.stderr)
         return 1
     if label is not None and res.top:
         print(f"         predicted {res.top[0][0]}, true label {label}: "

@@ -7,10 +7,11 @@ import numpy as np
 
 from . import __version__
 from .backend import xp_of
-from .layers.base import Layer, data_already_checked, from_config
-from .serialization import CheckpointError, load_npz, save_npz
+from .layers.base import Layer, data_already_checked, from_config, placeholder_parameters
+from .serialization import CheckpointError, NpzReader, save_npz
 
 MODEL_FORMAT = "jimunet-model"
+MAX_LAYERS = 10_000  # a file describing more is refused before any layer object is made
 
 
 def _shape_str(shape) -> str:
@@ -161,12 +162,20 @@ class Sequential(Layer):
         return Summary(start, rows)
 
     def predict(self, x, batch_size: int = 100):
-        """Outputs for ``x`` in evaluation mode, ``batch_size`` samples at a time (bounded memory)."""
+        """Outputs for ``x`` in evaluation mode, ``batch_size`` samples at a time (bounded memory).
+
+        An empty batch gives ``(0, *output_shape)`` in the dtype a forward pass would give: the
+        per-sample shape is known from ``x.shape[1:]`` even without samples.
+        """
         if batch_size < 1:
             raise ValueError(f"predict: batch_size must be >= 1, got {batch_size}")
         xp = xp_of(x)
+        if len(x) == 0:
+            # Shape and dtype of the output as one sample would give them (an empty batch
+            # cannot pass through Flatten's reshape); also checks the per-sample shape.
+            return self.forward(xp.zeros((1,) + tuple(x.shape[1:]), x.dtype), training=False)[:0]
         outs = [self.forward(x[i:i + batch_size], training=False) for i in range(0, len(x), batch_size)]
-        return xp.concatenate(outs) if outs else xp.zeros((0,))
+        return xp.concatenate(outs)
 
     # -- state -------------------------------------------------------------------------
 
@@ -175,19 +184,27 @@ class Sequential(Layer):
         return {name: p.data for name, p in self.named_parameters()}
 
     def load_state_dict(self, state: dict) -> None:
-        """Copy weights in, checking names and shapes first so nothing is half-loaded."""
+        """Copy weights in, checking names, shapes, dtypes and values first so nothing is half-loaded.
+
+        Raises ValueError for a missing or unexpected name, a shape that differs from the
+        model's, an array that is not float32/float64, or a NaN/infinite weight.
+        """
         named = self.named_parameters()
+        if not isinstance(state, dict):
+            raise ValueError(f"load_state_dict: expected a dict of arrays, got {type(state).__name__}")
         missing = [n for n, _ in named if n not in state]
         extra = sorted(set(state) - {n for n, _ in named})
         if missing or extra:
             raise ValueError(f"load_state_dict: parameters do not match this model (missing {missing}, "
                              f"unexpected {extra})")
         for name, p in named:
-            if tuple(state[name].shape) != tuple(p.data.shape):
-                raise ValueError(f"load_state_dict: {name} has shape {tuple(state[name].shape)} in the file, "
-                                 f"{tuple(p.data.shape)} in the model")
+            check_weight_header(name, getattr(state[name], "shape", None), getattr(state[name], "dtype", None),
+                                p.data.shape)
         for name, p in named:
-            p.data[...] = xp_of(p.data).asarray(state[name])
+            if not bool(xp_of(state[name]).isfinite(state[name]).all()):
+                raise ValueError(f"load_state_dict: {name} contains NaN or infinite values")
+        for name, p in named:
+            p.assign(state[name])
 
     def rng_states(self) -> dict:
         """Bit-generator states of layers that draw random numbers (e.g. Dropout), by index."""
@@ -222,20 +239,65 @@ class Sequential(Layer):
         return copy.deepcopy(self)
 
 
-def load(path) -> Sequential:
+def check_weight_header(name, shape, dtype, expected_shape, where="load_state_dict: ") -> None:
+    """ValueError unless an array of ``shape`` and ``dtype`` can be the weight ``name``."""
+    if shape is None or dtype is None:
+        raise ValueError(f"{where}{name} should be an array, got {type(shape).__name__}")
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f" or dtype.itemsize not in (4, 8) or dtype.fields is not None:
+        raise ValueError(f"{where}{name} has dtype {dtype}; weights must be float32 or float64")
+    if tuple(shape) != tuple(expected_shape):
+        raise ValueError(f"{where}{name} has shape {tuple(shape)} in the file, {tuple(expected_shape)} in the model")
+
+
+def load(path, max_bytes: int | None = None) -> Sequential:
     """Rebuild a ``Sequential`` saved with ``model.save(path)``.
 
+    The file is untrusted: its architecture is built with placeholder parameters (no
+    memory, no random draws: loading leaves ``jn.set_seed``'s Generator alone), the stored
+    arrays' names, shapes and dtypes are checked against it from the .npy headers, and
+    only then is any weight read; every weight must be finite.
+
+    Args:
+        path: a file written by ``Sequential.save``.
+        max_bytes: bound on the weights' total size (default
+            ``jimunet.serialization.MAX_LOAD_BYTES``, 1 GiB).
+
     Raises ``CheckpointError`` (a ValueError) for a corrupt file, a file of another kind,
-    or weights that do not fit the described architecture.
+    weights that do not fit the described architecture, or weights that are not finite
+    float32/float64 values.
     """
-    arrays, meta = load_npz(path, kind=MODEL_FORMAT)
-    try:
-        model = Sequential.from_config(meta["architecture"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot rebuild the architecture it describes ({e})") from None
-    try:
-        model.load_state_dict({k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")})
-    except ValueError as e:
-        raise CheckpointError(f"{path}: {e}") from None
+    with NpzReader(path, kind=MODEL_FORMAT) as reader:
+        meta = reader.meta
+        layers = meta.get("architecture", {}).get("layers") if isinstance(meta.get("architecture"), dict) else None
+        if isinstance(layers, list) and len(layers) > MAX_LAYERS:
+            raise CheckpointError(f"{path}: describes {len(layers):,} layers; at most {MAX_LAYERS:,} are built")
+        try:
+            with placeholder_parameters():
+                model = Sequential.from_config(meta["architecture"])
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise CheckpointError(f"{path}: cannot rebuild the architecture it describes "
+                                  f"({type(e).__name__}: {e})") from None
+        named = model.named_parameters()
+        stored = {k[len("param/"):]: h for k, h in reader.headers.items() if k.startswith("param/")}
+        others = sorted(k for k in reader.headers if not k.startswith("param/"))
+        missing = [n for n, _ in named if n not in stored]
+        extra = sorted(set(stored) - {n for n, _ in named})
+        if missing or extra or others:
+            raise CheckpointError(f"{path}: the stored weights do not match this model, the architecture the file "
+                                  f"describes (missing {missing}, unexpected {extra + others})")
+        try:
+            for name, p in named:
+                check_weight_header(name, stored[name].shape, stored[name].dtype, p.data.shape, where="the weight ")
+        except ValueError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+        reader.check_size(max_bytes)
+        for name, p in named:
+            w = reader.read(f"param/{name}")
+            if not np.isfinite(w).all():
+                raise CheckpointError(f"{path}: the weight {name} {w.shape} contains NaN or infinite values")
+            p.assign(w)
     model.metadata = meta.get("metadata", {})
+    if not isinstance(model.metadata, dict):
+        raise CheckpointError(f"{path}: its metadata is a {type(model.metadata).__name__}, not an object")
     return model

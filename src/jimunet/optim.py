@@ -4,10 +4,25 @@ plus learning-rate schedules (TensorFlow's ``exponential_decay`` among them).
 from __future__ import annotations
 
 import math
+import numbers
 
 from .backend import to_numpy, xp_of
 from .parallel import pfor
 from .parameter import Parameter
+
+
+def check_real(owner: str, name: str, value, low: float, high: float = math.inf,
+               low_open: bool = False, high_open: bool = False) -> float:
+    """``value`` as a float, or a ValueError naming ``name`` and its allowed range.
+
+    NaN and infinity are never allowed: one step would spread them into every weight.
+    """
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and \
+        (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open or high == math.inf else ']'}"
+        raise ValueError(f"{owner}: {name} must be a finite number in {interval}, got {value!r}")
+    return float(value)
 
 
 class Optimizer:
@@ -36,21 +51,24 @@ class Optimizer:
                 raise ValueError(f"{type(self).__name__}: unknown hyper-parameters {sorted(unknown)} in a "
                                  f"param group; known: {sorted(defaults)}")
             group = {**self.defaults, **g, "params": list(g["params"])}
+            group.update(self._checked(group, f" (param group {len(self.param_groups)})" if len(params) > 1 else ""))
             for p in group["params"]:
                 if not isinstance(p, Parameter):
                     raise ValueError(f"{type(self).__name__}: expected Parameter objects, got {type(p).__name__}")
                 if id(p) in seen:
                     raise ValueError(f"{type(self).__name__}: a parameter appears in more than one group")
                 seen.add(id(p))
-            self._check_group(group)
             self.param_groups.append(group)
         self.state: dict[int, dict] = {}  # keyed by id(param); see state_dict for the portable form
 
-    def _check_group(self, group):
-        if not group["lr"] >= 0:
-            raise ValueError(f"{type(self).__name__}: learning rate must be >= 0, got {group['lr']}")
-        if group.get("weight_decay", 0) < 0:
-            raise ValueError(f"{type(self).__name__}: weight_decay must be >= 0, got {group['weight_decay']}")
+    def _checked(self, group: dict, where: str = "") -> dict:
+        """The group's hyper-parameters, validated and normalised (subclasses add theirs).
+
+        Ranges follow ``torch.optim`` where it is sane; NaN and infinity are refused.
+        """
+        owner = type(self).__name__ + where
+        return {"lr": check_real(owner, "lr (the learning rate)", group["lr"], 0.0),
+                "weight_decay": check_real(owner, "weight_decay", group["weight_decay"], 0.0)}
 
     def _params(self):
         for g in self.param_groups:
@@ -67,8 +85,9 @@ class Optimizer:
 
     def set_lr(self, lr: float) -> None:
         """Set the learning rate of every group (what a schedule does each step)."""
+        lr = check_real(f"{type(self).__name__}.set_lr", "lr (the learning rate)", lr, 0.0)
         for g in self.param_groups:
-            g["lr"] = float(lr)
+            g["lr"] = lr
 
     def step(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -92,8 +111,16 @@ class Optimizer:
             raise ValueError(f"{type(self).__name__}.load_state_dict: the saved param groups do not match this "
                              f"optimizer's ({len(self.param_groups)} groups of "
                              f"{[len(g['params']) for g in self.param_groups]} parameters)")
-        for g, saved in zip(self.param_groups, groups):
-            g.update({k: v for k, v in saved.items() if k != "params"})
+        updates = []  # every group is checked before any is changed
+        for i, (g, saved) in enumerate(zip(self.param_groups, groups)):
+            if not isinstance(saved, dict):
+                raise ValueError(f"{type(self).__name__}.load_state_dict: param group {i} is a "
+                                 f"{type(saved).__name__}, not a dict")
+            merged = {**g, **{k: v for k, v in saved.items() if k != "params"}}
+            merged.update(self._checked(merged, f".load_state_dict (param group {i})"))
+            updates.append(merged)
+        for g, merged in zip(self.param_groups, updates):
+            g.update({k: v for k, v in merged.items() if k != "params"})
         self.state = {}
         for i, s in sd.get("state", {}).items():
             p = params[int(i)]
@@ -131,12 +158,19 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr: float, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False):
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("SGD: nesterov momentum needs momentum > 0 and dampening = 0")
-        if momentum < 0:
-            raise ValueError(f"SGD: momentum must be >= 0, got {momentum}")
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov))
+
+    def _checked(self, group, where=""):
+        owner = type(self).__name__ + where
+        out = super()._checked(group, where)
+        out["momentum"] = check_real(owner, "momentum", group["momentum"], 0.0)
+        out["dampening"] = check_real(owner, "dampening", group["dampening"], 0.0, 1.0)
+        if not isinstance(group["nesterov"], bool):
+            raise ValueError(f"{owner}: nesterov must be True or False, got {group['nesterov']!r}")
+        if group["nesterov"] and (out["momentum"] <= 0 or out["dampening"] != 0):
+            raise ValueError(f"{owner}: nesterov momentum needs momentum > 0 and dampening = 0")
+        return out
 
     def step(self) -> None:
         for g in self.param_groups:
@@ -187,12 +221,19 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):
-        b1, b2 = betas
-        if not (0 <= b1 < 1 and 0 <= b2 < 1):
-            raise ValueError(f"Adam: betas must lie in [0, 1), got {betas}")
-        if not eps >= 0:  # as torch.optim.Adam; a negative eps can zero the denominator
-            raise ValueError(f"Adam: eps must be >= 0, got {eps}")
-        super().__init__(params, dict(lr=lr, betas=(float(b1), float(b2)), eps=eps, weight_decay=weight_decay))
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    def _checked(self, group, where=""):
+        owner = type(self).__name__ + where
+        out = super()._checked(group, where)
+        betas = group["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"{owner}: betas must be a pair (beta1, beta2), each in [0, 1), got {betas!r}")
+        out["betas"] = (check_real(owner, "betas[0]", betas[0], 0.0, 1.0, high_open=True),
+                        check_real(owner, "betas[1]", betas[1], 0.0, 1.0, high_open=True))
+        # torch allows eps = 0, but then a parameter whose gradient is 0 gets 0/0 = NaN.
+        out["eps"] = check_real(owner, "eps", group["eps"], 0.0, low_open=True)
+        return out
 
     def step(self) -> None:
         for g in self.param_groups:
@@ -214,9 +255,7 @@ class Adam(Optimizer):
                 p.data -= (lr / (1 - b1 ** t)) * m / denom
 
     def load_state_dict(self, sd: dict) -> None:
-        super().load_state_dict(sd)
-        for g in self.param_groups:  # JSON turns the betas tuple into a list
-            g["betas"] = tuple(g["betas"])
+        super().load_state_dict(sd)  # also turns the betas JSON made a list back into a tuple
         for st in self.state.values():
             if "step" in st:
                 st["step"] = int(st["step"])

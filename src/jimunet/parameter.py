@@ -1,6 +1,8 @@
 """``Parameter``: a trainable array and the gradient accumulated for it."""
 from __future__ import annotations
 
+import numpy as np
+
 from .backend import xp_of
 from .parallel import pfor
 
@@ -28,6 +30,35 @@ class Parameter:
         self.data = data
         self.grad = xp_of(data).zeros_like(data)
         self.name = name
+
+    @classmethod
+    def placeholder(cls, shape, dtype, name: str = "") -> "Parameter":
+        """A parameter of this shape and dtype that takes no memory (a read-only zero view).
+
+        Used while rebuilding a model from a file, whose weights replace it (``assign``).
+        """
+        p = cls.__new__(cls)
+        p.data = p.grad = np.broadcast_to(np.zeros((), dtype), tuple(shape))
+        p.name = name
+        return p
+
+    @property
+    def is_placeholder(self) -> bool:
+        return isinstance(self.data, np.ndarray) and not self.data.flags.writeable and \
+            all(s == 0 for s in self.data.strides)
+
+    def assign(self, value) -> None:
+        """Set the values from ``value`` (same shape), keeping this Parameter's dtype.
+
+        A placeholder gets its own new arrays; otherwise the values are copied in place, so
+        anything holding ``data`` (an optimizer's state, a view) sees them.
+        """
+        xp = xp_of(self.data)
+        if self.is_placeholder:
+            self.data = np.array(value, dtype=self.data.dtype)  # placeholders exist only on the host
+            self.grad = np.zeros_like(self.data)
+        else:
+            self.data[...] = xp.asarray(value)
 
     @property
     def shape(self):

@@ -117,6 +117,14 @@ class MNISTConfig:
             raise ConfigError("momentum and weight_decay must be >= 0")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if self.self_test:  # the sample's fixed fake data set: more images cannot be had
+            for name, have in (("train_size", SELF_TEST_TRAIN), ("test_size", SELF_TEST_EVAL)):
+                v = getattr(self, name)
+                if v is not None and v > have:
+                    raise ConfigError(f"the self-test trains on {SELF_TEST_TRAIN} fake images and tests on "
+                                      f"{SELF_TEST_EVAL}, so {name}{' (--train-size)' if name == 'train_size' else ''} "
+                                      f"must be <= {have}, "
+                                      f"got {v}")
         if not self.self_test and self.validation_size >= MNIST_TRAIN:
             raise ConfigError(f"validation_size must be < {MNIST_TRAIN}, got {self.validation_size}")
         if not self.self_test and self.train_size is not None and \
@@ -139,6 +147,9 @@ class MNISTConfig:
 
     def replace(self, **changes) -> "MNISTConfig":
         return dataclasses.replace(self, **changes)
+
+
+SELF_TEST_TRAIN, SELF_TEST_EVAL = 256, 64  # the TF sample's fake data: train, validation and test sizes
 
 
 def fake_data(num_images: int):

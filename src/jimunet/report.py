@@ -799,13 +799,16 @@ def _cli(args) -> int:
     try:
         path = write_report(args.run_dir, out=args.out, data_dir=args.data_dir)
     except PlotDependencyError as e:
-        print(f"jimunet report: {e}", file=sys.stderr)
+        print(f"jimunet report: error: {e}", file=sys.stderr)
         return 1
-    except (FileNotFoundError, CheckpointError, ValueError) as e:
-        print(f"jimunet report: {e}", file=sys.stderr)
+    except (FileNotFoundError, NotADirectoryError, CheckpointError) as e:  # bad usage, as in jimunet's other commands
+        print(f"jimunet report: error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"jimunet report: error: {e}", file=sys.stderr)
         return 1
     except RuntimeError as e:  # MNISTUnavailableError
-        print(f"jimunet report: cannot load the test data: {e}", file=sys.stderr)
+        print(f"jimunet report: error: cannot load the test data: {e}", file=sys.stderr)
         return 1
     print(f"wrote {path}")
     print(f"      (figures and report.json in {args.run_dir})")

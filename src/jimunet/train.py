@@ -37,8 +37,8 @@ import numpy as np
 from . import __version__
 from .backend import to_numpy, xp_of
 from .data.images import preprocess
-from .recipes import RESUMABLE_FIELDS, ConfigError, MNISTConfig, build, fake_data
-from .serialization import CheckpointError, atomic_writer, load_npz, pack, save_npz, unpack
+from .recipes import RESUMABLE_FIELDS, SELF_TEST_EVAL, SELF_TEST_TRAIN, ConfigError, MNISTConfig, build, fake_data
+from .serialization import CheckpointError, atomic_writer, load_npz, pack, referenced_arrays, save_npz, unpack
 
 __all__ = ["Trainer", "fit", "evaluate", "Evaluation", "History", "Callback", "TrainingDiverged",
            "TrainingInterrupted", "train_mnist", "TrainResult", "RunLog", "preprocess",
@@ -91,7 +91,8 @@ def evaluate(model, x, y, batch_size: int = 100, num_classes: int | None = None)
         model: anything with ``predict(x, batch_size)`` returning logits ``(N, classes)``.
         x: inputs, already preprocessed. y: integer labels ``(N,)``.
         batch_size: images per forward pass (bounds memory; ~100 is also the fastest on CPU).
-        num_classes: size of the confusion matrix (default: the number of logits).
+        num_classes: the confusion matrix has at least this many rows and columns (and at
+            least one per model output).
 
     Returns:
         ``Evaluation(accuracy, error, confusion)`` — unpacks as a tuple.
@@ -102,7 +103,13 @@ def evaluate(model, x, y, batch_size: int = 100, num_classes: int | None = None)
     if len(y) == 0:
         raise ValueError("evaluate: no samples")
     logits = to_numpy(model.predict(x, batch_size=batch_size))
-    k = num_classes or logits.shape[1]
+    if logits.ndim != 2:
+        raise ValueError(f"evaluate: expected class scores of shape (N, classes) from the model, got "
+                         f"{logits.shape}; a classifier ends in a Dense layer")
+    k = max(logits.shape[1], num_classes or 0)  # a 20-class model on MNIST: a 20×20 matrix
+    if y.min() < 0 or y.max() >= k:
+        raise ValueError(f"evaluate: labels must lie in 0..{k - 1} (the model has {logits.shape[1]} outputs), "
+                         f"got {int(y.min())}..{int(y.max())}")
     pred = logits.argmax(axis=1)
     confusion = np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
     accuracy = float((pred == y).mean())
@@ -394,7 +401,7 @@ class Trainer:
 
         Raises ``CheckpointError`` for a corrupt file or one that does not fit this trainer.
         """
-        arrays, meta = load_npz(path, kind=CHECKPOINT_FORMAT)
+        arrays, meta = load_npz(path, kind=CHECKPOINT_FORMAT, expected=referenced_arrays)
         try:
             self.load_state_dict(unpack(meta["state"], arrays))
         except (KeyError, TypeError, ValueError) as e:
@@ -501,8 +508,8 @@ class TrainResult:
 def _load_data(cfg: MNISTConfig, data):
     """``(x_train, y_train), (x_val, y_val), (x_test, y_test)`` as model inputs."""
     if cfg.self_test:
-        xt, yt = fake_data(256)
-        (xv, yv), (xs, ys) = fake_data(64), fake_data(64)
+        xt, yt = fake_data(SELF_TEST_TRAIN)
+        (xv, yv), (xs, ys) = fake_data(SELF_TEST_EVAL), fake_data(SELF_TEST_EVAL)
         if cfg.train_size is not None:
             xt, yt = xt[:cfg.train_size], yt[:cfg.train_size]
         if cfg.test_size is not None:

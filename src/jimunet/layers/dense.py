@@ -5,7 +5,6 @@ import numpy as np
 
 from .. import init as _init
 from ..parallel import pmatmul
-from ..parameter import Parameter
 from ..random import resolve_rng
 from .base import Layer, check_dtype_arg, register
 
@@ -41,9 +40,9 @@ class Dense(Layer):
         self.use_bias = bool(use_bias)
         dtype = check_dtype_arg(dtype)
         rng = resolve_rng(rng)
-        self.weight = Parameter(_init.get(weight_init)((self.in_features, self.out_features), rng, dtype),
-                                "weight")
-        self.bias = Parameter(_init.get(bias_init)((self.out_features,), rng, dtype), "bias") \
+        self.weight = self._new_parameter(_init.get(weight_init), (self.in_features, self.out_features), rng,
+                                          dtype, "weight")
+        self.bias = self._new_parameter(_init.get(bias_init), (self.out_features,), rng, dtype, "bias") \
             if use_bias else None
         self._x = None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 from ..random import resolve_rng, spawn_rng
-from .base import Layer, register
+from .base import Layer, building_placeholders, register
 
 
 @register
@@ -35,9 +35,22 @@ class Dropout(Layer):
             raise ValueError(f"Dropout: rate must be a number in [0, 1), got {rate!r}")
         self.rate = float(rate)
         # Its own stream, so adding or removing other random layers leaves these masks alone.
-        self.rng = spawn_rng() if rng is None else resolve_rng(rng)
+        # A layer rebuilt from a file draws nothing at load time (loading leaves the default
+        # Generator alone); it spawns its stream when first used.
+        self._rng = None if rng is None and building_placeholders() else \
+            spawn_rng() if rng is None else resolve_rng(rng)
         self._mask = None
         self._shape = None
+
+    @property
+    def rng(self):
+        if self._rng is None:
+            self._rng = spawn_rng()
+        return self._rng
+
+    @rng.setter
+    def rng(self, value):
+        self._rng = value
 
     def describe(self):
         return f"Dropout(rate={self.rate})"
