@@ -252,3 +252,23 @@ def test_modules_import_without_matplotlib(monkeypatch, tmp_path):
     assert len(recs) == 5
     with pytest.raises(rep.PlotDependencyError, match=r"pip install 'jimunet\[plot\]'"):
         rep.write_report(tmp_path)
+
+
+def test_loss_axis_leaves_out_the_initial_spike():
+    # shaped like the recipe's run: ~11 at the first step, then 1.6-3.6 for thousands of steps
+    rng = np.random.default_rng(5)
+    n = 4000
+    losses = 2.0 + np.exp(-np.arange(n) / 800) + 0.3 * rng.random(n)
+    losses[:30] = np.linspace(11.0, 4.0, 30)
+    low, high, clipped = report.loss_axis_range(losses)
+    settled_max = losses[n // 50:].max()
+    assert settled_max <= high < 1.1 * settled_max and low < losses.min()
+    assert clipped == int((losses > high).sum()) and 0 < clipped <= 30
+    assert np.all(losses[30:] <= high)  # only the first steps are cut off
+    # no spike, or too short a run: the whole range is shown
+    low, high, clipped = report.loss_axis_range(losses[100:])
+    assert clipped == 0 and high >= losses[100:].max() and low <= losses[100:].min()
+    low, high, clipped = report.loss_axis_range(losses[:50])
+    assert clipped == 0 and high >= 11.0
+    assert report.loss_axis_range([]) == (0.0, 1.0, 0)
+    assert report.loss_axis_range([2.0, 2.0])[2] == 0
