@@ -46,7 +46,7 @@ def compose(run_dir, out):
             canvas.paste(im, (x, y))
             x += im.width + GAP
         y += rh + GAP
-    canvas.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)
+    canvas.save(out, optimize=True)  # full colour: a 256-colour palette bands the colour bars
     return out
 
 

@@ -234,8 +234,9 @@ def _fig_curves(path, step_loss, epochs, l2=False):
         if clipped:
             ax1.set_ylim(low, high)
             last = int(np.nonzero(losses > high)[0].max()) + 1
+            peak = "" if losses.argmax() == 0 else f", peaks at {losses.max():.3g}"
             ax1.text(0.015, 0.04, f"axis cut at {high:.3g}: {clipped} of the first {last} steps lie above it\n"
-                                  f"(the loss starts at {losses[0]:.3g}, peaks at {losses.max():.3g})",
+                                  f"(the loss starts at {losses[0]:.3g}{peak})",
                      transform=ax1.transAxes, ha="left", va="bottom", fontsize=8.5, color="dimgray",
                      bbox=dict(facecolor="white", edgecolor="none", alpha=0.8))
         elif losses.min() > 0 and losses.max() / losses.min() > 20:
