@@ -6,6 +6,11 @@ Reports images/s and peak RSS per task and the jimunet/PyTorch ratio per round w
 
     python benchmarks/bench.py                 # 3 rounds, all tasks
     python benchmarks/bench.py --rounds 5 --tasks train64 infer1000 --json out.json
+    python benchmarks/bench.py --info          # only the machine line
+
+Speed depends on the machine far more than on anything else, so every run starts by printing
+(and ``--json`` records) the CPU model and ISA, the BLAS library and the kernel OpenBLAS
+picked for this CPU, and the NumPy and PyTorch versions; quote them with any figure.
 
 PyTorch is an optional benchmark dependency (``pip install -e '.[bench]'``).
 """
@@ -121,10 +126,55 @@ def _measure(framework, task, threads):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def versions():
+def _cpuinfo() -> dict:
+    """``model name``, ``cpu family``, ``model`` and ``flags`` of the first CPU (Linux), else {}."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read().split("\n\n")[0]
+    except OSError:
+        return {}
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in text.splitlines()) if k.strip()}
+
+
+def _isa_level(flags: set) -> str:
+    """The widest x86 vector extension the CPU reports (what BLAS kernels are chosen by)."""
+    for name, flag in (("AVX-512", "avx512f"), ("AVX2", "avx2"), ("AVX", "avx"), ("SSE4.2", "sse4_2")):
+        if flag in flags:
+            return name
+    return "n/a"
+
+
+def machine_info() -> dict:
+    """Everything a speed figure depends on: CPU model and ISA, the BLAS NumPy calls and the
+    kernel it picked for this CPU (OpenBLAS names it, e.g. "SkylakeX" or "Haswell"), the
+    versions of NumPy, jimunet and PyTorch and the CPU kernels PyTorch dispatches to."""
     import numpy
-    info = {"python": platform.python_version(), "numpy": numpy.__version__, "machine": platform.machine(),
-            "cpus": os.cpu_count(), "processor": platform.processor() or "n/a"}
+    cpu = _cpuinfo()
+    flags = set(cpu.get("flags", "").split())
+    if not flags:  # not Linux: ask NumPy which features it detected
+        try:
+            from numpy._core._multiarray_umath import __cpu_features__
+            flags = {k.lower() for k, v in __cpu_features__.items() if v}  # "AVX512F", "AVX2", "SSE42"
+            flags |= {"sse4_2"} if "sse42" in flags else set()
+        except ImportError:
+            pass
+    info = {"cpu": cpu.get("model name") or platform.processor() or platform.machine(),
+            "cpu_family_model": f"{cpu['cpu family']}/{cpu['model']}" if "cpu family" in cpu else "n/a",
+            "isa": _isa_level(flags), "cpus": os.cpu_count(), "machine": platform.machine(),
+            "python": platform.python_version(), "numpy": numpy.__version__}
+    try:
+        from threadpoolctl import threadpool_info
+        blas = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+    except ImportError:
+        blas = []
+    if blas:
+        b = blas[0]
+        info.update(blas=b.get("internal_api", "n/a"), blas_version=b.get("version") or "n/a",
+                    blas_kernel=b.get("architecture") or "n/a")
+    else:
+        info.update(blas="n/a", blas_version="n/a", blas_kernel="n/a")
+    if os.environ.get("OPENBLAS_CORETYPE"):
+        info["OPENBLAS_CORETYPE"] = os.environ["OPENBLAS_CORETYPE"]
     try:
         import jimunet
         info["jimunet"] = jimunet.__version__
@@ -133,9 +183,23 @@ def versions():
     try:
         import torch
         info["torch"] = torch.__version__
+        info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     except ImportError:
         info["torch"] = "not installed"
     return info
+
+
+def describe_machine(info: dict) -> str:
+    """One line, e.g. ``AMD EPYC (family/model 25/17), AVX-512, 2 CPUs | NumPy 2.4.6, openblas
+    0.3.31 kernel SkylakeX | ...``."""
+    line = (f"{info['cpu']} (family/model {info['cpu_family_model']}), {info['isa']}, {info['cpus']} CPUs | "
+            f"NumPy {info['numpy']}, {info['blas']} {info['blas_version']} kernel {info['blas_kernel']}")
+    if "OPENBLAS_CORETYPE" in info:
+        line += f" (OPENBLAS_CORETYPE={info['OPENBLAS_CORETYPE']})"
+    line += f" | jimunet {info.get('jimunet', 'n/a')}, PyTorch {info['torch']}"
+    if "torch_cpu_capability" in info:
+        line += f" ({info['torch_cpu_capability']} kernels)"
+    return line + f" | Python {info['python']}"
 
 
 def main(argv=None):
@@ -144,18 +208,22 @@ def main(argv=None):
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both frameworks")
     ap.add_argument("--channels-last", action="store_true", help="also time PyTorch with channels_last")
-    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--json", help="also write the results here (with the machine description)")
+    ap.add_argument("--info", action="store_true", help="only print the machine description and exit")
     ap.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "TASK"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         return worker(args.worker[0], args.worker[1], args.threads)
+    if args.info:
+        print("machine:", describe_machine(machine_info()))
+        return
     try:
         import torch  # noqa: F401
     except ImportError:
         raise SystemExit("the benchmark compares against PyTorch: pip install -e '.[bench]' (torch==2.13.0)")
     frameworks = ["jimunet", "torch"] + (["torch-cl"] if args.channels_last else [])
-    info = versions()
-    print("machine:", ", ".join(f"{k} {v}" for k, v in info.items()), f"| threads {args.threads}")
+    info = machine_info()
+    print("machine:", describe_machine(info), f"| threads {args.threads}")
     results = {t: {f: [] for f in frameworks} for t in args.tasks}
     for r in range(args.rounds):
         for task in args.tasks:
@@ -186,7 +254,7 @@ def main(argv=None):
             print(f"{'':10s} torch channels_last: {s['torch_channels_last_img_s']:.0f} img/s")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"versions": info, "threads": args.threads, "rounds": args.rounds,
+            json.dump({"machine": describe_machine(info), "versions": info, "threads": args.threads, "rounds": args.rounds,
                        "raw": results, "summary": summary}, f, indent=2)
 
 

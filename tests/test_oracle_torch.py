@@ -1,8 +1,9 @@
 """PyTorch as the oracle: forward values and every gradient of every layer, the loss and the
 optimizers, on many seeded random configurations.
 
-Everything is compared in float64 (plus a float32 family for conv and pooling) with
-``max|a - b| / max(max|b|, tiny) <= 1e-5``. The worst error seen per family is kept in
+Everything is compared in float64 with ``max|a - b| / max(max|b|, tiny) <= TOL64 = 1e-12``
+(plus a float32 family for conv and pooling at ``TOL32 = 1e-4``), so a float64 result that went
+through float32 anywhere (error ~1e-7) fails. The worst error seen per family is kept in
 ``WORST`` and printed at the end of the module (``pytest -s`` shows it).
 """
 from __future__ import annotations
@@ -15,7 +16,16 @@ import torch.nn.functional as F
 
 import jimunet as jn
 
-TOL64 = 1e-5
+# Why 1e-12 in float64: every compared value is a sum of at most K = 3,136 rounded products
+# (Dense 3136 -> 8 here; conv sums at most 5*5*4 = 100 products forward and 2*28*28 = 1,568
+# rows for dW; the optimizers add 10 steps of elementwise updates). The classic bound on the
+# rounding error of a K-term sum is K*u*sum|terms| with u = 2^-53 = 1.1e-16, i.e. 3.5e-13 of
+# the terms' magnitude at K = 3,136; random-sign terms round like a random walk, ~sqrt(K)*u =
+# 6e-15 (measured worst over this module: 6e-15). 1e-12 sits above the worst-case bound and
+# 5 orders of magnitude below float32's unit roundoff (6e-8): one float32 step anywhere in a
+# float64 computation gives errors ~1e-7 and fails.
+TOL64 = 1e-12
+# float32: the same sums with u = 2^-24 = 6e-8 (measured worst: 8e-7 on conv dW).
 TOL32 = 1e-4
 TINY = 1e-30
 
@@ -172,7 +182,8 @@ def _run_conv(c, dtype, family, tol):
         assert y.shape[1:3] == (-(-c["h"] // c["s"][0]), -(-c["w"] // c["s"][1]))
     g = rng.standard_normal(y.shape).astype(dtype)
     dx = layer.backward(g)
-    assert y.dtype == dtype and dx.dtype == dtype and layer.weight.grad.dtype == dtype
+    assert y.dtype == dtype and dx.dtype == dtype
+    assert all(p.grad.dtype == dtype and p.data.dtype == dtype for p in layer.parameters())
     b = layer.bias.data if c["bias"] else None
     yt, dxt, dwt, dbt = torch_conv(x, layer.weight.data, b, c["s"], c["padding"], g,
                                    torch.float64 if dtype == np.float64 else torch.float32)
@@ -378,6 +389,8 @@ def test_dense_matches_torch(n, fin, fout, bias):
     y = layer.forward(x)
     g = rng.standard_normal(y.shape)
     dx = layer.backward(g)
+    assert y.dtype == dx.dtype == np.float64
+    assert all(p.grad.dtype == np.float64 for p in layer.parameters())
     xt, wt = t(x, True), t(layer.weight.data, True)
     bt = t(layer.bias.data, True) if bias else None
     yt = F.linear(xt, wt.T, bt)  # torch stores (out, in); ours is (in, out)
@@ -448,41 +461,66 @@ def test_sigmoid_does_not_overflow(dtype):
 # --------------------------------------------------------------------------- dropout (behaviour)
 
 
+# The kept fraction is checked with Hoeffding's inequality: for n independent keep/drop draws
+# with keep probability p, P(|kept/n - p| >= t) <= 2*exp(-2*n*t^2). With n = 200,000 and
+# t = 0.01 that is 2*exp(-40) = 8.5e-18, so a correct layer fails for practically no seed,
+# while a rate used as the keep probability (off by |1 - 2*rate| >= 0.6 at the rates tested)
+# or a biased mask fails for every seed. The expected values come from the rate alone, never
+# from jimunet's output.
+DROPOUT_N = 200_000
+DROPOUT_T = 0.01
+
+
+def _kept_fraction_ok(kept_fraction, rate):
+    return abs(kept_fraction - (1 - rate)) < DROPOUT_T
+
+
 @pytest.mark.parametrize("rate", [0.1, 0.5, 0.8])
-def test_dropout_behaviour(rate):
-    """torch's masks come from its own RNG, so we compare the behaviour torch documents:
-    survivors scaled by 1/(1-rate), about ``rate`` of them dropped, identity in eval mode,
-    and a backward that reuses the forward mask and scale."""
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_dropout_keeps_one_minus_rate_and_scales_by_exactly_one_over_one_minus_rate(rate, dtype):
+    """Inverted dropout as torch documents it: each activation survives with probability
+    1-rate, survivors are multiplied by 1/(1-rate), backward applies the same mask and scale,
+    evaluation is the identity."""
     rng = np.random.default_rng(3)
-    x = rng.uniform(0.5, 1.5, size=(40, 25, 20))
+    x = rng.uniform(0.5, 1.5, size=(40, 50, 100)).astype(dtype)  # no zeros: y == 0 means dropped
+    assert x.size == DROPOUT_N
+    scale = 1.0 / (1.0 - rate)  # computed here, in float64
+    rtol = 4 * np.finfo(dtype).eps  # the layer rounds x*scale (or x/(1-rate)) to its dtype
     layer = jn.layers.Dropout(rate, rng=11)
     y = layer.forward(x, training=True)
+    assert y.dtype == dtype
     kept = y != 0
-    np.testing.assert_allclose(y[kept], x[kept] / (1 - rate), rtol=1e-15)
-    assert abs((~kept).mean() - rate) < 0.02
-    # the same mask through torch's formula: x * mask / (1 - p)
-    xt = t(x, True)
-    yt = xt * torch.tensor(kept.astype(np.float64)) / (1 - rate)
-    g = rng.standard_normal(x.shape)
-    yt.backward(torch.tensor(g))
+    assert _kept_fraction_ok(kept.mean(), rate), f"kept {kept.mean():.4f}, expected {1 - rate} +- {DROPOUT_T}"
+    # forward: every survivor is exactly x * 1/(1-rate), every other value exactly 0
+    np.testing.assert_allclose(y[kept] / x[kept].astype(np.float64), scale, rtol=rtol, atol=0)
+    # backward: the gradient of every survivor times the same scale, exactly 0 where dropped
+    g = rng.standard_normal(x.shape).astype(dtype)
     dx = layer.backward(g)
-    check("dropout", y, yt, "forward with the same mask")
-    check("dropout", dx, xt.grad, "dx with the same mask")
-    # eval mode: identity, backward identity
-    ye = layer.forward(x, training=False)
-    np.testing.assert_array_equal(ye, x)
+    assert dx.dtype == dtype
+    np.testing.assert_array_equal(dx[~kept], 0.0)
+    np.testing.assert_allclose(dx[kept] / g[kept].astype(np.float64), scale, rtol=rtol, atol=0)
+    # evaluation: identity both ways
+    np.testing.assert_array_equal(layer.forward(x, training=False), x)
     np.testing.assert_array_equal(layer.backward(g), g)
-    # expectation preserved (torch's guarantee for inverted dropout)
-    ones = np.ones((200_000,))
-    assert abs(jn.layers.Dropout(rate, rng=5).forward(ones, training=True).mean() - 1.0) < 0.02
 
 
-def test_dropout_torch_scaling_convention():
-    """torch.nn.functional.dropout scales survivors by 1/(1-p) as we do."""
-    x = torch.ones(10_000, dtype=torch.float64)
-    yt = F.dropout(x, 0.25, training=True).numpy()
-    y = jn.layers.Dropout(0.25, rng=0).forward(np.ones(10_000), training=True)
+def test_dropout_masks_are_fresh_each_call_and_independent_of_the_data():
+    layer = jn.layers.Dropout(0.5, rng=4)
+    ones = np.ones(DROPOUT_N)
+    a = layer.forward(ones, training=True) != 0
+    b = layer.forward(ones, training=True) != 0
+    # two independent masks agree on a fraction p^2 + (1-p)^2 = 1/2 of the cells (Hoeffding as above)
+    assert abs((a == b).mean() - 0.5) < DROPOUT_T
+
+
+def test_dropout_follows_torch_scaling_convention():
+    """torch.nn.functional.dropout (seeded) obeys the same law: survivors 1/(1-p), about p dropped."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        yt = F.dropout(torch.ones(DROPOUT_N, dtype=torch.float64), 0.25, training=True).numpy()
+    y = jn.layers.Dropout(0.25, rng=0).forward(np.ones(DROPOUT_N), training=True)
     assert set(np.unique(yt)) == set(np.unique(y)) == {0.0, 1 / 0.75}
+    assert _kept_fraction_ok((yt != 0).mean(), 0.25) and _kept_fraction_ok((y != 0).mean(), 0.25)
 
 
 # --------------------------------------------------------------------------- loss
@@ -658,3 +696,66 @@ def test_small_network_training_step_matches_torch():
     check("end_to_end", np.array(losses), np.array(tlosses), "losses")
     for p, tp in zip(model.parameters(), tw):
         check("end_to_end", p.data, tp, "weights after 3 steps")
+
+
+# --------------------------------------------------------------------------- float64 means float64
+
+def _conv_ref(layer):
+    (pt, pb), (pl, pr) = resolve_pads(7, 6, layer.kernel_size, layer.stride, layer.padding)
+    return lambda xt, w, b: nchw_to_nhwc(F.conv2d(F.pad(nhwc_to_nchw(xt), (pl, pr, pt, pb)),
+                                                  w.permute(3, 2, 0, 1), b, stride=layer.stride))
+
+
+#: class name -> (float64 layer, per-sample input shape, training, torch reference of (x, *params)).
+#: One entry per registered layer class: ``test_float64_layer_computes_in_float64`` fails for a
+#: registered class without one.
+FLOAT64_CASES = {
+    "Conv2D": lambda: (lambda l: (l, (7, 6, 3), True, _conv_ref(l)))(
+        jn.layers.Conv2D(3, 4, 3, stride=2, padding="same", rng=1, dtype=np.float64)),
+    "Dense": lambda: (jn.layers.Dense(50, 7, rng=2, dtype=np.float64), (50,), True,
+                      lambda xt, w, b: xt @ w + b),
+    "MaxPool2D": lambda: (jn.layers.MaxPool2D(3, stride=2, padding=1), (7, 6, 3), True,
+                          lambda xt: nchw_to_nhwc(F.max_pool2d(nhwc_to_nchw(xt), 3, 2, padding=1))),
+    "AvgPool2D": lambda: (jn.layers.AvgPool2D(3, stride=2, padding=1, count_include_pad=False), (7, 6, 3), True,
+                          lambda xt: nchw_to_nhwc(F.avg_pool2d(nhwc_to_nchw(xt), 3, 2, padding=1,
+                                                               count_include_pad=False))),
+    "ReLU": lambda: (jn.layers.ReLU(), (5, 4, 3), True, F.relu),
+    "LeakyReLU": lambda: (jn.layers.LeakyReLU(0.2), (5, 4, 3), True, lambda xt: F.leaky_relu(xt, 0.2)),
+    "Sigmoid": lambda: (jn.layers.Sigmoid(), (5, 4, 3), True, torch.sigmoid),
+    "Tanh": lambda: (jn.layers.Tanh(), (5, 4, 3), True, torch.tanh),
+    "Flatten": lambda: (jn.layers.Flatten(), (5, 4, 3), True, lambda xt: torch.flatten(xt, 1)),
+    # Only precision and dtype here: the mask's law is tested above; the reference reuses the
+    # layer's own zero pattern and applies the scale computed in float64.
+    "Dropout": lambda: (jn.layers.Dropout(0.3, rng=5), (5, 4, 3), True, None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(jn.layers.base._REGISTRY))
+def test_float64_layer_computes_in_float64(name):
+    """Every registered layer class, built in float64: the output, dX and every parameter
+    gradient are float64 arrays AND agree with torch's float64 to 1e-12 (float32 anywhere
+    inside would give ~1e-7). Parameters get non-zero values of order 1 so that a sloppy
+    bias path shows too."""
+    assert name in FLOAT64_CASES, f"registered layer {name} has no float64 oracle case: add one to FLOAT64_CASES"
+    layer, shape, training, ref = FLOAT64_CASES[name]()
+    rng = np.random.default_rng(sum(map(ord, name)))
+    for p in layer.parameters():
+        p.data[...] = rng.standard_normal(p.data.shape)
+        assert p.data.dtype == np.float64 and p.grad.dtype == np.float64
+    x = rng.standard_normal((4, *shape))
+    y = layer.forward(x, training=training)
+    g = rng.standard_normal(y.shape)
+    dx = layer.backward(g)
+    assert y.dtype == np.float64 and dx.dtype == np.float64
+    assert all(p.grad.dtype == np.float64 for p in layer.parameters())
+    xt = t(x, True)
+    pts = [t(p.data, True) for p in layer.parameters()]
+    if ref is None:  # Dropout
+        yt = xt * torch.tensor((y != 0).astype(np.float64)) * (1.0 / (1.0 - layer.rate))
+    else:
+        yt = ref(xt, *pts)
+    yt.backward(torch.tensor(g))
+    check("float64", y, yt, f"{name} forward")
+    check("float64", dx, xt.grad, f"{name} dx")
+    for p, pt in zip(layer.parameters(), pts):
+        check("float64", p.grad, pt.grad, f"{name} d{p.name}")

@@ -195,6 +195,30 @@ def _style_axes(ax):
     ax.tick_params(labelsize=9)
 
 
+def loss_axis_range(losses, settle_fraction: float = 0.02, min_steps: int = 100):
+    """``(low, high, clipped)``: the loss axis limits and how many of the first steps lie above.
+
+    A freshly initialised network starts at a loss several times its later values (the
+    recipe's first step: 10.9, then 1.6–3.6 for the rest of the run); an axis scaled to that
+    spike squeezes the useful part of the curve into a sliver. So when the first steps rise
+    more than 25% above the highest loss after the first ``settle_fraction`` of the run, the
+    axis stops at that later maximum and ``clipped`` counts the steps cut off (the plot says so).
+    Runs shorter than ``min_steps`` are shown whole.
+    """
+    losses = np.asarray(losses, dtype=np.float64)
+    if losses.size == 0:
+        return 0.0, 1.0, 0
+    lo, hi = float(losses.min()), float(losses.max())
+    top = hi
+    if losses.size >= min_steps:
+        settled = float(losses[max(1, int(losses.size * settle_fraction)):].max())
+        if hi > 1.25 * settled:
+            top = settled
+    pad = 0.04 * (top - lo) if top > lo else 0.05 * abs(top) or 1.0
+    low, high = lo - pad, top + pad
+    return low, high, int((losses > high).sum())
+
+
 def _fig_curves(path, step_loss, epochs, l2=False):
     fig = new_figure(FIGURE_SIZES["curves"], DPI)
     ax1, ax2 = fig.add_subplot(2, 1, 1), fig.add_subplot(2, 1, 2)
@@ -206,7 +230,16 @@ def _fig_curves(path, step_loss, epochs, l2=False):
         span = max(2, min(200, losses.size // 25))
         ax1.plot(steps, losses, color="#1f77b4", alpha=0.3, lw=0.8, label="loss of each step")
         ax1.plot(steps, _ema(losses, span), color="#1f77b4", lw=2.0, label=f"moving average (EMA, span {span})")
-        if losses.min() > 0 and losses.max() / losses.min() > 20:
+        low, high, clipped = loss_axis_range(losses)
+        if clipped:
+            ax1.set_ylim(low, high)
+            last = int(np.nonzero(losses > high)[0].max()) + 1
+            peak = "" if losses.argmax() == 0 else f", peaks at {losses.max():.3g}"
+            ax1.text(0.015, 0.04, f"axis cut at {high:.3g}: {clipped} of the first {last} steps lie above it\n"
+                                  f"(the loss starts at {losses[0]:.3g}{peak})",
+                     transform=ax1.transAxes, ha="left", va="bottom", fontsize=8.5, color="dimgray",
+                     bbox=dict(facecolor="white", edgecolor="none", alpha=0.8))
+        elif losses.min() > 0 and losses.max() / losses.min() > 20:
             from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
             ax1.set_yscale("log")
