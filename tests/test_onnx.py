@@ -551,3 +551,20 @@ def test_cli_export_and_import(tmp_path, capsys):
     assert "no such ONNX file" in capsys.readouterr().err
     assert main(["export", str(npz), str(tmp_path / "y.onnx"), "--input-shape", "32,32,3"]) == 2
     assert "cannot take input" in capsys.readouterr().err
+
+
+def test_readme_onnx_example_runs(tmp_path, monkeypatch):
+    import pathlib
+    import re
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "jn.onnx.export" in b]
+    assert len(block) == 1, "README has one ONNX example"
+    monkeypatch.chdir(tmp_path)  # it writes mnist.onnx and net.onnx
+    ns = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exec(compile(block[0], "README.md", "exec"), ns)
+    assert rel_err(ns["logits"], ns["model"].predict(ns["x"])) < TOL32
+    with torch.no_grad():
+        want = ns["net"](torch.from_numpy(ns["x"].transpose(0, 3, 1, 2).copy())).numpy()
+    assert rel_err(ns["y"], want) < TOL32
