@@ -67,7 +67,8 @@ def test_import_jimunet_does_not_import_onnx():
     assert r.returncode == 0, r.stderr
 
 
-def test_without_onnx_installed_the_error_says_what_to_install(monkeypatch):
+def test_without_onnx_installed_the_error_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setitem(sys.modules, "onnx", None)  # makes `import onnx` fail
     with pytest.raises(ImportError, match=r'pip install "jimunet\[onnx\]"'):
         jn.onnx.export(jn.models.mnist_cnn(rng=0), "never-written.onnx")
@@ -237,6 +238,25 @@ def test_pytorch_exported_cnn_imports_and_predicts_like_pytorch(name):
     assert rel_err(m64.predict(x_nhwc.astype(np.float64)), want64) < TOL64
 
 
+def test_pytorch_mlp_with_log_softmax():
+    """Without a convolution nothing says which axis is channels: the input is taken as the graph
+    takes it, and the final LogSoftmax is left out (jimunet outputs logits)."""
+    nn = torch.nn
+    torch.manual_seed(1)
+    module = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 16), nn.ReLU(), nn.Linear(16, 10),
+                           nn.LogSoftmax(dim=1)).eval()
+    model = jn.onnx.from_onnx(torch_to_onnx(module, torch.zeros(1, 1, 28, 28)))
+    meta = model.metadata["onnx"]
+    assert meta["input_layout"] == "as in the graph" and meta["input_shape"] == [1, 28, 28]
+    assert meta["dropped_final_op"] == "LogSoftmax"
+    x = rand(np.random.default_rng(14), 3, 1, 28, 28)
+    logits = model.predict(x).astype(np.float64)
+    log_probs = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) \
+        - logits.max(1, keepdims=True)
+    with torch.no_grad():
+        assert rel_err(log_probs, module(torch.from_numpy(x)).numpy()) < TOL32
+
+
 def test_flatten_after_nchw_conv_permutes_dense_rows():
     """The rows of the Dense after a flatten are reordered from PyTorch's CHW to jimunet's HWC."""
     module, chw = _torch_cnns()["mnist"]
@@ -321,7 +341,7 @@ def test_import_nhwc_graph_like_tf2onnx():
     proto = _graph(nodes, inits, ["N", 8, 7, 2], ["N", 5])
     model = jn.onnx.from_onnx(proto)
     meta = model.metadata["onnx"]
-    assert meta["input_layout"] == "NHWC" and meta["softmax_dropped"]
+    assert meta["input_layout"] == "NHWC" and meta["dropped_final_op"] == "Softmax"
     assert model.layers[0].padding == "same" and model.layers[2].padding == "same"
     x = rand(rng, 3, 8, 7, 2)
     probs = jn.functional.softmax(model.predict(x).astype(np.float64))
@@ -538,7 +558,7 @@ def test_cli_export_and_import(tmp_path, capsys):
 
     assert main(["import", str(out), str(back)]) == 0
     printed = capsys.readouterr().out
-    assert "takes NCHW input" in printed and "Softmax was dropped" in printed and f"wrote {back}" in printed
+    assert "takes NCHW input" in printed and "final Softmax was left out" in printed and f"wrote {back}" in printed
     np.testing.assert_array_equal(jn.load(back).predict(x), model.predict(x))
 
     bad = tmp_path / "bad.onnx"

@@ -209,12 +209,12 @@ def _cmd_import(args) -> int:
     info = model.metadata["onnx"]
     model.save(args.out, metadata=model.metadata)
     print(model.summary(info["input_shape"]))
-    if info["input_layout"] not in ("NHWC", "features"):
+    if info["input_shape"] != info["onnx_input_shape"]:
         print(f"note: the ONNX model takes {info['input_layout']} input {tuple(info['onnx_input_shape'])}; like "
               f"every jimunet model this one takes NHWC {tuple(info['input_shape'])}"
               + (" (x.transpose(0, 2, 3, 1))" if info["input_layout"] == "NCHW" else ""))
-    if info["softmax_dropped"]:
-        print("note: the graph's final Softmax was dropped: jimunet models output logits "
+    if info["dropped_final_op"]:
+        print(f"note: the graph's final {info['dropped_final_op']} was left out: jimunet models output logits "
               "(predict and the loss apply softmax)")
     print(f"wrote {args.out}")
     return EXIT_OK

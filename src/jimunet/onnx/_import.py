@@ -24,7 +24,7 @@ from . import ONNXError, layout as L
 
 SUPPORTED_OPS = ("Conv", "MaxPool", "AveragePool", "Gemm", "MatMul (+ Add as its bias)", "Relu", "LeakyRelu",
                  "Sigmoid", "Tanh", "Flatten", "Reshape (to (batch, features))", "Transpose (layout changes)",
-                 "Dropout", "Identity", "Softmax (last node only)", "Constant")
+                 "Dropout", "Identity", "Softmax/LogSoftmax (last node only)", "Constant")
 _FLOAT_INPUTS = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16)
 _MIN_OPSET = 7
 
@@ -243,7 +243,8 @@ class _Importer:
         """How the graph's 4-D input relates to jimunet's NHWC input (see ``layout``).
 
         The first Conv/pool reads NCHW, so the Transposes before it tell the input's
-        layout; without spatial ops the input is taken as it is.
+        layout; without spatial ops nothing says which axis holds channels, and jimunet
+        takes the input exactly as the graph does (``None`` is returned).
         """
         if rank != 4:
             return tuple(range(rank))
@@ -255,7 +256,7 @@ class _Importer:
                 return L.view_before(q, L.NCHW)
             elif n.op_type not in ("Identity", "Dropout", "Relu", "LeakyRelu", "Sigmoid", "Tanh"):
                 break
-        return L.NHWC
+        return None
 
     def perm(self, node, index, rank):
         perm = _attrs(node).get("perm", list(range(rank))[::-1])
@@ -278,7 +279,8 @@ class _Importer:
             raise ONNXError(f"{self.source}: the input {self.input.name!r} has shape {dims}; jimunet needs "
                             "(batch, features), (batch, d1, d2) or a 4-D image batch with fixed sizes after "
                             "the batch axis")
-        self.view = self.in_view = self.input_view(chain, len(dims))
+        self.in_view = self.input_view(chain, len(dims))
+        self.view = self.in_view or L.NHWC
         self.cur = self.input.name   # the ONNX tensor that holds the current activation
         jn = [0] * len(dims)
         for i, v in enumerate(self.view):
@@ -286,7 +288,7 @@ class _Importer:
         self.shape = tuple(jn[1:])   # jimunet's per-sample shape
         self.order = None            # flatten order (see layout.flatten_order) of a flat tensor
         jn_input_shape = self.shape
-        self.softmax_dropped = False
+        self.dropped = None          # a final Softmax/LogSoftmax left out
         self.produced[self.input.name] = dims[1:]
 
         k = 0
@@ -315,12 +317,13 @@ class _Importer:
             raise ONNXError(f"{self.source}: the imported layers do not chain: {e}") from None
         layout = "features"
         if len(dims) == 4:
-            layout = {L.NCHW: "NCHW", L.NHWC: "NHWC"}.get(self.in_view, f"jimunet's NHWC axes {list(self.in_view)}")
+            layout = "as in the graph" if self.in_view is None else \
+                {L.NCHW: "NCHW", L.NHWC: "NHWC"}.get(self.in_view, f"jimunet's NHWC axes {list(self.in_view)}")
         model.metadata = {"onnx": {
             "source": os.path.basename(self.source), "producer": f"{self.proto.producer_name} "
             f"{self.proto.producer_version}".strip(), "opset": self.opset,
             "input_layout": layout, "onnx_input_shape": dims[1:], "input_shape": list(jn_input_shape),
-            "softmax_dropped": self.softmax_dropped}}
+            "dropped_final_op": self.dropped}}
         return model
 
     def add(self, layer_fn, label):
@@ -593,10 +596,14 @@ class _Importer:
     def op_Softmax(self, node, label, chain, k):
         axis = int(_attrs(node).get("axis", -1 if self.opset >= 13 else 1))
         if k != len(chain) - 1 or len(self.shape) != 1 or axis not in (1, -1):
-            raise ONNXError(f"{label}: jimunet supports Softmax only as the last node, over the classes of a "
-                            "(batch, classes) tensor")
-        self.softmax_dropped = True  # jimunet models output logits; the loss and predict apply softmax
+            raise ONNXError(f"{label}: jimunet supports {node.op_type} only as the last node, over the classes "
+                            "of a (batch, classes) tensor")
+        # jimunet models output logits (the loss and predict apply softmax). Softmax and
+        # LogSoftmax of these logits are what the graph gave: the same classes, ranked alike.
+        self.dropped = node.op_type
         return k + 1
+
+    op_LogSoftmax = op_Softmax
 
     # jimunet's own exports carry their architecture: restore details the graph cannot say --
 
