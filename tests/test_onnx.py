@@ -107,7 +107,7 @@ def test_export_mnist_model_runs_in_onnx_runtime(tmp_path):
 
 
 def _random_model(rng, dtype=np.float32):
-    """A random chain using every layer: conv → act → pool → conv → act → pool → flatten → dense → ..."""
+    """A random chain of every layer: conv → act → pool → conv → act → pool → flatten → dense → ..."""
     L = jn.layers
     while True:
         h, w, c = int(rng.integers(5, 17)), int(rng.integers(5, 17)), int(rng.integers(1, 4))
@@ -152,7 +152,9 @@ def test_export_random_models_match_onnx_runtime(seed):
     model, shape = _random_model(rng)
     layout = "NCHW" if seed % 2 else "NHWC"
     softmax = seed % 4 == 3
-    proto = jn.onnx.to_onnx(model, shape, layout=layout, softmax=softmax)
+    opset = {1: 13, 2: 17, 3: 23}.get(seed % 5, jn.onnx.DEFAULT_OPSET)
+    proto = jn.onnx.to_onnx(model, shape, layout=layout, softmax=softmax, opset=opset)
+    assert proto.opset_import[0].version == opset
     x = rand(rng, 3, *shape)
     want = model.predict(x)
     if softmax:
@@ -377,6 +379,21 @@ def test_import_every_op_matches_onnx_runtime():
     assert model.layers[7].rate == pytest.approx(0.4)
     x = rand(rng, 4, 2, 7, 6)
     assert rel_err(model.predict(x.transpose(0, 2, 3, 1)), run_ort(proto, x)) < TOL32
+
+
+def test_import_opset_11_graph():
+    """Before opset 12 Dropout's ratio was an attribute; before 13 Softmax's axis defaulted to 1."""
+    rng = np.random.default_rng(15)
+    nodes = [helper.make_node("Flatten", ["x"], ["f"]),
+             helper.make_node("Gemm", ["f", "w", "b"], ["g"], transB=1),
+             helper.make_node("Dropout", ["g"], ["d"], ratio=0.3),
+             helper.make_node("Softmax", ["d"], ["y"])]
+    proto = _graph(nodes, {"w": rand(rng, 4, 12), "b": rand(rng, 4)}, ["N", 3, 2, 2], ["N", 4], opset=11)
+    model = jn.onnx.from_onnx(proto)
+    assert [type(layer).__name__ for layer in model.layers] == ["Flatten", "Dense", "Dropout"]
+    assert model.layers[2].rate == pytest.approx(0.3)
+    x = rand(rng, 5, 3, 2, 2)
+    assert rel_err(jn.functional.softmax(model.predict(x).astype(np.float64)), run_ort(proto, x)) < TOL32
 
 
 # -- what jimunet cannot run: clear errors naming the node ----------------------------------------

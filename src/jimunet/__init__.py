@@ -21,6 +21,6 @@ from .parameter import Parameter  # noqa: E402
 from .random import set_seed  # noqa: E402
 from .serialization import CheckpointError  # noqa: E402
 
-__all__ = ["backend", "datasets", "functional", "init", "layers", "losses", "models", "onnx", "optim", "gradcheck", "GradcheckError",
-           "Sequential", "Summary", "load", "Parameter", "set_seed", "CheckpointError", "set_num_threads",
-           "get_num_threads"]
+__all__ = ["backend", "datasets", "functional", "init", "layers", "losses", "models", "onnx", "optim", "gradcheck",
+           "GradcheckError", "Sequential", "Summary", "load", "Parameter", "set_seed", "CheckpointError",
+           "set_num_threads", "get_num_threads"]

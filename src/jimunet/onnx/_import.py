@@ -173,7 +173,7 @@ class _Importer:
                 raise ONNXError(f"{label}: Constant {name!r} has no value jimunet can read ({sorted(a)})")
             return numpy_helper.to_array(c)
         except (ValueError, TypeError, KeyError) as e:
-            raise ONNXError(f"{label}: constant {name!r} is corrupt ({e})") from None
+            raise ONNXError(f"{label}: constant {name!r} is corrupt ({type(e).__name__}: {e})") from None
 
     def weight(self, name, label, ndim):
         w = self.const(name, label)
@@ -284,7 +284,7 @@ class _Importer:
         self.cur = self.input.name   # the ONNX tensor that holds the current activation
         jn = [0] * len(dims)
         for i, v in enumerate(self.view):
-            jn[v] = dims[i] or 1
+            jn[v] = dims[i]
         self.shape = tuple(jn[1:])   # jimunet's per-sample shape
         self.order = None            # flatten order (see layout.flatten_order) of a flat tensor
         jn_input_shape = self.shape
