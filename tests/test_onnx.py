@@ -195,6 +195,9 @@ def test_export_errors_are_clear():
         jn.onnx.to_onnx(model, opset=5)
     with pytest.raises(ONNXError, match="Sequential"):
         jn.onnx.to_onnx(jn.layers.ReLU())
+    with pytest.raises(ONNXError, match="per-sample shape"):
+        jn.onnx.to_onnx(model, (28, 28.5, 1))
+    assert jn.onnx.to_onnx(model, (None, 28, 28, 1)).graph.input[0].type.tensor_type.shape.dim[3].dim_value == 1
     model.layers[0].weight.data[0, 0, 0, 0] = np.nan
     with pytest.raises(ONNXError, match="NaN"):
         jn.onnx.to_onnx(model)
@@ -588,6 +591,16 @@ def test_cli_export_and_import(tmp_path, capsys):
     assert "no such ONNX file" in capsys.readouterr().err
     assert main(["export", str(npz), str(tmp_path / "y.onnx"), "--input-shape", "32,32,3"]) == 2
     assert "cannot take input" in capsys.readouterr().err
+
+    # An imported model exports again with the input shape it came with.
+    module, chw = _torch_cnns()["odd"]
+    onnx.save(torch_to_onnx(module.eval(), torch.zeros(1, *chw)), str(tmp_path / "torch.onnx"))
+    assert main(["import", str(tmp_path / "torch.onnx"), str(tmp_path / "torch.npz")]) == 0
+    assert main(["export", str(tmp_path / "torch.npz"), str(tmp_path / "again.onnx"), "--layout", "NCHW"]) == 0
+    assert "input 'input' (batch, 3, 13, 11) float32 NCHW" in capsys.readouterr().out
+    x = rand(np.random.default_rng(16), 2, *chw)
+    with torch.no_grad():
+        assert rel_err(run_ort(tmp_path / "again.onnx", x), module(torch.from_numpy(x)).numpy()) < TOL32
 
 
 def test_readme_onnx_example_runs(tmp_path, monkeypatch):

@@ -184,9 +184,11 @@ def _cmd_export(args) -> int:
 
     model = _load_model(args.model)
     _refuse_overwrite(args.out, args.force)
+    shape = args.input_shape
+    if shape is None:  # a model imported from ONNX knows its input; MNIST's otherwise
+        shape = ((getattr(model, "metadata", None) or {}).get("onnx") or {}).get("input_shape") or (28, 28, 1)
     try:
-        proto = export(model, args.out, args.input_shape, layout=args.layout, softmax=args.softmax,
-                       opset=args.opset)
+        proto = export(model, args.out, tuple(shape), layout=args.layout, softmax=args.softmax, opset=args.opset)
     except (ImportError, ValueError) as e:  # ONNXError, or a model that cannot take --input-shape
         raise UsageError(str(e)) from None
     g = proto.graph
@@ -226,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="jimunet", description="jimunet: convolutional networks on NumPy. Train the TensorFlow "
                      "MNIST sample's network, evaluate it, predict digits from images.")
     from . import __version__
+    from .onnx import DEFAULT_OPSET  # a constant; the onnx package is imported only by export/import
     parser.add_argument("--version", action="version", version=f"jimunet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
@@ -282,12 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "outputs logits (probabilities with --softmax).")
     x.add_argument("model", metavar="MODEL.npz", help="a model saved by jimunet")
     x.add_argument("out", metavar="OUT.onnx", help="the ONNX file to write (not replaced unless --force)")
-    x.add_argument("--input-shape", type=_input_shape, default=(28, 28, 1), metavar="H,W,C",
-                   help="per-sample input shape (default 28,28,1)")
+    x.add_argument("--input-shape", type=_input_shape, default=None, metavar="H,W,C",
+                   help="per-sample input shape (default: the one an imported model came with, else 28,28,1)")
     x.add_argument("--layout", choices=("NHWC", "NCHW"), default="NHWC", help="input layout of the graph "
                    "(default NHWC, as jimunet)")
     x.add_argument("--softmax", action="store_true", help="end the graph with a Softmax")
-    x.add_argument("--opset", type=_int_at_least(1), default=21, metavar="N", help="ONNX opset (default 21)")
+    x.add_argument("--opset", type=_int_at_least(1), default=DEFAULT_OPSET, metavar="N",
+                   help=f"ONNX opset (default {DEFAULT_OPSET})")
     x.add_argument("--force", action="store_true", help="replace OUT.onnx if it exists")
     x.set_defaults(func=_cmd_export)
 

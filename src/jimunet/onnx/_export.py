@@ -52,7 +52,12 @@ def to_onnx(model, input_shape=(28, 28, 1), *, layout="NHWC", softmax=False, ops
     if not isinstance(opset, int) or not MIN_OPSET <= opset <= max_opset:
         raise ONNXError(f"opset must be an int from {MIN_OPSET} to {max_opset} (this onnx package's newest), "
                         f"got {opset!r}")
-    shape = tuple(int(d) for d in input_shape)
+    shape = tuple(input_shape)
+    if shape and shape[0] is None:  # a leading batch axis, as summary() accepts
+        shape = shape[1:]
+    if not shape or not all(isinstance(d, (int, np.integer)) and d >= 1 for d in shape):
+        raise ONNXError(f"input_shape must be the per-sample shape, e.g. (28, 28, 1), got {tuple(input_shape)}")
+    shape = tuple(int(d) for d in shape)
     if layout == "NCHW" and len(shape) != 3:
         raise ONNXError(f"layout NCHW needs a (height, width, channels) input_shape, got {shape}")
     rows = model.summary(shape).rows  # checks that the shapes chain; ValueError names the layer
