@@ -371,9 +371,8 @@ class _Importer:
             raise ONNXError(f"{label}: needs a (batch, features) tensor, but gets one of per-sample shape "
                             f"{list(self.onnx_shape())}; jimunet's Dense reads flat features (add a Flatten)")
 
-    def window(self, node, label, kernel, attrs, ceil_ok=False):
-        """jimunet padding (``"valid"``, ``"same"`` or a pair) and strides for a Conv/pool node."""
-        a = attrs
+    def window(self, label, kernel, a):
+        """jimunet padding (``"valid"``, ``"same"`` or a pair) and strides of a Conv/pool node's attributes."""
         strides = tuple(int(s) for s in a.get("strides", [1, 1]))
         if len(strides) != 2 or min(strides) < 1:
             raise ONNXError(f"{label}: strides {list(strides)}; expected two positive ints")
@@ -402,11 +401,11 @@ class _Importer:
                     raise ONNXError(f"{label}: ceil_mode=1 rounds this output size up; jimunet's pools round "
                                     "down (ceil_mode=0), so the output would differ")
         if pads == ((0, 0), (0, 0)):
-            return "valid", strides, pads
+            return "valid", strides
         if pads[0][0] == pads[0][1] and pads[1][0] == pads[1][1]:
-            return (pads[0][0], pads[1][0]), strides, pads
+            return (pads[0][0], pads[1][0]), strides
         if pads == same:
-            return "same", strides, pads
+            return "same", strides
         raise ONNXError(f"{label}: asymmetric pads {L.pads_to_onnx(pads)} ([top, left, bottom, right]) that are "
                         f"not TensorFlow's 'same' for a {hw[0]}x{hw[1]} input; jimunet supports symmetric "
                         "padding and 'same' (the smaller half before)")
@@ -427,7 +426,7 @@ class _Importer:
         if "kernel_shape" in a and list(a["kernel_shape"]) != [kh, kw]:
             raise ONNXError(f"{label}: kernel_shape {list(a['kernel_shape'])} disagrees with its weight's "
                             f"{[kh, kw]}")
-        padding, strides, _ = self.window(node, label, (kh, kw), a)
+        padding, strides = self.window(label, (kh, kw), a)
         bias = None
         if len(node.input) > 2 and node.input[2]:
             bias = self.weight(node.input[2], label, 1)
@@ -447,7 +446,7 @@ class _Importer:
         kernel = tuple(int(v) for v in a.get("kernel_shape", []))
         if len(kernel) != 2 or min(kernel) < 1:
             raise ONNXError(f"{label}: kernel_shape {list(kernel)}; expected two positive ints")
-        padding, strides, _ = self.window(node, label, kernel, a)
+        padding, strides = self.window(label, kernel, a)
         kwargs = {}
         if cls is AvgPool2D:
             include = bool(int(a.get("count_include_pad", 0)))
