@@ -1,4 +1,4 @@
-"""Command line: ``jimunet train | evaluate | predict`` (and ``report``/``explain`` when present).
+"""Command line: ``jimunet train | evaluate | predict | export | import`` (and ``report``/``explain``).
 
 Run ``jimunet --help`` or ``python -m jimunet --help``. Exit codes: 0 success, 1 failure
 (training diverged, data unavailable, unexpected error), 2 bad usage (arguments, missing
@@ -188,12 +188,77 @@ def _cmd_predict(args) -> int:
     return EXIT_OK
 
 
+# -- export / import (ONNX) ----------------------------------------------------------------
+
+def _input_shape(s):
+    try:
+        dims = tuple(int(v) for v in s.replace("x", ",").split(","))
+    except ValueError:
+        dims = ()
+    if not dims or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers like 28,28,1 (height,width,channels), got {s!r}")
+    return dims
+
+
+def _refuse_overwrite(path, force):
+    if os.path.exists(path) and not force:
+        raise UsageError(f"{path} already exists; choose another name or pass --force to replace it")
+
+
+def _dims(value_info) -> str:
+    return "(" + ", ".join(d.dim_param or str(d.dim_value) for d in value_info.type.tensor_type.shape.dim) + ")"
+
+
+def _cmd_export(args) -> int:
+    from .onnx import export
+
+    model = _load_model(args.model)
+    _refuse_overwrite(args.out, args.force)
+    shape = args.input_shape
+    if shape is None:  # a model imported from ONNX knows its input; MNIST's otherwise
+        shape = ((getattr(model, "metadata", None) or {}).get("onnx") or {}).get("input_shape") or (28, 28, 1)
+    try:
+        proto = export(model, args.out, tuple(shape), layout=args.layout, softmax=args.softmax, opset=args.opset)
+    except (ImportError, ValueError) as e:  # ONNXError, or a model that cannot take --input-shape
+        raise UsageError(str(e)) from None
+    g = proto.graph
+    print(f"wrote {args.out}: ONNX opset {proto.opset_import[0].version}, {len(g.node)} nodes; input "
+          f"{g.input[0].name!r} {_dims(g.input[0])} float32 {args.layout}, output {g.output[0].name!r} "
+          f"{_dims(g.output[0])}")
+    return EXIT_OK
+
+
+def _cmd_import(args) -> int:
+    from .onnx import load
+
+    if not os.path.isfile(args.onnx):
+        raise UsageError(f"{args.onnx}: no such ONNX file")
+    _refuse_overwrite(args.out, args.force)
+    try:
+        model = load(args.onnx)
+    except (ImportError, ValueError) as e:  # ONNXError is a ValueError
+        raise UsageError(str(e)) from None
+    info = model.metadata["onnx"]
+    model.save(args.out, metadata=model.metadata)
+    print(model.summary(info["input_shape"]))
+    if info["input_shape"] != info["onnx_input_shape"]:
+        print(f"note: the ONNX model takes {info['input_layout']} input {tuple(info['onnx_input_shape'])}; like "
+              f"every jimunet model this one takes NHWC {tuple(info['input_shape'])}"
+              + (" (x.transpose(0, 2, 3, 1))" if info["input_layout"] == "NCHW" else ""))
+    if info["dropped_final_op"]:
+        print(f"note: the graph's final {info['dropped_final_op']} was left out: jimunet models output logits "
+              "(predict and the loss apply softmax)")
+    print(f"wrote {args.out}")
+    return EXIT_OK
+
+
 # -- parser and main ------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="jimunet", description="jimunet: convolutional networks on NumPy. Train the TensorFlow "
                      "MNIST sample's network, evaluate it, predict digits from images.")
     from . import __version__
+    from .onnx import DEFAULT_OPSET  # a constant; the onnx package is imported only by export/import
     parser.add_argument("--version", action="version", version=f"jimunet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
@@ -243,6 +308,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE", help="images or .npy arrays")
     p.add_argument("--top", type=_int_at_least(1), default=3, metavar="K", help="classes to show (default 3)")
     p.set_defaults(func=_cmd_predict)
+
+    x = sub.add_parser("export", help="write a saved model as ONNX (for ONNX Runtime, PyTorch, ...)",
+                       description="Convert a jimunet model to an ONNX file with a dynamic batch dimension. "
+                       "The graph takes float32 NHWC input like jimunet (or NCHW with --layout NCHW) and "
+                       "outputs logits (probabilities with --softmax).")
+    x.add_argument("model", metavar="MODEL.npz", help="a model saved by jimunet")
+    x.add_argument("out", metavar="OUT.onnx", help="the ONNX file to write (not replaced unless --force)")
+    x.add_argument("--input-shape", type=_input_shape, default=None, metavar="H,W,C",
+                   help="per-sample input shape (default: the one an imported model came with, else 28,28,1)")
+    x.add_argument("--layout", choices=("NHWC", "NCHW"), default="NHWC", help="input layout of the graph "
+                   "(default NHWC, as jimunet)")
+    x.add_argument("--softmax", action="store_true", help="end the graph with a Softmax")
+    x.add_argument("--opset", type=_int_at_least(1), default=DEFAULT_OPSET, metavar="N",
+                   help=f"ONNX opset (default {DEFAULT_OPSET})")
+    x.add_argument("--force", action="store_true", help="replace OUT.onnx if it exists")
+    x.set_defaults(func=_cmd_export)
+
+    m = sub.add_parser("import", help="build a jimunet model from an ONNX file (e.g. from PyTorch)",
+                       description="Convert an ONNX model (one chain of Conv, MaxPool, AveragePool, Gemm/MatMul, "
+                       "Relu, LeakyRelu, Sigmoid, Tanh, Flatten/Reshape, Transpose, Dropout, Identity and a "
+                       "final Softmax) to a jimunet .npz, converting layouts exactly. The result takes NHWC input "
+                       "and can be evaluated, explained and trained further.")
+    m.add_argument("onnx", metavar="IN.onnx", help="the ONNX model")
+    m.add_argument("out", metavar="OUT.npz", help="the jimunet model to write (not replaced unless --force)")
+    m.add_argument("--force", action="store_true", help="replace OUT.npz if it exists")
+    m.set_defaults(func=_cmd_import)
 
     for name in ("report", "explain"):  # subcommands that live in optional modules
         try:

@@ -1,0 +1,633 @@
+"""ONNX graph → jimunet ``Sequential`` (imports ``onnx``; reached through ``jimunet.onnx``).
+
+The graph is walked from its one input to its one output. Along the way each tensor's
+relation to the jimunet activation it holds is tracked (see ``layout``): ONNX's convolutions
+see NCHW while jimunet runs NHWC, and a Flatten of an NCHW tensor orders features
+channel-major, so the Dense layer reading it gets its rows permuted to NHWC order.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import TensorProto, helper, numpy_helper
+
+from ..functional.padding import pad_amounts
+from ..layers import AvgPool2D, Conv2D, Dense, Dropout, Flatten, LeakyReLU, MaxPool2D, ReLU, Sigmoid, Tanh
+from ..model import Sequential
+from . import ONNXError, layout as L
+
+SUPPORTED_OPS = ("Conv", "MaxPool", "AveragePool", "Gemm", "MatMul (+ Add as its bias)", "Relu", "LeakyRelu",
+                 "Sigmoid", "Tanh", "Flatten", "Reshape (to (batch, features))", "Transpose (layout changes)",
+                 "Dropout", "Identity", "Softmax/LogSoftmax (last node only)", "Constant")
+_FLOAT_INPUTS = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16)
+_MIN_OPSET = 7
+
+
+def load(path, dtype="float32"):
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    with open(path, "rb") as f:
+        data = f.read()
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except (DecodeError, ValueError, TypeError, RuntimeError) as e:
+        raise ONNXError(f"{path}: not a readable ONNX file ({type(e).__name__}: {e}); "
+                        "it may be truncated or corrupt") from None
+    return from_onnx(proto, dtype=dtype, base_dir=os.path.dirname(os.path.abspath(path)), source=path)
+
+
+def from_onnx(proto, dtype="float32", base_dir=None, source="the ONNX model"):
+    if not isinstance(proto, onnx.ModelProto):
+        raise ONNXError(f"expected an onnx.ModelProto, got {type(proto).__name__}")
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        raise ONNXError(f"dtype must be a floating-point type (float32 or float64), got {dtype}")
+    if not proto.HasField("graph") or not proto.graph.node:
+        raise ONNXError(f"{source}: not an ONNX model (it holds no graph nodes); it may be truncated or "
+                        "not an .onnx file")
+    proto = _copy(proto)
+    _inline_external_data(proto, base_dir, source)
+    try:
+        onnx.checker.check_model(proto)
+    except (onnx.checker.ValidationError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ONNXError(f"{source}: not a valid ONNX model: {first}") from None
+    return _Importer(proto, dtype, source).build()
+
+
+def _copy(proto):
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    return out
+
+
+# -- external data ---------------------------------------------------------------------------
+
+def _tensors(proto):
+    yield from proto.graph.initializer
+    for node in proto.graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR:
+                yield a.t
+
+
+def _inline_external_data(proto, base_dir, source):
+    """Read external tensor data into the model, only from regular files inside ``base_dir``."""
+    for t in _tensors(proto):
+        if t.data_location != TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location", "")
+        what = f"{source}: weight {t.name!r} keeps its data in an external file {loc!r}"
+        if base_dir is None:
+            raise ONNXError(f"{what}; load the model with jn.onnx.load(path) so that file can be found next to it")
+        if not loc or os.path.isabs(loc) or os.path.splitdrive(loc)[0]:
+            raise ONNXError(f"{what}: expected a relative path inside the model's directory")
+        base = os.path.realpath(base_dir)
+        full = os.path.realpath(os.path.join(base, loc))
+        if os.path.commonpath([full, base]) != base:
+            raise ONNXError(f"{what}, which lies outside the model's directory {base}; jimunet reads external "
+                            "data only from files inside that directory")
+        if not os.path.isfile(full):
+            raise ONNXError(f"{what}, which does not exist (looked for {full})")
+        try:
+            offset = int(info.get("offset", 0))
+            itemsize = helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+            expected = math.prod(t.dims) * itemsize
+            length = int(info.get("length", expected))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ONNXError(f"{what} with an unreadable offset, length or data type ({e})") from None
+        size = os.path.getsize(full)
+        if offset < 0 or length != expected or offset + length > size:
+            raise ONNXError(f"{what}: expected {expected} bytes at offset {offset}, the file has {size} bytes "
+                            f"(length {length}); it may be truncated")
+        with open(full, "rb") as f:
+            f.seek(offset)
+            t.raw_data = f.read(length)
+        del t.external_data[:]
+        t.data_location = TensorProto.DEFAULT
+
+
+# -- the walk --------------------------------------------------------------------------------
+
+def _label(node, index):
+    return f"node {node.name!r} ({node.op_type})" if node.name else f"node #{index} ({node.op_type})"
+
+
+def _attrs(node):
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        out[a.name] = v.decode() if isinstance(v, bytes) else v
+    return out
+
+
+def _static_dims(value_info):
+    """Per-tensor dims (batch included) as ints, or None where symbolic / unknown."""
+    t = value_info.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+
+
+class _Importer:
+    def __init__(self, proto, dtype, source):
+        self.proto, self.graph, self.dtype, self.source = proto, proto.graph, dtype, source
+        self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+        if self.opset is None or self.opset < _MIN_OPSET:
+            raise ONNXError(f"{source}: needs the default ONNX opset {_MIN_OPSET} or newer, "
+                            f"the model imports {self.opset}")
+        self.consts = {t.name: t for t in self.graph.initializer}
+        for i, n in enumerate(self.graph.node):
+            if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
+                self.consts[n.output[0]] = (n, i)
+        self.layers, self.in_shapes = [], []
+        self.produced = {}  # ONNX tensor name -> its per-sample ONNX shape
+
+    # constants ------------------------------------------------------------------------
+
+    def const(self, name, label):
+        """The value of a constant input (initializer or Constant node) as a NumPy array."""
+        if name not in self.consts:
+            raise ONNXError(f"{label}: its input {name!r} must be a constant (an initializer), but it is "
+                            "computed in the graph")
+        c = self.consts[name]
+        try:
+            if isinstance(c, tuple):
+                node, _ = c
+                a = _attrs(node)
+                if "value" in a:
+                    return numpy_helper.to_array(a["value"])
+                for key, dt in (("value_float", np.float32), ("value_floats", np.float32),
+                                ("value_int", np.int64), ("value_ints", np.int64)):
+                    if key in a:
+                        return np.asarray(a[key], dt)
+                raise ONNXError(f"{label}: Constant {name!r} has no value jimunet can read ({sorted(a)})")
+            return numpy_helper.to_array(c)
+        except (ValueError, TypeError, KeyError) as e:
+            raise ONNXError(f"{label}: constant {name!r} is corrupt ({type(e).__name__}: {e})") from None
+
+    def weight(self, name, label, ndim):
+        w = self.const(name, label)
+        if w.dtype.kind != "f":
+            raise ONNXError(f"{label}: weight {name!r} has dtype {w.dtype}; expected a floating-point tensor")
+        if w.ndim != ndim:
+            raise ONNXError(f"{label}: weight {name!r} has shape {list(w.shape)}; expected {ndim} dimensions")
+        if not np.all(np.isfinite(w)):
+            raise ONNXError(f"{label}: weight {name!r} holds NaN or infinity")
+        return w.astype(np.float64)
+
+    # graph structure --------------------------------------------------------------------
+
+    def chain(self):
+        """The nodes from the input to the output, checked to be a single path."""
+        inputs = [i for i in self.graph.input if i.name not in self.consts]
+        outputs = list(self.graph.output)
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ONNXError(f"{self.source}: the graph has {len(inputs)} inputs and {len(outputs)} outputs; "
+                            "jimunet models take one input and give one output")
+        self.input, self.output = inputs[0], outputs[0]
+        compute = [(i, n) for i, n in enumerate(self.graph.node) if not (n.op_type == "Constant" and
+                                                                          n.domain in ("", "ai.onnx"))]
+        users = defaultdict(list)
+        for i, n in compute:
+            for t in n.input:
+                if t and t not in self.consts:
+                    users[t].append((i, n))
+        chain, t = [], self.input.name
+        while True:
+            nxt = users.get(t, [])
+            if t == self.output.name:
+                if nxt:
+                    raise ONNXError(f"{_label(nxt[0][1], nxt[0][0])}: reads the graph's output {t!r}, "
+                                    "which makes a branch; jimunet models are one chain")
+                break
+            if not nxt:
+                raise ONNXError(f"{self.source}: tensor {t!r} is used by no node, so the graph's output "
+                                f"{self.output.name!r} cannot be reached from its input along one chain")
+            if len(nxt) > 1:
+                names = ", ".join(_label(n, i) for i, n in nxt)
+                raise ONNXError(f"tensor {t!r} feeds {len(nxt)} nodes ({names}): a branch; jimunet models are "
+                                "one chain of layers")
+            i, n = nxt[0]
+            if n.domain not in ("", "ai.onnx"):
+                raise ONNXError(f"{_label(n, i)}: op from domain {n.domain!r}; jimunet runs only standard "
+                                f"ONNX ops: {', '.join(SUPPORTED_OPS)}")
+            if sum(x == t for x in n.input) > 1 or any(x and x != t and x not in self.consts for x in n.input):
+                raise ONNXError(f"{_label(n, i)}: combines two computed tensors (a branch or skip connection); "
+                                "jimunet models are one chain of layers")
+            for extra in n.output[1:]:
+                if extra and (extra in users or extra == self.output.name):
+                    raise ONNXError(f"{_label(n, i)}: its extra output {extra!r} is used; jimunet supports "
+                                    "only the first output of an op")
+            chain.append((i, n))
+            if len(chain) > len(compute):
+                raise ONNXError(f"{self.source}: the graph has a cycle")
+            t = n.output[0]
+        on_path = {i for i, _ in chain}
+        for i, n in compute:
+            if i not in on_path:
+                raise ONNXError(f"{_label(n, i)}: not on the path from the graph's input to its output; "
+                                "jimunet models are one chain of layers")
+        return chain
+
+    def input_view(self, chain, rank):
+        """How the graph's 4-D input relates to jimunet's NHWC input (see ``layout``).
+
+        The first Conv/pool reads NCHW, so the Transposes before it tell the input's
+        layout; without spatial ops nothing says which axis holds channels, and jimunet
+        takes the input exactly as the graph does (``None`` is returned).
+        """
+        if rank != 4:
+            return tuple(range(rank))
+        q = L.NHWC
+        for i, n in chain:
+            if n.op_type == "Transpose":
+                q = L.compose(q, self.perm(n, i, 4))
+            elif n.op_type in ("Conv", "MaxPool", "AveragePool"):
+                return L.view_before(q, L.NCHW)
+            elif n.op_type not in ("Identity", "Dropout", "Relu", "LeakyRelu", "Sigmoid", "Tanh"):
+                break
+        return None
+
+    def perm(self, node, index, rank):
+        perm = _attrs(node).get("perm", list(range(rank))[::-1])
+        perm = tuple(int(p) for p in perm)
+        if sorted(perm) != list(range(rank)) or perm[0] != 0:
+            raise ONNXError(f"{_label(node, index)}: perm {list(perm)} on a {rank}-D tensor moves the batch "
+                            "axis; jimunet supports Transpose only as a layout change with the batch axis first")
+        return perm
+
+    # building ---------------------------------------------------------------------------
+
+    def build(self):
+        chain = self.chain()
+        t = self.input.type.tensor_type
+        if t.elem_type not in _FLOAT_INPUTS:
+            raise ONNXError(f"{self.source}: the input {self.input.name!r} has element type "
+                            f"{helper.tensor_dtype_to_string(t.elem_type)}; jimunet models take float tensors")
+        dims = _static_dims(self.input)
+        if dims is None or len(dims) not in (2, 3, 4) or any(d is None or d < 1 for d in dims[1:]):
+            raise ONNXError(f"{self.source}: the input {self.input.name!r} has shape {dims}; jimunet needs "
+                            "(batch, features), (batch, d1, d2) or a 4-D image batch with fixed sizes after "
+                            "the batch axis")
+        self.in_view = self.input_view(chain, len(dims))
+        self.view = self.in_view or L.NHWC
+        self.cur = self.input.name   # the ONNX tensor that holds the current activation
+        jn = [0] * len(dims)
+        for i, v in enumerate(self.view):
+            jn[v] = dims[i]
+        self.shape = tuple(jn[1:])   # jimunet's per-sample shape
+        self.order = None            # flatten order (see layout.flatten_order) of a flat tensor
+        jn_input_shape = self.shape
+        self.dropped = None          # a final Softmax/LogSoftmax left out
+        self.produced[self.input.name] = dims[1:]
+
+        k = 0
+        while k < len(chain):
+            i, node = chain[k]
+            handler = getattr(self, f"op_{node.op_type}", None)
+            if handler is None:
+                raise ONNXError(f"{_label(node, i)}: jimunet cannot run the op {node.op_type}; supported ops: "
+                                f"{', '.join(SUPPORTED_OPS)}")
+            if node.input[0] != self.cur:
+                raise ONNXError(f"{_label(node, i)}: the computed tensor must be its first input")
+            k = handler(node, _label(node, i), chain, k)
+            self.cur = chain[k - 1][1].output[0]
+            self.produced[self.cur] = self.onnx_shape()
+
+        if self.order is not None:
+            raise ONNXError(f"{self.source}: the graph's output is a flatten of an NCHW tensor (channel-major "
+                            "order), which jimunet's NHWC Flatten cannot reproduce in the same order; only a "
+                            "Gemm/MatMul after it can absorb the reordering")
+        self.check_declared_shapes()
+        model = Sequential(self.layers)
+        self.adopt_jimunet_config()
+        try:
+            model.summary(jn_input_shape)
+        except ValueError as e:  # pragma: no cover - every layer was checked as it was added
+            raise ONNXError(f"{self.source}: the imported layers do not chain: {e}") from None
+        layout = "features"
+        if len(dims) == 4:
+            layout = "as in the graph" if self.in_view is None else \
+                {L.NCHW: "NCHW", L.NHWC: "NHWC"}.get(self.in_view, f"jimunet's NHWC axes {list(self.in_view)}")
+        model.metadata = {"onnx": {
+            "source": os.path.basename(self.source), "producer": f"{self.proto.producer_name} "
+            f"{self.proto.producer_version}".strip(), "opset": self.opset,
+            "input_layout": layout, "onnx_input_shape": dims[1:], "input_shape": list(jn_input_shape),
+            "dropped_final_op": self.dropped}}
+        return model
+
+    def add(self, layer_fn, label):
+        try:
+            layer = layer_fn()
+            out = tuple(layer.output_shape(self.shape))
+        except ValueError as e:
+            raise ONNXError(f"{label}: {e}") from None
+        self.layers.append(layer)
+        self.in_shapes.append(self.shape)
+        self.shape = out
+        return layer
+
+    def onnx_shape(self):
+        if len(self.shape) + 1 != len(self.view):
+            return list(self.shape)
+        full = (None,) + self.shape
+        return [full[v] for v in self.view][1:]
+
+    def check_declared_shapes(self):
+        declared = {v.name: v for v in list(self.graph.value_info) + [self.output]}
+        for name, have in self.produced.items():
+            if name not in declared:
+                continue
+            dims = _static_dims(declared[name])
+            if dims is None:
+                continue
+            want = dims[1:]
+            if len(want) != len(have) or any(w is not None and w != h for w, h in zip(want, have)):
+                raise ONNXError(f"{self.source}: the graph declares tensor {name!r} as (batch, "
+                                f"{', '.join('?' if w is None else str(w) for w in want)}), but its nodes "
+                                f"produce (batch, {', '.join(map(str, have))}): the shapes do not chain")
+
+    def need_nchw(self, label):
+        if len(self.shape) != 3:
+            raise ONNXError(f"{label}: needs a 4-D (batch, channels, height, width) tensor, but gets one of "
+                            f"per-sample shape {list(self.onnx_shape())}")
+        if self.view != L.NCHW:
+            raise ONNXError(f"{label}: reads its input as NCHW, but that tensor holds jimunet's NHWC axes "
+                            f"{list(self.view)}; jimunet supports layouts where convolutions see "
+                            "(batch, channels, height, width)")
+
+    def need_flat(self, label):
+        if len(self.shape) != 1:
+            raise ONNXError(f"{label}: needs a (batch, features) tensor, but gets one of per-sample shape "
+                            f"{list(self.onnx_shape())}; jimunet's Dense reads flat features (add a Flatten)")
+
+    def window(self, label, kernel, a):
+        """jimunet padding (``"valid"``, ``"same"`` or a pair) and strides of a Conv/pool node's attributes."""
+        strides = tuple(int(s) for s in a.get("strides", [1, 1]))
+        if len(strides) != 2 or min(strides) < 1:
+            raise ONNXError(f"{label}: strides {list(strides)}; expected two positive ints")
+        dil = [int(d) for d in a.get("dilations", [1, 1])]
+        if any(d != 1 for d in dil):
+            raise ONNXError(f"{label}: dilations {dil}; jimunet supports only dilations [1, 1]")
+        hw = self.shape[:2]
+        same = pad_amounts(hw, kernel, strides, "same")
+        auto = a.get("auto_pad", "NOTSET")
+        if auto == "NOTSET":
+            raw = [int(p) for p in a.get("pads", [0, 0, 0, 0])]
+            if len(raw) != 4 or min(raw) < 0:
+                raise ONNXError(f"{label}: pads {raw}; expected four non-negative ints [top, left, bottom, right]")
+            pads = L.pads_from_onnx(raw)
+        elif auto == "VALID":
+            pads = ((0, 0), (0, 0))
+        elif auto == "SAME_UPPER":
+            pads = same
+        elif auto == "SAME_LOWER":
+            pads = tuple((b, t) for t, b in same)
+        else:
+            raise ONNXError(f"{label}: auto_pad={auto!r}; supported: NOTSET, VALID, SAME_UPPER, SAME_LOWER")
+        if int(a.get("ceil_mode", 0)):
+            for n, (p0, p1), k, s in zip(hw, pads, kernel, strides):
+                if (n + p0 + p1 - k) % s:
+                    raise ONNXError(f"{label}: ceil_mode=1 rounds this output size up; jimunet's pools round "
+                                    "down (ceil_mode=0), so the output would differ")
+        if pads == ((0, 0), (0, 0)):
+            return "valid", strides
+        if pads[0][0] == pads[0][1] and pads[1][0] == pads[1][1]:
+            return (pads[0][0], pads[1][0]), strides
+        if pads == same:
+            return "same", strides
+        raise ONNXError(f"{label}: asymmetric pads {L.pads_to_onnx(pads)} ([top, left, bottom, right]) that are "
+                        f"not TensorFlow's 'same' for a {hw[0]}x{hw[1]} input; jimunet supports symmetric "
+                        "padding and 'same' (the smaller half before)")
+
+    # ops: each takes (node, label, chain, k) and returns the index of the next chain node --
+
+    def op_Conv(self, node, label, chain, k):
+        self.need_nchw(label)
+        a = _attrs(node)
+        w = self.weight(node.input[1], label, 4)
+        o, c_in, kh, kw = w.shape
+        if int(a.get("group", 1)) != 1:
+            raise ONNXError(f"{label}: group={a['group']} (a grouped or depthwise convolution); jimunet's Conv2D "
+                            "supports group=1 only")
+        if c_in != self.shape[2]:
+            raise ONNXError(f"{label}: its weight {node.input[1]!r} expects {c_in} input channels, but its input "
+                            f"has {self.shape[2]}: the shapes do not chain")
+        if "kernel_shape" in a and list(a["kernel_shape"]) != [kh, kw]:
+            raise ONNXError(f"{label}: kernel_shape {list(a['kernel_shape'])} disagrees with its weight's "
+                            f"{[kh, kw]}")
+        padding, strides = self.window(label, (kh, kw), a)
+        bias = None
+        if len(node.input) > 2 and node.input[2]:
+            bias = self.weight(node.input[2], label, 1)
+            if bias.shape != (o,):
+                raise ONNXError(f"{label}: bias {node.input[2]!r} has shape {list(bias.shape)}, expected [{o}]")
+        layer = self.add(lambda: Conv2D(c_in, o, (kh, kw), stride=strides, padding=padding,
+                                        use_bias=bias is not None, weight_init="zeros", rng=0,
+                                        dtype=self.dtype), label)
+        layer.weight.data[...] = L.conv_weight_from_onnx(w)
+        if bias is not None:
+            layer.bias.data[...] = bias
+        return k + 1
+
+    def _pool(self, node, label, k, cls):
+        self.need_nchw(label)
+        a = _attrs(node)
+        kernel = tuple(int(v) for v in a.get("kernel_shape", []))
+        if len(kernel) != 2 or min(kernel) < 1:
+            raise ONNXError(f"{label}: kernel_shape {list(kernel)}; expected two positive ints")
+        padding, strides = self.window(label, kernel, a)
+        kwargs = {}
+        if cls is AvgPool2D:
+            include = bool(int(a.get("count_include_pad", 0)))
+            if padding == "same" and include:
+                raise ONNXError(f"{label}: count_include_pad=1 with asymmetric ('same') padding; jimunet's "
+                                "'same' average pool divides by the real cells under each window only")
+            kwargs["count_include_pad"] = include
+        self.add(lambda: cls(kernel, strides, padding, **kwargs), label)
+        return k + 1
+
+    def op_MaxPool(self, node, label, chain, k):
+        return self._pool(node, label, k, MaxPool2D)  # ONNX pads MaxPool with -inf, as jimunet does
+
+    def op_AveragePool(self, node, label, chain, k):
+        return self._pool(node, label, k, AvgPool2D)
+
+    def _dense(self, label, w, bias):
+        """A Dense layer from an ONNX ``(in, out)`` weight reading the current flat tensor."""
+        n_in, n_out = w.shape
+        if n_in != self.shape[0]:
+            raise ONNXError(f"{label}: its weight expects {n_in} input features, but its input has "
+                            f"{self.shape[0]}: the shapes do not chain")
+        w = L.dense_rows_from_onnx(w, self.order)
+        self.order = None
+        layer = self.add(lambda: Dense(n_in, n_out, use_bias=bias is not None, weight_init="zeros", rng=0,
+                                       dtype=self.dtype), label)
+        layer.weight.data[...] = w
+        if bias is not None:
+            layer.bias.data[...] = bias
+
+    def _bias(self, name, label, n_out, scale=1.0):
+        b = self.const(name, label)
+        if b.dtype.kind != "f" or not np.all(np.isfinite(b)):
+            raise ONNXError(f"{label}: bias {name!r} must hold finite floats (dtype {b.dtype})")
+        if b.size == 1:
+            b = np.full(n_out, b.item())
+        elif b.shape in ((n_out,), (1, n_out)):
+            b = b.reshape(n_out)
+        else:
+            raise ONNXError(f"{label}: bias {name!r} of shape {list(b.shape)} is not one value per each of "
+                            f"the {n_out} outputs")
+        return b.astype(np.float64) * scale
+
+    def op_Gemm(self, node, label, chain, k):
+        self.need_flat(label)
+        a = _attrs(node)
+        if int(a.get("transA", 0)):
+            raise ONNXError(f"{label}: transA=1 transposes the batch; jimunet supports transA=0")
+        w = self.weight(node.input[1], label, 2)
+        if int(a.get("transB", 0)):
+            w = w.T
+        w = w * float(a.get("alpha", 1.0))
+        bias = None
+        if len(node.input) > 2 and node.input[2]:
+            bias = self._bias(node.input[2], label, w.shape[1], float(a.get("beta", 1.0)))
+        self._dense(label, w, bias)
+        return k + 1
+
+    def op_MatMul(self, node, label, chain, k):
+        self.need_flat(label)
+        w = self.weight(node.input[1], label, 2)
+        bias, step = None, 1
+        if k + 1 < len(chain) and chain[k + 1][1].op_type == "Add":  # MatMul + Add = Dense with bias
+            add = chain[k + 1][1]
+            other = [x for x in add.input if x != node.output[0]]
+            if len(other) == 1:
+                bias, step = self._bias(other[0], _label(add, chain[k + 1][0]), w.shape[1]), 2
+        self._dense(label, w, bias)
+        return k + step
+
+    def op_Add(self, node, label, chain, k):
+        raise ONNXError(f"{label}: jimunet supports Add only as the bias right after a MatMul")
+
+    def op_Relu(self, node, label, chain, k):
+        self.add(ReLU, label)
+        return k + 1
+
+    def op_LeakyRelu(self, node, label, chain, k):
+        alpha = float(_attrs(node).get("alpha", 0.01))
+        self.add(lambda: LeakyReLU(alpha), label)
+        return k + 1
+
+    def op_Sigmoid(self, node, label, chain, k):
+        self.add(Sigmoid, label)
+        return k + 1
+
+    def op_Tanh(self, node, label, chain, k):
+        self.add(Tanh, label)
+        return k + 1
+
+    def op_Identity(self, node, label, chain, k):
+        return k + 1
+
+    def op_Dropout(self, node, label, chain, k):
+        a = _attrs(node)
+        if self.opset < 12:
+            ratio = float(a.get("ratio", 0.5))
+        else:
+            ratio = float(self.const(node.input[1], label)) if len(node.input) > 1 and node.input[1] else 0.5
+            if len(node.input) > 2 and node.input[2] and bool(self.const(node.input[2], label)):
+                raise ONNXError(f"{label}: training_mode=True drops values at inference; jimunet's Dropout is "
+                                "the identity at inference")
+        if not 0.0 <= ratio < 1.0:
+            raise ONNXError(f"{label}: ratio {ratio}; expected a drop probability in [0, 1)")
+        if ratio > 0:
+            self.add(lambda: Dropout(ratio), label)
+        return k + 1
+
+    def _flatten(self, label):
+        if len(self.shape) > 1:
+            self.order = L.flatten_order(self.shape, self.view)
+            self.add(Flatten, label)
+            self.view = (0, 1)
+
+    def op_Flatten(self, node, label, chain, k):
+        rank = len(self.shape) + 1
+        axis = int(_attrs(node).get("axis", 1))
+        if axis < 0:
+            axis += rank
+        if axis != 1:
+            raise ONNXError(f"{label}: axis={axis}; jimunet flattens every axis but the batch axis (axis=1)")
+        self._flatten(label)
+        return k + 1
+
+    def op_Reshape(self, node, label, chain, k):
+        target = [int(v) for v in np.asarray(self.const(node.input[1], label)).ravel()]
+        n = math.prod(self.shape)
+        dims = _static_dims(self.input)
+        batch = dims[0] if dims else None
+        keep = not int(_attrs(node).get("allowzero", 0))
+        first_ok = len(target) == 2 and (target[0] == -1 or (target[0] == 0 and keep) or
+                                         (batch is not None and target[0] == batch))
+        if first_ok and (target[1] == n or (target[1] == -1 and target[0] != -1)):
+            self._flatten(label)
+            return k + 1
+        raise ONNXError(f"{label}: Reshape to {target}; jimunet supports Reshape only as a flatten to "
+                        f"(batch, {n}) (e.g. torch.flatten(x, 1) or nn.Flatten())")
+
+    def op_Transpose(self, node, label, chain, k):
+        rank = len(self.shape) + 1
+        perm = self.perm(node, chain[k][0], rank)
+        if rank > 2:
+            self.view = L.compose(self.view, perm)
+        return k + 1
+
+    def op_Softmax(self, node, label, chain, k):
+        axis = int(_attrs(node).get("axis", -1 if self.opset >= 13 else 1))
+        if k != len(chain) - 1 or len(self.shape) != 1 or axis not in (1, -1):
+            raise ONNXError(f"{label}: jimunet supports {node.op_type} only as the last node, over the classes "
+                            "of a (batch, classes) tensor")
+        # jimunet models output logits (the loss and predict apply softmax). Softmax and
+        # LogSoftmax of these logits are what the graph gave: the same classes, ranked alike.
+        self.dropped = node.op_type
+        return k + 1
+
+    op_LogSoftmax = op_Softmax
+
+    # jimunet's own exports carry their architecture: restore details the graph cannot say --
+
+    def adopt_jimunet_config(self):
+        if self.proto.producer_name != "jimunet":
+            return
+        props = {p.key: p.value for p in self.proto.metadata_props}
+        try:
+            arch = json.loads(props.get("architecture", "null"))["layers"]
+        except (TypeError, KeyError, ValueError):
+            return
+        if not isinstance(arch, list) or [c.get("class") if isinstance(c, dict) else None for c in arch] != \
+                [type(layer).__name__ for layer in self.layers]:
+            return
+        for layer, hw, cfg in zip(self.layers, self.in_shapes, arch):
+            c = cfg.get("config", {})
+            if isinstance(layer, (Conv2D, MaxPool2D, AvgPool2D)) and c.get("padding") == "same":
+                window = layer.kernel_size if isinstance(layer, Conv2D) else layer.pool_size
+                if pad_amounts(hw[:2], window, layer.stride, "same") == \
+                        pad_amounts(hw[:2], window, layer.stride, layer.padding):
+                    layer.padding = "same"  # the same pads at this size, and TF's rule at others
+            if isinstance(layer, AvgPool2D) and not isinstance(layer.padding, tuple):
+                layer.count_include_pad = bool(c.get("count_include_pad", True))  # no effect without padding
+            for attr, key in ((Dropout, "rate"), (LeakyReLU, "alpha")):
+                v = c.get(key)
+                if isinstance(layer, attr) and isinstance(v, (int, float)) and \
+                        np.float32(v) == np.float32(getattr(layer, key)):
+                    setattr(layer, key, float(v))  # ONNX stored it as float32
