@@ -289,6 +289,13 @@ def _static_files() -> dict:
     return files
 
 
+JSON_TYPE = "application/json; charset=utf-8"
+
+
+def _json_bytes(doc) -> bytes:
+    return json.dumps(doc, allow_nan=False, separators=(",", ":")).encode("utf-8")
+
+
 def _flag(query, name) -> bool | None:
     values = query.get(name)
     if not values:
@@ -318,8 +325,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def send_error(self, code, message=None, explain=None):
         """Errors found by ``http.server`` itself (bad request line, headers) as JSON too."""
+        if self.request_version == "HTTP/0.9":  # an unparsable request line: answer with a status line
+            self.request_version = "HTTP/1.0"
+        self.close_connection = True
         try:
-            self._send_json(int(code), {"error": message or HTTPStatus(code).phrase})
+            self._send(int(code), _json_bytes({"error": message or HTTPStatus(code).phrase}), JSON_TYPE)
         except OSError:
             pass
 
@@ -338,9 +348,6 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _send_json(self, status: int, doc, extra=()):
-        body = json.dumps(doc, allow_nan=False, separators=(",", ":")).encode("utf-8")
-        self._send(status, body, "application/json; charset=utf-8", extra)
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding"):
@@ -400,39 +407,46 @@ class Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str):
         try:
-            url = urlsplit(self.path)
-            path, query = url.path, parse_qs(url.query, keep_blank_values=True)
-            static = self.server.static.get(path)
-            if static is not None or path in self._GET or path in self._POST:
-                allowed = ("GET", "HEAD") if (static is not None or path in self._GET) else ("POST",)
-                if method not in allowed:
-                    names = ", ".join(allowed)
-                    raise ApiError(405, f"{path} answers {names}, not {method}", [("Allow", names)])
-            if static is not None:
-                self._send(200, *static)
-            elif path == "/api/model":
-                self._send_json(200, self.server.app.info())
-            elif path == "/api/mnist":
-                self._send_json(200, self._mnist(query))
-            elif path == "/api/predict":
-                body = self._read_body()
-                pixels, flag = self.server.app.pixels_from_request(body, self.headers.get("Content-Type", ""))
-                q = _flag(query, "activations")
-                activations = bool(flag) if flag is not None else bool(q)
-                self._send_json(200, self.server.app.predict(pixels, activations=activations))
-            else:
-                raise ApiError(404, f"no such page: {path} (the page is /, the API /api/model, /api/predict, "
-                                    f"/api/mnist)")
+            answer = self._answer(method)
         except ApiError as e:
-            self._send_json(e.status, {"error": str(e)}, e.headers)
-        except (TimeoutError, ConnectionError):
-            self.close_connection = True  # the client went away or stalled: nobody to answer
+            answer = (e.status, _json_bytes({"error": str(e)}), JSON_TYPE, e.headers)
+        except (TimeoutError, ConnectionError):  # the client stalled or went away: nobody to answer
+            self.close_connection = True
+            return
         except Exception as e:  # a bug, not bad input: say so, keep serving
             traceback.print_exc(file=sys.stderr)
-            try:
-                self._send_json(500, {"error": f"internal error: {type(e).__name__}: {e}"})
-            except OSError:
-                pass
+            answer = (500, _json_bytes({"error": f"internal error: {type(e).__name__}: {e}"}), JSON_TYPE, ())
+        try:
+            self._send(*answer)
+        except OSError:  # the client hung up before reading the answer
+            self.close_connection = True
+
+    def _answer(self, method: str):
+        """``(status, body, content type, extra headers)`` for this request; raises ``ApiError``."""
+        url = urlsplit(self.path)
+        path, query = url.path, parse_qs(url.query, keep_blank_values=True)
+        static = self.server.static.get(path)
+        if static is not None or path in self._GET or path in self._POST:
+            allowed = ("GET", "HEAD") if (static is not None or path in self._GET) else ("POST",)
+            if method not in allowed:
+                names = ", ".join(allowed)
+                raise ApiError(405, f"{path} answers {names}, not {method}", [("Allow", names)])
+        app = self.server.app
+        if static is not None:
+            return (200, *static, ())
+        if path == "/api/model":
+            doc = app.info()
+        elif path == "/api/mnist":
+            doc = self._mnist(query)
+        elif path == "/api/predict":
+            body = self._read_body()
+            pixels, flag = app.pixels_from_request(body, self.headers.get("Content-Type", ""))
+            activations = flag if flag is not None else bool(_flag(query, "activations"))
+            doc = app.predict(pixels, activations=activations)
+        else:
+            raise ApiError(404, f"no such page: {path} (the page is /, the API /api/model, /api/predict, "
+                                f"/api/mnist)")
+        return 200, _json_bytes(doc), JSON_TYPE, ()
 
     def _mnist(self, query) -> dict:
         if _flag(query, "mistake"):
