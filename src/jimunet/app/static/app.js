@@ -16,7 +16,8 @@ let last = null;
 let timer = null;
 let inFlight = false;
 let pending = null;        // the newest request waiting while one is in flight
-let predictions = 0;       // how many answers the page has shown (tests wait on it)
+let predictions = 0;       // how many answers the page has shown
+let wanted = 0;            // id of the newest thing asked for; body[data-shown] says which one is on screen
 
 // -- colours --------------------------------------------------------------------------------
 
@@ -104,7 +105,8 @@ function soon() {
 
 function predictDrawing() {
   if (!hasInk) return;
-  pad.toBlob((blob) => request({ body: blob, type: "image/png", source: "your drawing" }), "image/png");
+  const id = ++wanted;
+  pad.toBlob((blob) => request({ body: blob, type: "image/png", source: "your drawing", id }), "image/png");
 }
 
 // One request at a time; while one is out, only the newest waiting one is kept.
@@ -120,6 +122,7 @@ async function request(job) {
   } catch (err) {
     setStatus(String(err.message || err), true);
   } finally {
+    document.body.dataset.shown = String(job.id);
     inFlight = false;
     if (pending) { const next = pending; pending = null; request(next); }
   }
@@ -133,6 +136,7 @@ function setStatus(text, error = false) {
 // -- MNIST test images ----------------------------------------------------------------------
 
 async function loadTest(query) {
+  const id = ++wanted;
   setStatus("loading…");
   try {
     const res = await fetch("/api/mnist?" + query);
@@ -148,9 +152,10 @@ async function loadTest(query) {
     let what = `MNIST test image ${doc.index}, label ${doc.label}`;
     if (doc.predicted !== undefined) what += ` (one of this model's ${doc.mistakes} mistakes)`;
     request({ body: JSON.stringify({ pixels: doc.pixels, activations: true }), type: "application/json",
-              source: what, label: doc.label });
+              source: what, id });
   } catch (err) {
     setStatus(String(err.message || err), true);
+    document.body.dataset.shown = String(id);
   }
 }
 
