@@ -114,7 +114,7 @@ def lit_pixels(page, selector):
 def test_draw_a_digit_and_see_prediction_and_feature_maps(request, page, random_model, tmp_path):
     server = serving(request, random_model)
     page.goto(server.url)
-    page.wait_for_function("document.body.dataset.model === 'ready'")
+    page.wait_for_function("() => document.body.dataset.model === 'ready'")
     assert "1,663,370 parameters" in page.inner_text("#model-line")
     assert page.inner_text("#prediction") == "–"
 
@@ -177,7 +177,7 @@ def test_mnist_test_images_match_jimunet_predict(request, page, trained_model, m
     x, y = mnist_test
     server = serving(request, trained_model)
     page.goto(server.url)
-    page.wait_for_function("document.body.dataset.model === 'ready'")
+    page.wait_for_function("() => document.body.dataset.model === 'ready'")
     indices = [0, 1, 2, 3, 4, 8, 18, 247]
     shown = []
     for i in indices:
@@ -200,3 +200,11 @@ def test_mnist_test_images_match_jimunet_predict(request, page, trained_model, m
     np.save(tmp_path / "m.npy", x[index])
     assert predict_cli(trained_model, tmp_path / "m.npy") == [predicted]
     assert not page.errors, page.errors
+
+
+def test_ci_installs_chromium_and_runs_these_tests_unskipped():
+    ci = open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8").read()
+    install = ci.index("apt-get install -y chromium")
+    assert ci.index("apt-get update") < install < ci.index("python -m pytest")
+    assert "if [ ! -x /usr/bin/chromium ]" in ci and 'SUDO=""' in ci  # root without sudo works
+    assert ci.index("export CI=true") < ci.index("python -m pytest")

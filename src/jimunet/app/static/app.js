@@ -137,7 +137,8 @@ function setStatus(text, error = false) {
 
 async function loadTest(query) {
   const id = ++wanted;
-  setStatus("loading…");
+  setStatus(query.startsWith("mistake") ? "running the model over the test images to find its mistakes " +
+            "(the first time loads MNIST: a few seconds)…" : "loading…");
   try {
     const res = await fetch("/api/mnist?" + query);
     const doc = await res.json();
