@@ -129,6 +129,21 @@ def test_picture_upload_uses_predicts_preprocessing(srv, model, tmp_path, how):
     assert len(doc["feature_maps"]) == 2
 
 
+def test_in_memory_readers_are_predicts_file_readers(tmp_path):
+    from jimunet.data.images import ImageTooLarge, as_pixels, digit_from_bytes, load_digit_image
+
+    data = png_bytes(np.array(Image.fromarray(255 - digit(2)[..., 0]).resize((90, 120))))
+    (tmp_path / "d.png").write_bytes(data)
+    assert np.array_equal(digit_from_bytes(data), load_digit_image(tmp_path / "d.png"))
+    for a in (digit(1), digit(1)[..., 0], digit(1)[None].astype(np.float32) / 255):
+        np.save(tmp_path / "a.npy", a)
+        assert np.array_equal(as_pixels(a), load_inputs(tmp_path / "a.npy"))
+    with pytest.raises(ImageTooLarge, match="40x30 pixels; at most 1,000"):
+        digit_from_bytes(png_bytes(np.zeros((30, 40), np.uint8)), max_pixels=1000)
+    with pytest.raises(ValueError, match="upload: not a readable image"):
+        digit_from_bytes(b"GIF89a...", name="upload")
+
+
 def test_mnist_test_images_and_mistakes(srv, model, test_set):
     x, y = test_set
     status, _, doc = request(srv.url, path="/api/mnist?index=5")

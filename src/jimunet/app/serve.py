@@ -42,7 +42,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
-from ..data.images import as_pixels, digit_from_bytes, preprocess
+from ..data.images import ImageTooLarge, as_pixels, digit_from_bytes, preprocess
 from ..explain import conv_blocks, walk
 
 MAX_BODY = 4 * 1024 * 1024        # bytes in one request body (a 280×280 PNG is ~10 kB)
@@ -53,6 +53,9 @@ NUM_CLASSES = 10
 ALL_INTERFACES = ("0.0.0.0", "::", "")
 
 COMPUTE_LOCK = threading.Lock()   # see the module docstring: one jimunet computation at a time
+# A picture near MAX_PIXELS takes a few hundred MB while it is decoded and normalised: only a
+# couple at a time, so a burst of large uploads cannot exhaust memory.
+DECODE_SLOTS = threading.BoundedSemaphore(2)
 
 _STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".css": "text/css; charset=utf-8", ".png": "image/png", ".svg": "image/svg+xml"}
@@ -184,12 +187,14 @@ class DigitApp:
             if not body:
                 raise ApiError(400, "the request body is empty; send a PNG or JPEG picture of one digit")
             try:
-                return digit_from_bytes(body, name="the uploaded image", max_pixels=MAX_PIXELS), None
+                with DECODE_SLOTS:
+                    return digit_from_bytes(body, name="the uploaded image", max_pixels=MAX_PIXELS), None
             except ImportError as e:
                 raise ApiError(500, str(e)) from None
+            except ImageTooLarge as e:
+                raise ApiError(413, str(e)) from None
             except ValueError as e:
-                status = 413 if "at most" in str(e) else 400
-                raise ApiError(status, str(e)) from None
+                raise ApiError(400, str(e)) from None
         raise ApiError(415, f"unsupported Content-Type {ctype or '(none)'!r}: send image/png, image/jpeg, "
                             f"multipart/form-data with one file, or application/json {{\"pixels\": 28x28}}")
 

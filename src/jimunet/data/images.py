@@ -23,7 +23,7 @@ import os
 import numpy as np
 
 __all__ = ["preprocess", "load_digit_image", "load_inputs", "normalize_digit", "digit_from_bytes", "as_pixels",
-           "IMAGE_EXTENSIONS"]
+           "ImageTooLarge", "IMAGE_EXTENSIONS"]
 
 SIZE = 28          # MNIST field
 BOX = 20           # the digit's longer side inside the field
@@ -106,8 +106,8 @@ def normalize_digit(gray, name: str = "image") -> np.ndarray:
     return out
 
 
-class _TooLarge(ValueError):
-    """An image with more pixels than the caller accepts."""
+class ImageTooLarge(ValueError):
+    """An image with more pixels than the caller accepts (``max_pixels``)."""
 
 
 def _open_gray(source, name=None, max_pixels=None) -> np.ndarray:
@@ -120,7 +120,7 @@ def _open_gray(source, name=None, max_pixels=None) -> np.ndarray:
     try:
         with Image.open(source) as im:
             if max_pixels is not None and im.width * im.height > max_pixels:
-                raise _TooLarge(f"{name}: the image is {im.width}x{im.height} pixels; at most {max_pixels:,} "
+                raise ImageTooLarge(f"{name}: the image is {im.width}x{im.height} pixels; at most {max_pixels:,} "
                                 f"pixels are accepted")
             im = ImageOps.exif_transpose(im)
             im.load()
@@ -134,7 +134,7 @@ def _open_gray(source, name=None, max_pixels=None) -> np.ndarray:
                 bg = 255.0 if (ink.size and float(np.median(ink)) < 127.5) else 0.0
                 return lum * alpha + bg * (1.0 - alpha)
             return np.asarray(im.convert("L"), np.float32)
-    except (FileNotFoundError, _TooLarge):
+    except (FileNotFoundError, ImageTooLarge):
         raise
     except Exception as e:  # Pillow raises UnidentifiedImageError, OSError, SyntaxError, DecompressionBomb...
         raise ValueError(f"{name}: not a readable image ({type(e).__name__}: {e})") from None
@@ -145,7 +145,8 @@ def digit_from_bytes(data: bytes, name: str = "image", max_pixels=None) -> np.nd
 
     The same steps as for a file (``normalize_digit``), so an upload and the same picture
     given to ``jimunet predict`` become the same 28×28 input. ``max_pixels`` bounds the
-    decoded size (checked from the header); a larger image raises ``ValueError``.
+    decoded size (checked from the header); a larger image raises ``ImageTooLarge`` (a
+    ``ValueError``).
 
     Returns:
         float32 ``(28, 28, 1)``, values 0..255, white digit on black.
