@@ -19,7 +19,7 @@ import jimunet as jn
 CHROMIUM = os.environ.get("JIMUNET_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--headless", "--disable-background-networking",
         "--disable-component-update", "--no-first-run", "--disable-sync"]
-TIMEOUT_MS = 60_000
+TIMEOUT_MS = 120_000  # generous: finding the mistakes loads MNIST and runs 10,000 images on a shared CI machine
 
 # Wait until nothing is pending on the page and the newest request's answer is on screen.
 SETTLED = ("() => document.body.dataset.model === 'ready' && !drawing && timer === null && !inFlight && "
