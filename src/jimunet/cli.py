@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine "
                    "only; 0.0.0.0 opens it to the network)")
     s.add_argument("--port", type=_port, default=8000, metavar="N", help="port (default 8000; 0 picks a free one)")
-    s.add_argument("--quick", action="store_true", help="first train a 1-epoch model (about a minute; downloads "
+    s.add_argument("--quick", action="store_true", help="first train a 1-epoch model (a minute or two; downloads "
                    "MNIST if needed) and serve it")
     s.add_argument("--data-dir", default=None, metavar="D", help="MNIST cache directory for the test images "
                    "(default $JIMUNET_DATA or ~/.cache/jimunet/mnist)")
