@@ -1,4 +1,4 @@
-"""Command line: ``jimunet train | evaluate | predict | export | import`` (and ``report``/``explain``).
+"""Command line: ``jimunet train | evaluate | predict | export | import | serve`` (and ``report``/``explain``).
 
 Run ``jimunet --help`` or ``python -m jimunet --help``. Exit codes: 0 success, 1 failure
 (training diverged, data unavailable, unexpected error), 2 bad usage (arguments, missing
@@ -118,13 +118,15 @@ def check_classifier(model, path, input_shape=(28, 28, 1)) -> int:
     return out[0]
 
 
-def _load_model(path):
+def _load_model(path, mnist_classifier: bool = True):
+    """The model saved at ``path``; by default it must classify 28x28x1 images (evaluate, predict)."""
     from .model import load
     problem = model_path_error(path)
     if problem:
         raise UsageError(problem)
     model = load(path)  # CheckpointError → usage error in main
-    check_classifier(model, path)
+    if mnist_classifier:
+        check_classifier(model, path)
     return model
 
 
@@ -212,7 +214,7 @@ def _dims(value_info) -> str:
 def _cmd_export(args) -> int:
     from .onnx import export
 
-    model = _load_model(args.model)
+    model = _load_model(args.model, mnist_classifier=False)  # any model exports, at its --input-shape
     _refuse_overwrite(args.out, args.force)
     shape = args.input_shape
     if shape is None:  # a model imported from ONNX knows its input; MNIST's otherwise
@@ -250,6 +252,30 @@ def _cmd_import(args) -> int:
               "(predict and the loss apply softmax)")
     print(f"wrote {args.out}")
     return EXIT_OK
+
+
+# -- serve ----------------------------------------------------------------------------------
+
+def _port(s):
+    v = _int_at_least(0)(s)
+    if v > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 0..65535 (0: any free port), got {v}")
+    return v
+
+
+def _cmd_serve(args) -> int:
+    from .app import serve
+    from .train import TrainingInterrupted
+
+    try:
+        serve.require_pillow()
+        path = serve.choose_model(args.model, quick=args.quick, data_dir=args.data_dir)
+        app = serve.DigitApp.from_file(path, data_dir=args.data_dir)
+        return serve.run(app, host=args.host, port=args.port)
+    except serve.ServeError as e:
+        raise UsageError(str(e)) from None
+    except TrainingInterrupted:
+        return EXIT_INTERRUPTED
 
 
 # -- parser and main ------------------------------------------------------------------------
@@ -334,6 +360,23 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("out", metavar="OUT.npz", help="the jimunet model to write (not replaced unless --force)")
     m.add_argument("--force", action="store_true", help="replace OUT.npz if it exists")
     m.set_defaults(func=_cmd_import)
+
+    s = sub.add_parser("serve", help="a local web page: draw a digit, watch every block react",
+                       usage="%(prog)s [MODEL.npz] [--host 127.0.0.1] [--port 8000] [--quick] [--data-dir D]",
+                       description="Start a local web app (and its JSON API) and print its URL: draw a digit and see "
+                       "the 28x28 input the model gets, the class probabilities, the feature maps of the conv "
+                       "blocks, the first-layer filters and each block's shapes, im2col/GEMM sizes and FLOPs; load "
+                       "any MNIST test image or a random mistake of the model. Ctrl-C stops it.")
+    s.add_argument("model", nargs="?", default=None, metavar="MODEL.npz", help="a model saved by jimunet (default: "
+                   "the newest runs/*/best.npz)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine "
+                   "only; 0.0.0.0 opens it to the network)")
+    s.add_argument("--port", type=_port, default=8000, metavar="N", help="port (default 8000; 0 picks a free one)")
+    s.add_argument("--quick", action="store_true", help="first train a 1-epoch model (a minute or two; downloads "
+                   "MNIST if needed) and serve it")
+    s.add_argument("--data-dir", default=None, metavar="D", help="MNIST cache directory for the test images "
+                   "(default $JIMUNET_DATA or ~/.cache/jimunet/mnist)")
+    s.set_defaults(func=_cmd_serve)
 
     for name in ("report", "explain"):  # subcommands that live in optional modules
         try:

@@ -207,6 +207,8 @@ class Explanation(list):
     probabilities = None
     top: list = []
     input_record: dict = {}
+    inputs = None     # set by walk: the scaled input and every layer's output, one sample
+    outputs: list = []
 
 
 def _stats(a):
@@ -287,6 +289,52 @@ class _Stdout:
 _STDOUT = _Stdout()
 
 
+def walk(model, image) -> Explanation:
+    """The data of ``explain``, printing nothing: one image through every block of ``model``.
+
+    Returns the same ``Explanation`` as ``explain(model, image, file=None)`` (one record per
+    layer with shapes, params, FLOPs, value range and ``details``; ``probabilities``, ``top``,
+    ``input_record``) plus ``inputs`` (the scaled model input, one sample) and ``outputs``
+    (every layer's output for the image, host NumPy arrays without the batch axis). The
+    layers run in evaluation mode, one after the other, and keep their usual caches: the
+    caller must not run the same model on another thread meanwhile.
+    """
+    raw = as_single_image(image)
+    x = preprocess(raw, model_dtype(model))[None]
+    try:
+        in_shape = tuple(model.summary(x.shape[1:]).input_shape)
+    except ValueError as e:
+        raise ValueError(f"explain: the model cannot take an image of shape {x.shape[1:]}: {e}") from None
+
+    result = Explanation()
+    lo, hi, mean = _stats(x)
+    result.input_record = {"shape": list(in_shape), "min": lo, "max": hi, "mean": mean,
+                           "scaled": looks_like_pixels(raw)}
+    result.raw, result.inputs, result.outputs = raw, x[0], []
+    for i, layer in enumerate(model.layers):
+        cur_shape = tuple(x.shape[1:])
+        details = _block_details(layer, cur_shape, x)
+        y = layer.forward(x, training=False)
+        y_np = np.array(to_numpy(y))  # a copy: a layer may reuse its output buffer on the next call
+        lo, hi, mean = _stats(y_np)
+        result.append({"index": i, "name": layer.describe(), "kind": type(layer).__name__,
+                       "input_shape": list(cur_shape), "output_shape": list(y.shape[1:]),
+                       "params": int(sum(p.size for p in layer.parameters())),
+                       "flops": int(layer.flops(cur_shape)), "min": lo, "max": hi, "mean": mean,
+                       "zero_fraction": float((y_np == 0).mean()) if type(layer).__name__ == "ReLU" else None,
+                       "details": details})
+        result.outputs.append(y_np[0])
+        x = y
+
+    out = result.outputs[-1] if result.outputs else np.asarray(x)[0]
+    if out.ndim == 1 and out.size >= 2:
+        probs = softmax(out.astype(np.float64))
+        order = np.argsort(-probs, kind="stable")[:3]
+        result.probabilities = probs
+        result.top = [(int(k), float(probs[k])) for k in order]
+    return result
+
+
 def explain(model, image, out_dir=None, file=_STDOUT, class_names=None, dpi: int = 100):
     """Walk one image through ``model`` block by block, printing what each block does.
 
@@ -309,6 +357,7 @@ def explain(model, image, out_dir=None, file=_STDOUT, class_names=None, dpi: int
         ``details`` — padding, ``im2col`` shape and ``gemm`` sizes for Conv2D, ``gemm`` for
         Dense, ``window``/``stride``/``padding`` for pooling — and ``png`` when drawn), with
         ``.probabilities`` and ``.top`` (the softmax top-3 as ``[(class, prob), ...]``).
+        ``walk`` computes it without printing or drawing.
 
     Example:
         >>> import numpy as np, jimunet as jn
@@ -324,57 +373,33 @@ def explain(model, image, out_dir=None, file=_STDOUT, class_names=None, dpi: int
         file = sys.stdout
     say = (lambda s="": print(s, file=file)) if file is not None else (lambda s="": None)
 
-    raw = as_single_image(image)
-    x = preprocess(raw, model_dtype(model))[None]
-    try:
-        in_shape = tuple(model.summary(x.shape[1:]).input_shape)
-    except ValueError as e:
-        raise ValueError(f"explain: the model cannot take an image of shape {x.shape[1:]}: {e}") from None
-
-    result = Explanation()
-    lo, hi, mean = _stats(x)
-    scaled = " (pixels 0..255 scaled by (x - 127.5) / 255)" if looks_like_pixels(raw) else ""
+    result = walk(model, image)
+    inp = result.input_record
+    scaled = " (pixels 0..255 scaled by (x - 127.5) / 255)" if inp["scaled"] else ""
     say(f"{model.describe() if hasattr(model, 'describe') else type(model).__name__}: one image, "
         f"evaluation mode")
-    say(f"input    {shape_str(in_shape)}  min {lo:.4g}  max {hi:.4g}  mean {mean:.4g}{scaled}")
-    result.input_record = {"shape": list(in_shape), "min": lo, "max": hi, "mean": mean}
+    say(f"input    {shape_str(inp['shape'])}  min {inp['min']:.4g}  max {inp['max']:.4g}  "
+        f"mean {inp['mean']:.4g}{scaled}")
     if out_dir is not None:
         p = os.path.join(out_dir, "input.png")
-        _plot_input(raw, x[0], p, dpi)
-        result.input_record["png"] = p
+        _plot_input(result.raw, result.inputs, p, dpi)
+        inp["png"] = p
 
     width = len(str(len(model.layers) - 1))
-    for i, layer in enumerate(model.layers):
-        cur_shape = tuple(x.shape[1:])
-        details = _block_details(layer, cur_shape, x)
-        y = layer.forward(x, training=False)
-        y_np = np.asarray(to_numpy(y))
-        lo, hi, mean = _stats(y_np)
-        rec = {"index": i, "name": layer.describe(), "kind": type(layer).__name__,
-               "input_shape": list(cur_shape), "output_shape": list(y.shape[1:]),
-               "params": int(sum(p.size for p in layer.parameters())),
-               "flops": int(layer.flops(cur_shape)), "min": lo, "max": hi, "mean": mean,
-               "zero_fraction": float((y_np == 0).mean()) if type(layer).__name__ == "ReLU" else None,
-               "details": details}
+    for rec, y in zip(result, result.outputs):
+        i = rec["index"]
         say(f"[{i:>{width}}] {rec['name']}")
         for line in _describe_lines(rec):
             say(" " * (width + 3) + line)
         if out_dir is not None:
             p = os.path.join(out_dir, f"layer-{i:02d}-{rec['kind']}.png")
-            _plot_output(rec, y_np[0], p, dpi, last=i == len(model.layers) - 1, class_names=class_names)
+            _plot_output(rec, y, p, dpi, last=i == len(model.layers) - 1, class_names=class_names)
             rec["png"] = p
-        result.append(rec)
-        x = y
 
     total = sum(r["flops"] for r in result)
     say(f"total    {total:,} FLOPs, {sum(r['params'] for r in result):,} parameters")
-    out = np.asarray(to_numpy(x))[0]
-    if out.ndim == 1 and out.size >= 2:
-        probs = softmax(out.astype(np.float64))
-        order = np.argsort(-probs, kind="stable")[:3]
-        names = class_names or [str(k) for k in range(out.size)]
-        result.probabilities = probs
-        result.top = [(int(k), float(probs[k])) for k in order]
+    if result.top:
+        names = class_names or [str(k) for k in range(len(result.probabilities))]
         say("top-3    (softmax of the last layer's output)")
         for k, p in result.top:
             say(f"         {names[k]:>5}  {p:7.2%}")

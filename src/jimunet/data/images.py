@@ -23,8 +23,8 @@ import warnings
 
 import numpy as np
 
-__all__ = ["preprocess", "load_digit_image", "load_inputs", "normalize_digit", "IMAGE_EXTENSIONS",
-           "MAX_IMAGE_PIXELS"]
+__all__ = ["preprocess", "load_digit_image", "load_inputs", "normalize_digit", "digit_from_bytes", "as_pixels",
+           "ImageTooLarge", "IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS"]
 
 SIZE = 28          # MNIST field
 BOX = 20           # the digit's longer side inside the field
@@ -154,25 +154,32 @@ def _scaled_gray(im, white: float, path: str) -> np.ndarray:
     return (a * (255.0 / white)).astype(np.float32)
 
 
-def _open_gray(path: str) -> np.ndarray:
-    """Read an image file as a float32 2-D array of grey levels (0..255), alpha resolved.
+class ImageTooLarge(ValueError):
+    """An image with more pixels than accepted (``MAX_IMAGE_PIXELS``, or a caller's lower bound)."""
+
+
+def _open_gray(source, name=None, max_pixels=None) -> np.ndarray:
+    """Read an image (a path or a binary file object) as float32 grey levels 0..255, alpha resolved.
 
     Images of more than 8 bits (16-bit greyscale, 32-bit int or float) are scaled by their
     own white level, so a 16-bit picture gives the same grey levels as its 8-bit version.
 
-    Raises ValueError for an image over ``MAX_IMAGE_PIXELS``, before it is decoded.
+    Raises ImageTooLarge for an image over ``max_pixels`` (at most ``MAX_IMAGE_PIXELS``),
+    from its header, before it is decoded.
     """
     Image, ImageOps = _require_pillow()
+    path = name or os.fspath(source)
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else min(max_pixels, MAX_IMAGE_PIXELS)
     try:
         with warnings.catch_warnings():  # Pillow warns of sizes that are refused just below
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)  # reads the header only
+            im = Image.open(source)  # reads the header only
         with im:
             w, h = im.size
-            if w * h > MAX_IMAGE_PIXELS:
-                raise _TooLarge(f"{path}: the image is {w}x{h} ({w * h / 1e6:.1f} megapixels); at most "
-                                f"{MAX_IMAGE_PIXELS / 1e6:.1f} megapixels are read (a digit needs far fewer: "
-                                "crop or scale it down)")
+            if w * h > limit:
+                at_most = f"{limit / 1e6:.1f} megapixels" if limit >= 10 ** 6 else f"{limit:,} pixels"
+                raise ImageTooLarge(f"{path}: the image is {w}x{h} ({w * h / 1e6:.1f} megapixels); at most "
+                                    f"{at_most} are read (a digit needs far fewer: crop or scale it down)")
             white = _white_level(im)
             im = ImageOps.exif_transpose(im)
             im.load()
@@ -188,7 +195,7 @@ def _open_gray(path: str) -> np.ndarray:
                 bg = 255.0 if (ink.size and float(np.median(ink)) < 127.5) else 0.0
                 return lum * alpha + bg * (1.0 - alpha)
             return np.asarray(im.convert("L"), np.float32)
-    except (FileNotFoundError, _TooLarge):
+    except (FileNotFoundError, ImageTooLarge):
         raise
     except Image.DecompressionBombError as e:  # over Pillow's own limit, refused by Image.open
         raise ValueError(f"{path}: the image is too large ({e}); at most {MAX_IMAGE_PIXELS / 1e6:.1f} megapixels "
@@ -201,8 +208,20 @@ def _open_gray(path: str) -> np.ndarray:
         raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
 
 
-class _TooLarge(ValueError):
-    """An image with more pixels than ``MAX_IMAGE_PIXELS``."""
+def digit_from_bytes(data: bytes, name: str = "image", max_pixels=None) -> np.ndarray:
+    """``load_digit_image`` for an image held in memory (the bytes of a PNG, JPEG, ... file).
+
+    The same steps as for a file (``normalize_digit``), so an upload and the same picture
+    given to ``jimunet predict`` become the same 28×28 input. ``max_pixels`` lowers the
+    decoded-size bound (checked from the header); a larger image raises ``ImageTooLarge``
+    (a ``ValueError``).
+
+    Returns:
+        float32 ``(28, 28, 1)``, values 0..255, white digit on black.
+    """
+    import io
+
+    return normalize_digit(_open_gray(io.BytesIO(data), name=name, max_pixels=max_pixels), name=name)
 
 
 def load_digit_image(path) -> np.ndarray:
@@ -249,8 +268,19 @@ def _load_npy(path: str) -> np.ndarray:
         x = np.load(path, allow_pickle=False)
     except Exception as e:
         raise ValueError(f"{path}: not a readable .npy array ({type(e).__name__}: {e})") from None
+    return as_pixels(x, name=path)
+
+
+def as_pixels(x, name: str = "array") -> np.ndarray:
+    """An array ALREADY in MNIST's convention as float32 pixels ``(N, 28, 28, 1)`` in 0..255.
+
+    Shapes ``(28, 28)``, ``(28, 28, 1)``, ``(N, 28, 28)`` or ``(N, 28, 28, 1)``; integers are
+    pixels 0..255, floats all within [0, 1] are scaled by 255, floats in [0, 255] are kept.
+    What ``load_inputs`` does with a ``.npy`` file. Raises ``ValueError`` naming ``name``.
+    """
+    x = np.asarray(x)
     if x.dtype.kind not in "uif" or x.dtype.kind == "b":
-        raise ValueError(f"{path}: expected a numeric array, got dtype {x.dtype}")
+        raise ValueError(f"{name}: expected a numeric array, got dtype {x.dtype}")
     if x.shape == (SIZE, SIZE):
         x = x[None, :, :, None]
     elif x.shape == (SIZE, SIZE, 1):
@@ -258,24 +288,25 @@ def _load_npy(path: str) -> np.ndarray:
     elif x.ndim == 3 and x.shape[1:] == (SIZE, SIZE):
         x = x[..., None]
     elif not (x.ndim == 4 and x.shape[1:] == (SIZE, SIZE, 1)):
-        raise ValueError(f"{path}: expected an array of shape (28, 28), (28, 28, 1), (N, 28, 28) or "
+        raise ValueError(f"{name}: expected an array of shape (28, 28), (28, 28, 1), (N, 28, 28) or "
                          f"(N, 28, 28, 1), got {x.shape}")
     if len(x) == 0:
-        raise ValueError(f"{path}: holds no images")
+        raise ValueError(f"{name}: holds no images")
     if x.dtype.kind in "ui":
         lo, hi = int(x.min()), int(x.max())
         if lo < 0 or hi > 255:
-            raise ValueError(f"{path}: integer pixels must lie in 0..255, got {lo}..{hi}")
+            raise ValueError(f"{name}: integer pixels must lie in 0..255, got {lo}..{hi}")
         return x.astype(np.float32)
     x = x.astype(np.float32)
     if not np.isfinite(x).all():
-        raise ValueError(f"{path}: contains NaN or infinite values")
+        raise ValueError(f"{name}: contains NaN or infinite values")
     lo, hi = float(x.min()), float(x.max())
     if lo >= 0.0 and hi <= 1.0:
         return x * np.float32(255.0)
     if lo >= 0.0 and hi <= 255.0:
         return x
-    raise ValueError(f"{path}: float pixels must lie in [0, 1] or [0, 255], got {lo:g}..{hi:g}")
+    raise ValueError(f"{name}: float pixels must lie in [0, 1] or [0, 255], got {lo:g}..{hi:g}")
+
 
 
 def load_inputs(path) -> np.ndarray:
