@@ -132,8 +132,8 @@ class Optimizer:
             spec = {k: "array" if getattr(v, "ndim", 0) > 0 else "any" for k, v in s.items()}
         if s and set(s) != set(spec):
             missing, unknown = sorted(set(spec) - set(s)), sorted(set(s) - set(spec))
-            raise ValueError(f"{where} must hold exactly {sorted(spec)}"
-                             + (f"; missing {missing}" if missing else "") + (f"; unexpected {unknown}" if unknown else ""))
+            raise ValueError(f"{where} must hold exactly {sorted(spec)}" + (f"; missing {missing}" if missing else "")
+                             + (f"; unexpected {unknown}" if unknown else ""))
         out = {}
         for k, v in s.items():
             if spec[k] == "any":
@@ -146,7 +146,7 @@ class Optimizer:
                 continue
             kind = np.dtype(v.dtype).kind if hasattr(v, "shape") and hasattr(v, "dtype") else None
             if kind != "f":
-                what = f"a {v.dtype} array" if kind is not None else f"a {type(v).__name__}"
+                what = f"an array of dtype {v.dtype}" if kind is not None else f"a value of type {type(v).__name__}"
                 raise ValueError(f"{where}: {k!r} must be a floating-point array of the parameter's shape "
                                  f"{tuple(p.data.shape)}, got {what}")
             if tuple(v.shape) != tuple(p.data.shape):

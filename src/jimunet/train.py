@@ -700,7 +700,7 @@ def _train_mnist(cfg, run, resuming, callbacks, data, log):
     log(f"wrote {run_dir}/: model.npz, best.npz, checkpoint.npz, metrics.json, train.log "
         f"({time.perf_counter() - t_start:.1f} s in this session)")
     if cfg.report:
-        _write_report(run_dir, log)
+        _write_report(run_dir, log, cfg.data_dir)
     return TrainResult(run_dir, model, h, test.accuracy, test.error, test.confusion, result_metrics)
 
 
@@ -726,7 +726,7 @@ def _checkpoint_epochs(path) -> int:
         return 0
 
 
-def _write_report(run_dir, log):
+def _write_report(run_dir, log, data_dir=None):
     try:
         from . import report
     except ImportError:
@@ -740,7 +740,7 @@ def _write_report(run_dir, log):
         log("hint: pip install 'jimunet[plot]' (matplotlib) to get plots in a report: jimunet report " + run_dir)
         return
     try:
-        out = write(run_dir)
+        out = write(run_dir, **({} if data_dir is None else {"data_dir": data_dir}))
         log(f"report: {out}" if isinstance(out, (str, os.PathLike)) else f"report written in {run_dir}")
     except Exception as e:  # never fail a finished training because of the report
         log(f"warning: the report could not be written ({type(e).__name__}: {e})")
