@@ -153,7 +153,7 @@ def test_a_refused_process_touches_no_file(tmp_path):
         with pytest.raises(RunDirBusy, match=f"process {os.getpid()}"):
             RunDir.claim(out, resume=False)  # another open file description: refused as well
         assert snapshot(out) == before
-    assert not (out / ".lock").exists()  # released, and removed by its holder
+    assert not (out / ".jimunet.lock").exists()  # released, and removed by its holder
 
 
 @POSIX
@@ -166,10 +166,10 @@ def test_kill_9_leaves_no_stale_lock(tmp_path):
         proc.wait(timeout=60)
     finally:
         stop(proc)
-    assert json.loads((out / ".lock").read_text())["pid"] == proc.pid
+    assert json.loads((out / ".jimunet.lock").read_text())["pid"] == proc.pid
     done = checkpoint_epoch(out)
     r = train_mnist(self_test(out, epochs=done + 1), resume=out, echo=False)  # the kernel dropped the lock
-    assert len(r.history.epochs) == done + 1 and not (out / ".lock").exists()
+    assert len(r.history.epochs) == done + 1 and not (out / ".jimunet.lock").exists()
     assert json.loads((out / "run.json").read_text())["status"] == "completed"
 
 
@@ -282,7 +282,7 @@ def test_sigterm_saves_and_the_moved_run_resumes_bit_identically(tmp_path):
     assert f"jimunet train --resume {out}" in stdout
     assert json.loads((out / "metrics.json").read_text())["status"] == "interrupted"
     assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
-    assert not (out / ".lock").exists() and not (out / "model.npz").exists()
+    assert not (out / ".jimunet.lock").exists() and not (out / "model.npz").exists()
 
     # 5. move and rename it, then resume it from another working directory
     moved = tmp_path / "elsewhere" / "renamed"

@@ -104,7 +104,7 @@ def test_run_directory_contents(tmp_path, mnist):
     assert m["config"] == small(run, epochs=2).replace(out=None).to_dict()  # no paths: relocatable
     assert json.loads((run / "run.json").read_text()) == {"format": "jimunet-run", "version": 1,
                                                           "status": "completed", "jimunet": jn.__version__}
-    assert not (run / ".lock").exists()  # released, and removed by its holder
+    assert not (run / ".jimunet.lock").exists()  # released, and removed by its holder
     assert np.array_equal(m["confusion_matrix"], r.confusion)
     log = (run / "train.log").read_text()
     assert "epoch   1/2" in log and "epoch   2/2" in log and "test error" in log

@@ -5,19 +5,21 @@ Layout (every file is jimunet's; all but ``train.log`` are written atomically)::
     run.json        the marker, written before anything else:
                     {"format": "jimunet-run", "version": 1, "status": ..., "jimunet": "0.1.0"}
                     status: "running", then "completed", "interrupted", "diverged" or "failed"
-    .lock           present while a process holds the run; text: that process's pid and host
+    .jimunet.lock   present while a process holds the run; text: that process's pid and host
     checkpoint.npz, best.npz, model.npz, metrics.json, train.log, report.html   (see train.py)
 
 What is a run directory: one whose ``run.json`` says ``"format": "jimunet-run"``. A directory
 from before the marker existed is accepted for ``--resume`` through its ``checkpoint.npz``
 (and gets the marker then). A new run starts only in a directory that does not exist, is
-empty, or is a run directory without a checkpoint; jimunet writes into no other directory,
-so no file that jimunet did not write is ever overwritten.
+empty (jimunet's own lock and temporary files aside), or is a run directory without a
+checkpoint; jimunet writes into no other directory, so no file that jimunet did not write is
+ever overwritten.
 
-One process at a time: the holder keeps an exclusive ``flock`` on ``.lock`` for the run's
-life. The kernel drops it when the process ends, however it ends (``kill -9`` included), so
-a lock is never stale: a ``.lock`` file left behind by a killed process is simply taken over.
-A second process gets ``RunDirBusy`` (naming the holder's pid) before it writes anything.
+One process at a time: the holder keeps an exclusive ``flock`` on ``.jimunet.lock`` for the
+run's life and removes the file as it lets go. The kernel drops the lock when the process
+ends, however it ends (``kill -9`` included), so a lock is never stale: a lock file left
+behind by a killed process is simply taken over. A second process gets ``RunDirBusy``
+(naming the holder's pid) before it writes anything.
 
 Leftovers: ``atomic_writer`` writes through ``.NAME.XXXXXXXX.part`` files; a process killed
 mid-write leaves one. The next holder of the lock removes those of the run's own files
@@ -29,8 +31,8 @@ and resumed from any working directory; the data location always comes from the 
 
 Signals: inside ``stop_on_sigterm()`` SIGTERM (what ``kill``, systemd and batch schedulers
 send) raises ``Stopped``, a ``KeyboardInterrupt``, so a run stops exactly as on Ctrl-C: the
-last checkpoint stays, the message says how to resume, the exit status is 143 (130 for
-Ctrl-C). A SIGINT the process inherited as ignored (a background job of a non-interactive
+last checkpoint stays, the message says how to resume, and ``jimunet train`` exits with
+status 143 (130 for Ctrl-C). A SIGINT the process inherited as ignored (a background job of a non-interactive
 shell, which asks for exactly that) stays ignored; SIGTERM works either way.
 """
 from __future__ import annotations
@@ -60,7 +62,7 @@ __all__ = ["RunDir", "RunDirError", "RunDirBusy", "Stopped", "stop_on_sigterm", 
            "write_json_atomic", "set_metrics_status", "MARKER", "LOCK", "RUN_FORMAT", "ATOMIC_FILES"]
 
 MARKER = "run.json"
-LOCK = ".lock"
+LOCK = ".jimunet.lock"
 RUN_FORMAT = "jimunet-run"
 CHECKPOINT = "checkpoint.npz"
 # The files a run writes through atomic_writer: their leftover temporaries are removed.
@@ -203,7 +205,7 @@ def _holder(fd) -> dict:
 
 
 def _lock(path) -> int:
-    """Hold ``path/.lock``; returns its descriptor. Raises ``RunDirBusy`` when another process does."""
+    """Hold ``path/.jimunet.lock``; returns its descriptor. Raises ``RunDirBusy`` when another process does."""
     lock_path = os.path.join(path, LOCK)
     while True:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
