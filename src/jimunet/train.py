@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import __version__
-from .app.rundir import (RunDir, new_run_dir, portable_config, set_metrics_status, stop_on_sigterm,
+from .app.rundir import (RunDir, RunLog, new_run_dir, portable_config, set_metrics_status, stop_on_sigterm,
                          write_json_atomic)
 from .backend import to_numpy, xp_of
 from .data.images import preprocess
@@ -429,25 +429,6 @@ def fit(model, loss_fn, optimizer, x, y, epochs: int = 1, batch_size: int = 64, 
 
 
 # -- run directory --------------------------------------------------------------------------
-
-class RunLog:
-    """Prints each line to stdout and appends it to a log file (``train.log``)."""
-
-    def __init__(self, path=None, echo: bool = True):
-        self.path, self.echo = path, echo
-        self._f = open(path, "a", buffering=1) if path else None
-
-    def __call__(self, msg: str = "", echo: bool | None = None) -> None:
-        if self.echo if echo is None else echo:
-            print(msg, flush=True)
-        if self._f is not None:
-            self._f.write(msg + "\n")
-
-    def close(self):
-        if self._f is not None:
-            self._f.close()
-            self._f = None
-
 
 def _versions() -> dict:
     return {"jimunet": __version__, "numpy": np.__version__, "python": platform.python_version(),

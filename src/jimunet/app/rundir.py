@@ -59,7 +59,7 @@ except ImportError:  # pragma: no cover - Windows
     import msvcrt
 
 __all__ = ["RunDir", "RunDirError", "RunDirBusy", "Stopped", "stop_on_sigterm", "new_run_dir", "portable_config",
-           "write_json_atomic", "set_metrics_status", "MARKER", "LOCK", "RUN_FORMAT", "ATOMIC_FILES"]
+           "write_json_atomic", "set_metrics_status", "RunLog", "MARKER", "LOCK", "RUN_FORMAT", "ATOMIC_FILES"]
 
 MARKER = "run.json"
 LOCK = ".jimunet.lock"
@@ -94,6 +94,25 @@ def write_json_atomic(path, obj) -> None:
     """Write ``obj`` as JSON to ``path`` via a temporary file and ``os.replace``."""
     with atomic_writer(path) as f:
         f.write((json.dumps(obj, indent=1, allow_nan=False) + "\n").encode())
+
+
+class RunLog:
+    """Prints each line to stdout and appends it to a log file (``train.log``)."""
+
+    def __init__(self, path=None, echo: bool = True):
+        self.path, self.echo = path, echo
+        self._f = open(path, "a", buffering=1) if path else None
+
+    def __call__(self, msg: str = "", echo: bool | None = None) -> None:
+        if self.echo if echo is None else echo:
+            print(msg, flush=True)
+        if self._f is not None:
+            self._f.write(msg + "\n")
+
+    def close(self):
+        if self._f is not None:
+            self._f.close()
+            self._f = None
 
 
 def set_metrics_status(path, status, make=None) -> None:
