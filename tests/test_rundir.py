@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -118,6 +119,15 @@ def uninterrupted(tmp_path_factory):
     return run
 
 
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """The same run, interrupted in epoch 2 (its checkpoint holds epoch 1); copy it to use it."""
+    run = tmp_path_factory.mktemp("interrupted") / "run"
+    with pytest.raises(TrainingInterrupted):
+        train_mnist(self_test(run), callbacks=[InterruptAt(step=5)], echo=False)
+    return run
+
+
 # -- 1. one process at a time --------------------------------------------------------------
 
 @POSIX
@@ -224,10 +234,9 @@ def test_a_run_directory_from_before_the_marker_is_still_a_run(tmp_path, uninter
 
 # -- 3. leftovers of a write that was cut short ----------------------------------------------
 
-def test_leftover_temporary_files_are_removed_on_resume_and_nothing_else(tmp_path):
+def test_leftover_temporary_files_are_removed_on_resume_and_nothing_else(tmp_path, interrupted):
     run = tmp_path / "run"
-    with pytest.raises(TrainingInterrupted):
-        train_mnist(self_test(run), callbacks=[InterruptAt(step=5)], echo=False)
+    shutil.copytree(interrupted, run)
     # a process killed inside atomic_writer leaves its temporary file with the name it really gets
     code = ("import os, sys; from jimunet.serialization import atomic_writer\n"
             "with atomic_writer(os.path.join(sys.argv[1], 'checkpoint.npz')) as f:\n"
@@ -399,10 +408,9 @@ def test_the_report_takes_no_data_directory_from_the_run(tmp_path, monkeypatch):
     ("missing", "must hold exactly ['momentum_buffer']; missing ['momentum_buffer']; unexpected ['other']"),
     ("index", "state key '99' is not the index of one of the 8 parameters"),
 ])
-def test_a_checkpoint_with_optimizer_state_of_the_wrong_kind_fails_at_resume(tmp_path, bad, expect):
+def test_a_checkpoint_with_optimizer_state_of_the_wrong_kind_fails_at_resume(tmp_path, interrupted, bad, expect):
     run = tmp_path / "run"
-    with pytest.raises(TrainingInterrupted):
-        train_mnist(self_test(run), callbacks=[InterruptAt(step=5)], echo=False)
+    shutil.copytree(interrupted, run)
     arrs, meta = load_npz(run / "checkpoint.npz")
     state = meta["state"]["optimizer"]["state"]
     if isinstance(bad, np.ndarray):
