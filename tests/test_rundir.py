@@ -325,6 +325,69 @@ def test_sigterm_after_the_last_epoch_says_what_is_left_and_resumes(tmp_path, un
     assert_same_arrays(uninterrupted / "model.npz", run / "model.npz")
 
 
+class SignalAt(Callback):
+    """Send ``signum`` to this process after global step ``step``, as ``kill`` would."""
+
+    def __init__(self, step, signum):
+        self.step, self.signum = step, signum
+
+    def on_step_end(self, trainer, step, loss):
+        if step == self.step:
+            # only with a handler in place: this process is the test run
+            assert signal.getsignal(self.signum) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+            os.kill(os.getpid(), self.signum)
+
+
+@POSIX
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_lets_the_step_in_progress_finish(tmp_path, uninterrupted, signum):
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted) as info:
+        train_mnist(self_test(run), callbacks=[SignalAt(5, signum)], echo=False)
+    e = info.value
+    # the signal came after step 5 had been checked; step 6 ran to its end, then training stopped
+    assert e.signum == signum and e.step == 7 and e.epochs_completed == 1
+    assert cli._interrupted_exit(e) == 128 + signum
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers are back as they were
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    train_mnist(resume=run, echo=False)
+    assert_same_arrays(uninterrupted / "model.npz", run / "model.npz")
+    assert_same_arrays(uninterrupted / "checkpoint.npz", run / "checkpoint.npz")
+
+
+@POSIX
+def test_stop_signals_wait_inside_a_step_and_not_elsewhere():
+    from jimunet.app.rundir import StopSignals, Stopped
+
+    def deliver(stops, signum):
+        os.kill(os.getpid(), signum)
+        for _ in range(100_000):  # Python runs the handler between two bytecodes, soon after
+            if stops.pending is not None:
+                return
+
+    stops = StopSignals()
+    with stops.installed():
+        assert signal.getsignal(signal.SIGTERM) == stops._handler
+        with pytest.raises(Stopped):
+            with stops.deferred():
+                deliver(stops, signal.SIGTERM)
+                assert stops.pending == signal.SIGTERM  # recorded, not raised: the step goes on
+                with pytest.raises(KeyboardInterrupt):  # a second signal stops at once
+                    deliver(stops, signal.SIGINT)
+            # leaving the step raises what was recorded
+        with pytest.raises(Stopped):
+            deliver(stops, signal.SIGTERM)  # outside a step: at once
+        assert stops.pending is None
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    # an ignored SIGINT (a background job's) is left ignored
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with stops.installed():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 # -- 5. relocatable ---------------------------------------------------------------------------
 
 def test_a_moved_run_resumes_from_any_working_directory(tmp_path, uninterrupted, monkeypatch):

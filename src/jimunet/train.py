@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import __version__
-from .app.rundir import (RunDir, RunLog, new_run_dir, portable_config, set_metrics_status, stop_on_sigterm,
+from .app.rundir import (EpochFiles, RunDir, RunLog, StopSignals, new_run_dir, portable_config, set_metrics_status,
                          write_json_atomic)
 from .backend import to_numpy, xp_of
 from .data.images import preprocess
@@ -435,27 +435,17 @@ def _versions() -> dict:
             "platform": platform.platform()}
 
 
-class _RunDirCallback(Callback):
-    """Writes checkpoint.npz (+ metrics.json) after every epoch and best.npz on improvement."""
+class _StopBetweenSteps(Callback):
+    """Raises the Ctrl-C or SIGTERM that arrived during a step (or validation) once it is done."""
 
-    def __init__(self, run_dir, config, metrics_fn, model_meta_fn):
-        self.run_dir, self.config = run_dir, config
-        self.metrics_fn, self.model_meta_fn = metrics_fn, model_meta_fn
+    def __init__(self, stops):
+        self.stops = stops
 
-    def path(self, name):
-        return os.path.join(self.run_dir, name)
-
-    def on_train_begin(self, trainer):
-        if not os.path.exists(self.path("checkpoint.npz")):  # epoch 0: Ctrl-C in epoch 1 can resume
-            trainer.save_checkpoint(self.path("checkpoint.npz"), {"config": self.config})
-            write_json_atomic(self.path("metrics.json"), self.metrics_fn(trainer, status="running"))
+    def on_step_end(self, trainer, step, loss):
+        self.stops.check()
 
     def on_epoch_end(self, trainer, epoch, record):
-        h = trainer.history
-        if h.best_epoch == epoch:
-            trainer.model.save(self.path("best.npz"), self.model_meta_fn(trainer, val_error=record["val_error"]))
-        trainer.save_checkpoint(self.path("checkpoint.npz"), {"config": self.config})
-        write_json_atomic(self.path("metrics.json"), self.metrics_fn(trainer, status="running"))
+        self.stops.check()
 
 
 @dataclass
@@ -547,8 +537,8 @@ def train_mnist(config: MNISTConfig | dict | None = None, *, resume=None, callba
         ``run.json`` (marker and status), ``checkpoint.npz`` after every epoch (and the initial
         state), ``best.npz`` (lowest validation error), ``model.npz`` (final weights),
         ``metrics.json``, ``train.log``. It must be new, empty or a jimunet run directory, and
-        is locked while the run lasts (``jimunet.app.rundir``). SIGTERM stops the run as
-        Ctrl-C does (when called from the main thread).
+        is locked while the run lasts (``jimunet.app.rundir``). Ctrl-C and SIGTERM stop the
+        run at the end of the step in progress (when called from the main thread).
 
     Returns:
         ``TrainResult(run_dir, model, history, test_accuracy, test_error, confusion, metrics)``.
@@ -580,10 +570,11 @@ def train_mnist(config: MNISTConfig | dict | None = None, *, resume=None, callba
         config = (config or MNISTConfig()).validate()
         run_dir = config.out or new_run_dir()
         config = config.replace(out=run_dir)
-    with RunDir.claim(run_dir, resume=resume is not None) as run, stop_on_sigterm():
+    stops = StopSignals()
+    with RunDir.claim(run_dir, resume=resume is not None) as run, stops.installed():
         log = RunLog(run.file("train.log"), echo=echo)
         try:
-            return _train_mnist(config, run, resume is not None, list(callbacks), data, log)
+            return _train_mnist(config, run, resume is not None, list(callbacks), data, log, stops)
         finally:
             log.close()
 
@@ -595,7 +586,7 @@ def _same_dir(a, b) -> bool:
         return False
 
 
-def _train_mnist(cfg, run, resuming, callbacks, data, log):
+def _train_mnist(cfg, run, resuming, callbacks, data, log, stops):
     t_start = time.perf_counter()
     run_dir = run.path
     _apply_threads(cfg.threads)
@@ -639,8 +630,8 @@ def _train_mnist(cfg, run, resuming, callbacks, data, log):
             raise ConfigError(f"the checkpoint already has {trainer.epoch} epochs; epochs must be >= that, "
                               f"got {cfg.epochs}")
         log(f"resumed from checkpoint.npz: {trainer.epoch} epochs ({trainer.step} steps) done")
-    run_cb = _RunDirCallback(run_dir, cfg_dict, metrics, model_meta)
-    trainer.callbacks = [run_cb] + callbacks
+    run_cb = EpochFiles(run, cfg_dict, metrics, model_meta)
+    trainer.callbacks = [run_cb, _StopBetweenSteps(stops)] + callbacks
     n_params = sum(p.size for p in model.parameters())
     log(f"model mnist_cnn: {n_params:,} parameters; data: {len(x)} train / {len(xv)} validation / "
         f"{len(xs)} test{' (self-test fake data)' if cfg.self_test else ''}")
@@ -649,7 +640,8 @@ def _train_mnist(cfg, run, resuming, callbacks, data, log):
         f"SGD lr {cfg.lr} x {cfg.lr_decay}/epoch, momentum {cfg.momentum}, L2 {cfg.weight_decay} on fc, "
         f"dropout {cfg.dropout}, seed {cfg.seed}, {'shuffled' if cfg.shuffle else 'fixed order'}")
     try:
-        trainer.fit(x, y, cfg.epochs, xv, yv)
+        with stops.deferred():  # Ctrl-C and SIGTERM wait for the end of the step
+            trainer.fit(x, y, cfg.epochs, xv, yv)
         test = evaluate(model, xs, ys, cfg.eval_batch_size, num_classes=10)
         h = trainer.history
         model.save(path("model.npz"), model_meta(trainer, test_accuracy=test.accuracy, test_error=test.error,

@@ -29,11 +29,11 @@ Relocatable: no file in a run directory holds a path (the stored configuration k
 and ``data_dir`` empty, see ``portable_config``), so a run directory can be moved or renamed
 and resumed from any working directory; the data location always comes from the user.
 
-Signals: inside ``stop_on_sigterm()`` SIGTERM (what ``kill``, systemd and batch schedulers
-send) raises ``Stopped``, a ``KeyboardInterrupt``, so a run stops exactly as on Ctrl-C: the
-last checkpoint stays, the message says how to resume, and ``jimunet train`` exits with
-status 143 (130 for Ctrl-C). A SIGINT the process inherited as ignored (a background job of a non-interactive
-shell, which asks for exactly that) stays ignored; SIGTERM works either way.
+Signals (``StopSignals``): SIGTERM (what ``kill``, systemd and batch schedulers send) stops
+a run exactly as Ctrl-C does: the step in progress finishes, the checkpoint of the last
+complete epoch stays, the message says how to resume, and ``jimunet train`` exits with
+status 143 (130 for Ctrl-C). A SIGINT the process inherited as ignored (a background job of
+a non-interactive shell, which asks for exactly that) stays ignored; SIGTERM works either way.
 """
 from __future__ import annotations
 
@@ -58,8 +58,9 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None
     import msvcrt
 
-__all__ = ["RunDir", "RunDirError", "RunDirBusy", "Stopped", "stop_on_sigterm", "new_run_dir", "portable_config",
-           "write_json_atomic", "set_metrics_status", "RunLog", "MARKER", "LOCK", "RUN_FORMAT", "ATOMIC_FILES"]
+__all__ = ["RunDir", "RunDirError", "RunDirBusy", "Stopped", "StopSignals", "EpochFiles", "RunLog", "new_run_dir",
+           "portable_config", "write_json_atomic", "set_metrics_status", "MARKER", "LOCK", "RUN_FORMAT",
+           "ATOMIC_FILES"]
 
 MARKER = "run.json"
 LOCK = ".jimunet.lock"
@@ -353,25 +354,86 @@ class RunDir:
         return False
 
 
-@contextlib.contextmanager
-def stop_on_sigterm():
-    """Within the block, SIGTERM raises ``Stopped`` (a ``KeyboardInterrupt``) in the main thread.
+class EpochFiles:
+    """Trainer callback: checkpoint.npz and metrics.json after every epoch (and before the
+    first, so that a run stopped in epoch 1 can resume), best.npz when validation improves.
 
-    Python already turns SIGINT into ``KeyboardInterrupt``, unless SIGINT was inherited as
-    ignored, which is left as it is. Only a SIGTERM with its default action (terminate) is
-    taken over, and only from the main thread (the one place Python runs handlers); the
-    previous handler is back afterwards.
+    Args: ``run`` (a ``RunDir``), ``config`` (stored in every checkpoint), ``metrics_fn(trainer,
+    status)`` (metrics.json's content), ``model_meta_fn(trainer, **extra)`` (best.npz's metadata).
     """
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        yield
-        return
 
-    def handler(signum, frame):
-        raise Stopped(signum)
+    def __init__(self, run, config, metrics_fn, model_meta_fn):
+        self.run, self.config = run, config
+        self.metrics_fn, self.model_meta_fn = metrics_fn, model_meta_fn
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def on_train_begin(self, trainer):
+        if not os.path.exists(self.run.file(CHECKPOINT)):
+            self._save(trainer)
+
+    def on_epoch_end(self, trainer, epoch, record):
+        if trainer.history.best_epoch == epoch:
+            trainer.model.save(self.run.file("best.npz"), self.model_meta_fn(trainer, val_error=record["val_error"]))
+        self._save(trainer)
+
+    def _save(self, trainer):
+        trainer.save_checkpoint(self.run.file(CHECKPOINT), {"config": self.config})
+        write_json_atomic(self.run.file("metrics.json"), self.metrics_fn(trainer, status="running"))
+
+
+def _interrupt(signum: int) -> KeyboardInterrupt:
+    return KeyboardInterrupt() if signum == signal.SIGINT else Stopped(signum)
+
+
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM as requests to stop a run, honoured between training steps.
+
+    While ``installed()``, both raise a ``KeyboardInterrupt`` (``Stopped`` for SIGTERM) in the
+    main thread, as Python does for Ctrl-C, except inside ``deferred()``: there a signal is
+    only recorded, and ``check()`` (which the trainer calls after every step and epoch) raises
+    it. So the step in progress finishes (weights, optimizer and worker threads are never left
+    half-way), and a second signal still stops at once.
+
+    Only what still has its usual behaviour is taken over: SIGINT with Python's handler (one
+    inherited as ignored, as a shell's background job has it, stays ignored) and SIGTERM with
+    its default action; and only in the main thread, the one where Python runs handlers.
+    """
+
+    def __init__(self):
+        self.pending: int | None = None
+        self._deferring = False
+
+    def _handler(self, signum, frame):
+        if self._deferring and self.pending is None:
+            self.pending = signum
+            return
+        raise _interrupt(signum)
+
+    def check(self) -> None:
+        """Raise the signal that arrived since the last check, if one did."""
+        if self.pending is not None:
+            signum, self.pending = self.pending, None
+            raise _interrupt(signum)
+
+    @contextlib.contextmanager
+    def deferred(self):
+        """Record signals instead of raising them; one that arrived is raised on leaving."""
+        self._deferring = True
+        try:
+            yield self
+            self._deferring = False
+            self.check()
+        finally:
+            self._deferring = False
+
+    @contextlib.contextmanager
+    def installed(self):
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum, usual in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+                if signal.getsignal(signum) is usual:
+                    previous[signum] = signal.signal(signum, self._handler)
+        try:
+            yield self
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
