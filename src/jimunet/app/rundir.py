@@ -294,7 +294,7 @@ class RunDir:
         elif os.path.lexists(path):
             _check_new_run(path, locked=False)
         else:
-            os.makedirs(path)
+            os.makedirs(path, exist_ok=True)  # (made by someone else meanwhile: checked under the lock)
         run = cls(path, _lock(path))
         try:
             if not resume:
@@ -310,7 +310,7 @@ class RunDir:
         for entry in sorted(os.listdir(self.path)):
             full = self.file(entry)
             if _is_leftover(entry) and os.path.isfile(full) and not os.path.islink(full):
-                with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(OSError):  # one that cannot go stays: it is harmless
                     os.unlink(full)
                     self.removed.append(entry)
 
@@ -327,7 +327,7 @@ class RunDir:
     def _unlock(self) -> None:
         if self._fd is None:
             return
-        # Remove the file while still holding it (see _lock), so no run leaves a .lock behind.
+        # Remove the file while still holding it (see _lock): a finished run leaves no lock file.
         if fcntl is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self.file(LOCK))
