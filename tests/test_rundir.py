@@ -476,14 +476,14 @@ def test_a_checkpoint_with_optimizer_state_of_the_wrong_kind_fails_at_resume(tmp
     shutil.copytree(interrupted, run)
     arrs, meta = load_npz(run / "checkpoint.npz")
     state = meta["state"]["optimizer"]["state"]
+    key = state["0"]["momentum_buffer"]["__array__"]
     if isinstance(bad, np.ndarray):
-        arrs[state["0"]["momentum_buffer"]["__array__"]] = bad
-    elif bad == "missing":
-        state["0"] = {"other": 1.0}
+        arrs[key] = bad
     elif bad == "index":
         state["99"] = state.pop("0")
-    else:
-        state["0"]["momentum_buffer"] = bad
+    else:  # the array is no longer referred to: drop it too, as a crafted file would
+        del arrs[key]
+        state["0"] = {"other": 1.0} if bad == "missing" else {"momentum_buffer": bad}
     save_npz(run / "checkpoint.npz", arrs, meta)
     with pytest.raises(CheckpointError) as info:
         train_mnist(resume=run, echo=False)
