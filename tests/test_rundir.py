@@ -465,7 +465,7 @@ def test_the_report_takes_no_data_directory_from_the_run(tmp_path, monkeypatch):
     ("a string", "'momentum_buffer' must be a floating-point array of the parameter's shape (5, 5, 1, 32), "
                  "got a value of type str"),
     (np.zeros((5, 5, 1, 32), np.int64), "got an array of dtype int64"),
-    (np.zeros((5, 5, 1, 32), np.complex64), "got an array of dtype complex64"),
+    (np.zeros((5, 5, 1, 32), bool), "got an array of dtype bool"),
     (np.zeros((3,), np.float32), "has shape (3,), parameter has (5, 5, 1, 32)"),
     (np.full((5, 5, 1, 32), np.nan, np.float32), "contains NaN or infinite values"),
     ("missing", "must hold exactly ['momentum_buffer']; missing ['momentum_buffer']; unexpected ['other']"),
