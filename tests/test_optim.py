@@ -164,6 +164,53 @@ def test_corrupt_optimizer_file_is_a_checkpoint_error(tmp_path):
         load_npz(path, kind="jimunet-model")
 
 
+def _adam_state(tmp_path):
+    ps = _params()
+    opt = jn.optim.Adam(ps, lr=0.01)
+    _step(opt, ps, _grads(1)[0])
+    return ps, _through_disk(opt.state_dict(), tmp_path)
+
+
+@pytest.mark.parametrize("edit,expect", [
+    (lambda st: st[0].update(step="3"), "'step' must be an integer >= 1, got '3'"),
+    (lambda st: st[0].update(step=True), "'step' must be an integer >= 1, got True"),
+    (lambda st: st[0].update(step=0), "'step' must be an integer >= 1, got 0"),
+    (lambda st: st[0].pop("exp_avg_sq"), "state of parameter 0 must hold exactly ['exp_avg', 'exp_avg_sq', 'step']; "
+                                         "missing ['exp_avg_sq']"),
+    (lambda st: st[1].update(extra=1), "unexpected ['extra']"),
+    (lambda st: st[1].update(exp_avg=[0.0] * 5), "'exp_avg' must be a floating-point array of the parameter's "
+                                                 "shape (5,), got a value of type list"),
+    (lambda st: st[1].update(exp_avg=np.zeros(5, bool)), "got an array of dtype bool"),
+    (lambda st: st[1].update(exp_avg=np.array(["a"] * 5)), "got an array of dtype <U1"),
+    (lambda st: st[2].update(exp_avg_sq=np.full((2, 2, 3), np.inf)), "'exp_avg_sq' contains NaN or infinite"),
+    (lambda st: st.update({-1: st.pop(2)}), "state key -1 is not the index of one of the 3 parameters"),
+    (lambda st: st.update({"x": st.pop(2)}), "state key 'x' is not the index"),
+    (lambda st: st.update({0: "nonsense"}), "state of parameter 0 must be a dict, got str"),
+])
+def test_optimizer_state_of_the_wrong_kind_is_refused_on_load(tmp_path, edit, expect):
+    ps, sd = _adam_state(tmp_path)
+    sd["state"] = {int(k): v for k, v in sd["state"].items()}
+    edit(sd["state"])
+    fresh = jn.optim.Adam([jn.Parameter(p.data.copy()) for p in ps], lr=0.5)
+    with pytest.raises(ValueError) as info:
+        fresh.load_state_dict(sd)
+    assert expect in str(info.value)
+    assert fresh.state == {} and fresh.lr == 0.5  # nothing was half-loaded
+    with pytest.raises(ValueError, match="'state' must be a dict"):
+        fresh.load_state_dict({"param_groups": sd["param_groups"]})
+
+
+def test_sgd_momentum_buffer_must_be_an_array():
+    ps = _params()
+    opt = jn.optim.SGD(ps, lr=0.1, momentum=0.9)
+    _step(opt, ps, _grads(1)[0])
+    sd = opt.state_dict()
+    sd["state"][1]["momentum_buffer"] = None  # would silently restart the momentum
+    with pytest.raises(ValueError, match="'momentum_buffer' must be a floating-point array of the parameter's "
+                                         r"shape \(5,\), got a value of type NoneType"):
+        jn.optim.SGD(_params(), lr=0.1, momentum=0.9).load_state_dict(sd)
+
+
 # --------------------------------------------------------------------------- behaviour
 
 

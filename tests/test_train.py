@@ -76,7 +76,7 @@ def test_short_real_mnist_run(tmp_path, mnist):
 def test_run_directory_contents(tmp_path, mnist):
     run = tmp_path / "run"
     r = train_mnist(small(run, epochs=2), data=mnist, echo=False)
-    for name in ("model.npz", "best.npz", "checkpoint.npz", "metrics.json", "train.log"):
+    for name in ("run.json", "model.npz", "best.npz", "checkpoint.npz", "metrics.json", "train.log"):
         assert (run / name).is_file(), name
     # every .npz is a plain, pickle-free npz
     for name in ("model.npz", "best.npz", "checkpoint.npz"):
@@ -101,7 +101,10 @@ def test_run_directory_contents(tmp_path, mnist):
     assert m["epochs"][0]["train_loss"] == pytest.approx(np.mean(m["step_loss"][:8]))
     assert m["wall_time_s"] > 0 and m["images_per_s"] > 0
     assert set(m["versions"]) == {"jimunet", "numpy", "python", "platform"}
-    assert m["config"] == dict(small(run, epochs=2).to_dict())
+    assert m["config"] == small(run, epochs=2).replace(out=None).to_dict()  # no paths: relocatable
+    assert json.loads((run / "run.json").read_text()) == {"format": "jimunet-run", "version": 1,
+                                                          "status": "completed", "jimunet": jn.__version__}
+    assert not (run / ".jimunet.lock").exists()  # released, and removed by its holder
     assert np.array_equal(m["confusion_matrix"], r.confusion)
     log = (run / "train.log").read_text()
     assert "epoch   1/2" in log and "epoch   2/2" in log and "test error" in log

@@ -2,16 +2,23 @@
 
 Run ``jimunet --help`` or ``python -m jimunet --help``. Exit codes: 0 success, 1 failure
 (training diverged, data unavailable, unexpected error), 2 bad usage (arguments, missing
-or corrupt files), 130 interrupted (Ctrl-C). Errors are one line, ``jimunet <cmd>: error: ...``;
-set ``JIMUNET_DEBUG=1`` to see tracebacks of unexpected errors.
+or corrupt files, a run directory that is not jimunet's or is in use), 130 interrupted
+(Ctrl-C), 143 stopped by SIGTERM (``train`` saves and exits as on Ctrl-C). Errors are one
+line, ``jimunet <cmd>: error: ...``; set ``JIMUNET_DEBUG=1`` to see tracebacks of unexpected errors.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _interrupted_exit(e: KeyboardInterrupt) -> int:
+    """128 + the signal's number, as a shell reports a process the signal ended: 130, 143."""
+    return 128 + int(getattr(e, "signum", signal.SIGINT))
 
 
 class UsageError(Exception):
@@ -85,8 +92,8 @@ def _cmd_train(args) -> int:
     except TrainingDiverged as e:
         print(f"{args.prog}: error: {e}", file=sys.stderr)
         return EXIT_FAILURE
-    except TrainingInterrupted:
-        return EXIT_INTERRUPTED  # the message with the resume command is already printed
+    except TrainingInterrupted as e:
+        return _interrupted_exit(e)  # the message with the resume command is already printed
     return EXIT_OK
 
 
@@ -304,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "the 55,000 training images (default all)")
     t.add_argument("--data-dir", default=None, metavar="D", help="MNIST cache directory (default $JIMUNET_DATA or "
                    "~/.cache/jimunet/mnist; downloaded if missing)")
-    t.add_argument("--out", default=None, metavar="DIR", help="run directory (default runs/<YYYYmmdd-HHMMSS>)")
+    t.add_argument("--out", default=None, metavar="DIR", help="run directory: new, empty or a "
+                   "jimunet run without a checkpoint (default runs/<YYYYmmdd-HHMMSS>)")
     t.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its checkpoint.npz")
     t.add_argument("--no-shuffle", action="store_true", help="walk the data in the sample's fixed order instead "
                    "of reshuffling every epoch")
@@ -412,9 +420,9 @@ def main(argv=None) -> int:
     except (CheckpointError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"\n{prog}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:
+        print(f"\n{prog}: {str(e) or 'interrupted'}", file=sys.stderr)
+        return _interrupted_exit(e)
     except Exception as e:
         if _debug():
             raise

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
+
 from .backend import to_numpy, xp_of
 from .parallel import pfor
 from .parameter import Parameter
@@ -33,6 +35,11 @@ class Optimizer:
             (so, e.g., weight decay can apply to some parameters only).
         defaults: hyper-parameters used where a group does not set them.
     """
+
+    # What a parameter's state holds once it has any (see ``step``): "array" (float, the
+    # parameter's shape) or "count" (int >= 1); ``load_state_dict`` accepts nothing else.
+    # None (a subclass that does not say): any entries, arrays of the parameter's shape.
+    state_spec: dict | None = None
 
     def __init__(self, params, defaults: dict):
         self.defaults = dict(defaults)
@@ -111,7 +118,7 @@ class Optimizer:
             raise ValueError(f"{type(self).__name__}.load_state_dict: the saved param groups do not match this "
                              f"optimizer's ({len(self.param_groups)} groups of "
                              f"{[len(g['params']) for g in self.param_groups]} parameters)")
-        updates = []  # every group is checked before any is changed
+        updates = []  # every group and every state is checked before anything is changed
         for i, (g, saved) in enumerate(zip(self.param_groups, groups)):
             if not isinstance(saved, dict):
                 raise ValueError(f"{type(self).__name__}.load_state_dict: param group {i} is a "
@@ -119,21 +126,63 @@ class Optimizer:
             merged = {**g, **{k: v for k, v in saved.items() if k != "params"}}
             merged.update(self._checked(merged, f".load_state_dict (param group {i})"))
             updates.append(merged)
+        saved_state = sd.get("state")
+        if not isinstance(saved_state, dict):
+            raise ValueError(f"{type(self).__name__}.load_state_dict: 'state' must be a dict from parameter index "
+                             f"to that parameter's state, got {type(saved_state).__name__}")
+        restored = {}
+        for i, s in saved_state.items():
+            p = params[self._state_index(i, len(params))]
+            restored[id(p)] = self._restore_state(i, s, p)
         for g, merged in zip(self.param_groups, updates):
             g.update({k: v for k, v in merged.items() if k != "params"})
-        self.state = {}
-        for i, s in sd.get("state", {}).items():
-            p = params[int(i)]
+        self.state = restored
+
+    def _state_index(self, i, n: int) -> int:
+        try:
+            index = int(i)
+        except (TypeError, ValueError):
+            index = None
+        if index is None or (index != i and str(index) != i) or not 0 <= index < n:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: state key {i!r} is not the index of one of "
+                             f"the {n} parameters")
+        return index
+
+    def _restore_state(self, i, s, p) -> dict:
+        """One parameter's saved state, checked against ``state_spec``, as arrays like ``p``'s."""
+        where = f"{type(self).__name__}.load_state_dict: state of parameter {i}"
+        spec = self.state_spec
+        if not isinstance(s, dict):
+            raise ValueError(f"{where} must be a dict, got {type(s).__name__}")
+        if spec is None:
+            spec = {k: "array" if getattr(v, "ndim", 0) > 0 else "any" for k, v in s.items()}
+        if s and set(s) != set(spec):
+            missing, unknown = sorted(set(spec) - set(s)), sorted(set(s) - set(spec))
+            raise ValueError(f"{where} must hold exactly {sorted(spec)}" + (f"; missing {missing}" if missing else "")
+                             + (f"; unexpected {unknown}" if unknown else ""))
+        out = {}
+        for k, v in s.items():
+            if spec[k] == "any":
+                out[k] = v
+                continue
+            if spec[k] == "count":
+                if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)) or v < 1:
+                    raise ValueError(f"{where}: {k!r} must be an integer >= 1, got {v!r}")
+                out[k] = int(v)
+                continue
+            kind = np.dtype(v.dtype).kind if hasattr(v, "shape") and hasattr(v, "dtype") else None
+            if kind != "f":
+                what = f"an array of dtype {v.dtype}" if kind is not None else f"a value of type {type(v).__name__}"
+                raise ValueError(f"{where}: {k!r} must be a floating-point array of the parameter's shape "
+                                 f"{tuple(p.data.shape)}, got {what}")
+            if tuple(v.shape) != tuple(p.data.shape):
+                raise ValueError(f"{where}: {k!r} has shape {tuple(v.shape)}, parameter has {tuple(p.data.shape)}")
             xp = xp_of(p.data)
-            restored = {}
-            for k, v in s.items():
-                if hasattr(v, "shape") and getattr(v, "ndim", 0) > 0:
-                    if tuple(v.shape) != tuple(p.data.shape):
-                        raise ValueError(f"{type(self).__name__}.load_state_dict: state {k!r} of parameter {i} "
-                                         f"has shape {tuple(v.shape)}, parameter has {tuple(p.data.shape)}")
-                    v = xp.asarray(v, dtype=p.data.dtype).copy()
-                restored[k] = v
-            self.state[id(p)] = restored
+            v = xp.asarray(v, dtype=p.data.dtype).copy()
+            if not bool(xp.isfinite(v).all()):
+                raise ValueError(f"{where}: {k!r} contains NaN or infinite values")
+            out[k] = v
+        return out
 
 
 class SGD(Optimizer):
@@ -160,6 +209,8 @@ class SGD(Optimizer):
                  weight_decay: float = 0.0, nesterov: bool = False):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov))
+
+    state_spec = {"momentum_buffer": "array"}
 
     def _checked(self, group, where=""):
         owner = type(self).__name__ + where
@@ -254,11 +305,7 @@ class Adam(Optimizer):
                 denom = xp.sqrt(v) / math.sqrt(1 - b2 ** t) + eps
                 p.data -= (lr / (1 - b1 ** t)) * m / denom
 
-    def load_state_dict(self, sd: dict) -> None:
-        super().load_state_dict(sd)  # also turns the betas JSON made a list back into a tuple
-        for st in self.state.values():
-            if "step" in st:
-                st["step"] = int(st["step"])
+    state_spec = {"step": "count", "exp_avg": "array", "exp_avg_sq": "array"}
 
 
 # -- learning-rate schedules: callables mapping the global step (0-based) to a rate ---------

@@ -568,11 +568,9 @@ def _load_test_data(data_dir, config):
         return x, y, f"the self-test fake data ({len(x)} images)"
     from .datasets import load_mnist
 
-    root = data_dir
-    if root is None:
-        cand = _first(config, "data_dir", "data_root")
-        root = cand if isinstance(cand, str) and os.path.isdir(cand) else None
-    _, (x_test, y_test) = load_mnist(root=root)
+    # Never a path from the run's files: they could send the download anywhere (and jimunet
+    # no longer writes paths there). The data lives where the user says, or the default.
+    _, (x_test, y_test) = load_mnist(root=data_dir)
     if n is not None and n < len(x_test):
         return x_test[:n], y_test[:n], f"the first {n:,} MNIST test images (the run's test_size)"
     return x_test, y_test, f"the MNIST test set ({len(x_test):,} images)"
@@ -858,7 +856,7 @@ def register(subparsers):
                     f"{PLOT_HINT}")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a training run directory (runs/<timestamp>/)")
     p.add_argument("--out", default=None, metavar="FILE", help="where to write the HTML (default RUN_DIR/report.html)")
-    p.add_argument("--data-dir", default=None, metavar="D", help="MNIST cache directory (default: the run's "
-                                                                 "data_dir, $JIMUNET_DATA or ~/.cache/jimunet/mnist)")
+    p.add_argument("--data-dir", default=None, metavar="D", help="MNIST cache directory (default: "
+                                                                 "$JIMUNET_DATA or ~/.cache/jimunet/mnist)")
     p.set_defaults(func=_cli)
     return p

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import tempfile
 import zipfile
 
@@ -24,6 +25,7 @@ from .backend import to_numpy
 
 META_KEY = "__meta__"
 _REF = "__array__"
+_TEMP_SUFFIX = ".part"
 
 
 class CheckpointError(ValueError):
@@ -69,6 +71,19 @@ def _umask() -> int:
     return mask
 
 
+def _temp_prefix(name: str) -> str:
+    return f".{name}."
+
+
+def temp_file_pattern(name: str) -> "re.Pattern":
+    """The names ``atomic_writer`` gives the temporary files of a target file called ``name``.
+
+    A process killed while writing leaves such a file behind; whoever owns the directory can
+    find (and remove) exactly these, and nothing else, with ``pattern.fullmatch(entry)``.
+    """
+    return re.compile(re.escape(_temp_prefix(name)) + r"[A-Za-z0-9_]+" + re.escape(_TEMP_SUFFIX))
+
+
 @contextlib.contextmanager
 def atomic_writer(path):
     """Open a temporary file next to ``path``; on success fsync it and move it into place.
@@ -82,7 +97,7 @@ def atomic_writer(path):
     """
     path = pathlib.Path(path)
     # Same directory, so os.replace is a rename within one file system.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=_TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f

@@ -23,10 +23,11 @@ Example:
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
+import shlex
+import signal
 import sys
 import time
 from collections import namedtuple
@@ -35,10 +36,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import __version__
+from .app.rundir import (EpochFiles, RunDir, RunLog, StopSignals, new_run_dir, portable_config, set_metrics_status,
+                         write_json_atomic)
 from .backend import to_numpy, xp_of
 from .data.images import preprocess
 from .recipes import RESUMABLE_FIELDS, SELF_TEST_EVAL, SELF_TEST_TRAIN, ConfigError, MNISTConfig, build, fake_data
-from .serialization import CheckpointError, atomic_writer, load_npz, pack, referenced_arrays, save_npz, unpack
+from .serialization import CheckpointError, load_npz, pack, referenced_arrays, save_npz, unpack
 
 __all__ = ["Trainer", "fit", "evaluate", "Evaluation", "History", "Callback", "TrainingDiverged",
            "TrainingInterrupted", "train_mnist", "TrainResult", "RunLog", "preprocess",
@@ -61,16 +64,18 @@ class TrainingDiverged(RuntimeError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C (or a callback's KeyboardInterrupt) stopped training.
+    """Ctrl-C, SIGTERM (in ``train_mnist``) or a callback's KeyboardInterrupt stopped training.
 
     ``epochs_completed`` is the number of whole epochs in the last checkpoint; the
     interrupted epoch's partial work is discarded, and the in-memory model is mid-epoch.
     ``run_dir`` is set by ``train_mnist`` (resume with ``train_mnist(resume=run_dir)``).
+    ``signum`` is the signal that stopped it (``signal.SIGINT`` for Ctrl-C and callbacks).
     """
 
-    def __init__(self, message, epochs_completed, step, run_dir=None):
+    def __init__(self, message, epochs_completed, step, run_dir=None, signum=signal.SIGINT):
         super().__init__(message)
         self.message, self.epochs_completed, self.step, self.run_dir = message, epochs_completed, step, run_dir
+        self.signum = signum
 
     def __str__(self):
         return self.message
@@ -319,7 +324,8 @@ class Trainer:
             if isinstance(e, TrainingInterrupted):
                 raise
             raise TrainingInterrupted(f"interrupted during epoch {self.epoch + 1} (step {self.step}); "
-                                      f"{self.epoch} epochs were complete", self.epoch, self.step) from None
+                                      f"{self.epoch} epochs were complete", self.epoch, self.step,
+                                      signum=getattr(e, "signum", signal.SIGINT)) from None
         return self.history
 
     def _run_epoch(self, x, y, x_val, y_val):
@@ -431,65 +437,22 @@ def fit(model, loss_fn, optimizer, x, y, epochs: int = 1, batch_size: int = 64, 
 
 # -- run directory --------------------------------------------------------------------------
 
-def write_json_atomic(path, obj) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temporary file and ``os.replace``."""
-    with atomic_writer(path) as f:
-        f.write((json.dumps(obj, indent=1, allow_nan=False) + "\n").encode())
-
-
-class RunLog:
-    """Prints each line to stdout and appends it to a log file (``train.log``)."""
-
-    def __init__(self, path=None, echo: bool = True):
-        self.path, self.echo = path, echo
-        self._f = open(path, "a", buffering=1) if path else None
-
-    def __call__(self, msg: str = "", echo: bool | None = None) -> None:
-        if self.echo if echo is None else echo:
-            print(msg, flush=True)
-        if self._f is not None:
-            self._f.write(msg + "\n")
-
-    def close(self):
-        if self._f is not None:
-            self._f.close()
-            self._f = None
-
-
 def _versions() -> dict:
     return {"jimunet": __version__, "numpy": np.__version__, "python": platform.python_version(),
             "platform": platform.platform()}
 
 
-def _new_run_dir() -> str:
-    base = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
-    path, i = base, 1
-    while os.path.exists(path):
-        path, i = f"{base}-{i}", i + 1
-    return path
+class _StopBetweenSteps(Callback):
+    """Raises the Ctrl-C or SIGTERM that arrived during a step (or validation) once it is done."""
 
+    def __init__(self, stops):
+        self.stops = stops
 
-class _RunDirCallback(Callback):
-    """Writes checkpoint.npz (+ metrics.json) after every epoch and best.npz on improvement."""
-
-    def __init__(self, run_dir, config, metrics_fn, model_meta_fn):
-        self.run_dir, self.config = run_dir, config
-        self.metrics_fn, self.model_meta_fn = metrics_fn, model_meta_fn
-
-    def path(self, name):
-        return os.path.join(self.run_dir, name)
-
-    def on_train_begin(self, trainer):
-        if not os.path.exists(self.path("checkpoint.npz")):  # epoch 0: Ctrl-C in epoch 1 can resume
-            trainer.save_checkpoint(self.path("checkpoint.npz"), {"config": self.config})
-            write_json_atomic(self.path("metrics.json"), self.metrics_fn(trainer, status="running"))
+    def on_step_end(self, trainer, step, loss):
+        self.stops.check()
 
     def on_epoch_end(self, trainer, epoch, record):
-        h = trainer.history
-        if h.best_epoch == epoch:
-            trainer.model.save(self.path("best.npz"), self.model_meta_fn(trainer, val_error=record["val_error"]))
-        trainer.save_checkpoint(self.path("checkpoint.npz"), {"config": self.config})
-        write_json_atomic(self.path("metrics.json"), self.metrics_fn(trainer, status="running"))
+        self.stops.check()
 
 
 @dataclass
@@ -538,13 +501,18 @@ def _read_checkpoint_config(run_dir) -> MNISTConfig:
         raise FileNotFoundError(f"cannot resume: {path} does not exist")
     _, meta = load_npz(path, kind=CHECKPOINT_FORMAT)
     try:
-        return MNISTConfig.from_dict(meta["metadata"]["config"])
+        # Paths in the file are not used (they are no longer written): where the data lives is
+        # the user's say (--data-dir, $JIMUNET_DATA, the default), and a run lives where it is.
+        return MNISTConfig.from_dict(portable_config(meta["metadata"]["config"]))
     except (KeyError, TypeError, ConfigError) as e:
         raise CheckpointError(f"{path}: holds no usable jimunet train configuration ({e})") from None
 
 
 def load_run_config(run_dir) -> MNISTConfig:
-    """The configuration stored in ``run_dir/checkpoint.npz`` (to resume with changes)."""
+    """The configuration stored in ``run_dir/checkpoint.npz`` (to resume with changes).
+
+    Its ``out`` and ``data_dir`` are None: a run directory holds no paths (see ``jimunet.app.rundir``).
+    """
     return _read_checkpoint_config(run_dir)
 
 
@@ -562,25 +530,33 @@ def train_mnist(config: MNISTConfig | dict | None = None, *, resume=None, callba
         config: ``MNISTConfig`` (or a dict of its fields); default: the sample's settings.
             With ``resume``, default: the checkpoint's configuration; a given one must match
             it except in ``epochs``, ``data_dir``, ``threads``, ``progress``, ``report``,
-            ``download`` (``epochs`` may grow to train longer).
-        resume: a run directory holding ``checkpoint.npz``: continue it. Resumed training
-            ends bit-identical to an uninterrupted run on the same machine (any thread count).
+            ``download`` (``epochs`` may grow to train longer). The checkpoint's paths are
+            never used: ``data_dir`` is the given one (else ``$JIMUNET_DATA``, else the default).
+        resume: a run directory holding ``checkpoint.npz``: continue it, wherever it has been
+            moved and from any working directory. Resumed training ends bit-identical to an
+            uninterrupted run on the same machine (any thread count).
         callbacks: extra ``Callback`` objects (after the one that writes the run directory).
         data: ``((x_train, y_train), (x_test, y_test))`` in ``load_mnist``'s format
             (uint8 pixels), instead of loading MNIST.
         echo: print the log lines (they always go to ``train.log``).
 
     Run directory (``config.out``, default ``runs/<YYYYmmdd-HHMMSS>``):
-        ``checkpoint.npz`` after every epoch (and the initial state), ``best.npz`` (lowest
-        validation error), ``model.npz`` (final weights), ``metrics.json``, ``train.log``.
+        ``run.json`` (marker and status), ``checkpoint.npz`` after every epoch (and the initial
+        state), ``best.npz`` (lowest validation error), ``model.npz`` (final weights),
+        ``metrics.json``, ``train.log``. It must be new, empty or a jimunet run directory, and
+        is locked while the run lasts (``jimunet.app.rundir``). Ctrl-C and SIGTERM stop the
+        run at the end of the step in progress (when called from the main thread).
 
     Returns:
         ``TrainResult(run_dir, model, history, test_accuracy, test_error, confusion, metrics)``.
 
     Raises:
-        ConfigError: impossible settings. FileNotFoundError / CheckpointError: bad ``resume``.
+        ConfigError: impossible settings; ``RunDirError`` (a ConfigError): the directory is
+            not jimunet's, already holds a run, or is in use (``RunDirBusy``).
+        FileNotFoundError / CheckpointError: bad ``resume``.
         TrainingDiverged: NaN/inf loss (checkpoint.npz keeps the last good epoch).
-        TrainingInterrupted: Ctrl-C; checkpoint.npz holds the last completed epoch.
+        TrainingInterrupted: Ctrl-C or SIGTERM (``signum``); checkpoint.npz holds the last
+            completed epoch.
         MNISTUnavailableError: MNIST could not be loaded.
     """
     if isinstance(config, dict):
@@ -594,34 +570,42 @@ def train_mnist(config: MNISTConfig | dict | None = None, *, resume=None, callba
                 for k in saved.to_dict() if k not in RESUMABLE_FIELDS and getattr(saved, k) != getattr(config, k)]
         if diff:
             raise ConfigError(f"cannot resume {run_dir} with different settings: {'; '.join(diff)}")
-        if config.out is not None and os.path.abspath(config.out) != os.path.abspath(run_dir):
+        if config.out is not None and not _same_dir(config.out, run_dir):
             raise ConfigError(f"resume writes into the run directory it resumes ({run_dir}), not {config.out}")
-        config = config.replace(out=run_dir)
+        config = config.replace(out=run_dir).validate()
     else:
-        config = config or MNISTConfig()
-        run_dir = config.out or _new_run_dir()
-        if os.path.exists(os.path.join(run_dir, "checkpoint.npz")):
-            raise ConfigError(f"{run_dir} already holds a run (checkpoint.npz); resume it with "
-                              f"--resume {run_dir}, or choose another output directory")
+        config = (config or MNISTConfig()).validate()
+        run_dir = config.out or new_run_dir()
         config = config.replace(out=run_dir)
-    config.validate()
-    os.makedirs(run_dir, exist_ok=True)
-    log = RunLog(os.path.join(run_dir, "train.log"), echo=echo)
+    stops = StopSignals()
+    with RunDir.claim(run_dir, resume=resume is not None) as run, stops.installed():
+        log = RunLog(run.file("train.log"), echo=echo)
+        try:
+            return _train_mnist(config, run, resume is not None, list(callbacks), data, log, stops)
+        finally:
+            log.close()
+
+
+def _same_dir(a, b) -> bool:
     try:
-        return _train_mnist(config, run_dir, resume is not None, list(callbacks), data, log)
-    finally:
-        log.close()
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
-def _train_mnist(cfg, run_dir, resuming, callbacks, data, log):
+def _train_mnist(cfg, run, resuming, callbacks, data, log, stops):
     t_start = time.perf_counter()
+    run_dir = run.path
     _apply_threads(cfg.threads)
     log(f"{'resuming' if resuming else 'starting'} run {run_dir}  (jimunet {__version__}, numpy {np.__version__}, "
         f"python {platform.python_version()})")
+    if run.removed:
+        log(f"removed {len(run.removed)} temporary file{'s' if len(run.removed) > 1 else ''} left by a write that "
+            f"was cut short: {', '.join(run.removed)}")
     (x, y), (xv, yv), (xs, ys) = _load_data(cfg, data)
     model, loss_fn, optimizer, schedule = build(cfg, train_size=len(x))
-    cfg_dict = cfg.to_dict()
-    path = lambda name: os.path.join(run_dir, name)  # noqa: E731
+    cfg_dict = portable_config(cfg.to_dict())
+    path = run.file
 
     def model_meta(trainer, **extra):
         return {"recipe": "mnist", "config": cfg_dict, "epoch": trainer.epoch, "step": trainer.step,
@@ -653,8 +637,8 @@ def _train_mnist(cfg, run_dir, resuming, callbacks, data, log):
             raise ConfigError(f"the checkpoint already has {trainer.epoch} epochs; epochs must be >= that, "
                               f"got {cfg.epochs}")
         log(f"resumed from checkpoint.npz: {trainer.epoch} epochs ({trainer.step} steps) done")
-    run_cb = _RunDirCallback(run_dir, cfg_dict, metrics, model_meta)
-    trainer.callbacks = [run_cb] + callbacks
+    run_cb = EpochFiles(run, cfg_dict, metrics, model_meta)
+    trainer.callbacks = [run_cb, _StopBetweenSteps(stops)] + callbacks
     n_params = sum(p.size for p in model.parameters())
     log(f"model mnist_cnn: {n_params:,} parameters; data: {len(x)} train / {len(xv)} validation / "
         f"{len(xs)} test{' (self-test fake data)' if cfg.self_test else ''}")
@@ -663,37 +647,55 @@ def _train_mnist(cfg, run_dir, resuming, callbacks, data, log):
         f"SGD lr {cfg.lr} x {cfg.lr_decay}/epoch, momentum {cfg.momentum}, L2 {cfg.weight_decay} on fc, "
         f"dropout {cfg.dropout}, seed {cfg.seed}, {'shuffled' if cfg.shuffle else 'fixed order'}")
     try:
-        trainer.fit(x, y, cfg.epochs, xv, yv)
+        with stops.deferred():  # Ctrl-C and SIGTERM wait for the end of the step
+            trainer.fit(x, y, cfg.epochs, xv, yv)
+        test = evaluate(model, xs, ys, cfg.eval_batch_size, num_classes=10)
+        h = trainer.history
+        model.save(path("model.npz"), model_meta(trainer, test_accuracy=test.accuracy, test_error=test.error,
+                                                 val_error=h.epochs[-1]["val_error"] if h.epochs else None))
+        result_metrics = metrics(trainer, "completed", test)
+        write_json_atomic(path("metrics.json"), result_metrics)
+        run.finish("completed")
     except TrainingDiverged as e:
         e.checkpoint = path("checkpoint.npz")
         done = trainer.history.epochs[-1]["epoch"] if trainer.history.epochs else 0
         e.args = (f"{e}. Stopped; {e.checkpoint} keeps the last good state "
                   f"({f'after epoch {done}' if done else 'the initial weights'}).",)
         log(f"error: {e}", echo=False)  # the caller reports the exception itself
-        _mark_status(path("metrics.json"), "diverged", lambda: metrics(trainer, "diverged"))
+        set_metrics_status(path("metrics.json"), "diverged", lambda: metrics(trainer, "diverged"))
+        run.finish("diverged")
         raise
-    except TrainingInterrupted as e:
-        done = _checkpoint_epochs(path("checkpoint.npz"))
-        e.run_dir, e.epochs_completed = run_dir, done
-        e.message = (f"interrupted during epoch {done + 1}; {path('checkpoint.npz')} holds the state after "
-                     f"{done} complete epochs (the partial epoch is discarded). Resume with:\n"
-                     f"    jimunet train --resume {run_dir}")
-        log(e.message)
-        _mark_status(path("metrics.json"), "interrupted", None)
-        raise
-    test = evaluate(model, xs, ys, cfg.eval_batch_size, num_classes=10)
-    h = trainer.history
-    model.save(path("model.npz"), model_meta(trainer, test_accuracy=test.accuracy, test_error=test.error,
-                                             val_error=h.epochs[-1]["val_error"] if h.epochs else None))
-    result_metrics = metrics(trainer, "completed", test)
-    write_json_atomic(path("metrics.json"), result_metrics)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM, in an epoch or while testing and saving
+        stop = e if isinstance(e, TrainingInterrupted) else \
+            TrainingInterrupted("", trainer.epoch, trainer.step, signum=getattr(e, "signum", signal.SIGINT))
+        _explain_interruption(stop, run, cfg.epochs)
+        log(stop.message)
+        set_metrics_status(path("metrics.json"), "interrupted", None)
+        run.finish("interrupted")
+        if stop is e:
+            raise
+        raise stop from None
     best = f"; best validation error {h.best_val_error:.2f}% at epoch {h.best_epoch}" if h.best_epoch else ""
     log(f"test error {test.error:.2f}% (accuracy {100 * test.accuracy:.2f}%, {len(xs)} images){best}")
     log(f"wrote {run_dir}/: model.npz, best.npz, checkpoint.npz, metrics.json, train.log "
         f"({time.perf_counter() - t_start:.1f} s in this session)")
     if cfg.report:
-        _write_report(run_dir, log)
+        _write_report(run_dir, log, cfg.data_dir)
     return TrainResult(run_dir, model, h, test.accuracy, test.error, test.confusion, result_metrics)
+
+
+def _explain_interruption(e: TrainingInterrupted, run, epochs: int) -> None:
+    """Fill in ``e``'s run directory, the epochs kept, and a message that says how to resume."""
+    checkpoint = run.file("checkpoint.npz")
+    done = _checkpoint_epochs(checkpoint)
+    e.run_dir, e.epochs_completed = run.path, done
+    how = "interrupted" if e.signum == signal.SIGINT else f"stopped by {signal.Signals(e.signum).name}"
+    if done < epochs:
+        when, lost = f"during epoch {done + 1}", "the partial epoch is discarded"
+    else:
+        when, lost = "after the last epoch", "the test evaluation and model.npz are still to do"
+    e.message = (f"{how} {when}; {checkpoint} holds the state after {done} complete epochs ({lost}). "
+                 f"Resume with:\n    jimunet train --resume {shlex.quote(run.path)}")
 
 
 def _checkpoint_epochs(path) -> int:
@@ -704,23 +706,7 @@ def _checkpoint_epochs(path) -> int:
         return 0
 
 
-def _mark_status(path, status, make=None):
-    """Set metrics.json's status (creating it with ``make()`` when missing); never raises."""
-    try:
-        if os.path.exists(path):
-            with open(path) as f:
-                m = json.load(f)
-            m["status"] = status
-        elif make is not None:
-            m = make()
-        else:
-            return
-        write_json_atomic(path, m)
-    except Exception:  # pragma: no cover - best effort on the way out
-        pass
-
-
-def _write_report(run_dir, log):
+def _write_report(run_dir, log, data_dir=None):
     try:
         from . import report
     except ImportError:
@@ -734,7 +720,7 @@ def _write_report(run_dir, log):
         log("hint: pip install 'jimunet[plot]' (matplotlib) to get plots in a report: jimunet report " + run_dir)
         return
     try:
-        out = write(run_dir)
+        out = write(run_dir, **({} if data_dir is None else {"data_dir": data_dir}))
         log(f"report: {out}" if isinstance(out, (str, os.PathLike)) else f"report written in {run_dir}")
     except Exception as e:  # never fail a finished training because of the report
         log(f"warning: the report could not be written ({type(e).__name__}: {e})")
