@@ -7,6 +7,8 @@ Reports images/s and peak RSS per task and the jimunet/PyTorch ratio per round w
     python benchmarks/bench.py                 # 3 rounds, all tasks
     python benchmarks/bench.py --rounds 5 --tasks train64 infer1000 --json out.json
     python benchmarks/bench.py --info          # only the machine line
+    python benchmarks/bench.py --device cuda   # on an NVIDIA GPU: jimunet on CuPy vs PyTorch CUDA,
+                                               # TF32 off in both (--tf32: on in both)
 
 Speed depends on the machine far more than on anything else, so every run starts by printing
 (and ``--json`` records) the CPU model and ISA, the BLAS library and the kernel OpenBLAS
@@ -30,17 +32,23 @@ TASKS = {  # name: (kind, batch, warm-up iterations, timed iterations)
     "train64": ("train", 64, 5, 60),
     "train256": ("train", 256, 2, 16),
     "infer1000": ("infer", 1000, 1, 8),
+    "train512": ("train", 512, 3, 30),          # GPU tasks (--device cuda)
+    "infer10000": ("infer", 10000, 2, 10),
 }
+CPU_TASKS, GPU_TASKS = ["train64", "train256", "infer1000"], ["train64", "train512", "infer1000", "infer10000"]
 FRAMEWORKS = ("jimunet", "torch")
 
 
-def _time(step, warm, iters):
-    """Seconds for ``iters`` calls of ``step`` after ``warm`` untimed ones."""
+def _time(step, warm, iters, sync=lambda: None):
+    """Seconds for ``iters`` calls of ``step`` after ``warm`` untimed ones (``sync`` waits
+    for a GPU to finish the work queued so far)."""
     for _ in range(warm):
         step()
+    sync()
     t = time.perf_counter()
     for _ in range(iters):
         step()
+    sync()
     return time.perf_counter() - t
 
 
@@ -51,14 +59,20 @@ def _data(batch):
     return x, rng.integers(0, 10, batch).astype(np.int64)
 
 
-def _run_jimunet(kind, batch, warm, iters, threads):
+def _run_jimunet(kind, batch, warm, iters, threads, device="cpu"):
     import jimunet as jn
     if threads and hasattr(jn, "set_num_threads"):
         jn.set_num_threads(threads)
     x, y = _data(batch)
     model = jn.models.mnist_cnn(rng=0)
+    sync = lambda: None  # noqa: E731
+    if device != "cpu":
+        import cupy
+        model.to(device)
+        x, y = jn.asarray(x, device=device), jn.asarray(y, device=device)
+        sync = cupy.cuda.get_current_stream().synchronize
     if kind == "infer":
-        return _time(lambda: model.predict(x), warm, iters)
+        return _time(lambda: model.predict(x, batch_size=len(x) if device != "cpu" else 100), warm, iters, sync)
     loss_fn = jn.losses.SoftmaxCrossEntropy()
     dense = [p for layer in model.layers if isinstance(layer, jn.layers.Dense) for p in layer.parameters()]
     conv = [p for p in model.parameters() if all(p is not q for q in dense)]
@@ -69,7 +83,7 @@ def _run_jimunet(kind, batch, warm, iters, threads):
         model.backward(loss_fn.backward(), input_grad=False)
         opt.step()
         opt.zero_grad()
-    return _time(step, warm, iters)
+    return _time(step, warm, iters, sync)
 
 
 def _torch_model(torch):
@@ -80,7 +94,7 @@ def _torch_model(torch):
         nn.Flatten(), nn.Linear(3136, 512), nn.ReLU(), nn.Dropout(0.5), nn.Linear(512, 10))
 
 
-def _run_torch(kind, batch, warm, iters, threads, channels_last=False):
+def _run_torch(kind, batch, warm, iters, threads, channels_last=False, device="cpu"):
     import torch
     torch.set_num_threads(threads or os.cpu_count())
     torch.manual_seed(0)
@@ -88,13 +102,19 @@ def _run_torch(kind, batch, warm, iters, threads, channels_last=False):
     x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
     y = torch.from_numpy(y)
     model = _torch_model(torch)
+    sync = lambda: None  # noqa: E731
+    if device != "cpu":
+        tf32 = os.environ.get("CUPY_TF32") == "1"  # the same setting for both frameworks
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+        model, x, y = model.to(device), x.to(device), y.to(device)
+        sync = torch.cuda.synchronize
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     if kind == "infer":
         model.eval()
         with torch.no_grad():
-            return _time(lambda: model(x), warm, iters)
+            return _time(lambda: model(x), warm, iters, sync)
     model.train()
     dense = [p for m in model if isinstance(m, torch.nn.Linear) for p in m.parameters()]
     conv = [p for m in model if isinstance(m, torch.nn.Conv2d) for p in m.parameters()]
@@ -105,22 +125,22 @@ def _run_torch(kind, batch, warm, iters, threads, channels_last=False):
         opt.zero_grad()
         loss_fn(model(x), y).backward()
         opt.step()
-    return _time(step, warm, iters)
+    return _time(step, warm, iters, sync)
 
 
-def worker(framework, task, threads):
+def worker(framework, task, threads, device="cpu"):
     kind, batch, warm, iters = TASKS[task]
     if framework == "jimunet":
-        seconds = _run_jimunet(kind, batch, warm, iters, threads)
+        seconds = _run_jimunet(kind, batch, warm, iters, threads, device)
     else:
-        seconds = _run_torch(kind, batch, warm, iters, threads, channels_last=framework == "torch-cl")
+        seconds = _run_torch(kind, batch, warm, iters, threads, channels_last=framework == "torch-cl", device=device)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(json.dumps({"images_per_s": batch * iters / seconds, "peak_rss_mb": peak_mb}))
 
 
-def _measure(framework, task, threads):
-    out = subprocess.run([sys.executable, __file__, "--worker", framework, task, "--threads", str(threads)],
-                         capture_output=True, text=True)
+def _measure(framework, task, threads, device="cpu"):
+    out = subprocess.run([sys.executable, __file__, "--worker", framework, task, "--threads", str(threads),
+                          "--device", device], capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"{framework} {task} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -205,30 +225,40 @@ def describe_machine(info: dict) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    ap.add_argument("--tasks", nargs="+", default=None, choices=list(TASKS),
+                    help=f"default: {' '.join(CPU_TASKS)} (CPU), {' '.join(GPU_TASKS)} (GPU)")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda: jimunet on CuPy against PyTorch CUDA")
+    ap.add_argument("--tf32", action="store_true", help="GPU: allow TF32 matrix products in both frameworks")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both frameworks")
     ap.add_argument("--channels-last", action="store_true", help="also time PyTorch with channels_last")
     ap.add_argument("--json", help="also write the results here (with the machine description)")
     ap.add_argument("--info", action="store_true", help="only print the machine description and exit")
     ap.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "TASK"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.tf32:
+        os.environ["CUPY_TF32"] = "1"  # read by CuPy at import, and passed on to the workers
     if args.worker:
-        return worker(args.worker[0], args.worker[1], args.threads)
+        return worker(args.worker[0], args.worker[1], args.threads, args.device)
+    if args.tasks is None:
+        args.tasks = CPU_TASKS if args.device == "cpu" else GPU_TASKS
     if args.info:
         print("machine:", describe_machine(machine_info()))
         return
     try:
-        import torch  # noqa: F401
+        import torch
     except ImportError:
         raise SystemExit("the benchmark compares against PyTorch: pip install -e '.[bench]' (torch==2.13.0)")
     frameworks = ["jimunet", "torch"] + (["torch-cl"] if args.channels_last else [])
     info = machine_info()
     print("machine:", describe_machine(info), f"| threads {args.threads}")
+    if args.device != "cpu":
+        print(f"device: {args.device} ({torch.cuda.get_device_name()}), TF32 {'on' if args.tf32 else 'off'}; "
+              "peak MB below is host memory (RSS)")
     results = {t: {f: [] for f in frameworks} for t in args.tasks}
     for r in range(args.rounds):
         for task in args.tasks:
             for fw in (frameworks if r % 2 == 0 else frameworks[::-1]):  # alternate who goes first
-                results[task][fw].append(_measure(fw, task, args.threads))
+                results[task][fw].append(_measure(fw, task, args.threads, args.device))
             j, t = results[task]["jimunet"][-1], results[task]["torch"][-1]
             print(f"round {r + 1} {task:9s} jimunet {j['images_per_s']:7.0f} img/s {j['peak_rss_mb']:6.0f} MB | "
                   f"torch {t['images_per_s']:7.0f} img/s {t['peak_rss_mb']:6.0f} MB | "
@@ -255,6 +285,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": describe_machine(info), "versions": info, "threads": args.threads, "rounds": args.rounds,
+                       "device": args.device, "tf32": args.tf32,
                        "raw": results, "summary": summary}, f, indent=2)
 
 

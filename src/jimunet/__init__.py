@@ -14,6 +14,7 @@ Example:
 __version__ = "0.1.0"
 
 from . import backend, datasets, functional, init, layers, losses, models, onnx, optim  # noqa: E402
+from .backend import DeviceError, asarray  # noqa: E402
 from .gradcheck import GradcheckError, gradcheck  # noqa: E402
 from .model import Sequential, Summary, load  # noqa: E402
 from .parallel import get_num_threads, set_num_threads  # noqa: E402
@@ -23,4 +24,4 @@ from .serialization import CheckpointError  # noqa: E402
 
 __all__ = ["backend", "datasets", "functional", "init", "layers", "losses", "models", "onnx", "optim", "gradcheck",
            "GradcheckError", "Sequential", "Summary", "load", "Parameter", "set_seed", "CheckpointError",
-           "set_num_threads", "get_num_threads"]
+           "set_num_threads", "get_num_threads", "asarray", "DeviceError"]

@@ -61,7 +61,7 @@ def _debug() -> bool:
 
 # -- train ----------------------------------------------------------------------------------
 
-_TRAIN_FLAGS = ("epochs", "batch_size", "lr", "seed", "train_size", "data_dir", "threads")
+_TRAIN_FLAGS = ("epochs", "batch_size", "lr", "seed", "train_size", "data_dir", "threads", "device")
 
 
 def _cmd_train(args) -> int:
@@ -125,8 +125,9 @@ def check_classifier(model, path, input_shape=(28, 28, 1)) -> int:
     return out[0]
 
 
-def _load_model(path, mnist_classifier: bool = True):
-    """The model saved at ``path``; by default it must classify 28x28x1 images (evaluate, predict)."""
+def _load_model(path, mnist_classifier: bool = True, device: str = "cpu"):
+    """The model saved at ``path``, on ``device``; by default it must classify 28x28x1 images
+    (evaluate, predict)."""
     from .model import load
     problem = model_path_error(path)
     if problem:
@@ -134,7 +135,7 @@ def _load_model(path, mnist_classifier: bool = True):
     model = load(path)  # CheckpointError → usage error in main
     if mnist_classifier:
         check_classifier(model, path)
-    return model
+    return model.to(device)  # DeviceError → usage error in main
 
 
 def format_confusion(confusion) -> str:
@@ -153,7 +154,7 @@ def _cmd_evaluate(args) -> int:
     from .datasets import load_mnist
     from .train import evaluate
 
-    model = _load_model(args.model)
+    model = _load_model(args.model, device=args.device)
     (_, _), (x, y) = load_mnist(root=args.data_dir)
     # a model of more than 10 classes gets a larger matrix
     res = evaluate(model, preprocess(x), y, batch_size=args.batch_size, num_classes=10)
@@ -174,10 +175,11 @@ def _cmd_evaluate(args) -> int:
 def _cmd_predict(args) -> int:
     import numpy as np
 
+    from .backend import to_numpy
     from .data.images import load_inputs, preprocess
     from .functional.softmax import softmax
 
-    model = _load_model(args.model)
+    model = _load_model(args.model, device=args.device)
     batches = []
     for f in args.files:  # read every file first: a bad one fails before any output
         if not os.path.isfile(f):
@@ -189,7 +191,7 @@ def _cmd_predict(args) -> int:
         except ValueError as e:
             raise UsageError(str(e)) from None
     for f, x in batches:
-        probs = np.asarray(softmax(model.predict(preprocess(x), batch_size=100).astype(np.float64)))
+        probs = softmax(to_numpy(model.predict(preprocess(x), batch_size=100)).astype(np.float64))
         for i, p in enumerate(probs):
             top = np.argsort(-p, kind="stable")[:args.top]
             name = f if len(x) == 1 else f"{f}[{i}]"
@@ -321,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-report", action="store_true", help="do not write the HTML report at the end")
     t.add_argument("--threads", type=_int_at_least(1), default=None, metavar="N", help="worker threads "
                    "(jimunet.set_num_threads)")
+    t.add_argument("--device", default=None, metavar="D", help="cpu (default) or cuda / cuda:N: an NVIDIA GPU "
+                   "through CuPy (pip install \"jimunet[gpu]\")")
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("evaluate", help="test accuracy and confusion matrix of a saved model",
@@ -330,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir", default=None, metavar="D", help="MNIST cache directory")
     e.add_argument("--batch-size", type=_int_at_least(1), default=100, metavar="N", help="images per forward "
                    "pass (default 100)")
+    e.add_argument("--device", default="cpu", metavar="D", help="cpu (default) or cuda / cuda:N: an NVIDIA GPU "
+                   "through CuPy (pip install \"jimunet[gpu]\")")
     e.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("predict", help="classify digit images (PNG/JPEG/.npy)",
@@ -341,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL.npz", help="a model saved by jimunet")
     p.add_argument("files", nargs="+", metavar="FILE", help="images or .npy arrays")
     p.add_argument("--top", type=_int_at_least(1), default=3, metavar="K", help="classes to show (default 3)")
+    p.add_argument("--device", default="cpu", metavar="D", help="cpu (default) or cuda / cuda:N: an NVIDIA GPU "
+                   "through CuPy (pip install \"jimunet[gpu]\")")
     p.set_defaults(func=_cmd_predict)
 
     x = sub.add_parser("export", help="write a saved model as ONNX (for ONNX Runtime, PyTorch, ...)",
@@ -410,6 +418,7 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     prog = f"jimunet {args.command}"
     args.prog = prog
+    from .backend import DeviceError
     from .serialization import CheckpointError
     try:
         code = args.func(args)
@@ -417,7 +426,7 @@ def main(argv=None) -> int:
     except UsageError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except (CheckpointError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+    except (CheckpointError, DeviceError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as e:

@@ -6,7 +6,7 @@ import copy
 import numpy as np
 
 from . import __version__
-from .backend import xp_of
+from .backend import to_device, to_numpy, xp_of
 from .layers.base import Layer, data_already_checked, from_config, placeholder_parameters
 from .serialization import CheckpointError, NpzReader, save_npz
 
@@ -165,17 +165,20 @@ class Sequential(Layer):
         """Outputs for ``x`` in evaluation mode, ``batch_size`` samples at a time (bounded memory).
 
         An empty batch gives ``(0, *output_shape)`` in the dtype a forward pass would give: the
-        per-sample shape is known from ``x.shape[1:]`` even without samples.
+        per-sample shape is known from ``x.shape[1:]`` even without samples. ``x`` may live on
+        any device: each chunk moves to the model's, and the outputs stay there.
         """
         if batch_size < 1:
             raise ValueError(f"predict: batch_size must be >= 1, got {batch_size}")
-        xp = xp_of(x)
+        device = self.device
         if len(x) == 0:
             # Shape and dtype of the output as one sample would give them (an empty batch
             # cannot pass through Flatten's reshape); also checks the per-sample shape.
-            return self.forward(xp.zeros((1,) + tuple(x.shape[1:]), x.dtype), training=False)[:0]
-        outs = [self.forward(x[i:i + batch_size], training=False) for i in range(0, len(x), batch_size)]
-        return xp.concatenate(outs)
+            one = to_device(np.zeros((1,) + tuple(x.shape[1:]), x.dtype), device)
+            return self.forward(one, training=False)[:0]
+        outs = [self.forward(to_device(x[i:i + batch_size], device), training=False)
+                for i in range(0, len(x), batch_size)]
+        return xp_of(outs[0]).concatenate(outs)
 
     # -- state -------------------------------------------------------------------------
 
@@ -232,7 +235,7 @@ class Sequential(Layer):
         """
         meta = {"format": MODEL_FORMAT, "version": 1, "jimunet": __version__,
                 "architecture": self.get_config(), "metadata": metadata or {}}
-        save_npz(path, {f"param/{k}": v for k, v in self.state_dict().items()}, meta)
+        save_npz(path, {f"param/{k}": to_numpy(v) for k, v in self.state_dict().items()}, meta)  # host arrays
 
     def copy(self) -> "Sequential":
         """A deep copy (weights, gradients and RNG states)."""

@@ -8,7 +8,7 @@ import numbers
 
 import numpy as np
 
-from .backend import to_numpy, xp_of
+from .backend import device_of, to_device, to_numpy, xp_of
 from .parallel import pfor
 from .parameter import Parameter
 
@@ -84,6 +84,16 @@ class Optimizer:
     def zero_grad(self) -> None:
         for p in self._params():
             p.zero_grad()
+
+    def _state_of(self, p) -> dict:
+        """``p``'s state, its arrays on ``p``'s device: after ``model.to(device)`` the
+        momentum and moment buffers follow their parameters at the next step."""
+        st = self.state.setdefault(id(p), {})
+        device = device_of(p.data)
+        for k, v in st.items():
+            if hasattr(v, "shape") and device_of(v) != device:
+                st[k] = to_device(v, device)
+        return st
 
     @property
     def lr(self) -> float:
@@ -228,14 +238,14 @@ class SGD(Optimizer):
             for p in g["params"]:
                 buf, first = None, False
                 if g["momentum"] != 0:
-                    st = self.state.setdefault(id(p), {})
+                    st = self._state_of(p)
                     buf = st.get("momentum_buffer")
                     first = buf is None
                     if first:
                         buf = st["momentum_buffer"] = xp_of(p.data).empty_like(p.data)
                 pfor(lambda sl: self._update(p.data.reshape(-1)[sl], p.grad.reshape(-1)[sl],
                                              None if buf is None else buf.reshape(-1)[sl], g, first),
-                     p.data.size, p.data.size)
+                     p.data.size, p.data.size, like=p.data)
 
     @staticmethod
     def _update(p, grad, buf, g, first):
@@ -292,7 +302,7 @@ class Adam(Optimizer):
             for p in g["params"]:
                 xp = xp_of(p.data)
                 d = p.grad if wd == 0 else p.grad + wd * p.data
-                st = self.state.setdefault(id(p), {})
+                st = self._state_of(p)
                 if not st:
                     st.update(step=0, exp_avg=xp.zeros_like(p.data), exp_avg_sq=xp.zeros_like(p.data))
                 st["step"] += 1

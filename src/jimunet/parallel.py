@@ -130,7 +130,7 @@ def _parts(n: int, k: int):
 _BLOCKS = 8
 
 
-def pfor(fn, n: int, work: int | None = None, blocks: int = _BLOCKS) -> None:
+def pfor(fn, n: int, work: int | None = None, blocks: int = _BLOCKS, like=None) -> None:
     """Call ``fn(slice)`` once for each of ``blocks`` disjoint slices covering ``range(n)``,
     the slices spread over the threads in contiguous runs.
 
@@ -138,9 +138,14 @@ def pfor(fn, n: int, work: int | None = None, blocks: int = _BLOCKS) -> None:
     so ``fn`` sees the same pieces whether one thread or eight run them. ``fn`` must
     only write to the part of its outputs that its slice selects. ``work`` (e.g. the
     number of elements touched) below ~64k makes the whole range one slice: waking a
-    worker costs more than such a job.
+    worker costs more than such a job. ``like``: an array the work is on; for GPU
+    arrays ``fn`` is called once over everything, since the device runs a whole batch
+    in parallel and Python-side splitting would only multiply kernel launches.
     """
     if n < 1:
+        return
+    if like is not None and xp_of(like) is not np:
+        fn(slice(0, n))
         return
     parts = [slice(0, n)] if work is not None and work < 1 << 16 else _parts(n, blocks)
 
@@ -177,7 +182,7 @@ def has_nan(x) -> bool:
         with np.errstate(invalid="ignore", over="ignore"):  # inf - inf or overflow is no error here
             if not bool(xp.isfinite(flat[sl].sum())):
                 non_finite.append(sl)
-    pfor(block, flat.shape[0], x.size)
+    pfor(block, flat.shape[0], x.size, like=x)
     return bool(non_finite) and any(bool(xp.isnan(flat[sl]).any()) for sl in non_finite)
 
 
@@ -205,7 +210,7 @@ def pmatmul(a, b, out=None, accumulate: bool = False):
     by_rows = a.size >= b.size
     everything = slice(None)
     pfor(lambda part: block(*((part, everything) if by_rows else (everything, part))),
-         m if by_rows else n, m * n * a.shape[1] >> 6, blocks=_MATMUL_BLOCKS)
+         m if by_rows else n, m * n * a.shape[1] >> 6, blocks=_MATMUL_BLOCKS, like=a)
     return out
 
 
@@ -231,7 +236,7 @@ def paccumulate_tmatmul(a, b, out, blocks: int = 8, b_sum_out=None):
             xp.matmul(a[r].T, b[r], out=partial[i])
             if partial_sum is not None:
                 b[r].sum(axis=0, out=partial_sum[i])
-    pfor(run, blocks, a.size * b.shape[1] >> 6, blocks=blocks)
+    pfor(run, blocks, a.size * b.shape[1] >> 6, blocks=blocks, like=a)
     for i in range(1, blocks):  # the whole sum first, then one add: accumulation stays exact
         partial[0] += partial[i]
         if partial_sum is not None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import xp_of
+from .backend import to_device, xp_of
 from .parallel import pfor
 
 
@@ -60,6 +60,11 @@ class Parameter:
         else:
             self.data[...] = xp.asarray(value)
 
+    def to(self, device) -> "Parameter":
+        """Move ``data`` and ``grad`` to ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``); returns self."""
+        self.data, self.grad = to_device(self.data, device), to_device(self.grad, device)
+        return self
+
     @property
     def shape(self):
         return self.data.shape
@@ -69,7 +74,7 @@ class Parameter:
         return int(self.data.size)
 
     def zero_grad(self) -> None:
-        pfor(lambda sl: self.grad.reshape(-1)[sl].fill(0), self.grad.size, self.grad.size)
+        pfor(lambda sl: self.grad.reshape(-1)[sl].fill(0), self.grad.size, self.grad.size, like=self.grad)
 
     def __repr__(self) -> str:
         return f"Parameter(name={self.name!r}, shape={tuple(self.data.shape)}, dtype={self.data.dtype})"

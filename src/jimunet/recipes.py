@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import losses, models, optim
+from .backend import DeviceError, parse_device
 from .layers import Dense
 
 IMAGE_SIZE = 28
@@ -29,7 +30,7 @@ MNIST_TRAIN = 60000
 
 # Fields that may change when a run is resumed; every other field shapes the trajectory of
 # training (data, order, initialisation, optimisation) and must match the checkpoint's.
-RESUMABLE_FIELDS = frozenset({"epochs", "data_dir", "out", "threads", "progress", "report", "download"})
+RESUMABLE_FIELDS = frozenset({"epochs", "data_dir", "out", "threads", "progress", "report", "download", "device"})
 
 
 class ConfigError(ValueError):
@@ -67,6 +68,8 @@ class MNISTConfig:
         progress: show a progress bar (None: only when stderr is a terminal).
         report: write the ``jimunet.report`` report at the end when available.
         download: let ``load_mnist`` download missing files.
+        device: ``"cpu"`` or ``"cuda"``/``"cuda:N"`` (needs CuPy and an NVIDIA GPU); a run
+            may resume on another device (checkpoints hold host arrays).
     """
 
     epochs: int = 10
@@ -89,6 +92,7 @@ class MNISTConfig:
     progress: bool | None = None
     report: bool = True
     download: bool = True
+    device: str = "cpu"
 
     def validate(self) -> "MNISTConfig":
         """Raise ``ConfigError`` naming the first impossible value; return self."""
@@ -101,6 +105,10 @@ class MNISTConfig:
                                   f"got {v!r}")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             positive_int(name)
+        try:
+            parse_device(self.device)
+        except DeviceError as e:
+            raise ConfigError(str(e)) from None
         positive_int("validation_size", allow_zero=True)
         positive_int("seed", allow_zero=True)
         for name in ("train_size", "test_size", "threads"):

@@ -38,7 +38,7 @@ import numpy as np
 from . import __version__
 from .app.rundir import (EpochFiles, RunDir, RunLog, StopSignals, new_run_dir, portable_config, set_metrics_status,
                          write_json_atomic)
-from .backend import to_numpy, xp_of
+from .backend import check_device, to_device, to_numpy, xp_of
 from .data.images import preprocess
 from .recipes import RESUMABLE_FIELDS, SELF_TEST_EVAL, SELF_TEST_TRAIN, ConfigError, MNISTConfig, build, fake_data
 from .serialization import CheckpointError, load_npz, pack, referenced_arrays, save_npz, unpack
@@ -248,8 +248,9 @@ class Trainer:
         steps = self.steps_in_epoch(n, epoch)
         if self.shuffle:
             perm = self.rng.permutation(n)
+            xp = xp_of(x)
             for i in range(steps):
-                idx = perm[i * bs:(i + 1) * bs]
+                idx = xp.asarray(perm[i * bs:(i + 1) * bs])  # on the data's device
                 yield x[idx], y[idx]
         else:
             for s in range(self.step, self.step + steps):
@@ -261,9 +262,10 @@ class Trainer:
         total = 0.0
         for g in self.optimizer.param_groups:
             wd = g.get("weight_decay", 0.0)
-            if wd:
-                total += 0.5 * wd * sum(float(xp_of(p.data).vdot(p.data.ravel(), p.data.ravel()))
-                                        for p in g["params"])
+            if wd:  # one float() per group: on a GPU each is a wait for the device
+                xp = xp_of(g["params"][0].data)
+                squares = xp.stack([xp.vdot(p.data.ravel(), p.data.ravel()) for p in g["params"]])
+                total += 0.5 * wd * float(squares.astype(np.float64).sum())
         return total
 
     def _diverged(self, what, loss=None):
@@ -315,6 +317,11 @@ class Trainer:
         if (x_val is None) != (y_val is None):
             raise ValueError("fit: pass both x_val and y_val, or neither")
         self.total_epochs = epochs
+        # The data moves to the model's device once, not batch by batch.
+        device = self.model.device
+        x, y = to_device(x, device), to_device(y, device)
+        if x_val is not None:
+            x_val = to_device(x_val, device)
         try:
             self._call("on_train_begin")
             while self.epoch < epochs:
@@ -503,7 +510,8 @@ def _read_checkpoint_config(run_dir) -> MNISTConfig:
     try:
         # Paths in the file are not used (they are no longer written): where the data lives is
         # the user's say (--data-dir, $JIMUNET_DATA, the default), and a run lives where it is.
-        return MNISTConfig.from_dict(portable_config(meta["metadata"]["config"]))
+        # The device too is this machine's choice (--device): a GPU run resumes on a CPU.
+        return MNISTConfig.from_dict({**portable_config(meta["metadata"]["config"]), "device": "cpu"})
     except (KeyError, TypeError, ConfigError) as e:
         raise CheckpointError(f"{path}: holds no usable jimunet train configuration ({e})") from None
 
@@ -511,7 +519,8 @@ def _read_checkpoint_config(run_dir) -> MNISTConfig:
 def load_run_config(run_dir) -> MNISTConfig:
     """The configuration stored in ``run_dir/checkpoint.npz`` (to resume with changes).
 
-    Its ``out`` and ``data_dir`` are None: a run directory holds no paths (see ``jimunet.app.rundir``).
+    Its ``out`` and ``data_dir`` are None: a run directory holds no paths (see ``jimunet.app.rundir``);
+    its ``device`` is ``"cpu"``, whatever device the run used so far.
     """
     return _read_checkpoint_config(run_dir)
 
@@ -573,8 +582,10 @@ def train_mnist(config: MNISTConfig | dict | None = None, *, resume=None, callba
         if config.out is not None and not _same_dir(config.out, run_dir):
             raise ConfigError(f"resume writes into the run directory it resumes ({run_dir}), not {config.out}")
         config = config.replace(out=run_dir).validate()
+        check_device(config.device)
     else:
         config = (config or MNISTConfig()).validate()
+        check_device(config.device)  # before a run directory is made for nothing
         run_dir = config.out or new_run_dir()
         config = config.replace(out=run_dir)
     stops = StopSignals()
@@ -604,6 +615,9 @@ def _train_mnist(cfg, run, resuming, callbacks, data, log, stops):
             f"was cut short: {', '.join(run.removed)}")
     (x, y), (xv, yv), (xs, ys) = _load_data(cfg, data)
     model, loss_fn, optimizer, schedule = build(cfg, train_size=len(x))
+    model.to(cfg.device)  # DeviceError (a ValueError) says what to install or check
+    if cfg.device != "cpu":
+        log(f"device {model.device}")
     cfg_dict = portable_config(cfg.to_dict())
     path = run.file
 

@@ -40,13 +40,13 @@ class ReLU(_Elementwise):
     def _forward(self, x):
         xp = xp_of(x)
         y = xp.empty_like(x)
-        pfor(lambda sl: xp.maximum(x[sl], 0, out=y[sl]), x.shape[0], x.size)
+        pfor(lambda sl: xp.maximum(x[sl], 0, out=y[sl]), x.shape[0], x.size, like=x)
         return y, y
 
     def _backward(self, grad, y):
         xp = xp_of(grad)
         dx = xp.empty(grad.shape, xp.result_type(grad.dtype, y.dtype))
-        pfor(lambda sl: xp.multiply(grad[sl], y[sl] > 0, out=dx[sl]), grad.shape[0], grad.size)
+        pfor(lambda sl: xp.multiply(grad[sl], y[sl] > 0, out=dx[sl]), grad.shape[0], grad.size, like=grad)
         return dx
 
 

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ..backend import xp_of
+from ..backend import check_device, device_of, xp_of
 from ..parallel import has_nan
 from ..parameter import Parameter
 
@@ -91,6 +91,23 @@ class Layer:
         for p in self.parameters():
             p.zero_grad()
 
+    def to(self, device):
+        """Move every parameter (and its gradient) to ``device``: ``"cpu"``, ``"cuda"`` or
+        ``"cuda:N"``; returns self. An optimizer built on these parameters keeps working:
+        its state follows them at its next step. Raises DeviceError (a ValueError) for a
+        device that cannot be used, saying what to install or check.
+        """
+        device = check_device(device)
+        for p in self.parameters():
+            p.to(device)
+        return self
+
+    @property
+    def device(self) -> str:
+        """Where the parameters are (``"cpu"`` or ``"cuda:N"``); ``"cpu"`` without parameters."""
+        params = self.parameters()
+        return device_of(params[0].data) if params else "cpu"
+
     def astype(self, dtype):
         """Cast every parameter (and its gradient) to ``dtype`` in place; returns self."""
         for p in self.parameters():
@@ -148,6 +165,11 @@ class Layer:
             what = "channels" if x.ndim == 4 else "features"
             raise ValueError(f"{self.describe()}: expected {channels} {what} in the last axis of an "
                              f"{layout or 'array'}, got shape {tuple(x.shape)}{hint}")
+        params = self.parameters()
+        if params and device_of(x) != device_of(params[0].data):
+            raise ValueError(f"{self.describe()}: the input is on {device_of(x)}, the layer's parameters on "
+                             f"{device_of(params[0].data)}; move one of them (jn.asarray(x, device=...) or "
+                             f"model.to(...))")
         if not getattr(_checked, "inside", False) and has_nan(x):
             raise ValueError(f"{self.describe()}: input contains NaN")
 

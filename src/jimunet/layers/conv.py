@@ -150,7 +150,7 @@ class Conv2D(Layer):
             xp.matmul(cols[r], w2, out=y[r])
             if self.bias is not None:
                 y[r] += self.bias.data
-        pfor(block, n, cols.size)
+        pfor(block, n, cols.size, like=x)
         self._cache = (cols, x.shape, pad_shape, pads, (oh, ow))
         return y.reshape(n, oh, ow, self.out_channels)
 
@@ -181,6 +181,6 @@ class Conv2D(Layer):
                 for j in range(kw):
                     dxb[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :] += \
                         xp.matmul(dyb, w[i, j].T).reshape(m, oh, ow, c)
-        pfor(block, n, dy.size * kh * kw)
+        pfor(block, n, dy.size * kh * kw, like=dy)
         (pt, _), (pl, _) = pads
         return dxpad[:, pt:pt + x_shape[1], pl:pl + x_shape[2], :]

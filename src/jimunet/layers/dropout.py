@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+from ..backend import uniform
 from ..random import resolve_rng, spawn_rng
 from .base import Layer, building_placeholders, register
 
@@ -68,7 +69,7 @@ class Dropout(Layer):
             self._mask = None
             return x
         # One uniform draw per activation, in the input's precision (float32 halves the work).
-        u = self.rng.random(x.shape, dtype=x.dtype if x.dtype.itemsize in (4, 8) else "float64")
+        u = uniform(self.rng, x.shape, x.dtype if x.dtype.itemsize in (4, 8) else "float64", like=x)
         self._mask = (u >= self.rate).astype(x.dtype)
         self._mask *= 1.0 / (1.0 - self.rate)
         return x * self._mask

@@ -92,7 +92,7 @@ class MaxPool2D(_Pool2D):
                     yb[...] = xb[s]
                 else:
                     xp_of(x).maximum(yb, xb[s], out=yb)
-        pfor(block, x.shape[0], x.size)
+        pfor(block, x.shape[0], x.size, like=x)
         self._cache = (xpad, y, pads, x.shape)
         return y
 
@@ -124,7 +124,7 @@ class MaxPool2D(_Pool2D):
                     xp.multiply(gb, hit, out=dxb[s])
                 else:
                     dxb[s] += gb * hit
-        pfor(block, grad.shape[0], xpad.size)
+        pfor(block, grad.shape[0], xpad.size, like=grad)
         (pt, _), (pl, _) = pads
         return dxpad[:, pt:pt + x_shape[1], pl:pl + x_shape[2], :]
 

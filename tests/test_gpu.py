@@ -1,0 +1,134 @@
+"""The same layers, model, optimizers and CLI on an NVIDIA GPU through CuPy.
+
+Marked ``gpu``: they run only where CuPy and a GPU are usable (``python -m pytest -m gpu``;
+``benchmarks/gpu_check.sh`` runs them with the GPU benchmark) and are skipped, with that
+reason, elsewhere. Each compares the GPU with the CPU: float64 to 1e-12 relative (the same
+sums, in another order: a few ulps, as in the PyTorch oracle), float32 within 1e-5.
+"""
+import numpy as np
+import pytest
+
+import jimunet as jn
+from jimunet import backend
+from jimunet.layers import AvgPool2D, Conv2D, Dense, Dropout, Flatten, LeakyReLU, MaxPool2D, ReLU, Sigmoid, Tanh
+
+
+def _gpu_usable() -> bool:
+    try:
+        backend.check_device("cuda")
+        return True
+    except jn.DeviceError:
+        return False
+
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _gpu_usable(), reason="needs CuPy and an NVIDIA GPU")]
+TOL = {np.float64: 1e-12, np.float32: 1e-5}
+
+
+def rel(a, b) -> float:
+    a, b = backend.to_numpy(a).astype(np.float64), backend.to_numpy(b).astype(np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+LAYERS = [
+    lambda dt: Conv2D(3, 5, 3, stride=1, padding="same", dtype=dt, rng=0),
+    lambda dt: Conv2D(3, 4, 5, stride=2, padding="valid", dtype=dt, rng=1),
+    lambda dt: Conv2D(3, 4, (2, 3), stride=(2, 1), padding=1, dtype=dt, rng=2),
+    lambda dt: MaxPool2D(2), lambda dt: MaxPool2D(3, stride=2, padding="same"),
+    lambda dt: AvgPool2D(2, padding="same"), lambda dt: ReLU(), lambda dt: LeakyReLU(0.1),
+    lambda dt: Sigmoid(), lambda dt: Tanh(), lambda dt: Flatten(),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("make", LAYERS)
+def test_layer_on_gpu_matches_cpu(make, dtype):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 9, 8, 3)).astype(dtype)
+    x[0, 0, :2, 0] = x[0, 1, :2, 0] = 0.5  # ties for the pools
+    cpu, gpu = make(dtype), make(dtype).to("cuda")
+    y = cpu.forward(x, training=True)
+    yg = gpu.forward(jn.asarray(x, device="cuda"), training=True)
+    assert backend.device_of(yg).startswith("cuda") and yg.dtype == y.dtype
+    assert rel(yg, y) <= TOL[dtype]
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx, dxg = cpu.backward(dy), gpu.backward(jn.asarray(dy, device="cuda"))
+    assert rel(dxg, dx) <= TOL[dtype]
+    for p, pg in zip(cpu.parameters(), gpu.parameters()):
+        assert backend.device_of(pg.grad).startswith("cuda") and rel(pg.grad, p.grad) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_dense_and_loss_on_gpu_match_cpu(dtype):
+    rng = np.random.default_rng(1)
+    x, labels = rng.standard_normal((7, 30)).astype(dtype), rng.integers(0, 6, 7)
+    cpu, gpu = Dense(30, 6, dtype=dtype, rng=0), Dense(30, 6, dtype=dtype, rng=0).to("cuda")
+    loss_c, loss_g = jn.losses.SoftmaxCrossEntropy(), jn.losses.SoftmaxCrossEntropy()
+    lc = loss_c.forward(cpu.forward(x), labels)
+    lg = loss_g.forward(gpu.forward(jn.asarray(x, device="cuda")), jn.asarray(labels, device="cuda"))
+    assert rel(lg, lc) <= TOL[dtype]
+    assert rel(gpu.backward(loss_g.backward()), cpu.backward(loss_c.backward())) <= TOL[dtype]
+    assert rel(gpu.weight.grad, cpu.weight.grad) <= TOL[dtype]
+
+
+def _steps(model, opt, batches, device):
+    loss_fn = jn.losses.SoftmaxCrossEntropy()
+    for x, y in batches:
+        loss_fn.forward(model.forward(jn.asarray(x, device=device), training=True), jn.asarray(y, device=device))
+        model.backward(loss_fn.backward(), input_grad=False)
+        opt.step()
+        opt.zero_grad()
+
+
+@pytest.mark.parametrize("make_opt", [lambda ps: jn.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-3),
+                                      lambda ps: jn.optim.Adam(ps, lr=1e-3)])
+def test_training_moves_between_devices_and_the_optimizer_follows(make_opt):
+    rng = np.random.default_rng(2)
+    batches = [(rng.random((8, 28, 28, 1)), rng.integers(0, 10, 8)) for _ in range(6)]
+    ref = jn.models.mnist_cnn(rng=5, dropout=0.0, dtype=np.float64)
+    _steps(ref, make_opt(ref.parameters()), batches, "cpu")
+    model = jn.models.mnist_cnn(rng=5, dropout=0.0, dtype=np.float64)
+    opt = make_opt(model.parameters())
+    _steps(model, opt, batches[:2], "cpu")
+    _steps(model.to("cuda"), opt, batches[2:4], "cuda")   # optimizer state follows to the GPU
+    assert all(backend.device_of(v).startswith("cuda") for st in opt.state.values() for v in st.values()
+               if hasattr(v, "shape"))
+    _steps(model.to("cpu"), opt, batches[4:], "cpu")     # and back
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert rel(p.data, q.data) <= 1e-10  # float64, 6 steps: rounding differences grow a little
+
+
+def test_dropout_on_gpu_is_seeded_and_scaled():
+    x = jn.asarray(np.ones((64, 1000), np.float32), device="cuda")
+    a, b = Dropout(0.5, rng=3), Dropout(0.5, rng=3)
+    ya, yb = a.forward(x, training=True), b.forward(x, training=True)
+    assert np.array_equal(backend.to_numpy(ya), backend.to_numpy(yb))  # same seed, same device: same masks
+    values = np.unique(backend.to_numpy(ya))
+    assert values.tolist() == [0.0, 2.0] and abs(float((ya != 0).mean()) - 0.5) < 0.01
+
+
+def test_predict_and_save_from_gpu(tmp_path):
+    model = jn.models.mnist_cnn(rng=0)
+    x = np.random.default_rng(0).random((250, 28, 28, 1)).astype(np.float32)
+    ref = model.predict(x)
+    model.to("cuda")
+    assert rel(model.predict(x), ref) <= 1e-5          # host input, chunks moved to the GPU
+    model.save(tmp_path / "m.npz")                      # always host arrays in the file
+    assert rel(jn.load(tmp_path / "m.npz").predict(x), ref) <= 1e-5
+    with pytest.raises(ValueError, match="the input is on cpu, the layer's parameters on cuda"):
+        model.layers[0].forward(x)
+
+
+def test_cli_trains_on_the_gpu_and_resumes_on_the_cpu(tmp_path, capsys):
+    from jimunet.cli import main
+    out = tmp_path / "run"
+    assert main(["train", "--self-test", "--epochs", "2", "--device", "cuda", "--out", str(out), "--no-report"]) == 0
+    assert "test error 0.00%" in capsys.readouterr().out
+    assert main(["train", "--resume", str(out), "--epochs", "3", "--no-report"]) == 0  # on the CPU
+    capsys.readouterr()
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8))
+    printed = []
+    for device in ("cpu", "cuda"):
+        assert main(["predict", str(out / "model.npz"), str(tmp_path / "x.npy"), "--device", device]) == 0
+        printed.append(capsys.readouterr().out)
+    assert printed[0] == printed[1] and printed[0].count("\n") == 5
