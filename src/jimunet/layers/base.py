@@ -16,11 +16,20 @@ from ..parallel import has_nan
 from ..parameter import Parameter
 
 _REGISTRY: dict[str, type] = {}
-_checked = threading.local()
-_building = threading.local()
+_flags = threading.local()  # per-thread modes set by the context managers below
 
 
 @contextmanager
+def _flag(name: str):
+    """``name`` is set for this thread within the block (nested blocks restore it)."""
+    saved = getattr(_flags, name, False)
+    setattr(_flags, name, True)
+    try:
+        yield
+    finally:
+        setattr(_flags, name, saved)
+
+
 def placeholder_parameters():
     """Within this block, new layers get placeholder parameters instead of initial weights.
 
@@ -28,19 +37,13 @@ def placeholder_parameters():
     known at no cost in memory or time (a file may describe a layer of 10^9 weights), no
     random number is drawn, and the file's weights then replace the placeholders.
     """
-    saved = getattr(_building, "placeholders", False)
-    _building.placeholders = True
-    try:
-        yield
-    finally:
-        _building.placeholders = saved
+    return _flag("placeholders")
 
 
 def building_placeholders() -> bool:
-    return getattr(_building, "placeholders", False)
+    return getattr(_flags, "placeholders", False)
 
 
-@contextmanager
 def data_already_checked():
     """Within this block, layers skip the NaN scan of their input (shape checks remain).
 
@@ -48,12 +51,7 @@ def data_already_checked():
     inputs are its own intermediate results, and a NaN born inside the network (overflow)
     still reaches the loss.
     """
-    saved = getattr(_checked, "inside", False)
-    _checked.inside = True
-    try:
-        yield
-    finally:
-        _checked.inside = saved
+    return _flag("checked")
 
 
 def register(cls):
@@ -170,7 +168,7 @@ class Layer:
             raise ValueError(f"{self.describe()}: the input is on {device_of(x)}, the layer's parameters on "
                              f"{device_of(params[0].data)}; move one of them (jn.asarray(x, device=...) or "
                              f"model.to(...))")
-        if not getattr(_checked, "inside", False) and has_nan(x):
+        if not getattr(_flags, "checked", False) and has_nan(x):
             raise ValueError(f"{self.describe()}: input contains NaN")
 
     def _check_grad(self, grad, expected_shape) -> None:
