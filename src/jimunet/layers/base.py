@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ..backend import check_device, device_of, xp_of
+from ..backend import check_device, device_of
 from ..parallel import has_nan
 from ..parameter import Parameter
 
@@ -147,7 +147,6 @@ class Layer:
 
         NaN is rejected too: it would otherwise propagate silently into every weight.
         """
-        xp = xp_of(x)
         if not hasattr(x, "dtype") or not hasattr(x, "shape"):
             raise ValueError(f"{self.describe()}: expected an array, got {type(x).__name__}")
         if x.dtype.kind != "f":
