@@ -1,13 +1,15 @@
-"""2-D convolution on NHWC activations with HWIO weights, by im2col and one GEMM."""
+"""2-D convolution on NHWC activations with HWIO weights: im2col and one GEMM, or
+Winograd minimal filtering for stride-1 layers (``algorithm=``)."""
 from __future__ import annotations
 
 import numpy as np
 
 from .. import init as _init
 from ..backend import xp_of
+from ..functional import winograd as _wg
 from ..functional.im2col import im2col
 from ..functional.padding import conv_output_size, normalize_padding, pad_amounts, pair
-from ..parallel import paccumulate_tmatmul, pfor
+from ..parallel import _parts, paccumulate_tmatmul, pfor
 from ..parameter import Parameter
 from ..random import resolve_rng
 from .base import Layer, check_dtype_arg, register
@@ -38,14 +40,52 @@ def _fmt_pad(padding):
     return padding if isinstance(padding, str) else [list(padding[0]), list(padding[1])]
 
 
+ALGORITHMS = ("auto", "im2col", "winograd")
+
+# Winograd runs on chunks of whole images whose scratch (two buffers, see
+# ``winograd.scratch_size``) fits in about this many bytes, so each chunk's transforms
+# and GEMMs stay in the core's L2 cache. A constant: chunk shapes follow the problem only.
+_WINOGRAD_CHUNK_BYTES = 1 << 19
+
+
+def _tile_pair(tile, what="Conv2D winograd_tile"):
+    return None if tile is None else pair(tile, what)
+
+
+def auto_tile(kernel, out_hw):
+    """The Winograd tile ``auto`` uses for a stride-1 ``kernel`` and output ``out_hw``, or
+    None when im2col should run. See ``Conv2D``'s docstring for where the rule comes from."""
+    tile = []
+    for k, n in zip(kernel, out_hw):
+        if k < 3 or n < 4:  # 1x1 / 2-tap kernels and tiny outputs: nothing to gain
+            return None
+        tile.append(4 if k <= 5 else 2)
+    return tuple(tile)
+
+
 @register
 class Conv2D(Layer):
     """2-D convolution (cross-correlation, as in TensorFlow and PyTorch).
 
-    Forward copies every window into a row of an im2col matrix and multiplies it once by
-    the weight reshaped to ``(kh*kw*in, out)``. Backward: ``dW = colsᵀ·dY``,
-    ``db = Σ dY`` and ``dX`` = for each kernel offset, ``dY·W[i,j]ᵀ`` added into the
-    shifted input slab that offset read from.
+    Two algorithms compute it (``algorithm=``):
+
+    * ``"im2col"``: forward copies every window into a row of an im2col matrix and
+      multiplies it once by the weight reshaped to ``(kh*kw*in, out)``. Backward:
+      ``dW = colsᵀ·dY``, ``db = Σ dY`` and ``dX`` = for each kernel offset,
+      ``dY·W[i,j]ᵀ`` added into the shifted input slab that offset read from. Exact up to
+      the GEMM's own rounding (relative error ~1e-7 in float32, ~1e-16 in float64).
+    * ``"winograd"`` (stride 1, kernels of 2 taps or more per axis): Winograd minimal
+      filtering ``F(m×m, k×k)`` (``jimunet.functional.winograd``) for the forward pass and
+      for ``dX`` (a stride-1 correlation of ``dY`` with the kernel rotated by 180° and its
+      channels swapped). Each ``m×m`` output tile costs ``(m+k-1)²`` multiplications per
+      channel pair instead of ``m²k²``. ``dW`` stays one im2col GEMM. The transforms
+      amplify rounding: measured relative error (``max|err| / max|y|``, standard-normal
+      data) up to ~2e-6 for ``F(4×4, 5×5)`` in float32 and ~1e-15 in float64; the
+      contract tested is 2e-5 (float32) and 1e-12 (float64), for every tile ``auto`` uses.
+    * ``"auto"`` (default): Winograd with 4×4 tiles where it was measured to be faster
+      (stride 1, kernel 3×3 to 5×5, output at least 4×4 — see ``auto_tile`` and
+      BENCHMARKS.md), im2col everywhere else. It only picks tiles within the float32
+      bound above.
 
     Args:
         in_channels: channels of the input (its last axis).
@@ -58,6 +98,9 @@ class Conv2D(Layer):
         weight_init, bias_init: initialisers (see ``jimunet.init``) or their names.
         rng: Generator (or int seed) for the initial weights; default ``jn.set_seed``'s.
         dtype: parameter dtype, float32 by default.
+        algorithm: ``"auto"``, ``"im2col"`` or ``"winograd"`` (see above).
+        winograd_tile: output tile ``m`` (int or ``(mh, mw)``) for Winograd; None lets
+            ``auto`` choose (4). ``m + k - 1`` may not exceed 8 per axis.
 
     Shape:
         input ``(N, H, W, in_channels)`` → output ``(N, H_out, W_out, out_channels)``;
@@ -68,11 +111,13 @@ class Conv2D(Layer):
         >>> conv = jn.layers.Conv2D(1, 32, 5)
         >>> conv(np.zeros((2, 28, 28, 1), np.float32)).shape
         (2, 28, 28, 32)
+        >>> jn.layers.Conv2D(32, 64, 5, algorithm="winograd").algorithm_for((14, 14, 32))
+        ('winograd', (4, 4))
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding="same",
                  use_bias: bool = True, weight_init="glorot_uniform", bias_init="zeros", rng=None,
-                 dtype=np.float32):
+                 dtype=np.float32, algorithm: str = "auto", winograd_tile=None):
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"Conv2D: {name} must be a positive int, got {v!r}")
@@ -81,6 +126,7 @@ class Conv2D(Layer):
         self.stride = pair(stride, "Conv2D stride")
         self.padding = normalize_padding(padding, "Conv2D padding")
         self.use_bias = bool(use_bias)
+        self.algorithm, self.winograd_tile = self._check_algorithm(algorithm, winograd_tile)
         self.weight_init, self.bias_init = _init.get(weight_init), _init.get(bias_init)
         dtype = check_dtype_arg(dtype)
         rng = resolve_rng(rng)
@@ -90,6 +136,23 @@ class Conv2D(Layer):
         self.bias = Parameter(self.bias_init((self.out_channels,), rng, dtype), "bias") if use_bias else None
         self._cache = None
         self._work = _Workspace()
+        self.last_algorithm = None  # (name, tile) of the latest forward pass
+
+    def _check_algorithm(self, algorithm, tile):
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"Conv2D algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, "
+                             f"got {algorithm!r}")
+        tile = _tile_pair(tile)
+        if algorithm == "winograd" and (self.stride != (1, 1) or min(self.kernel_size) < 2):
+            raise ValueError(f"Conv2D algorithm='winograd' needs stride 1 and a kernel of at least 2x2, "
+                             f"got stride {self.stride} and kernel {self.kernel_size}")
+        if tile is not None:
+            for m, k in zip(tile, self.kernel_size):
+                if m + k - 1 > _wg.MAX_ALPHA:
+                    raise ValueError(f"Conv2D winograd_tile {tile} with kernel {self.kernel_size}: tile + "
+                                     f"kernel - 1 must be <= {_wg.MAX_ALPHA} per axis (accuracy bound); "
+                                     f"use a tile of at most {_wg.MAX_ALPHA + 1 - k}")
+        return algorithm, tile
 
     def describe(self) -> str:
         kh, kw = self.kernel_size
@@ -114,6 +177,31 @@ class Conv2D(Layer):
         _, out_hw = self._geometry(input_shape[:2])
         return (*out_hw, self.out_channels)
 
+    def algorithm_for(self, input_shape):
+        """``("im2col", None)`` or ``("winograd", (mh, mw))``: what the forward pass runs on
+        per-sample input ``(H, W, C)``."""
+        oh, ow, _ = self.output_shape(input_shape)
+        return self._choose((oh, ow))
+
+    def _choose(self, out_hw):
+        if self.algorithm == "im2col" or self.stride != (1, 1):
+            return "im2col", None
+        if self.algorithm == "winograd":
+            tile = self.winograd_tile or tuple(min(4, _wg.MAX_ALPHA + 1 - k) for k in self.kernel_size)
+            return "winograd", tile
+        tile = self.winograd_tile or auto_tile(self.kernel_size, out_hw)
+        if tile is None or min(self.kernel_size) < 2:
+            return "im2col", None
+        return "winograd", tile
+
+    def multiplications(self, input_shape, algorithm=None):
+        """Multiplications of the forward pass for one image (bias excluded), for the
+        algorithm it runs (or the ``(name, tile)`` given)."""
+        oh, ow, _ = self.output_shape(input_shape)
+        name, tile = algorithm or self._choose((oh, ow))
+        return _wg.multiplications((oh, ow), self.kernel_size, self.in_channels, self.out_channels,
+                                   tile if name == "winograd" else None)
+
     def flops(self, input_shape):
         oh, ow, o = self.output_shape(input_shape)
         kh, kw = self.kernel_size
@@ -123,13 +211,19 @@ class Conv2D(Layer):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
                 "kernel_size": list(self.kernel_size), "stride": list(self.stride),
                 "padding": _fmt_pad(self.padding), "use_bias": self.use_bias,
-                "dtype": str(self.weight.data.dtype)}
+                "dtype": str(self.weight.data.dtype), "algorithm": self.algorithm,
+                "winograd_tile": None if self.winograd_tile is None else list(self.winograd_tile)}
 
     def forward(self, x, training: bool = False):
         self._check_input(x, 4, self.in_channels, "NHWC batch (batch, height, width, channels)")
         xp = xp_of(x)
         n, h, w, c = x.shape
         pads, (oh, ow) = self._geometry((h, w))
+        self.last_algorithm = name, tile = self._choose((oh, ow))
+        if name == "winograd":
+            y, xpad = self._winograd(x, pads, self.weight.data, tile, "fwd", self.bias)
+            self._cache = ("winograd", xpad, x.shape, pads, (oh, ow))
+            return y
         (pt, pb), (pl, pr) = pads
         kh, kw = self.kernel_size
         pad_shape = (n, h + pt + pb, w + pl + pr, c)
@@ -151,23 +245,92 @@ class Conv2D(Layer):
             if self.bias is not None:
                 y[r] += self.bias.data
         pfor(block, n, cols.size)
-        self._cache = (cols, x.shape, pad_shape, pads, (oh, ow))
+        self._cache = ("im2col", cols, x.shape, pad_shape, pads, (oh, ow))
         return y.reshape(n, oh, ow, self.out_channels)
+
+    def _winograd(self, src, pads, w, tile, key, bias=None):
+        """Stride-1 correlation of ``src`` (``(N, H, W, C)``, zero-padded by ``pads``) with
+        the HWIO kernel ``w`` by Winograd ``F(tile, kernel)``, plus ``bias``.
+
+        Returns the output and the zero-padded copy of ``src`` (a workspace buffer that
+        also holds the rows and columns that complete the last tiles)."""
+        xp = xp_of(src)
+        n, h, wd, c = src.shape
+        kh, kw, _, o = w.shape
+        (pt, pb), (pl, pr) = pads
+        (mh, mw) = tile
+        oh, ow = h + pt + pb - kh + 1, wd + pl + pr - kw + 1
+        th, tw = -(-oh // mh), -(-ow // mw)
+        dt = np.result_type(src.dtype, w.dtype)
+        ext = self._work.buffer(key + "_pad", (n, th * mh + kh - 1, tw * mw + kw - 1, c), dt, xp, zeros=True)
+        u = _wg.transform_filter(w.astype(dt, copy=False), tile)
+        y = xp.empty((n, oh, ow, o), dt)
+        # Chunks of whole images, a fixed number of them per block: shapes fixed by the problem.
+        per_image = _wg.scratch_size(tile, (kh, kw), th * tw, c, o)
+        chunk = max(1, _WINOGRAD_CHUNK_BYTES // (2 * per_image * np.dtype(dt).itemsize))
+        chunks = [slice(i, min(i + chunk, n)) for i in range(0, n, chunk)]
+        blocks = _parts(len(chunks), 8)
+        scratch = self._work.buffer(key + "_scratch", (len(blocks), 2, min(chunk, n) * per_image), dt, xp)
+        b = None if bias is None else bias.data.astype(dt, copy=False)
+
+        def run(block_ids):
+            for bi in range(block_ids.start, block_ids.stop):
+                for sl in chunks[blocks[bi]]:
+                    ext[sl, pt:pt + h, pl:pl + wd, :] = src[sl]
+                    t = _wg.correlate_tiles(ext[sl], u, tile, (kh, kw), (th, tw),
+                                            (scratch[bi, 0], scratch[bi, 1]))
+                    # Scatter tile position (i, j) of every tile to its strided place in y.
+                    for i in range(mh):
+                        for j in range(mw):
+                            dst = y[sl, i::mh, j::mw, :]
+                            part = t[i, j, :, :dst.shape[1], :dst.shape[2], :]
+                            if b is None:
+                                dst[...] = part
+                            else:
+                                xp.add(part, b, out=dst)
+        pfor(run, len(blocks), n * oh * ow * max(c, o) * 8, blocks=len(blocks))
+        return y, ext
 
     def backward(self, grad, input_grad: bool = True):
         if self._cache is None:
             raise self._no_forward()
-        cols, x_shape, xpad_shape, pads, (oh, ow) = self._cache
-        n = x_shape[0]
-        self._check_grad(grad, (n, oh, ow, self.out_channels))
+        kind, *cache = self._cache
         xp = xp_of(grad)
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        if kind == "winograd":
+            xpad, x_shape, pads, (oh, ow) = cache
+            n = x_shape[0]
+            self._check_grad(grad, (n, oh, ow, self.out_channels))
+            # dW still needs the im2col matrix: built here, from the padded input forward kept.
+            cols = self._work.buffer("cols", (n * oh * ow, kh * kw * self.in_channels), xpad.dtype, xp)
+            rows = oh * ow
+            pfor(lambda sl: im2col(xpad[sl], self.kernel_size, (1, 1), (oh, ow),
+                                   out=cols[sl.start * rows:sl.stop * rows]), n, cols.size)
+            xpad_shape = None
+        else:
+            cols, x_shape, xpad_shape, pads, (oh, ow) = cache
+            n = x_shape[0]
+            self._check_grad(grad, (n, oh, ow, self.out_channels))
         dy = grad.reshape(-1, self.out_channels)
         paccumulate_tmatmul(cols, dy, self.weight.grad.reshape(cols.shape[1], self.out_channels),
                             b_sum_out=None if self.bias is None else self.bias.grad)
         if not input_grad:
             return None
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        c, rows, w = self.in_channels, oh * ow, self.weight.data
+        (pt, pb), (pl, pr) = pads
+        w = self.weight.data
+        if self.algorithm != "im2col" and self.stride == (1, 1):
+            # dX is the stride-1 "full" correlation of dY with the kernel turned by 180° and
+            # its channels swapped; padding dY by k-1-p on each side yields just X's region.
+            back_pads = ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr))
+            if min(min(p) for p in back_pads) >= 0:
+                h, wd = x_shape[1:3]
+                name, tile = self._choose_input_grad((h, wd))
+                if name == "winograd":
+                    dx, _ = self._winograd(grad, back_pads, w[::-1, ::-1].transpose(0, 1, 3, 2), tile, "bwd")
+                    return dx
+        if xpad_shape is None:
+            xpad_shape = xpad.shape[:1] + (x_shape[1] + pt + pb, x_shape[2] + pl + pr) + x_shape[3:]
+        c, rows = self.in_channels, oh * ow
         dxpad = xp.empty(xpad_shape, dtype=np.result_type(grad.dtype, w.dtype))
 
         def block(sl):
@@ -182,5 +345,14 @@ class Conv2D(Layer):
                     dxb[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :] += \
                         xp.matmul(dyb, w[i, j].T).reshape(m, oh, ow, c)
         pfor(block, n, dy.size * kh * kw)
-        (pt, _), (pl, _) = pads
         return dxpad[:, pt:pt + x_shape[1], pl:pl + x_shape[2], :]
+
+    def _choose_input_grad(self, in_hw):
+        """The algorithm for ``dX`` (a stride-1 correlation whose output is the input)."""
+        if self.algorithm == "winograd":
+            return self._choose(in_hw)
+        if self.algorithm == "auto":
+            tile = self.winograd_tile or auto_tile(self.kernel_size, in_hw)
+            if tile is not None and min(self.kernel_size) >= 2:
+                return "winograd", tile
+        return "im2col", None

@@ -1,0 +1,197 @@
+"""Winograd minimal filtering: stride-1 2-D correlation with fewer multiplications.
+
+One dimension first. ``F(m, r)`` computes ``m`` outputs of a correlation with an ``r``-tap
+filter, ``y_i = Σ_k g_k d_{i+k}``, from ``α = m + r - 1`` inputs with only ``α``
+multiplications instead of ``m·r``::
+
+    y = Aᵀ [ (G g) ⊙ (Bᵀ d) ]          Aᵀ: m×α,  G: α×r,  Bᵀ: α×α
+
+How the matrices are built (Toom–Cook / Cook–Toom, as used by Lavin & Gray, 2016):
+
+* Correlation is the transpose of polynomial multiplication. If ``h`` has ``m``
+  coefficients, ``s(x) = g(x) h(x)`` has ``α`` of them, ``s = C_g h`` with
+  ``C_g[i + k, i] = g_k``, and ``(C_gᵀ d)_i = Σ_k g_k d_{i+k}`` is exactly ``y``.
+* ``s`` is found by evaluating ``g`` and ``h`` at ``α`` points, multiplying the values
+  (the only ``α`` multiplications that involve both operands) and interpolating:
+  ``C_g = V⁻¹ diag(G g) H``, where ``G`` and ``H`` evaluate ``g`` and ``h`` (rows
+  ``[1, p, p², ...]``) and ``V`` evaluates a polynomial with ``α`` coefficients.
+  Transposing gives ``y = Hᵀ [(G g) ⊙ (V⁻ᵀ d)]``, so ``Aᵀ = Hᵀ`` and ``Bᵀ = V⁻ᵀ``.
+* One of the points is ``∞``: "evaluating at ∞" means taking the leading coefficient.
+  With finite points ``p_0 … p_{α-2}`` and ``M(x) = Π (x - p_l)``, Lagrange interpolation
+  reads ``s(x) = Σ_j s(p_j) L_j(x) + s_∞ M(x)`` with ``L_j(x) = Π_{l≠j} (x - p_l) / N_j``
+  and ``N_j = Π_{l≠j} (p_j - p_l)``. So row ``j`` of ``V⁻ᵀ`` holds the coefficients of
+  ``L_j`` and its last row those of ``M``. The scale ``1/N_j`` is moved from ``Bᵀ`` into
+  ``G`` (``diag`` factors commute through the ``⊙``), which leaves ``Bᵀ`` with the small
+  integer-and-half coefficients of ``Π_{l≠j} (x - p_l)``.
+
+Everything is computed in exact rational arithmetic (``fractions.Fraction``) and rounded
+to floating point once, so the only rounding is that of the convolution itself.
+
+Why the points ``0, 1, -1, 2, -2, 1/2, -1/2, ∞`` (the first ``α - 1`` finite ones, then
+``∞``): the transforms' entries are powers of the points and products of their
+differences, and rounding error grows with their magnitude (Vandermonde matrices are
+notoriously ill-conditioned). ``0`` and ``∞`` give rows with a single 1; ``±1`` give
+entries of size 1; ``±2`` and their reciprocals ``±1/2`` keep the largest powers small
+and are exact in binary. Each point beyond these (``±3``, ``±1/3``, ...) costs about an
+order of magnitude of float32 accuracy, which is why tiles are limited to ``α ≤ 8``
+(``F(4×4, 5×5)``, ``F(6×6, 3×3)``, ...): see ``MAX_ALPHA``.
+
+Two dimensions nest the 1-D algorithm, one per axis: for a tile ``d`` (``αh×αw``) and
+kernel ``g`` (``kh×kw``), ``Y = Aₕᵀ [(Gₕ g G_wᵀ) ⊙ (Bₕᵀ d B_w)] A_w``. Flattening the
+tile row by row turns each two-sided product into one matrix, the Kronecker product
+(``kron(Bₕᵀ, B_wᵀ)`` etc.), so a whole batch of tiles is transformed by one GEMM.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+from functools import lru_cache
+
+import numpy as np
+
+from ..backend import as_strided, xp_of
+
+#: Interpolation points in the order they are taken; ``∞`` is always added as the last one.
+POINTS = (Fraction(0), Fraction(1), Fraction(-1), Fraction(2), Fraction(-2), Fraction(1, 2), Fraction(-1, 2))
+
+#: Largest tile ``α = m + r - 1`` (per axis) the points above support.
+MAX_ALPHA = len(POINTS) + 1
+
+
+def _poly_from_roots(roots):
+    """Coefficients (lowest first) of ``Π (x - p)`` over ``roots``."""
+    coeffs = [Fraction(1)]
+    for p in roots:
+        nxt = [Fraction(0)] * (len(coeffs) + 1)
+        for i, c in enumerate(coeffs):
+            nxt[i] -= p * c
+            nxt[i + 1] += c
+        coeffs = nxt
+    return coeffs
+
+
+@lru_cache(maxsize=None)
+def transform_matrices_exact(m: int, r: int):
+    """``(Aᵀ, G, Bᵀ)`` of ``F(m, r)`` as nested tuples of ``Fraction`` (exact).
+
+    ``Aᵀ`` is ``m×α``, ``G`` is ``α×r``, ``Bᵀ`` is ``α×α`` with ``α = m + r - 1``.
+    """
+    if not (isinstance(m, int) and isinstance(r, int)) or m < 1 or r < 1:
+        raise ValueError(f"winograd: tile size m and kernel size r must be positive ints, got {m!r}, {r!r}")
+    alpha = m + r - 1
+    if alpha > MAX_ALPHA:
+        raise ValueError(f"winograd: F({m}, {r}) needs a tile of {alpha} > {MAX_ALPHA} points; "
+                         f"use m <= {MAX_ALPHA + 1 - r}")
+    pts = POINTS[:alpha - 1]
+    # Aᵀ = Hᵀ: column j evaluates an m-coefficient polynomial at p_j; ∞ takes its leading one.
+    at = [[p ** i for p in pts] + [Fraction(int(i == m - 1))] for i in range(m)]
+    g, bt = [], []
+    for j, p in enumerate(pts):
+        others = pts[:j] + pts[j + 1:]
+        n_j = Fraction(1)
+        for q in others:
+            n_j *= p - q
+        g.append([p ** k / n_j for k in range(r)])
+        bt.append(_poly_from_roots(others) + [Fraction(0)])  # degree α-2, padded to α
+    g.append([Fraction(int(k == r - 1)) for k in range(r)])
+    bt.append(_poly_from_roots(pts))  # M(x), degree α-1
+    return tuple(map(tuple, at)), tuple(map(tuple, g)), tuple(map(tuple, bt))
+
+
+@lru_cache(maxsize=None)
+def transform_matrices(m: int, r: int):
+    """``(Aᵀ, G, Bᵀ)`` of ``F(m, r)`` as float64 arrays (each entry rounded once)."""
+    return tuple(np.array([[float(v) for v in row] for row in mat]) for mat in transform_matrices_exact(m, r))
+
+
+@lru_cache(maxsize=None)
+def transforms_2d(tile, kernel):
+    """Kronecker-product transforms of ``F(mh×mw, kh×kw)`` for tiles flattened row by row.
+
+    Returns float64 ``(A2ᵀ, G2, B2ᵀ)`` of shapes ``(mh·mw, αh·αw)``, ``(αh·αw, kh·kw)``,
+    ``(αh·αw, αh·αw)``. An axis with a 1-tap kernel uses ``F(m, 1)``, the identity.
+    """
+    (mh, mw), (kh, kw) = tile, kernel
+    ath, gh, bth = transform_matrices(mh, kh)
+    atw, gw, btw = transform_matrices(mw, kw)
+    return np.kron(ath, atw), np.kron(gh, gw), np.kron(bth, btw)
+
+
+def multiplications(out_hw, kernel, in_channels, out_channels, tile=None):
+    """Multiplications of one image's stride-1 correlation: ``im2col`` (``tile=None``,
+    ``oh·ow·kh·kw·C·O``) or Winograd ``F(tile, kernel)`` (``α² · C·O`` per tile, the
+    element-wise stage; the transforms are additions and small constant scalings, about
+    ``α²·(C + O)`` per tile, and are counted separately by ``transform_cost``)."""
+    (oh, ow), (kh, kw) = out_hw, kernel
+    if tile is None:
+        return oh * ow * kh * kw * in_channels * out_channels
+    (mh, mw) = tile
+    tiles = -(-oh // mh) * -(-ow // mw)
+    return tiles * (mh + kh - 1) * (mw + kw - 1) * in_channels * out_channels
+
+
+def tiles_view(xpad, tile, kernel, tiles_hw):
+    """Read-only view ``(N, th, tw, αh, αw, C)`` of the overlapping input tiles (no copy).
+
+    Tile ``(ty, tx)`` starts at row ``ty·mh`` and column ``tx·mw``; ``xpad`` must hold at
+    least ``th·mh + kh - 1`` rows and ``tw·mw + kw - 1`` columns."""
+    n, _, _, c = xpad.shape
+    (mh, mw), (kh, kw), (th, tw) = tile, kernel, tiles_hw
+    sn, sh, sw, sc = xpad.strides
+    return as_strided(xpad, (n, th, tw, mh + kh - 1, mw + kw - 1, c), (sn, sh * mh, sw * mw, sh, sw, sc))
+
+
+def transform_filter(w, tile, out=None):
+    """``U = G2 · W``: the HWIO filter ``(kh, kw, C, O)`` in the Winograd domain, ``(α², C, O)``.
+
+    Computed in float64 and rounded once to ``w``'s dtype (it is small)."""
+    xp = xp_of(w)
+    kh, kw, c, o = w.shape
+    _, g2, _ = transforms_2d(tuple(tile), (kh, kw))
+    u = xp.matmul(xp.asarray(g2), w.reshape(kh * kw, c * o).astype(np.float64))
+    if out is None:
+        return u.astype(w.dtype).reshape(-1, c, o)
+    out[...] = u.reshape(out.shape)
+    return out
+
+
+def scratch_size(tile, kernel, tiles, in_channels, out_channels):
+    """Elements in each of the two scratch buffers ``correlate_tiles`` needs for ``tiles`` tiles."""
+    (mh, mw), (kh, kw) = tile, kernel
+    return (mh + kh - 1) * (mw + kw - 1) * tiles * max(in_channels, out_channels)
+
+
+def correlate_tiles(xpad, u, tile, kernel, tiles_hw, scratch):
+    """Winograd correlation of the tiles of ``xpad`` with the transformed filter ``u``.
+
+    Args:
+        xpad: ``(s, H, W, C)`` padded input holding whole tiles (see ``tiles_view``).
+        u: ``(α², C, O)`` from ``transform_filter``.
+        tile, kernel, tiles_hw: ``(mh, mw)``, ``(kh, kw)``, ``(th, tw)``.
+        scratch: two flat buffers of at least ``scratch_size(...)`` elements each, for
+            ``T = s·th·tw`` tiles (reused between calls, so they stay in cache).
+
+    Returns ``(mh, mw, s, th, tw, O)``: output pixel ``(ty·mh + i, tx·mw + j)`` of image
+    ``n`` is at ``[i, j, n, ty, tx]``, a view of ``scratch[1]``.
+    """
+    xp = xp_of(xpad)
+    s, _, _, c = xpad.shape
+    (mh, mw), (kh, kw), (th, tw) = tile, kernel, tiles_hw
+    ah, aw = mh + kh - 1, mw + kw - 1
+    a2, o = ah * aw, u.shape[-1]
+    t = s * th * tw
+    at2, _, bt2 = transforms_2d((mh, mw), (kh, kw))
+    dt = xpad.dtype
+    first, second = scratch
+    # Gather: element (a, b) of every tile becomes row (a, b) of D, so the input
+    # transform is one GEMM  B2ᵀ (α²×α²) · D (α²×T·C).
+    d = first[:a2 * t * c].reshape(ah, aw, s, th, tw, c)
+    d[...] = tiles_view(xpad, (mh, mw), (kh, kw), (th, tw)).transpose(3, 4, 0, 1, 2, 5)
+    v = second[:a2 * t * c].reshape(a2, t * c)
+    xp.matmul(xp.asarray(bt2, dtype=dt), d.reshape(a2, t * c), out=v)
+    # The element-wise stage summed over channels: α² independent GEMMs (T×C)·(C×O).
+    mm = first[:a2 * t * o].reshape(a2, t, o)
+    xp.matmul(v.reshape(a2, t, c), u, out=mm)
+    # Output transform, one GEMM  A2ᵀ (m²×α²) · M (α²×T·O).
+    y = second[:mh * mw * t * o].reshape(mh * mw, t * o)
+    xp.matmul(xp.asarray(at2, dtype=dt), mm.reshape(a2, t * o), out=y)
+    return y.reshape(mh, mw, s, th, tw, o)
