@@ -45,22 +45,34 @@ ALGORITHMS = ("auto", "im2col", "winograd")
 # Winograd runs on chunks of whole images whose scratch (two buffers, see
 # ``winograd.scratch_size``) fits in about this many bytes, so each chunk's transforms
 # and GEMMs stay in the core's L2 cache. A constant: chunk shapes follow the problem only.
-_WINOGRAD_CHUNK_BYTES = 1 << 19
+_WINOGRAD_CHUNK_BYTES = 1 << 21
 
 
 def _tile_pair(tile, what="Conv2D winograd_tile"):
     return None if tile is None else pair(tile, what)
 
 
-def auto_tile(kernel, out_hw):
-    """The Winograd tile ``auto`` uses for a stride-1 ``kernel`` and output ``out_hw``, or
-    None when im2col should run. See ``Conv2D``'s docstring for where the rule comes from."""
-    tile = []
+#: ``auto`` sends a stride-1 layer to Winograd only with at least this many input channels:
+#: the element-wise stage is a batch of (tiles × C_in)·(C_in × C_out) GEMMs, and with few
+#: input channels the transforms cost more than the multiplications they save (measured:
+#: MNIST's conv1, one channel, runs 4x slower; see BENCHMARKS.md).
+AUTO_MIN_IN_CHANNELS = 8
+
+
+def auto_tile(kernel, out_hw, in_channels, out_channels):
+    """The Winograd tile ``auto`` uses for a stride-1 convolution, or None for im2col.
+
+    The rule, from single-layer A/B measurements (``benchmarks/conv_algorithms.py``,
+    table in BENCHMARKS.md): kernels of 3 to 5 taps per axis, an output of at least 4×4
+    and at least ``AUTO_MIN_IN_CHANNELS`` input channels go to ``F(4×4, k×k)``; all
+    tiles it picks have ``4 + k - 1 <= 8`` points, within the tested float32 bound.
+    """
+    if in_channels < AUTO_MIN_IN_CHANNELS or out_channels < 1:
+        return None
     for k, n in zip(kernel, out_hw):
-        if k < 3 or n < 4:  # 1x1 / 2-tap kernels and tiny outputs: nothing to gain
+        if not 3 <= k <= 5 or n < 4:
             return None
-        tile.append(4 if k <= 5 else 2)
-    return tuple(tile)
+    return (4, 4)
 
 
 @register
@@ -183,16 +195,18 @@ class Conv2D(Layer):
         oh, ow, _ = self.output_shape(input_shape)
         return self._choose((oh, ow))
 
-    def _choose(self, out_hw):
+    def _choose(self, out_hw, channels=None):
+        """``(name, tile)`` for a stride-1 correlation with output ``out_hw`` and
+        ``channels = (in, out)`` (the layer's own by default; swapped for dX)."""
         if self.algorithm == "im2col" or self.stride != (1, 1):
             return "im2col", None
         if self.algorithm == "winograd":
             tile = self.winograd_tile or tuple(min(4, _wg.MAX_ALPHA + 1 - k) for k in self.kernel_size)
             return "winograd", tile
-        tile = self.winograd_tile or auto_tile(self.kernel_size, out_hw)
-        if tile is None or min(self.kernel_size) < 2:
+        tile = auto_tile(self.kernel_size, out_hw, *(channels or (self.in_channels, self.out_channels)))
+        if tile is None:
             return "im2col", None
-        return "winograd", tile
+        return "winograd", self.winograd_tile or tile
 
     def multiplications(self, input_shape, algorithm=None):
         """Multiplications of the forward pass for one image (bias excluded), for the
@@ -263,7 +277,10 @@ class Conv2D(Layer):
         th, tw = -(-oh // mh), -(-ow // mw)
         dt = np.result_type(src.dtype, w.dtype)
         ext = self._work.buffer(key + "_pad", (n, th * mh + kh - 1, tw * mw + kw - 1, c), dt, xp, zeros=True)
-        u = _wg.transform_filter(w.astype(dt, copy=False), tile)
+        u = xp.empty(((mh + kh - 1) * (mw + kw - 1), c, o), dt)
+        # Inside a region even though it is one small GEMM: BLAS stays single-threaded there
+        # (a multi-threaded BLAS call on a loaded machine costs more than the whole product).
+        pfor(lambda _: _wg.transform_filter(w, tile, out=u), 1)
         y = xp.empty((n, oh, ow, o), dt)
         # Chunks of whole images, a fixed number of them per block: shapes fixed by the problem.
         per_image = _wg.scratch_size(tile, (kh, kw), th * tw, c, o)
@@ -348,11 +365,6 @@ class Conv2D(Layer):
         return dxpad[:, pt:pt + x_shape[1], pl:pl + x_shape[2], :]
 
     def _choose_input_grad(self, in_hw):
-        """The algorithm for ``dX`` (a stride-1 correlation whose output is the input)."""
-        if self.algorithm == "winograd":
-            return self._choose(in_hw)
-        if self.algorithm == "auto":
-            tile = self.winograd_tile or auto_tile(self.kernel_size, in_hw)
-            if tile is not None and min(self.kernel_size) >= 2:
-                return "winograd", tile
-        return "im2col", None
+        """The algorithm for ``dX``: a stride-1 correlation from ``out_channels`` to
+        ``in_channels`` whose output is the input."""
+        return self._choose(in_hw, (self.out_channels, self.in_channels))
