@@ -201,10 +201,10 @@ WINOGRAD_CFGS = [c for c in CONV_CFGS if c["s"] == (1, 1) and min(c["k"]) >= 2] 
     dict(n=1, h=5, w=9, cin=2, cout=4, k=(3, 2), s=(1, 1), padding=1, bias=True, seed=6001),
     dict(n=3, h=4, w=4, cin=1, cout=3, k=(3, 3), s=(1, 1), padding="valid", bias=False, seed=6002)]
 AUTO_WINOGRAD_CFGS = [
-    dict(n=2, h=9, w=7, cin=8, cout=5, k=(3, 3), s=(1, 1), padding="same", bias=True, seed=7000),
+    dict(n=2, h=9, w=7, cin=8, cout=8, k=(3, 3), s=(1, 1), padding="same", bias=True, seed=7000),
     dict(n=1, h=14, w=14, cin=32, cout=16, k=(5, 5), s=(1, 1), padding="same", bias=True, seed=7001),
-    dict(n=3, h=6, w=8, cin=12, cout=4, k=(3, 5), s=(1, 1), padding=(1, 2), bias=False, seed=7002),
-    dict(n=2, h=8, w=9, cin=9, cout=3, k=(4, 4), s=(1, 1), padding="same", bias=True, seed=7003),
+    dict(n=3, h=6, w=8, cin=12, cout=9, k=(3, 5), s=(1, 1), padding=(1, 2), bias=False, seed=7002),
+    dict(n=2, h=8, w=9, cin=9, cout=10, k=(4, 4), s=(1, 1), padding="same", bias=True, seed=7003),
     dict(n=2, h=10, w=10, cin=16, cout=8, k=(3, 3), s=(1, 1), padding="valid", bias=True, seed=7004),
 ]
 

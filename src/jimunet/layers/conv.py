@@ -52,11 +52,12 @@ def _tile_pair(tile, what="Conv2D winograd_tile"):
     return None if tile is None else pair(tile, what)
 
 
-#: ``auto`` sends a stride-1 layer to Winograd only with at least this many input channels:
-#: the element-wise stage is a batch of (tiles × C_in)·(C_in × C_out) GEMMs, and with few
-#: input channels the transforms cost more than the multiplications they save (measured:
-#: MNIST's conv1, one channel, runs 4x slower; see BENCHMARKS.md).
-AUTO_MIN_IN_CHANNELS = 8
+#: ``auto`` sends a stride-1 layer to Winograd only with at least this many input and
+#: output channels: the element-wise stage is a batch of (tiles × C_in)·(C_in × C_out)
+#: GEMMs, and with few channels the tile transforms cost more than the multiplications
+#: they save (measured: MNIST's conv1, one input channel, runs 2.6-4x slower; see
+#: BENCHMARKS.md). The same rule, channels swapped, decides ``dX``.
+AUTO_MIN_CHANNELS = 8
 
 
 def auto_tile(kernel, out_hw, in_channels, out_channels):
@@ -64,10 +65,10 @@ def auto_tile(kernel, out_hw, in_channels, out_channels):
 
     The rule, from single-layer A/B measurements (``benchmarks/conv_algorithms.py``,
     table in BENCHMARKS.md): kernels of 3 to 5 taps per axis, an output of at least 4×4
-    and at least ``AUTO_MIN_IN_CHANNELS`` input channels go to ``F(4×4, k×k)``; all
-    tiles it picks have ``4 + k - 1 <= 8`` points, within the tested float32 bound.
+    and at least ``AUTO_MIN_CHANNELS`` input and output channels go to ``F(4×4, k×k)``;
+    all tiles it picks have ``4 + k - 1 <= 8`` points, within the tested float32 bound.
     """
-    if in_channels < AUTO_MIN_IN_CHANNELS or out_channels < 1:
+    if min(in_channels, out_channels) < AUTO_MIN_CHANNELS:
         return None
     for k, n in zip(kernel, out_hw):
         if not 3 <= k <= 5 or n < 4:
@@ -95,9 +96,10 @@ class Conv2D(Layer):
       data) up to ~2e-6 for ``F(4×4, 5×5)`` in float32 and ~1e-15 in float64; the
       contract tested is 2e-5 (float32) and 1e-12 (float64), for every tile ``auto`` uses.
     * ``"auto"`` (default): Winograd with 4×4 tiles where it was measured to be faster
-      (stride 1, kernel 3×3 to 5×5, output at least 4×4 — see ``auto_tile`` and
-      BENCHMARKS.md), im2col everywhere else. It only picks tiles within the float32
-      bound above.
+      (stride 1, kernel 3 to 5 taps per axis, output at least 4×4, at least 8 input and
+      8 output channels — see ``auto_tile`` and BENCHMARKS.md), im2col everywhere else;
+      ``dX`` is decided the same way, channels swapped. It only picks tiles within the
+      float32 bound above.
 
     Args:
         in_channels: channels of the input (its last axis).
