@@ -50,6 +50,12 @@ def test_transforms_have_the_expected_small_entries():
         assert np.all(bt * 64 == np.round(bt * 64)) and np.abs(bt).max() <= 32
 
 
+def test_input_transform_depends_on_the_tile_length_only():
+    # So the forward pass F(m, k) and the weight gradient F(k, m) share the transformed input.
+    for m, r in ALL_1D:
+        np.testing.assert_array_equal(wg.transform_matrices(m, r)[2], wg.transform_matrices(r, m)[2])
+
+
 def test_tiles_beyond_the_points_are_refused():
     with pytest.raises(ValueError, match="tile of 9 > 8"):
         wg.transform_matrices(5, 5)
@@ -148,14 +154,31 @@ def test_float32_winograd_within_the_bound_of_a_float64_reference(kernel, tile, 
     rng = np.random.default_rng(2)
     x = rng.standard_normal((n, *hw, c)).astype(np.float32)
     g = rng.standard_normal((n, *hw, o)).astype(np.float32)
-    y64, dx64, _ = _fwd_bwd(exact, x.astype(np.float64), g.astype(np.float64))
-    y32, dx32, _ = _fwd_bwd(win, x, g)
-    assert win.last_algorithm == ("winograd", tile) and y32.dtype == dx32.dtype == np.float32
+    y64, dx64, dw64 = _fwd_bwd(exact, x.astype(np.float64), g.astype(np.float64))
+    y32, dx32, dw32 = _fwd_bwd(win, x, g)
+    assert win.last_algorithm == ("winograd", tile) and y32.dtype == dx32.dtype == dw32.dtype == np.float32
     assert rel(y32, y64) <= BOUND32, "forward"
     assert rel(dx32, dx64) <= BOUND32, "dX"
+    assert rel(dw32, dw64) <= BOUND32, "dW"
     # and it is really Winograd: im2col in float32 is markedly closer to the reference
     y_i2c = ref.forward(x)
     assert rel(y_i2c, y64) <= BOUND32 / 10
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_weight_gradient_with_and_without_the_kept_input_tiles(training):
+    # training=True keeps the transformed input tiles for dW; otherwise backward transforms
+    # the input again. Both give im2col's gradient, accumulated (added) into .grad.
+    ref, win = _pair_of_layers(16, 8, 3, "same", 4, np.float64)
+    rng = np.random.default_rng(3)
+    x, g = rng.standard_normal((70, 9, 6, 16)), rng.standard_normal((70, 9, 6, 8))
+    for layer in (ref, win):
+        for _ in range(2):
+            layer.forward(x, training=training)
+            layer.backward(g, input_grad=False)
+    assert (win.last_algorithm[0], win._cache[1]["kept"] is not None) == ("winograd", training)
+    assert rel(win.weight.grad, ref.weight.grad) <= BOUND64
+    assert rel(win.bias.grad, ref.bias.grad) <= BOUND64
 
 
 def test_auto_rule():

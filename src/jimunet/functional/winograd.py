@@ -160,7 +160,28 @@ def scratch_size(tile, kernel, tiles, in_channels, out_channels):
     return (mh + kh - 1) * (mw + kw - 1) * tiles * max(in_channels, out_channels)
 
 
-def correlate_tiles(xpad, u, tile, kernel, tiles_hw, scratch):
+def transform_input(xpad, tile, kernel, tiles_hw, gather, out):
+    """``V = B2ᵀ · D``: every input tile in the Winograd domain, ``(α², T, C)`` with
+    ``T = N·th·tw`` tiles in ``(n, ty, tx)`` order.
+
+    ``gather`` (at least ``α²·T·C`` elements) receives the tiles, element ``(a, b)`` of
+    every tile as row ``(a, b)`` of ``D``, so the transform is one GEMM
+    ``(α²×α²)·(α²×T·C)``. ``B2ᵀ`` depends on the interpolation points only, so the same
+    ``V`` serves the forward pass ``F(m, k)`` and the weight gradient ``F(k, m)``."""
+    xp = xp_of(xpad)
+    s, _, _, c = xpad.shape
+    (mh, mw), (kh, kw), (th, tw) = tile, kernel, tiles_hw
+    ah, aw = mh + kh - 1, mw + kw - 1
+    a2, t = ah * aw, s * th * tw
+    _, _, bt2 = transforms_2d((mh, mw), (kh, kw))
+    d = gather[:a2 * t * c].reshape(ah, aw, s, th, tw, c)
+    d[...] = tiles_view(xpad, (mh, mw), (kh, kw), (th, tw)).transpose(3, 4, 0, 1, 2, 5)
+    v = out[:a2 * t * c].reshape(a2, t, c)
+    xp.matmul(xp.asarray(bt2, dtype=xpad.dtype), d.reshape(a2, t * c), out=v.reshape(a2, t * c))
+    return v
+
+
+def correlate_tiles(xpad, u, tile, kernel, tiles_hw, scratch, v_out=None):
     """Winograd correlation of the tiles of ``xpad`` with the transformed filter ``u``.
 
     Args:
@@ -169,29 +190,61 @@ def correlate_tiles(xpad, u, tile, kernel, tiles_hw, scratch):
         tile, kernel, tiles_hw: ``(mh, mw)``, ``(kh, kw)``, ``(th, tw)``.
         scratch: two flat buffers of at least ``scratch_size(...)`` elements each, for
             ``T = s·th·tw`` tiles (reused between calls, so they stay in cache).
+        v_out: where to keep the transformed input ``V`` (``α²·T·C`` elements) for the
+            weight gradient; by default it lives in the scratch.
 
     Returns ``(mh, mw, s, th, tw, O)``: output pixel ``(ty·mh + i, tx·mw + j)`` of image
     ``n`` is at ``[i, j, n, ty, tx]``, a view of ``scratch[1]``.
     """
     xp = xp_of(xpad)
-    s, _, _, c = xpad.shape
+    s = xpad.shape[0]
     (mh, mw), (kh, kw), (th, tw) = tile, kernel, tiles_hw
-    ah, aw = mh + kh - 1, mw + kw - 1
-    a2, o = ah * aw, u.shape[-1]
+    a2, o = (mh + kh - 1) * (mw + kw - 1), u.shape[-1]
     t = s * th * tw
-    at2, _, bt2 = transforms_2d((mh, mw), (kh, kw))
-    dt = xpad.dtype
+    at2, _, _ = transforms_2d((mh, mw), (kh, kw))
     first, second = scratch
-    # Gather: element (a, b) of every tile becomes row (a, b) of D, so the input
-    # transform is one GEMM  B2ᵀ (α²×α²) · D (α²×T·C).
-    d = first[:a2 * t * c].reshape(ah, aw, s, th, tw, c)
-    d[...] = tiles_view(xpad, (mh, mw), (kh, kw), (th, tw)).transpose(3, 4, 0, 1, 2, 5)
-    v = second[:a2 * t * c].reshape(a2, t * c)
-    xp.matmul(xp.asarray(bt2, dtype=dt), d.reshape(a2, t * c), out=v)
+    v = transform_input(xpad, tile, kernel, tiles_hw, first, second if v_out is None else v_out)
     # The element-wise stage summed over channels: α² independent GEMMs (T×C)·(C×O).
     mm = first[:a2 * t * o].reshape(a2, t, o)
-    xp.matmul(v.reshape(a2, t, c), u, out=mm)
+    xp.matmul(v, u, out=mm)
     # Output transform, one GEMM  A2ᵀ (m²×α²) · M (α²×T·O).
     y = second[:mh * mw * t * o].reshape(mh * mw, t * o)
-    xp.matmul(xp.asarray(at2, dtype=dt), mm.reshape(a2, t * o), out=y)
+    xp.matmul(xp.asarray(at2, dtype=xpad.dtype), mm.reshape(a2, t * o), out=y)
     return y.reshape(mh, mw, s, th, tw, o)
+
+
+def weight_grad_tiles(v, dy_tiles, tile, kernel, scratch, out):
+    """One chunk's share of the weight gradient in the Winograd domain: ``out`` (``(α², C, O)``)
+    receives ``Σ_tiles V_ξᵀ · (G2 dY)_ξ``.
+
+    ``dW[i, j, c, o] = Σ_{n,y,x} X[n, y+i, x+j, c] · dY[n, y, x, o]`` is a correlation of the
+    input with ``dY`` as the filter, so each ``m×m`` tile of ``dY`` and the ``α×α`` input
+    tile under it make one ``F(k×k, m×m)``: same ``α``, same points, so the same ``V``
+    as the forward pass, with ``dY`` transformed by ``G`` of ``F(k, m)``. The sum over
+    tiles is the reduction of α² GEMMs ``(C×T)·(T×O)``; ``finish_weight_grad`` applies
+    ``Aᵀ`` of ``F(k, m)`` once to the total.
+
+    Args:
+        v: ``(α², T, C)`` from ``transform_input``.
+        dy_tiles: ``(mh, mw, T, O)``: element ``(i, j)`` of every ``dY`` tile (zero past
+            the edge), tiles in ``v``'s order.
+        scratch: a flat buffer of at least ``α²·T·O`` elements.
+    """
+    xp = xp_of(v)
+    mh, mw, t, o = dy_tiles.shape
+    (kh, kw) = kernel
+    a2 = (mh + kh - 1) * (mw + kw - 1)
+    _, g2, _ = transforms_2d((kh, kw), (mh, mw))
+    dyt = scratch[:a2 * t * o].reshape(a2, t, o)
+    xp.matmul(xp.asarray(g2, dtype=v.dtype), dy_tiles.reshape(mh * mw, t * o), out=dyt.reshape(a2, t * o))
+    xp.matmul(v.transpose(0, 2, 1), dyt, out=out)
+    return out
+
+
+def finish_weight_grad(acc, tile, kernel):
+    """``dW`` as HWIO ``(kh, kw, C, O)`` from the Winograd-domain sum ``acc`` (``(α², C, O)``)."""
+    xp = xp_of(acc)
+    (mh, mw), (kh, kw) = tile, kernel
+    a2, c, o = acc.shape
+    at2, _, _ = transforms_2d((kh, kw), (mh, mw))
+    return xp.matmul(xp.asarray(at2, dtype=acc.dtype), acc.reshape(a2, c * o)).reshape(kh, kw, c, o)

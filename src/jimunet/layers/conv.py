@@ -90,11 +90,13 @@ class Conv2D(Layer):
     * ``"winograd"`` (stride 1, kernels of 2 taps or more per axis): Winograd minimal
       filtering ``F(m×m, k×k)`` (``jimunet.functional.winograd``) for the forward pass and
       for ``dX`` (a stride-1 correlation of ``dY`` with the kernel rotated by 180° and its
-      channels swapped). Each ``m×m`` output tile costs ``(m+k-1)²`` multiplications per
-      channel pair instead of ``m²k²``. ``dW`` stays one im2col GEMM. The transforms
-      amplify rounding: measured relative error (``max|err| / max|y|``, standard-normal
-      data) up to ~2e-6 for ``F(4×4, 5×5)`` in float32 and ~1e-15 in float64; the
-      contract tested is 2e-5 (float32) and 1e-12 (float64), for every tile ``auto`` uses.
+      channels swapped), and ``F(k×k, m×m)`` for ``dW`` (the input correlated with ``dY``;
+      it reuses the forward pass's transformed input tiles). Each ``m×m`` output tile
+      costs ``(m+k-1)²`` multiplications per channel pair instead of ``m²k²``. The
+      transforms amplify rounding: relative error (``max|err| / max|exact|``) of at most
+      5e-5 in float32 (measured: ~3e-6 forward, ~6e-6 ``dX``, ~8e-6 ``dW`` on MNIST's
+      conv2; up to 2.2e-5 with 256 input channels) and 1e-12 in float64 (measured
+      ~1e-14); tested for every kernel and tile ``auto`` uses.
     * ``"auto"`` (default): Winograd with 4×4 tiles where it was measured to be faster
       (stride 1, kernel 3 to 5 taps per axis, output at least 4×4, at least 8 input and
       8 output channels — see ``auto_tile`` and BENCHMARKS.md), im2col everywhere else;
@@ -237,8 +239,9 @@ class Conv2D(Layer):
         pads, (oh, ow) = self._geometry((h, w))
         self.last_algorithm = name, tile = self._choose((oh, ow))
         if name == "winograd":
-            y, xpad = self._winograd(x, pads, self.weight.data, tile, "fwd", self.bias)
-            self._cache = ("winograd", xpad, x.shape, pads, (oh, ow))
+            # In training the transformed input tiles are kept: the weight gradient reuses them.
+            y, plan = self._winograd(x, pads, self.weight.data, tile, "fwd", self.bias, keep_input=training)
+            self._cache = ("winograd", plan, x.shape, pads, (oh, ow))
             return y
         (pt, pb), (pl, pr) = pads
         kh, kw = self.kernel_size
@@ -264,12 +267,13 @@ class Conv2D(Layer):
         self._cache = ("im2col", cols, x.shape, pad_shape, pads, (oh, ow))
         return y.reshape(n, oh, ow, self.out_channels)
 
-    def _winograd(self, src, pads, w, tile, key, bias=None):
+    def _winograd(self, src, pads, w, tile, key, bias=None, keep_input=False):
         """Stride-1 correlation of ``src`` (``(N, H, W, C)``, zero-padded by ``pads``) with
         the HWIO kernel ``w`` by Winograd ``F(tile, kernel)``, plus ``bias``.
 
-        Returns the output and the zero-padded copy of ``src`` (a workspace buffer that
-        also holds the rows and columns that complete the last tiles)."""
+        Returns the output and the plan: the geometry, the chunks of images and their
+        blocks, the zero-padded copy of ``src`` (which also holds the rows and columns that
+        complete the last tiles) and, with ``keep_input``, the transformed input tiles."""
         xp = xp_of(src)
         n, h, wd, c = src.shape
         kh, kw, _, o = w.shape
@@ -277,9 +281,10 @@ class Conv2D(Layer):
         (mh, mw) = tile
         oh, ow = h + pt + pb - kh + 1, wd + pl + pr - kw + 1
         th, tw = -(-oh // mh), -(-ow // mw)
+        a2 = (mh + kh - 1) * (mw + kw - 1)
         dt = np.result_type(src.dtype, w.dtype)
         ext = self._work.buffer(key + "_pad", (n, th * mh + kh - 1, tw * mw + kw - 1, c), dt, xp, zeros=True)
-        u = xp.empty(((mh + kh - 1) * (mw + kw - 1), c, o), dt)
+        u = xp.empty((a2, c, o), dt)
         # Inside a region even though it is one small GEMM: BLAS stays single-threaded there
         # (a multi-threaded BLAS call on a loaded machine costs more than the whole product).
         pfor(lambda _: _wg.transform_filter(w, tile, out=u), 1)
@@ -290,14 +295,17 @@ class Conv2D(Layer):
         chunks = [slice(i, min(i + chunk, n)) for i in range(0, n, chunk)]
         blocks = _parts(len(chunks), 8)
         scratch = self._work.buffer(key + "_scratch", (len(blocks), 2, min(chunk, n) * per_image), dt, xp)
+        v_per_image = a2 * th * tw * c
+        kept = self._work.buffer(key + "_v", (n * v_per_image,), dt, xp) if keep_input else None
         b = None if bias is None else bias.data.astype(dt, copy=False)
 
         def run(block_ids):
             for bi in range(block_ids.start, block_ids.stop):
                 for sl in chunks[blocks[bi]]:
                     ext[sl, pt:pt + h, pl:pl + wd, :] = src[sl]
+                    v_out = None if kept is None else kept[sl.start * v_per_image:sl.stop * v_per_image]
                     t = _wg.correlate_tiles(ext[sl], u, tile, (kh, kw), (th, tw),
-                                            (scratch[bi, 0], scratch[bi, 1]))
+                                            (scratch[bi, 0], scratch[bi, 1]), v_out=v_out)
                     # Scatter tile position (i, j) of every tile to its strided place in y.
                     for i in range(mh):
                         for j in range(mw):
@@ -308,7 +316,60 @@ class Conv2D(Layer):
                             else:
                                 xp.add(part, b, out=dst)
         pfor(run, len(blocks), n * oh * ow * max(c, o) * 8, blocks=len(blocks))
-        return y, ext
+        plan = {"tile": tuple(tile), "tiles": (th, tw), "ext": ext, "kept": kept, "chunks": chunks,
+                "blocks": blocks, "v_per_image": v_per_image}
+        return y, plan
+
+    def _winograd_weight_grad(self, dy, plan):
+        """``dW`` and ``db`` (added into the parameters' ``.grad``) by Winograd ``F(k, m)``:
+        the input tiles of the forward pass (kept, or transformed again) against the
+        ``m×m`` tiles of ``dY``. Each block of images sums into its own buffer and the
+        buffers are added in block order, so the result does not depend on the threads."""
+        xp = xp_of(dy)
+        n, oh, ow, o = dy.shape
+        (mh, mw), (th, tw) = plan["tile"], plan["tiles"]
+        kh, kw = self.kernel_size
+        c, ext, kept, chunks, blocks = self.in_channels, plan["ext"], plan["kept"], plan["chunks"], plan["blocks"]
+        a2, vpi = (mh + kh - 1) * (mw + kw - 1), plan["v_per_image"]
+        dt = np.result_type(dy.dtype, ext.dtype)
+        whole = oh == th * mh and ow == tw * mw
+        dypad = dy if whole else self._work.buffer("dw_dy", (n, th * mh, tw * mw, o), dt, xp, zeros=True)
+        largest = max(sl.stop - sl.start for sl in chunks)
+        per_image = a2 * th * tw * max(c, o)
+        scratch = self._work.buffer("dw_scratch", (len(blocks), 3, largest * per_image), dt, xp)
+        partial = xp.empty((len(blocks), 2, a2, c, o), dt)
+        db = xp.empty((len(blocks), o), dt) if self.bias is not None else None
+
+        def run(block_ids):
+            for bi in range(block_ids.start, block_ids.stop):
+                first, gathered, transformed = scratch[bi]
+                for k, sl in enumerate(chunks[blocks[bi]]):
+                    s = sl.stop - sl.start
+                    t = s * th * tw
+                    if kept is not None:
+                        v = kept[sl.start * vpi:sl.stop * vpi].reshape(a2, t, c)
+                    else:
+                        v = _wg.transform_input(ext[sl], (mh, mw), (kh, kw), (th, tw), first, gathered)
+                    if not whole:
+                        dypad[sl, :oh, :ow, :] = dy[sl]
+                    tiles = first[:mh * mw * t * o].reshape(mh, mw, s, th, tw, o)
+                    tiles[...] = dypad[sl].reshape(s, th, mh, tw, mw, o).transpose(2, 4, 0, 1, 3, 5)
+                    target = partial[bi, 0 if k == 0 else 1]
+                    _wg.weight_grad_tiles(v, tiles.reshape(mh, mw, t, o), (mh, mw), (kh, kw), transformed, target)
+                    if k:
+                        partial[bi, 0] += target
+                if db is not None:
+                    samples = slice(chunks[blocks[bi].start].start, chunks[blocks[bi].stop - 1].stop)
+                    dy[samples].sum(axis=(0, 1, 2), out=db[bi])
+        pfor(run, len(blocks), n * oh * ow * max(c, o) * 8, blocks=len(blocks))
+        for bi in range(1, len(blocks)):  # the whole sum first, then one add into .grad
+            partial[0, 0] += partial[bi, 0]
+            if db is not None:
+                db[0] += db[bi]
+        pfor(lambda _: xp.add(self.weight.grad, _wg.finish_weight_grad(partial[0, 0], (mh, mw), (kh, kw)),
+                              out=self.weight.grad), 1)
+        if db is not None:
+            self.bias.grad += db[0]
 
     def backward(self, grad, input_grad: bool = True):
         if self._cache is None:
@@ -317,22 +378,19 @@ class Conv2D(Layer):
         xp = xp_of(grad)
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         if kind == "winograd":
-            xpad, x_shape, pads, (oh, ow) = cache
+            plan, x_shape, pads, (oh, ow) = cache
             n = x_shape[0]
             self._check_grad(grad, (n, oh, ow, self.out_channels))
-            # dW still needs the im2col matrix: built here, from the padded input forward kept.
-            cols = self._work.buffer("cols", (n * oh * ow, kh * kw * self.in_channels), xpad.dtype, xp)
-            rows = oh * ow
-            pfor(lambda sl: im2col(xpad[sl], self.kernel_size, (1, 1), (oh, ow),
-                                   out=cols[sl.start * rows:sl.stop * rows]), n, cols.size)
+            self._winograd_weight_grad(grad, plan)
             xpad_shape = None
         else:
             cols, x_shape, xpad_shape, pads, (oh, ow) = cache
             n = x_shape[0]
             self._check_grad(grad, (n, oh, ow, self.out_channels))
+            paccumulate_tmatmul(cols, grad.reshape(-1, self.out_channels),
+                                self.weight.grad.reshape(cols.shape[1], self.out_channels),
+                                b_sum_out=None if self.bias is None else self.bias.grad)
         dy = grad.reshape(-1, self.out_channels)
-        paccumulate_tmatmul(cols, dy, self.weight.grad.reshape(cols.shape[1], self.out_channels),
-                            b_sum_out=None if self.bias is None else self.bias.grad)
         if not input_grad:
             return None
         (pt, pb), (pl, pr) = pads
@@ -348,7 +406,7 @@ class Conv2D(Layer):
                     dx, _ = self._winograd(grad, back_pads, w[::-1, ::-1].transpose(0, 1, 3, 2), tile, "bwd")
                     return dx
         if xpad_shape is None:
-            xpad_shape = xpad.shape[:1] + (x_shape[1] + pt + pb, x_shape[2] + pl + pr) + x_shape[3:]
+            xpad_shape = (n, x_shape[1] + pt + pb, x_shape[2] + pl + pr, x_shape[3])
         c, rows = self.in_channels, oh * ow
         dxpad = xp.empty(xpad_shape, dtype=np.result_type(grad.dtype, w.dtype))
 
