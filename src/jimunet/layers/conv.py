@@ -64,16 +64,23 @@ def auto_tile(kernel, out_hw, in_channels, out_channels):
     """The Winograd tile ``auto`` uses for a stride-1 convolution, or None for im2col.
 
     The rule, from single-layer A/B measurements (``benchmarks/conv_algorithms.py``,
-    table in BENCHMARKS.md): kernels of 3 to 5 taps per axis, an output of at least 4×4
-    and at least ``AUTO_MIN_CHANNELS`` input and output channels go to ``F(4×4, k×k)``;
-    all tiles it picks have ``4 + k - 1 <= 8`` points, within the tested float32 bound.
+    tables in BENCHMARKS.md): Winograd for kernels of 3 to 5 taps per axis, an output of
+    at least 4×4 and at least ``AUTO_MIN_CHANNELS`` input and output channels. The tile
+    per axis is the largest of 4, 3, 2 whose tiles overrun the output by at most 8%
+    (the overrun is computed and thrown away: 14 = 3·5 − 1 takes 3, 28 takes 4), else
+    the one that overruns least. All tiles it picks have ``m + k - 1 <= 8`` points,
+    within the tested float32 bound.
     """
     if min(in_channels, out_channels) < AUTO_MIN_CHANNELS:
         return None
+    tile = []
     for k, n in zip(kernel, out_hw):
         if not 3 <= k <= 5 or n < 4:
             return None
-    return (4, 4)
+        overrun = {m: -(-n // m) * m / n for m in (4, 3, 2)}  # padded / real output length
+        fits = [m for m in (4, 3, 2) if overrun[m] <= 1.08]
+        tile.append(fits[0] if fits else min((4, 3, 2), key=lambda m: (overrun[m], -m)))
+    return tuple(tile)
 
 
 @register
@@ -97,9 +104,10 @@ class Conv2D(Layer):
       5e-5 in float32 (measured: ~3e-6 forward, ~6e-6 ``dX``, ~8e-6 ``dW`` on MNIST's
       conv2; up to 2.2e-5 with 256 input channels) and 1e-12 in float64 (measured
       ~1e-14); tested for every kernel and tile ``auto`` uses.
-    * ``"auto"`` (default): Winograd with 4×4 tiles where it was measured to be faster
-      (stride 1, kernel 3 to 5 taps per axis, output at least 4×4, at least 8 input and
-      8 output channels — see ``auto_tile`` and BENCHMARKS.md), im2col everywhere else;
+    * ``"auto"`` (default): Winograd where it was measured to be faster (stride 1,
+      kernel 3 to 5 taps per axis, output at least 4×4, at least 8 input and 8 output
+      channels), with 4×4, 3×3 or 2×2 tiles chosen by how well they cover the output
+      (see ``auto_tile`` and BENCHMARKS.md), im2col everywhere else;
       ``dX`` is decided the same way, channels swapped. It only picks tiles within the
       float32 bound above.
 
@@ -116,7 +124,8 @@ class Conv2D(Layer):
         dtype: parameter dtype, float32 by default.
         algorithm: ``"auto"``, ``"im2col"`` or ``"winograd"`` (see above).
         winograd_tile: output tile ``m`` (int or ``(mh, mw)``) for Winograd; None lets
-            ``auto`` choose (4). ``m + k - 1`` may not exceed 8 per axis.
+            ``auto`` choose (forced ``"winograd"`` then uses 4, or less where the kernel
+            needs it). ``m + k - 1`` may not exceed 8 per axis.
 
     Shape:
         input ``(N, H, W, in_channels)`` → output ``(N, H_out, W_out, out_channels)``;
@@ -127,8 +136,8 @@ class Conv2D(Layer):
         >>> conv = jn.layers.Conv2D(1, 32, 5)
         >>> conv(np.zeros((2, 28, 28, 1), np.float32)).shape
         (2, 28, 28, 32)
-        >>> jn.layers.Conv2D(32, 64, 5, algorithm="winograd").algorithm_for((14, 14, 32))
-        ('winograd', (4, 4))
+        >>> jn.layers.Conv2D(32, 64, 5).algorithm_for((14, 14, 32))
+        ('winograd', (3, 3))
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding="same",
