@@ -8,7 +8,8 @@ median of the per-round ratios im2col / Winograd (> 1: Winograd is faster).
     python benchmarks/conv_algorithms.py --rounds 5 --batches 64 --modes infer
 
 ``infer`` times ``forward``; ``train`` times ``forward(training=True)`` + ``backward``
-(dW, db and dX).
+(dW, db and dX). Algorithms: ``im2col``, ``auto`` (what ``Conv2D`` picks) and
+``winogradM`` (Winograd forced, M×M tiles).
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def _measure(shape, batch, mode, algo, reps):
     import numpy as np
     import jimunet as jn
     hw, c, o, k = SHAPES[shape]
-    name, tile = (algo, None) if algo == "im2col" else ("winograd", int(algo[len("winograd"):]))
+    name, tile = (algo, None) if algo in ("im2col", "auto") else ("winograd", int(algo[len("winograd"):]))
     layer = jn.layers.Conv2D(c, o, k, algorithm=name, winograd_tile=tile, rng=0)
     x = np.random.default_rng(0).standard_normal((batch, hw, hw, c)).astype(np.float32)
     g = np.random.default_rng(1).standard_normal((batch, hw, hw, o)).astype(np.float32)
