@@ -44,7 +44,8 @@ ALGORITHMS = ("auto", "im2col", "winograd")
 
 # Winograd runs on chunks of whole images whose scratch (two buffers, see
 # ``winograd.scratch_size``) fits in about this many bytes, so each chunk's transforms
-# and GEMMs stay in the core's L2 cache. A constant: chunk shapes follow the problem only.
+# and GEMMs work in cache rather than memory. A constant, not tuned per machine: chunk
+# shapes, and with them every GEMM's shape, follow the problem only.
 _WINOGRAD_CHUNK_BYTES = 1 << 21
 
 
@@ -351,21 +352,21 @@ class Conv2D(Layer):
 
         def run(block_ids):
             for bi in range(block_ids.start, block_ids.stop):
-                first, gathered, transformed = scratch[bi]
-                for k, sl in enumerate(chunks[blocks[bi]]):
+                work, v_buf, dy_buf = scratch[bi]
+                for i, sl in enumerate(chunks[blocks[bi]]):
                     s = sl.stop - sl.start
                     t = s * th * tw
                     if kept is not None:
                         v = kept[sl.start * vpi:sl.stop * vpi].reshape(a2, t, c)
                     else:
-                        v = _wg.transform_input(ext[sl], (mh, mw), (kh, kw), (th, tw), first, gathered)
+                        v = _wg.transform_input(ext[sl], (mh, mw), (kh, kw), (th, tw), work, v_buf)
                     if not whole:
                         dypad[sl, :oh, :ow, :] = dy[sl]
-                    tiles = first[:mh * mw * t * o].reshape(mh, mw, s, th, tw, o)
+                    tiles = work[:mh * mw * t * o].reshape(mh, mw, s, th, tw, o)  # input gather is done
                     tiles[...] = dypad[sl].reshape(s, th, mh, tw, mw, o).transpose(2, 4, 0, 1, 3, 5)
-                    target = partial[bi, 0 if k == 0 else 1]
-                    _wg.weight_grad_tiles(v, tiles.reshape(mh, mw, t, o), (mh, mw), (kh, kw), transformed, target)
-                    if k:
+                    target = partial[bi, 0 if i == 0 else 1]  # the first chunk writes, later ones add
+                    _wg.weight_grad_tiles(v, tiles.reshape(mh, mw, t, o), (mh, mw), (kh, kw), dy_buf, target)
+                    if i:
                         partial[bi, 0] += target
                 if db is not None:
                     samples = slice(chunks[blocks[bi].start].start, chunks[blocks[bi].stop - 1].stop)
