@@ -39,7 +39,11 @@ order of magnitude of float32 accuracy, which is why tiles are limited to ``α �
 Two dimensions nest the 1-D algorithm, one per axis: for a tile ``d`` (``αh×αw``) and
 kernel ``g`` (``kh×kw``), ``Y = Aₕᵀ [(Gₕ g G_wᵀ) ⊙ (Bₕᵀ d B_w)] A_w``. Flattening the
 tile row by row turns each two-sided product into one matrix, the Kronecker product
-(``kron(Bₕᵀ, B_wᵀ)`` etc.), so a whole batch of tiles is transformed by one GEMM.
+(``kron(Bₕᵀ, B_wᵀ)`` etc.), so a whole batch of tiles could be transformed by one GEMM;
+``two_sided`` instead applies the two factors as two GEMMs, rows then columns, which
+does ``αh + αw`` rather than ``αh·αw`` multiply-adds per element and measured 2-3×
+faster for the tile transforms (the Kronecker form is kept for the small filter
+transform, done once per call).
 """
 from __future__ import annotations
 
@@ -160,25 +164,48 @@ def scratch_size(tile, kernel, tiles, in_channels, out_channels):
     return (mh + kh - 1) * (mw + kw - 1) * tiles * max(in_channels, out_channels)
 
 
-def transform_input(xpad, tile, kernel, tiles_hw, gather, out):
-    """``V = B2ᵀ · D``: every input tile in the Winograd domain, ``(α², T, C)`` with
-    ``T = N·th·tw`` tiles in ``(n, ty, tx)`` order.
+def _per_axis(xp, dtype, tile, kernel, which):
+    """Matrix ``which`` (0: Aᵀ, 1: G, 2: Bᵀ) of ``F(mh, kh)`` and of ``F(mw, kw)``, in ``dtype``."""
+    (mh, mw), (kh, kw) = tile, kernel
+    return (xp.asarray(transform_matrices(mh, kh)[which], dtype=dtype),
+            xp.asarray(transform_matrices(mw, kw)[which], dtype=dtype))
+
+
+def two_sided(left_h, left_w, x, tmp, out):
+    """``out[i, j, r] = Σ_ab left_h[i, a] · left_w[j, b] · x[a, b, r]``: a transform applied
+    to both axes of a batch of tiles (``x``: ``(qh, qw, R)`` or its flat equivalent).
+
+    The same as one GEMM with ``kron(left_h, left_w)``, done as two: rows, then columns
+    (a batch of ``pw×qw`` products). Measured 2-3× faster than the Kronecker GEMM for
+    8×8 tiles (it does ``qh + qw`` instead of ``qh·qw`` multiply-adds per element)."""
+    xp = xp_of(x)
+    (ph, qh), (pw, qw) = left_h.shape, left_w.shape
+    r = x.size // (qh * qw)
+    rows = tmp[:ph * qw * r].reshape(ph, qw * r)
+    xp.matmul(left_h, x.reshape(qh, qw * r), out=rows)
+    both = out[:ph * pw * r].reshape(ph, pw, r)
+    xp.matmul(left_w, rows.reshape(ph, qw, r), out=both)
+    return both
+
+
+def transform_input(xpad, tile, kernel, tiles_hw, gather, tmp, out=None):
+    """``V = Bᵀ d B`` for every input tile: ``(α², T, C)`` with ``T = N·th·tw`` tiles in
+    ``(n, ty, tx)`` order.
 
     ``gather`` (at least ``α²·T·C`` elements) receives the tiles, element ``(a, b)`` of
-    every tile as row ``(a, b)`` of ``D``, so the transform is one GEMM
-    ``(α²×α²)·(α²×T·C)``. ``B2ᵀ`` depends on the interpolation points only, so the same
-    ``V`` serves the forward pass ``F(m, k)`` and the weight gradient ``F(k, m)``."""
+    every tile as row ``(a, b)``; ``tmp`` holds the half-transformed rows; ``V`` lands in
+    ``out`` (default: ``gather``). ``Bᵀ`` depends on the interpolation points only, so the
+    same ``V`` serves the forward pass ``F(m, k)`` and the weight gradient ``F(k, m)``."""
     xp = xp_of(xpad)
     s, _, _, c = xpad.shape
     (mh, mw), (kh, kw), (th, tw) = tile, kernel, tiles_hw
     ah, aw = mh + kh - 1, mw + kw - 1
-    a2, t = ah * aw, s * th * tw
-    _, _, bt2 = transforms_2d((mh, mw), (kh, kw))
-    d = gather[:a2 * t * c].reshape(ah, aw, s, th, tw, c)
+    t = s * th * tw
+    d = gather[:ah * aw * t * c].reshape(ah, aw, s, th, tw, c)
     d[...] = tiles_view(xpad, (mh, mw), (kh, kw), (th, tw)).transpose(3, 4, 0, 1, 2, 5)
-    v = out[:a2 * t * c].reshape(a2, t, c)
-    xp.matmul(xp.asarray(bt2, dtype=xpad.dtype), d.reshape(a2, t * c), out=v.reshape(a2, t * c))
-    return v
+    bth, btw = _per_axis(xp, xpad.dtype, tile, kernel, 2)
+    v = two_sided(bth, btw, d, tmp, gather if out is None else out)
+    return v.reshape(ah * aw, t, c)
 
 
 def correlate_tiles(xpad, u, tile, kernel, tiles_hw, scratch, v_out=None):
@@ -201,21 +228,20 @@ def correlate_tiles(xpad, u, tile, kernel, tiles_hw, scratch, v_out=None):
     (mh, mw), (kh, kw), (th, tw) = tile, kernel, tiles_hw
     a2, o = (mh + kh - 1) * (mw + kw - 1), u.shape[-1]
     t = s * th * tw
-    at2, _, _ = transforms_2d((mh, mw), (kh, kw))
     first, second = scratch
-    v = transform_input(xpad, tile, kernel, tiles_hw, first, second if v_out is None else v_out)
+    v = transform_input(xpad, tile, kernel, tiles_hw, first, second, v_out)
     # The element-wise stage summed over channels: α² independent GEMMs (T×C)·(C×O).
-    mm = first[:a2 * t * o].reshape(a2, t, o)
+    mm = second[:a2 * t * o].reshape(a2, t, o)
     xp.matmul(v, u, out=mm)
-    # Output transform, one GEMM  A2ᵀ (m²×α²) · M (α²×T·O).
-    y = second[:mh * mw * t * o].reshape(mh * mw, t * o)
-    xp.matmul(xp.asarray(at2, dtype=xpad.dtype), mm.reshape(a2, t * o), out=y)
+    # Output transform Aᵀ M A, rows then columns.
+    ath, atw = _per_axis(xp, xpad.dtype, tile, kernel, 0)
+    y = two_sided(ath, atw, mm, first, second)  # the first GEMM consumes mm before second is rewritten
     return y.reshape(mh, mw, s, th, tw, o)
 
 
-def weight_grad_tiles(v, dy_tiles, tile, kernel, scratch, out):
+def weight_grad_tiles(v, dy_tiles, tile, kernel, tmp, scratch, out):
     """One chunk's share of the weight gradient in the Winograd domain: ``out`` (``(α², C, O)``)
-    receives ``Σ_tiles V_ξᵀ · (G2 dY)_ξ``.
+    receives ``Σ_tiles V_ξᵀ · (G dY Gᵀ)_ξ``.
 
     ``dW[i, j, c, o] = Σ_{n,y,x} X[n, y+i, x+j, c] · dY[n, y, x, o]`` is a correlation of the
     input with ``dY`` as the filter, so each ``m×m`` tile of ``dY`` and the ``α×α`` input
@@ -228,16 +254,13 @@ def weight_grad_tiles(v, dy_tiles, tile, kernel, scratch, out):
         v: ``(α², T, C)`` from ``transform_input``.
         dy_tiles: ``(mh, mw, T, O)``: element ``(i, j)`` of every ``dY`` tile (zero past
             the edge), tiles in ``v``'s order.
-        scratch: a flat buffer of at least ``α²·T·O`` elements.
+        tmp, scratch: flat buffers of at least ``α²·T·O`` elements.
     """
     xp = xp_of(v)
-    mh, mw, t, o = dy_tiles.shape
     (kh, kw) = kernel
-    a2 = (mh + kh - 1) * (mw + kw - 1)
-    _, g2, _ = transforms_2d((kh, kw), (mh, mw))
-    dyt = scratch[:a2 * t * o].reshape(a2, t, o)
-    xp.matmul(xp.asarray(g2, dtype=v.dtype), dy_tiles.reshape(mh * mw, t * o), out=dyt.reshape(a2, t * o))
-    xp.matmul(v.transpose(0, 2, 1), dyt, out=out)
+    gh, gw = _per_axis(xp, v.dtype, (kh, kw), tile, 1)
+    dyt = two_sided(gh, gw, dy_tiles, tmp, scratch)
+    xp.matmul(v.transpose(0, 2, 1), dyt.reshape(v.shape[0], v.shape[1], -1), out=out)
     return out
 
 

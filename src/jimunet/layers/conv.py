@@ -346,26 +346,26 @@ class Conv2D(Layer):
         dypad = dy if whole else self._work.buffer("dw_dy", (n, th * mh, tw * mw, o), dt, xp, zeros=True)
         largest = max(sl.stop - sl.start for sl in chunks)
         per_image = a2 * th * tw * max(c, o)
-        scratch = self._work.buffer("dw_scratch", (len(blocks), 3, largest * per_image), dt, xp)
+        scratch = self._work.buffer("dw_scratch", (len(blocks), 4, largest * per_image), dt, xp)
         partial = xp.empty((len(blocks), 2, a2, c, o), dt)
         db = xp.empty((len(blocks), o), dt) if self.bias is not None else None
 
         def run(block_ids):
             for bi in range(block_ids.start, block_ids.stop):
-                work, v_buf, dy_buf = scratch[bi]
+                work, v_buf, dy_buf, half = scratch[bi]
                 for i, sl in enumerate(chunks[blocks[bi]]):
                     s = sl.stop - sl.start
                     t = s * th * tw
                     if kept is not None:
                         v = kept[sl.start * vpi:sl.stop * vpi].reshape(a2, t, c)
                     else:
-                        v = _wg.transform_input(ext[sl], (mh, mw), (kh, kw), (th, tw), work, v_buf)
+                        v = _wg.transform_input(ext[sl], (mh, mw), (kh, kw), (th, tw), work, half, v_buf)
                     if not whole:
                         dypad[sl, :oh, :ow, :] = dy[sl]
                     tiles = work[:mh * mw * t * o].reshape(mh, mw, s, th, tw, o)  # input gather is done
                     tiles[...] = dypad[sl].reshape(s, th, mh, tw, mw, o).transpose(2, 4, 0, 1, 3, 5)
                     target = partial[bi, 0 if i == 0 else 1]  # the first chunk writes, later ones add
-                    _wg.weight_grad_tiles(v, tiles.reshape(mh, mw, t, o), (mh, mw), (kh, kw), dy_buf, target)
+                    _wg.weight_grad_tiles(v, tiles, (mh, mw), (kh, kw), half, dy_buf, target)
                     if i:
                         partial[bi, 0] += target
                 if db is not None:
