@@ -32,9 +32,10 @@ Why the points ``0, 1, -1, 2, -2, 1/2, -1/2, ∞`` (the first ``α - 1`` finite 
 differences, and rounding error grows with their magnitude (Vandermonde matrices are
 notoriously ill-conditioned). ``0`` and ``∞`` give rows with a single 1; ``±1`` give
 entries of size 1; ``±2`` and their reciprocals ``±1/2`` keep the largest powers small
-and are exact in binary. Each point beyond these (``±3``, ``±1/3``, ...) costs about an
-order of magnitude of float32 accuracy, which is why tiles are limited to ``α ≤ 8``
-(``F(4×4, 5×5)``, ``F(6×6, 3×3)``, ...): see ``MAX_ALPHA``.
+and are exact in binary. Points beyond these (``±3``, ``±1/3``, ...) cost float32
+accuracy fast (a prototype's ``F(6×6, 5×5)``, two points more than ``F(4×4, 5×5)``, had
+about 100× its error), which is why tiles are limited to ``α ≤ 8`` (``F(4×4, 5×5)``,
+``F(6×6, 3×3)``, ...): see ``MAX_ALPHA``.
 
 Two dimensions nest the 1-D algorithm, one per axis: for a tile ``d`` (``αh×αw``) and
 kernel ``g`` (``kh×kw``), ``Y = Aₕᵀ [(Gₕ g G_wᵀ) ⊙ (Bₕᵀ d B_w)] A_w``. Flattening the
