@@ -27,6 +27,10 @@ CASES = [
     ("conv_valid_rect", lambda: L.Conv2D(1, 2, (3, 2), stride=(1, 2), padding="valid", rng=3), (2, 5, 6, 1), False),
     ("conv_explicit_pad", lambda: L.Conv2D(2, 2, 3, stride=2, padding=1, rng=4), (1, 5, 4, 2), False),
     ("conv_no_bias_5x5", lambda: L.Conv2D(1, 2, 5, use_bias=False, rng=5), (2, 4, 4, 1), False),
+    ("conv_winograd_3x3", lambda: L.Conv2D(2, 3, 3, algorithm="winograd", winograd_tile=2, rng=21), (2, 5, 4, 2), False),
+    ("conv_winograd_5x5_valid", lambda: L.Conv2D(2, 2, 5, padding="valid", algorithm="winograd", rng=22),
+     (1, 7, 8, 2), False),
+    ("conv_auto_winograd", lambda: L.Conv2D(8, 8, (3, 4), rng=23), (1, 4, 5, 8), False),
     ("maxpool_2", lambda: L.MaxPool2D(2), (2, 4, 4, 2), False),
     ("maxpool_3s2_same", lambda: L.MaxPool2D(3, 2, padding="same"), (2, 5, 6, 2), False),
     ("maxpool_overlap_pad", lambda: L.MaxPool2D((3, 2), (1, 1), padding=1), (1, 4, 4, 2), False),
@@ -53,18 +57,33 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("make,shape,training", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_layer_gradcheck_random_directions(make, shape, training):
+# Finite differences divide the forward pass's rounding by the step. Winograd's float64
+# rounding is ~10x im2col's (its transforms), so its cases take a larger step; a convolution
+# is linear in its input and in its weights, so the larger step adds no truncation error.
+EPS = {"conv_winograd_3x3": 1e-4, "conv_winograd_5x5_valid": 1e-4, "conv_auto_winograd": 1e-4}
+PARAMS = [(*c[1:], EPS.get(c[0], 1e-6)) for c in CASES]
+
+
+@pytest.mark.parametrize("make,shape,training,eps", PARAMS, ids=[c[0] for c in CASES])
+def test_layer_gradcheck_random_directions(make, shape, training, eps):
     x = _rng(len(shape)).standard_normal(shape)
-    res = jn.gradcheck(make(), x, training=training, directions=8, seed=1)
+    res = jn.gradcheck(make(), x, training=training, directions=8, seed=1, eps=eps)
     assert res.ok and res.max_error < 1e-6, str(res)
 
 
-@pytest.mark.parametrize("make,shape,training", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_layer_gradcheck_elementwise(make, shape, training):
+@pytest.mark.parametrize("make,shape,training,eps", PARAMS, ids=[c[0] for c in CASES])
+def test_layer_gradcheck_elementwise(make, shape, training, eps):
     x = _rng(sum(shape)).standard_normal(shape)
-    res = jn.gradcheck(make(), x, training=training, directions=0, elementwise=True, seed=2)
+    res = jn.gradcheck(make(), x, training=training, directions=0, elementwise=True, seed=2, eps=eps)
     assert res.ok and res.max_error < 1e-6, str(res)
+
+
+def test_gradcheck_cases_really_run_winograd():
+    for name in EPS:
+        make, shape, _ = dict((c[0], c[1:]) for c in CASES)[name]
+        layer = make()
+        layer.forward(np.zeros(shape))
+        assert layer.last_algorithm[0] == "winograd", name
 
 
 def test_gradcheck_covers_every_layer_class():

@@ -170,10 +170,10 @@ def torch_conv(x, w, b, stride, padding, g, dtype):
     return y, xt.grad, wt.grad, (bt.grad if bt is not None else None)
 
 
-def _run_conv(c, dtype, family, tol):
+def _run_conv(c, dtype, family, tol, algorithm="auto"):
     rng = np.random.default_rng(c["seed"])
     layer = jn.layers.Conv2D(c["cin"], c["cout"], c["k"], stride=c["s"], padding=c["padding"],
-                             use_bias=c["bias"], rng=rng, dtype=dtype)
+                             use_bias=c["bias"], rng=rng, dtype=dtype, algorithm=algorithm)
     if c["bias"]:
         layer.bias.data[...] = rng.standard_normal(c["cout"]).astype(dtype)  # non-zero bias
     x = rng.standard_normal((c["n"], c["h"], c["w"], c["cin"])).astype(dtype)
@@ -192,6 +192,7 @@ def _run_conv(c, dtype, family, tol):
     check(family, layer.weight.grad, dwt, "dW", tol)
     if c["bias"]:
         check(family, layer.bias.grad, dbt, "db", tol)
+    return layer
 
 
 @pytest.mark.parametrize("c", CONV_CFGS, ids=_cfg_id)
@@ -204,11 +205,46 @@ def test_conv2d_matches_torch_float32(c):
     _run_conv(c, np.float32, "conv_f32", TOL32)
 
 
+# Winograd: forced on every stride-1 config with a kernel of 2 or more taps per axis, and
+# configs with enough input channels that ``auto`` picks it by itself.
+WINOGRAD_CFGS = [c for c in CONV_CFGS if c["s"] == (1, 1) and min(c["k"]) >= 2] + [
+    dict(n=2, h=7, w=6, cin=3, cout=2, k=(3, 3), s=(1, 1), padding="same", bias=True, seed=6000),
+    dict(n=1, h=5, w=9, cin=2, cout=4, k=(3, 2), s=(1, 1), padding=1, bias=True, seed=6001),
+    dict(n=3, h=4, w=4, cin=1, cout=3, k=(3, 3), s=(1, 1), padding="valid", bias=False, seed=6002)]
+AUTO_WINOGRAD_CFGS = [
+    dict(n=2, h=9, w=7, cin=8, cout=8, k=(3, 3), s=(1, 1), padding="same", bias=True, seed=7000),
+    dict(n=1, h=14, w=14, cin=32, cout=16, k=(5, 5), s=(1, 1), padding="same", bias=True, seed=7001),
+    dict(n=3, h=6, w=8, cin=12, cout=9, k=(3, 5), s=(1, 1), padding=(1, 2), bias=False, seed=7002),
+    dict(n=2, h=8, w=9, cin=9, cout=10, k=(4, 4), s=(1, 1), padding="same", bias=True, seed=7003),
+    dict(n=2, h=10, w=10, cin=16, cout=8, k=(3, 3), s=(1, 1), padding="valid", bias=True, seed=7004),
+]
+
+
+@pytest.mark.parametrize("c", WINOGRAD_CFGS, ids=_cfg_id)
+def test_conv2d_winograd_matches_torch_float64(c):
+    layer = _run_conv(c, np.float64, "conv_winograd", TOL64, algorithm="winograd")
+    assert layer.last_algorithm[0] == "winograd"
+
+
+@pytest.mark.parametrize("c", WINOGRAD_CFGS[::3], ids=_cfg_id)
+def test_conv2d_winograd_matches_torch_float32(c):
+    _run_conv(c, np.float32, "conv_winograd_f32", TOL32, algorithm="winograd")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("c", AUTO_WINOGRAD_CFGS, ids=_cfg_id)
+def test_conv2d_auto_matches_torch_where_it_picks_winograd(c, dtype):
+    layer = _run_conv(c, dtype, "conv_auto" + ("_f32" if dtype == np.float32 else ""),
+                      TOL64 if dtype == np.float64 else TOL32)
+    assert layer.algorithm == "auto" and layer.last_algorithm[0] == "winograd"
+
+
 def test_conv_config_coverage():
     """The generated configs really cover what the issue asks for."""
     ks = {k for c in CONV_CFGS for k in c["k"]}
     ss = {s for c in CONV_CFGS for s in c["s"]}
     assert ks == {1, 2, 3, 4, 5} and ss == {1, 2, 3}
+    assert {k for c in WINOGRAD_CFGS for k in c["k"]} == {2, 3, 4, 5} and len(WINOGRAD_CFGS) >= 10
     assert any(c["k"][0] != c["k"][1] for c in CONV_CFGS)
     assert any(c["s"][0] != c["s"][1] for c in CONV_CFGS)
     assert {c["h"] % 2 for c in CONV_CFGS} == {0, 1}

@@ -38,7 +38,7 @@ def test_the_commands_are_identical():
 
 def test_the_blocks_table_has_the_same_rows_formulas_and_code():
     en, zh = table_rows(EN), table_rows(ZH)
-    assert len(sum(en.values(), [])) == 11
+    assert len(sum(en.values(), [])) >= 12  # every block, Conv2D once per algorithm
     assert zh == en
 
 

@@ -1,7 +1,8 @@
 """Walk one image through a model, block by block, and say what each block does to it.
 
 ``explain(model, image)`` prints, for every layer of a ``Sequential``: its input and output
-shapes, for ``Conv2D`` the padding and the im2col matrix and GEMM it turns into, for
+shapes, for ``Conv2D`` the padding, the im2col matrix and GEMM it turns into and which
+algorithm (im2col or Winograd) ran, with its multiplication count next to im2col's, for
 ``Dense`` its GEMM, for pooling the window and stride, the FLOPs and the range of the
 output; then the softmax top-3. With ``out_dir`` it also draws every intermediate result
 (feature maps as grids of channels, vectors as bar plots), which needs matplotlib (the
@@ -242,6 +243,19 @@ def _block_details(layer, in_shape, x):
     return d
 
 
+def kind_of(layer) -> str:
+    return type(layer).__name__
+
+
+def _conv_algorithm(layer, in_shape):
+    """Which algorithm the Conv2D's forward pass just ran, and its multiplications per image
+    next to im2col's (the direct count)."""
+    name, tile = layer.last_algorithm
+    return {"algorithm": name, "tile": None if tile is None else list(tile),
+            "multiplies": int(layer.multiplications(in_shape, (name, tile))),
+            "multiplies_im2col": int(layer.multiplications(in_shape, ("im2col", None)))}
+
+
 def _describe_lines(rec):
     """The indented detail lines printed under a block's name."""
     kind, d = rec["kind"], rec["details"]
@@ -258,7 +272,14 @@ def _describe_lines(rec):
         lines.append(f"im2col   {d['im2col'][0]} x {d['im2col'][1]}  (rows = {oh}*{ow} output positions, "
                      f"cols = {kh}*{kw}*{cin} window values; stride {d['stride'][0]}x{d['stride'][1]})")
         lines.append(f"GEMM     M x K . K x N = ({m} x {k}) . ({k} x {n}) -> {m} x {n}, "
-                     f"reshaped to {outs}")
+                     f"reshaped to {outs}  (what im2col runs)")
+        if d.get("algorithm") == "winograd":
+            (mh, mw), a = d["tile"], (d["tile"][0] + kh - 1) * (d["tile"][1] + kw - 1)
+            lines.append(f"algo     winograd F({mh}x{mw}, {kh}x{kw}): {a} products per {mh}x{mw} tile and "
+                         f"channel pair; {d['multiplies']:,} multiplies vs im2col's "
+                         f"{d['multiplies_im2col']:,} ({d['multiplies_im2col'] / d['multiplies']:.2f}x fewer)")
+        elif "algorithm" in d:
+            lines.append(f"algo     im2col: {d['multiplies']:,} multiplies")
     elif kind == "Dense":
         (m, k), (_, n) = d["gemm"]
         lines.append(f"GEMM     M x K . K x N = ({m} x {k}) . ({k} x {n}) -> {m} x {n}")
@@ -315,6 +336,8 @@ def walk(model, image) -> Explanation:
         cur_shape = tuple(x.shape[1:])
         details = _block_details(layer, cur_shape, x)
         y = layer.forward(x, training=False)
+        if kind_of(layer) == "Conv2D":
+            details.update(_conv_algorithm(layer, cur_shape))
         y_np = np.array(to_numpy(y))  # a copy: a layer may reuse its output buffer on the next call
         lo, hi, mean = _stats(y_np)
         result.append({"index": i, "name": layer.describe(), "kind": type(layer).__name__,
@@ -354,7 +377,8 @@ def explain(model, image, out_dir=None, file=_STDOUT, class_names=None, dpi: int
     Returns:
         An ``Explanation``: a list with one dict per layer (``index``, ``name``, ``kind``,
         ``input_shape``, ``output_shape``, ``params``, ``flops``, ``min``, ``max``, ``mean``,
-        ``details`` — padding, ``im2col`` shape and ``gemm`` sizes for Conv2D, ``gemm`` for
+        ``details`` — padding, ``im2col`` shape and ``gemm`` sizes, ``algorithm``, ``tile``,
+        ``multiplies`` and ``multiplies_im2col`` (per image) for Conv2D, ``gemm`` for
         Dense, ``window``/``stride``/``padding`` for pooling — and ``png`` when drawn), with
         ``.probabilities`` and ``.top`` (the softmax top-3 as ``[(class, prob), ...]``).
         ``walk`` computes it without printing or drawing.

@@ -1,13 +1,15 @@
-"""2-D convolution on NHWC activations with HWIO weights, by im2col and one GEMM."""
+"""2-D convolution on NHWC activations with HWIO weights: im2col and one GEMM, or
+Winograd minimal filtering for stride-1 layers (``algorithm=``)."""
 from __future__ import annotations
 
 import numpy as np
 
 from .. import init as _init
 from ..backend import xp_of
+from ..functional import winograd as _wg
 from ..functional.im2col import im2col
 from ..functional.padding import conv_output_size, normalize_padding, pad_amounts, pair
-from ..parallel import paccumulate_tmatmul, pfor
+from ..parallel import _parts, paccumulate_tmatmul, pfor
 from ..random import resolve_rng
 from .base import Layer, check_dtype_arg, register
 
@@ -37,14 +39,77 @@ def _fmt_pad(padding):
     return padding if isinstance(padding, str) else [list(padding[0]), list(padding[1])]
 
 
+ALGORITHMS = ("auto", "im2col", "winograd")
+
+# Winograd runs on chunks of whole images whose scratch (two buffers, see
+# ``winograd.scratch_size``) fits in about this many bytes, so each chunk's transforms
+# and GEMMs work in cache rather than memory. A constant, not tuned per machine: chunk
+# shapes, and with them every GEMM's shape, follow the problem only.
+_WINOGRAD_CHUNK_BYTES = 1 << 21
+
+
+def _tile_pair(tile, what="Conv2D winograd_tile"):
+    return None if tile is None else pair(tile, what)
+
+
+#: ``auto`` sends a stride-1 layer to Winograd only with at least this many input and
+#: output channels: the element-wise stage is a batch of (tiles × C_in)·(C_in × C_out)
+#: GEMMs, and with few channels the tile transforms cost more than the multiplications
+#: they save (measured: MNIST's conv1, one input channel, runs 2.6-4x slower; see
+#: BENCHMARKS.md). The same rule, channels swapped, decides ``dX``.
+AUTO_MIN_CHANNELS = 8
+
+
+def auto_tile(kernel, out_hw, in_channels, out_channels):
+    """The Winograd tile ``auto`` uses for a stride-1 convolution, or None for im2col.
+
+    The rule, from single-layer A/B measurements (``benchmarks/conv_algorithms.py``,
+    tables in BENCHMARKS.md): Winograd for kernels of 3 to 5 taps per axis, an output of
+    at least 4×4 and at least ``AUTO_MIN_CHANNELS`` input and output channels. The tile
+    per axis is the largest of 4, 3, 2 whose tiles overrun the output by at most 8%
+    (the overrun is computed and thrown away: 14 = 3·5 − 1 takes 3, 28 takes 4), else
+    the one that overruns least. All tiles it picks have ``m + k - 1 <= 8`` points,
+    within the tested float32 bound.
+    """
+    if min(in_channels, out_channels) < AUTO_MIN_CHANNELS:
+        return None
+    tile = []
+    for k, n in zip(kernel, out_hw):
+        if not 3 <= k <= 5 or n < 4:
+            return None
+        overrun = {m: -(-n // m) * m / n for m in (4, 3, 2)}  # padded / real output length
+        fits = [m for m in (4, 3, 2) if overrun[m] <= 1.08]
+        tile.append(fits[0] if fits else min((4, 3, 2), key=lambda m: (overrun[m], -m)))
+    return tuple(tile)
+
+
 @register
 class Conv2D(Layer):
     """2-D convolution (cross-correlation, as in TensorFlow and PyTorch).
 
-    Forward copies every window into a row of an im2col matrix and multiplies it once by
-    the weight reshaped to ``(kh*kw*in, out)``. Backward: ``dW = colsᵀ·dY``,
-    ``db = Σ dY`` and ``dX`` = for each kernel offset, ``dY·W[i,j]ᵀ`` added into the
-    shifted input slab that offset read from.
+    Two algorithms compute it (``algorithm=``):
+
+    * ``"im2col"``: forward copies every window into a row of an im2col matrix and
+      multiplies it once by the weight reshaped to ``(kh*kw*in, out)``. Backward:
+      ``dW = colsᵀ·dY``, ``db = Σ dY`` and ``dX`` = for each kernel offset,
+      ``dY·W[i,j]ᵀ`` added into the shifted input slab that offset read from. Exact up to
+      the GEMM's own rounding (relative error ~1e-7 in float32, ~1e-16 in float64).
+    * ``"winograd"`` (stride 1, kernels of 2 taps or more per axis): Winograd minimal
+      filtering ``F(m×m, k×k)`` (``jimunet.functional.winograd``) for the forward pass and
+      for ``dX`` (a stride-1 correlation of ``dY`` with the kernel rotated by 180° and its
+      channels swapped), and ``F(k×k, m×m)`` for ``dW`` (the input correlated with ``dY``;
+      it reuses the forward pass's transformed input tiles). Each ``m×m`` output tile
+      costs ``(m+k-1)²`` multiplications per channel pair instead of ``m²k²``. The
+      transforms amplify rounding: relative error (``max|err| / max|exact|``) of at most
+      5e-5 in float32 (measured: ~3e-6 forward, ~6e-6 ``dX``, ~8e-6 ``dW`` on MNIST's
+      conv2; up to 2.2e-5 with 256 input channels) and 1e-12 in float64 (measured
+      ~1e-14); tested for every kernel and tile ``auto`` uses.
+    * ``"auto"`` (default): Winograd where it was measured to be faster (stride 1,
+      kernel 3 to 5 taps per axis, output at least 4×4, at least 8 input and 8 output
+      channels), with 4×4, 3×3 or 2×2 tiles chosen by how well they cover the output
+      (see ``auto_tile`` and BENCHMARKS.md), im2col everywhere else;
+      ``dX`` is decided the same way, channels swapped. It only picks tiles within the
+      float32 bound above.
 
     Args:
         in_channels: channels of the input (its last axis).
@@ -57,6 +122,10 @@ class Conv2D(Layer):
         weight_init, bias_init: initialisers (see ``jimunet.init``) or their names.
         rng: Generator (or int seed) for the initial weights; default ``jn.set_seed``'s.
         dtype: parameter dtype, float32 by default.
+        algorithm: ``"auto"``, ``"im2col"`` or ``"winograd"`` (see above).
+        winograd_tile: output tile ``m`` (int or ``(mh, mw)``) for Winograd; None lets
+            ``auto`` choose (forced ``"winograd"`` then uses 4, or less where the kernel
+            needs it). ``m + k - 1`` may not exceed 8 per axis.
 
     Shape:
         input ``(N, H, W, in_channels)`` → output ``(N, H_out, W_out, out_channels)``;
@@ -67,11 +136,13 @@ class Conv2D(Layer):
         >>> conv = jn.layers.Conv2D(1, 32, 5)
         >>> conv(np.zeros((2, 28, 28, 1), np.float32)).shape
         (2, 28, 28, 32)
+        >>> jn.layers.Conv2D(32, 64, 5).algorithm_for((14, 14, 32))
+        ('winograd', (3, 3))
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding="same",
                  use_bias: bool = True, weight_init="glorot_uniform", bias_init="zeros", rng=None,
-                 dtype=np.float32):
+                 dtype=np.float32, algorithm: str = "auto", winograd_tile=None):
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"Conv2D: {name} must be a positive int, got {v!r}")
@@ -80,6 +151,7 @@ class Conv2D(Layer):
         self.stride = pair(stride, "Conv2D stride")
         self.padding = normalize_padding(padding, "Conv2D padding")
         self.use_bias = bool(use_bias)
+        self.algorithm, self.winograd_tile = self._check_algorithm(algorithm, winograd_tile)
         self.weight_init, self.bias_init = _init.get(weight_init), _init.get(bias_init)
         dtype = check_dtype_arg(dtype)
         rng = resolve_rng(rng)
@@ -90,6 +162,23 @@ class Conv2D(Layer):
             if use_bias else None
         self._cache = None
         self._work = _Workspace()
+        self.last_algorithm = None  # (name, tile) of the latest forward pass
+
+    def _check_algorithm(self, algorithm, tile):
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"Conv2D algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, "
+                             f"got {algorithm!r}")
+        tile = _tile_pair(tile)
+        if algorithm == "winograd" and (self.stride != (1, 1) or min(self.kernel_size) < 2):
+            raise ValueError(f"Conv2D algorithm='winograd' needs stride 1 and a kernel of at least 2x2, "
+                             f"got stride {self.stride} and kernel {self.kernel_size}")
+        if tile is not None:
+            for m, k in zip(tile, self.kernel_size):
+                if m + k - 1 > _wg.MAX_ALPHA:
+                    raise ValueError(f"Conv2D winograd_tile {tile} with kernel {self.kernel_size}: tile + "
+                                     f"kernel - 1 must be <= {_wg.MAX_ALPHA} per axis (accuracy bound); "
+                                     f"use a tile of at most {_wg.MAX_ALPHA + 1 - k}")
+        return algorithm, tile
 
     def describe(self) -> str:
         kh, kw = self.kernel_size
@@ -114,6 +203,38 @@ class Conv2D(Layer):
         _, out_hw = self._geometry(input_shape[:2])
         return (*out_hw, self.out_channels)
 
+    def algorithm_for(self, input_shape):
+        """``("im2col", None)`` or ``("winograd", (mh, mw))``: what the forward pass runs on
+        per-sample input ``(H, W, C)``."""
+        oh, ow, _ = self.output_shape(input_shape)
+        return self._choose((oh, ow))
+
+    def _choose(self, out_hw, channels=None):
+        """``(name, tile)`` for a stride-1 correlation with output ``out_hw`` and
+        ``channels = (in, out)`` (the layer's own by default; swapped for dX)."""
+        if self.algorithm == "im2col" or self.stride != (1, 1):
+            return "im2col", None
+        if self.device != "cpu":  # the Winograd rule was measured on CPUs; GPUs run im2col
+            if self.algorithm == "winograd":
+                raise ValueError(f"{self.describe()}: algorithm='winograd' runs on the CPU only; use 'auto' or "
+                                 "'im2col' on a GPU")
+            return "im2col", None
+        if self.algorithm == "winograd":
+            tile = self.winograd_tile or tuple(min(4, _wg.MAX_ALPHA + 1 - k) for k in self.kernel_size)
+            return "winograd", tile
+        tile = auto_tile(self.kernel_size, out_hw, *(channels or (self.in_channels, self.out_channels)))
+        if tile is None:
+            return "im2col", None
+        return "winograd", self.winograd_tile or tile
+
+    def multiplications(self, input_shape, algorithm=None):
+        """Multiplications of the forward pass for one image (bias excluded), for the
+        algorithm it runs (or the ``(name, tile)`` given)."""
+        oh, ow, _ = self.output_shape(input_shape)
+        name, tile = algorithm or self._choose((oh, ow))
+        return _wg.multiplications((oh, ow), self.kernel_size, self.in_channels, self.out_channels,
+                                   tile if name == "winograd" else None)
+
     def flops(self, input_shape):
         oh, ow, o = self.output_shape(input_shape)
         kh, kw = self.kernel_size
@@ -123,13 +244,20 @@ class Conv2D(Layer):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
                 "kernel_size": list(self.kernel_size), "stride": list(self.stride),
                 "padding": _fmt_pad(self.padding), "use_bias": self.use_bias,
-                "dtype": str(self.weight.data.dtype)}
+                "dtype": str(self.weight.data.dtype), "algorithm": self.algorithm,
+                "winograd_tile": None if self.winograd_tile is None else list(self.winograd_tile)}
 
     def forward(self, x, training: bool = False):
         self._check_input(x, 4, self.in_channels, "NHWC batch (batch, height, width, channels)")
         xp = xp_of(x)
         n, h, w, c = x.shape
         pads, (oh, ow) = self._geometry((h, w))
+        self.last_algorithm = name, tile = self._choose((oh, ow))
+        if name == "winograd":
+            # In training the transformed input tiles are kept: the weight gradient reuses them.
+            y, plan = self._winograd(x, pads, self.weight.data, tile, "fwd", self.bias, keep_input=training)
+            self._cache = ("winograd", plan, x.shape, pads, (oh, ow))
+            return y
         (pt, pb), (pl, pr) = pads
         kh, kw = self.kernel_size
         pad_shape = (n, h + pt + pb, w + pl + pr, c)
@@ -151,23 +279,150 @@ class Conv2D(Layer):
             if self.bias is not None:
                 y[r] += self.bias.data
         pfor(block, n, cols.size, like=x)
-        self._cache = (cols, x.shape, pad_shape, pads, (oh, ow))
+        self._cache = ("im2col", cols, x.shape, pad_shape, pads, (oh, ow))
         return y.reshape(n, oh, ow, self.out_channels)
+
+    def _winograd(self, src, pads, w, tile, key, bias=None, keep_input=False):
+        """Stride-1 correlation of ``src`` (``(N, H, W, C)``, zero-padded by ``pads``) with
+        the HWIO kernel ``w`` by Winograd ``F(tile, kernel)``, plus ``bias``.
+
+        Returns the output and the plan: the geometry, the chunks of images and their
+        blocks, the zero-padded copy of ``src`` (which also holds the rows and columns that
+        complete the last tiles) and, with ``keep_input``, the transformed input tiles."""
+        xp = xp_of(src)
+        n, h, wd, c = src.shape
+        kh, kw, _, o = w.shape
+        (pt, pb), (pl, pr) = pads
+        (mh, mw) = tile
+        oh, ow = h + pt + pb - kh + 1, wd + pl + pr - kw + 1
+        th, tw = -(-oh // mh), -(-ow // mw)
+        a2 = (mh + kh - 1) * (mw + kw - 1)
+        dt = np.result_type(src.dtype, w.dtype)
+        ext = self._work.buffer(key + "_pad", (n, th * mh + kh - 1, tw * mw + kw - 1, c), dt, xp, zeros=True)
+        u = xp.empty((a2, c, o), dt)
+        # Inside a region even though it is one small GEMM: BLAS stays single-threaded there
+        # (a multi-threaded BLAS call on a loaded machine costs more than the whole product).
+        pfor(lambda _: _wg.transform_filter(w, tile, out=u), 1, like=w)
+        y = xp.empty((n, oh, ow, o), dt)
+        # Chunks of whole images, a fixed number of them per block: shapes fixed by the problem.
+        per_image = _wg.scratch_size(tile, (kh, kw), th * tw, c, o)
+        chunk = max(1, _WINOGRAD_CHUNK_BYTES // (2 * per_image * np.dtype(dt).itemsize))
+        chunks = [slice(i, min(i + chunk, n)) for i in range(0, n, chunk)]
+        blocks = _parts(len(chunks), 8)
+        scratch = self._work.buffer(key + "_scratch", (len(blocks), 2, min(chunk, n) * per_image), dt, xp)
+        v_per_image = a2 * th * tw * c
+        kept = self._work.buffer(key + "_v", (n * v_per_image,), dt, xp) if keep_input else None
+        b = None if bias is None else bias.data.astype(dt, copy=False)
+
+        def run(block_ids):
+            for bi in range(block_ids.start, block_ids.stop):
+                for sl in chunks[blocks[bi]]:
+                    ext[sl, pt:pt + h, pl:pl + wd, :] = src[sl]
+                    v_out = None if kept is None else kept[sl.start * v_per_image:sl.stop * v_per_image]
+                    t = _wg.correlate_tiles(ext[sl], u, tile, (kh, kw), (th, tw),
+                                            (scratch[bi, 0], scratch[bi, 1]), v_out=v_out)
+                    # Scatter tile position (i, j) of every tile to its strided place in y.
+                    for i in range(mh):
+                        for j in range(mw):
+                            dst = y[sl, i::mh, j::mw, :]
+                            part = t[i, j, :, :dst.shape[1], :dst.shape[2], :]
+                            if b is None:
+                                dst[...] = part
+                            else:
+                                xp.add(part, b, out=dst)
+        pfor(run, len(blocks), n * oh * ow * max(c, o) * 8, blocks=len(blocks), like=src)
+        plan = {"tile": tuple(tile), "tiles": (th, tw), "ext": ext, "kept": kept, "chunks": chunks,
+                "blocks": blocks, "v_per_image": v_per_image}
+        return y, plan
+
+    def _winograd_weight_grad(self, dy, plan):
+        """``dW`` and ``db`` (added into the parameters' ``.grad``) by Winograd ``F(k, m)``:
+        the input tiles of the forward pass (kept, or transformed again) against the
+        ``m×m`` tiles of ``dY``. Each block of images sums into its own buffer and the
+        buffers are added in block order, so the result does not depend on the threads."""
+        xp = xp_of(dy)
+        n, oh, ow, o = dy.shape
+        (mh, mw), (th, tw) = plan["tile"], plan["tiles"]
+        kh, kw = self.kernel_size
+        c, ext, kept, chunks, blocks = self.in_channels, plan["ext"], plan["kept"], plan["chunks"], plan["blocks"]
+        a2, vpi = (mh + kh - 1) * (mw + kw - 1), plan["v_per_image"]
+        dt = np.result_type(dy.dtype, ext.dtype)
+        whole = oh == th * mh and ow == tw * mw
+        dypad = dy if whole else self._work.buffer("dw_dy", (n, th * mh, tw * mw, o), dt, xp, zeros=True)
+        largest = max(sl.stop - sl.start for sl in chunks)
+        per_image = a2 * th * tw * max(c, o)
+        scratch = self._work.buffer("dw_scratch", (len(blocks), 4, largest * per_image), dt, xp)
+        partial = xp.empty((len(blocks), 2, a2, c, o), dt)
+        db = xp.empty((len(blocks), o), dt) if self.bias is not None else None
+
+        def run(block_ids):
+            for bi in range(block_ids.start, block_ids.stop):
+                work, v_buf, dy_buf, half = scratch[bi]
+                for i, sl in enumerate(chunks[blocks[bi]]):
+                    s = sl.stop - sl.start
+                    t = s * th * tw
+                    if kept is not None:
+                        v = kept[sl.start * vpi:sl.stop * vpi].reshape(a2, t, c)
+                    else:
+                        v = _wg.transform_input(ext[sl], (mh, mw), (kh, kw), (th, tw), work, half, v_buf)
+                    if not whole:
+                        dypad[sl, :oh, :ow, :] = dy[sl]
+                    tiles = work[:mh * mw * t * o].reshape(mh, mw, s, th, tw, o)  # input gather is done
+                    tiles[...] = dypad[sl].reshape(s, th, mh, tw, mw, o).transpose(2, 4, 0, 1, 3, 5)
+                    target = partial[bi, 0 if i == 0 else 1]  # the first chunk writes, later ones add
+                    _wg.weight_grad_tiles(v, tiles, (mh, mw), (kh, kw), half, dy_buf, target)
+                    if i:
+                        partial[bi, 0] += target
+                if db is not None:
+                    samples = slice(chunks[blocks[bi].start].start, chunks[blocks[bi].stop - 1].stop)
+                    dy[samples].sum(axis=(0, 1, 2), out=db[bi])
+        pfor(run, len(blocks), n * oh * ow * max(c, o) * 8, blocks=len(blocks), like=dy)
+        for bi in range(1, len(blocks)):  # the whole sum first, then one add into .grad
+            partial[0, 0] += partial[bi, 0]
+            if db is not None:
+                db[0] += db[bi]
+        pfor(lambda _: xp.add(self.weight.grad, _wg.finish_weight_grad(partial[0, 0], (mh, mw), (kh, kw)),
+                              out=self.weight.grad), 1, like=dy)
+        if db is not None:
+            self.bias.grad += db[0]
 
     def backward(self, grad, input_grad: bool = True):
         if self._cache is None:
             raise self._no_forward()
-        cols, x_shape, xpad_shape, pads, (oh, ow) = self._cache
-        n = x_shape[0]
-        self._check_grad(grad, (n, oh, ow, self.out_channels))
+        kind, *cache = self._cache
         xp = xp_of(grad)
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        if kind == "winograd":
+            plan, x_shape, pads, (oh, ow) = cache
+            n = x_shape[0]
+            self._check_grad(grad, (n, oh, ow, self.out_channels))
+            self._winograd_weight_grad(grad, plan)
+            xpad_shape = None
+        else:
+            cols, x_shape, xpad_shape, pads, (oh, ow) = cache
+            n = x_shape[0]
+            self._check_grad(grad, (n, oh, ow, self.out_channels))
+            paccumulate_tmatmul(cols, grad.reshape(-1, self.out_channels),
+                                self.weight.grad.reshape(cols.shape[1], self.out_channels),
+                                b_sum_out=None if self.bias is None else self.bias.grad)
         dy = grad.reshape(-1, self.out_channels)
-        paccumulate_tmatmul(cols, dy, self.weight.grad.reshape(cols.shape[1], self.out_channels),
-                            b_sum_out=None if self.bias is None else self.bias.grad)
         if not input_grad:
             return None
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        c, rows, w = self.in_channels, oh * ow, self.weight.data
+        (pt, pb), (pl, pr) = pads
+        w = self.weight.data
+        if self.algorithm != "im2col" and self.stride == (1, 1):
+            # dX is the stride-1 "full" correlation of dY with the kernel turned by 180° and
+            # its channels swapped; padding dY by k-1-p on each side yields just X's region.
+            back_pads = ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr))
+            if min(min(p) for p in back_pads) >= 0:
+                h, wd = x_shape[1:3]
+                name, tile = self._choose_input_grad((h, wd))
+                if name == "winograd":
+                    dx, _ = self._winograd(grad, back_pads, w[::-1, ::-1].transpose(0, 1, 3, 2), tile, "bwd")
+                    return dx
+        if xpad_shape is None:
+            xpad_shape = (n, x_shape[1] + pt + pb, x_shape[2] + pl + pr, x_shape[3])
+        c, rows = self.in_channels, oh * ow
         dxpad = xp.empty(xpad_shape, dtype=np.result_type(grad.dtype, w.dtype))
 
         def block(sl):
@@ -182,5 +437,9 @@ class Conv2D(Layer):
                     dxb[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :] += \
                         xp.matmul(dyb, w[i, j].T).reshape(m, oh, ow, c)
         pfor(block, n, dy.size * kh * kw, like=dy)
-        (pt, _), (pl, _) = pads
         return dxpad[:, pt:pt + x_shape[1], pl:pl + x_shape[2], :]
+
+    def _choose_input_grad(self, in_hw):
+        """The algorithm for ``dX``: a stride-1 correlation from ``out_channels`` to
+        ``in_channels`` whose output is the input."""
+        return self._choose(in_hw, (self.out_channels, self.in_channels))

@@ -1,0 +1,274 @@
+"""Winograd minimal filtering: stride-1 2-D correlation with fewer multiplications.
+
+One dimension first. ``F(m, r)`` computes ``m`` outputs of a correlation with an ``r``-tap
+filter, ``y_i = Σ_k g_k d_{i+k}``, from ``α = m + r - 1`` inputs with only ``α``
+multiplications instead of ``m·r``::
+
+    y = Aᵀ [ (G g) ⊙ (Bᵀ d) ]          Aᵀ: m×α,  G: α×r,  Bᵀ: α×α
+
+How the matrices are built (Toom–Cook / Cook–Toom, as used by Lavin & Gray, 2016):
+
+* Correlation is the transpose of polynomial multiplication. If ``h`` has ``m``
+  coefficients, ``s(x) = g(x) h(x)`` has ``α`` of them, ``s = C_g h`` with
+  ``C_g[i + k, i] = g_k``, and ``(C_gᵀ d)_i = Σ_k g_k d_{i+k}`` is exactly ``y``.
+* ``s`` is found by evaluating ``g`` and ``h`` at ``α`` points, multiplying the values
+  (the only ``α`` multiplications that involve both operands) and interpolating:
+  ``C_g = V⁻¹ diag(G g) H``, where ``G`` and ``H`` evaluate ``g`` and ``h`` (rows
+  ``[1, p, p², ...]``) and ``V`` evaluates a polynomial with ``α`` coefficients.
+  Transposing gives ``y = Hᵀ [(G g) ⊙ (V⁻ᵀ d)]``, so ``Aᵀ = Hᵀ`` and ``Bᵀ = V⁻ᵀ``.
+* One of the points is ``∞``: "evaluating at ∞" means taking the leading coefficient.
+  With finite points ``p_0 … p_{α-2}`` and ``M(x) = Π (x - p_l)``, Lagrange interpolation
+  reads ``s(x) = Σ_j s(p_j) L_j(x) + s_∞ M(x)`` with ``L_j(x) = Π_{l≠j} (x - p_l) / N_j``
+  and ``N_j = Π_{l≠j} (p_j - p_l)``. So row ``j`` of ``V⁻ᵀ`` holds the coefficients of
+  ``L_j`` and its last row those of ``M``. The scale ``1/N_j`` is moved from ``Bᵀ`` into
+  ``G`` (``diag`` factors commute through the ``⊙``), which leaves ``Bᵀ`` with the small
+  integer-and-half coefficients of ``Π_{l≠j} (x - p_l)``.
+
+Everything is computed in exact rational arithmetic (``fractions.Fraction``) and rounded
+to floating point once, so the only rounding is that of the convolution itself.
+
+Why the points ``0, 1, -1, 2, -2, 1/2, -1/2, ∞`` (the first ``α - 1`` finite ones, then
+``∞``): the transforms' entries are powers of the points and products of their
+differences, and rounding error grows with their magnitude (Vandermonde matrices are
+notoriously ill-conditioned). ``0`` and ``∞`` give rows with a single 1; ``±1`` give
+entries of size 1; ``±2`` and their reciprocals ``±1/2`` keep the largest powers small
+and are exact in binary. Points beyond these (``±3``, ``±1/3``, ...) cost float32
+accuracy fast (a prototype's ``F(6×6, 5×5)``, two points more than ``F(4×4, 5×5)``, had
+about 100× its error), which is why tiles are limited to ``α ≤ 8`` (``F(4×4, 5×5)``,
+``F(6×6, 3×3)``, ...): see ``MAX_ALPHA``.
+
+Two dimensions nest the 1-D algorithm, one per axis: for a tile ``d`` (``αh×αw``) and
+kernel ``g`` (``kh×kw``), ``Y = Aₕᵀ [(Gₕ g G_wᵀ) ⊙ (Bₕᵀ d B_w)] A_w``. Flattening the
+tile row by row turns each two-sided product into one matrix, the Kronecker product
+(``kron(Bₕᵀ, B_wᵀ)`` etc.), so a whole batch of tiles could be transformed by one GEMM;
+``two_sided`` instead applies the two factors as two GEMMs, rows then columns, which
+does ``αh + αw`` rather than ``αh·αw`` multiply-adds per element and measured 2-3×
+faster for the tile transforms (the Kronecker form is kept for the small filter
+transform, done once per call).
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+from functools import lru_cache
+
+import numpy as np
+
+from ..backend import as_strided, xp_of
+
+#: Interpolation points in the order they are taken; ``∞`` is always added as the last one.
+POINTS = (Fraction(0), Fraction(1), Fraction(-1), Fraction(2), Fraction(-2), Fraction(1, 2), Fraction(-1, 2))
+
+#: Largest tile ``α = m + r - 1`` (per axis) the points above support.
+MAX_ALPHA = len(POINTS) + 1
+
+
+def _poly_from_roots(roots):
+    """Coefficients (lowest first) of ``Π (x - p)`` over ``roots``."""
+    coeffs = [Fraction(1)]
+    for p in roots:
+        nxt = [Fraction(0)] * (len(coeffs) + 1)
+        for i, c in enumerate(coeffs):
+            nxt[i] -= p * c
+            nxt[i + 1] += c
+        coeffs = nxt
+    return coeffs
+
+
+@lru_cache(maxsize=None)
+def transform_matrices_exact(m: int, r: int):
+    """``(Aᵀ, G, Bᵀ)`` of ``F(m, r)`` as nested tuples of ``Fraction`` (exact).
+
+    ``Aᵀ`` is ``m×α``, ``G`` is ``α×r``, ``Bᵀ`` is ``α×α`` with ``α = m + r - 1``.
+    """
+    if not (isinstance(m, int) and isinstance(r, int)) or m < 1 or r < 1:
+        raise ValueError(f"winograd: tile size m and kernel size r must be positive ints, got {m!r}, {r!r}")
+    alpha = m + r - 1
+    if alpha > MAX_ALPHA:
+        raise ValueError(f"winograd: F({m}, {r}) needs a tile of {alpha} > {MAX_ALPHA} points; "
+                         f"use m <= {MAX_ALPHA + 1 - r}")
+    pts = POINTS[:alpha - 1]
+    # Aᵀ = Hᵀ: column j evaluates an m-coefficient polynomial at p_j; ∞ takes its leading one.
+    at = [[p ** i for p in pts] + [Fraction(int(i == m - 1))] for i in range(m)]
+    g, bt = [], []
+    for j, p in enumerate(pts):
+        others = pts[:j] + pts[j + 1:]
+        n_j = Fraction(1)
+        for q in others:
+            n_j *= p - q
+        g.append([p ** k / n_j for k in range(r)])
+        bt.append(_poly_from_roots(others) + [Fraction(0)])  # degree α-2, padded to α
+    g.append([Fraction(int(k == r - 1)) for k in range(r)])
+    bt.append(_poly_from_roots(pts))  # M(x), degree α-1
+    return tuple(map(tuple, at)), tuple(map(tuple, g)), tuple(map(tuple, bt))
+
+
+@lru_cache(maxsize=None)
+def transform_matrices(m: int, r: int):
+    """``(Aᵀ, G, Bᵀ)`` of ``F(m, r)`` as float64 arrays (each entry rounded once)."""
+    return tuple(np.array([[float(v) for v in row] for row in mat]) for mat in transform_matrices_exact(m, r))
+
+
+@lru_cache(maxsize=None)
+def transforms_2d(tile, kernel):
+    """Kronecker-product transforms of ``F(mh×mw, kh×kw)`` for tiles flattened row by row.
+
+    Returns float64 ``(A2ᵀ, G2, B2ᵀ)`` of shapes ``(mh·mw, αh·αw)``, ``(αh·αw, kh·kw)``,
+    ``(αh·αw, αh·αw)``. An axis with a 1-tap kernel uses ``F(m, 1)``, the identity.
+    """
+    (mh, mw), (kh, kw) = tile, kernel
+    ath, gh, bth = transform_matrices(mh, kh)
+    atw, gw, btw = transform_matrices(mw, kw)
+    return np.kron(ath, atw), np.kron(gh, gw), np.kron(bth, btw)
+
+
+def multiplications(out_hw, kernel, in_channels, out_channels, tile=None):
+    """Multiplications of one image's stride-1 correlation: ``im2col`` (``tile=None``,
+    ``oh·ow·kh·kw·C·O``) or Winograd ``F(tile, kernel)`` (``α² · C·O`` per tile, the
+    element-wise stage; the transforms are additions and small constant scalings, about
+    ``α²·(C + O)`` per tile, and are counted separately by ``transform_cost``)."""
+    (oh, ow), (kh, kw) = out_hw, kernel
+    if tile is None:
+        return oh * ow * kh * kw * in_channels * out_channels
+    (mh, mw) = tile
+    tiles = -(-oh // mh) * -(-ow // mw)
+    return tiles * (mh + kh - 1) * (mw + kw - 1) * in_channels * out_channels
+
+
+def tiles_view(xpad, tile, kernel, tiles_hw):
+    """Read-only view ``(N, th, tw, αh, αw, C)`` of the overlapping input tiles (no copy).
+
+    Tile ``(ty, tx)`` starts at row ``ty·mh`` and column ``tx·mw``; ``xpad`` must hold at
+    least ``th·mh + kh - 1`` rows and ``tw·mw + kw - 1`` columns."""
+    n, _, _, c = xpad.shape
+    (mh, mw), (kh, kw), (th, tw) = tile, kernel, tiles_hw
+    sn, sh, sw, sc = xpad.strides
+    return as_strided(xpad, (n, th, tw, mh + kh - 1, mw + kw - 1, c), (sn, sh * mh, sw * mw, sh, sw, sc))
+
+
+def transform_filter(w, tile, out=None):
+    """``U = G2 · W``: the HWIO filter ``(kh, kw, C, O)`` in the Winograd domain, ``(α², C, O)``.
+
+    Computed in float64 and rounded once to ``w``'s dtype (it is small)."""
+    xp = xp_of(w)
+    kh, kw, c, o = w.shape
+    _, g2, _ = transforms_2d(tuple(tile), (kh, kw))
+    u = xp.matmul(xp.asarray(g2), w.reshape(kh * kw, c * o).astype(np.float64))
+    if out is None:
+        return u.astype(w.dtype).reshape(-1, c, o)
+    out[...] = u.reshape(out.shape)
+    return out
+
+
+def scratch_size(tile, kernel, tiles, in_channels, out_channels):
+    """Elements in each of the two scratch buffers ``correlate_tiles`` needs for ``tiles`` tiles."""
+    (mh, mw), (kh, kw) = tile, kernel
+    return (mh + kh - 1) * (mw + kw - 1) * tiles * max(in_channels, out_channels)
+
+
+def _per_axis(xp, dtype, tile, kernel, which):
+    """Matrix ``which`` (0: Aᵀ, 1: G, 2: Bᵀ) of ``F(mh, kh)`` and of ``F(mw, kw)``, in ``dtype``."""
+    (mh, mw), (kh, kw) = tile, kernel
+    return (xp.asarray(transform_matrices(mh, kh)[which], dtype=dtype),
+            xp.asarray(transform_matrices(mw, kw)[which], dtype=dtype))
+
+
+def two_sided(left_h, left_w, x, tmp, out):
+    """``out[i, j, r] = Σ_ab left_h[i, a] · left_w[j, b] · x[a, b, r]``: a transform applied
+    to both axes of a batch of tiles (``x``: ``(qh, qw, R)`` or its flat equivalent).
+
+    The same as one GEMM with ``kron(left_h, left_w)``, done as two: rows, then columns
+    (a batch of ``pw×qw`` products). Measured 2-3× faster than the Kronecker GEMM for
+    8×8 tiles (it does ``qh + qw`` instead of ``qh·qw`` multiply-adds per element)."""
+    xp = xp_of(x)
+    (ph, qh), (pw, qw) = left_h.shape, left_w.shape
+    r = x.size // (qh * qw)
+    rows = tmp[:ph * qw * r].reshape(ph, qw * r)
+    xp.matmul(left_h, x.reshape(qh, qw * r), out=rows)
+    both = out[:ph * pw * r].reshape(ph, pw, r)
+    xp.matmul(left_w, rows.reshape(ph, qw, r), out=both)
+    return both
+
+
+def transform_input(xpad, tile, kernel, tiles_hw, gather, tmp, out=None):
+    """``V = Bᵀ d B`` for every input tile: ``(α², T, C)`` with ``T = N·th·tw`` tiles in
+    ``(n, ty, tx)`` order.
+
+    ``gather`` (at least ``α²·T·C`` elements) receives the tiles, element ``(a, b)`` of
+    every tile as row ``(a, b)``; ``tmp`` holds the half-transformed rows; ``V`` lands in
+    ``out`` (default: ``gather``). ``Bᵀ`` depends on the interpolation points only, so the
+    same ``V`` serves the forward pass ``F(m, k)`` and the weight gradient ``F(k, m)``."""
+    xp = xp_of(xpad)
+    s, _, _, c = xpad.shape
+    (mh, mw), (kh, kw), (th, tw) = tile, kernel, tiles_hw
+    ah, aw = mh + kh - 1, mw + kw - 1
+    t = s * th * tw
+    d = gather[:ah * aw * t * c].reshape(ah, aw, s, th, tw, c)
+    d[...] = tiles_view(xpad, (mh, mw), (kh, kw), (th, tw)).transpose(3, 4, 0, 1, 2, 5)
+    bth, btw = _per_axis(xp, xpad.dtype, tile, kernel, 2)
+    v = two_sided(bth, btw, d, tmp, gather if out is None else out)
+    return v.reshape(ah * aw, t, c)
+
+
+def correlate_tiles(xpad, u, tile, kernel, tiles_hw, scratch, v_out=None):
+    """Winograd correlation of the tiles of ``xpad`` with the transformed filter ``u``.
+
+    Args:
+        xpad: ``(s, H, W, C)`` padded input holding whole tiles (see ``tiles_view``).
+        u: ``(α², C, O)`` from ``transform_filter``.
+        tile, kernel, tiles_hw: ``(mh, mw)``, ``(kh, kw)``, ``(th, tw)``.
+        scratch: two flat buffers of at least ``scratch_size(...)`` elements each, for
+            ``T = s·th·tw`` tiles (reused between calls, so they stay in cache).
+        v_out: where to keep the transformed input ``V`` (``α²·T·C`` elements) for the
+            weight gradient; by default it lives in the scratch.
+
+    Returns ``(mh, mw, s, th, tw, O)``: output pixel ``(ty·mh + i, tx·mw + j)`` of image
+    ``n`` is at ``[i, j, n, ty, tx]``, a view of ``scratch[1]``.
+    """
+    xp = xp_of(xpad)
+    s = xpad.shape[0]
+    (mh, mw), (kh, kw), (th, tw) = tile, kernel, tiles_hw
+    a2, o = (mh + kh - 1) * (mw + kw - 1), u.shape[-1]
+    t = s * th * tw
+    first, second = scratch
+    v = transform_input(xpad, tile, kernel, tiles_hw, first, second, v_out)
+    # The element-wise stage summed over channels: α² independent GEMMs (T×C)·(C×O).
+    mm = second[:a2 * t * o].reshape(a2, t, o)
+    xp.matmul(v, u, out=mm)
+    # Output transform Aᵀ M A, rows then columns.
+    ath, atw = _per_axis(xp, xpad.dtype, tile, kernel, 0)
+    y = two_sided(ath, atw, mm, first, second)  # the first GEMM consumes mm before second is rewritten
+    return y.reshape(mh, mw, s, th, tw, o)
+
+
+def weight_grad_tiles(v, dy_tiles, tile, kernel, tmp, scratch, out):
+    """One chunk's share of the weight gradient in the Winograd domain: ``out`` (``(α², C, O)``)
+    receives ``Σ_tiles V_ξᵀ · (G dY Gᵀ)_ξ``.
+
+    ``dW[i, j, c, o] = Σ_{n,y,x} X[n, y+i, x+j, c] · dY[n, y, x, o]`` is a correlation of the
+    input with ``dY`` as the filter, so each ``m×m`` tile of ``dY`` and the ``α×α`` input
+    tile under it make one ``F(k×k, m×m)``: same ``α``, same points, so the same ``V``
+    as the forward pass, with ``dY`` transformed by ``G`` of ``F(k, m)``. The sum over
+    tiles is the reduction of α² GEMMs ``(C×T)·(T×O)``; ``finish_weight_grad`` applies
+    ``Aᵀ`` of ``F(k, m)`` once to the total.
+
+    Args:
+        v: ``(α², T, C)`` from ``transform_input``.
+        dy_tiles: ``(mh, mw, T, O)``: element ``(i, j)`` of every ``dY`` tile (zero past
+            the edge), tiles in ``v``'s order.
+        tmp, scratch: flat buffers of at least ``α²·T·O`` elements.
+    """
+    xp = xp_of(v)
+    (kh, kw) = kernel
+    gh, gw = _per_axis(xp, v.dtype, (kh, kw), tile, 1)
+    dyt = two_sided(gh, gw, dy_tiles, tmp, scratch)
+    xp.matmul(v.transpose(0, 2, 1), dyt.reshape(v.shape[0], v.shape[1], -1), out=out)
+    return out
+
+
+def finish_weight_grad(acc, tile, kernel):
+    """``dW`` as HWIO ``(kh, kw, C, O)`` from the Winograd-domain sum ``acc`` (``(α², C, O)``)."""
+    xp = xp_of(acc)
+    (mh, mw), (kh, kw) = tile, kernel
+    a2, c, o = acc.shape
+    at2, _, _ = transforms_2d((kh, kw), (mh, mw))
+    return xp.matmul(xp.asarray(at2, dtype=acc.dtype), acc.reshape(a2, c * o)).reshape(kh, kw, c, o)

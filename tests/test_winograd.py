@@ -1,0 +1,245 @@
+"""Winograd convolution: exact transforms, the accuracy contract, the ``auto`` choice, config."""
+from __future__ import annotations
+
+import random
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+import jimunet as jn
+from jimunet.functional import winograd as wg
+from jimunet.layers.conv import auto_tile
+
+#: The documented bounds (Conv2D docstring, README): max|err| / max|exact|.
+BOUND64 = 1e-12
+BOUND32 = 5e-5
+
+
+def rel(a, ref):
+    a, ref = np.asarray(a, np.float64), np.asarray(ref, np.float64)
+    return float(np.abs(a - ref).max() / np.abs(ref).max())
+
+
+ALL_1D = [(m, r) for r in range(1, wg.MAX_ALPHA + 1) for m in range(1, wg.MAX_ALPHA + 2 - r)]
+
+
+@pytest.mark.parametrize("m,r", ALL_1D, ids=[f"F({m},{r})" for m, r in ALL_1D])
+def test_transforms_compute_the_correlation_exactly_in_rationals(m, r):
+    at, g, bt = wg.transform_matrices_exact(m, r)
+    alpha = m + r - 1
+    assert (len(at), len(at[0]), len(g), len(g[0]), len(bt), len(bt[0])) == (m, alpha, alpha, r, alpha, alpha)
+    rnd = random.Random(m * 10 + r)
+    for _ in range(3):
+        gg = [Fraction(rnd.randint(-50, 50), rnd.randint(1, 9)) for _ in range(r)]
+        dd = [Fraction(rnd.randint(-50, 50), rnd.randint(1, 9)) for _ in range(alpha)]
+        gt = [sum(g[j][k] * gg[k] for k in range(r)) for j in range(alpha)]
+        bd = [sum(bt[j][k] * dd[k] for k in range(alpha)) for j in range(alpha)]
+        y = [sum(at[i][j] * gt[j] * bd[j] for j in range(alpha)) for i in range(m)]
+        assert y == [sum(gg[k] * dd[i + k] for k in range(r)) for i in range(m)]
+
+
+def test_transforms_have_the_expected_small_entries():
+    # F(2, 3) from the points 0, 1, -1, ∞: the textbook Aᵀ, and Bᵀ with entries in {0, ±1}.
+    at, g, bt = wg.transform_matrices(2, 3)
+    np.testing.assert_array_equal(at, [[1, 1, 1, 0], [0, 1, -1, 1]])
+    assert set(np.unique(bt)) <= {-1.0, 0.0, 1.0}
+    # The points are exact in binary, so every Bᵀ entry of every tile is a small dyadic rational.
+    for m, r in ALL_1D:
+        _, _, bt = wg.transform_matrices(m, r)
+        assert np.all(bt * 64 == np.round(bt * 64)) and np.abs(bt).max() <= 32
+
+
+def test_input_transform_depends_on_the_tile_length_only():
+    # So the forward pass F(m, k) and the weight gradient F(k, m) share the transformed input.
+    for m, r in ALL_1D:
+        np.testing.assert_array_equal(wg.transform_matrices(m, r)[2], wg.transform_matrices(r, m)[2])
+
+
+def test_tiles_beyond_the_points_are_refused():
+    with pytest.raises(ValueError, match="tile of 9 > 8"):
+        wg.transform_matrices(5, 5)
+    with pytest.raises(ValueError, match="winograd_tile"):
+        jn.layers.Conv2D(2, 2, 5, algorithm="winograd", winograd_tile=6)
+
+
+def test_multiplication_counts():
+    # The issue's figures per 4x4 output tile and channel pair, for a 5x5 kernel.
+    assert wg.multiplications((4, 4), (5, 5), 1, 1) == 16 * 25
+    assert wg.multiplications((4, 4), (5, 5), 1, 1, (2, 2)) == 4 * 36
+    assert wg.multiplications((4, 4), (5, 5), 1, 1, (4, 4)) == 64
+    conv = jn.layers.Conv2D(32, 64, 5, algorithm="winograd")
+    assert conv.multiplications((14, 14, 32)) == 16 * 64 * 32 * 64  # 4x4 tiles of 14x14: 16 tiles
+    assert conv.multiplications((14, 14, 32), ("im2col", None)) == 14 * 14 * 25 * 32 * 64
+
+
+def _pair_of_layers(c, o, k, padding, tile, dtype, seed=0):
+    """The same weights under im2col and forced Winograd."""
+    ref = jn.layers.Conv2D(c, o, k, padding=padding, algorithm="im2col", rng=seed, dtype=dtype)
+    win = jn.layers.Conv2D(c, o, k, padding=padding, algorithm="winograd", winograd_tile=tile, rng=seed, dtype=dtype)
+    rng = np.random.default_rng(seed)
+    ref.bias.data[...] = rng.standard_normal(o)
+    for p, q in zip(win.parameters(), ref.parameters()):
+        p.data[...] = q.data
+    return ref, win
+
+
+def _fwd_bwd(layer, x, g):
+    y = layer.forward(x, training=True)
+    return y, layer.backward(g), layer.weight.grad.copy()
+
+
+# Odd and even sizes and kernels, 1 to many channels, batch 1 to more than a chunk's worth,
+# sizes that are and are not multiples of the tile, rectangular kernels and tiles.
+CASES64 = [
+    # (n, h, w, c, o, kernel, padding, tile)
+    (1, 28, 28, 1, 4, 5, "same", 4),
+    (3, 14, 14, 32, 64, 5, "same", 4),
+    (2, 13, 9, 5, 3, 5, "same", 3),
+    (5, 7, 8, 3, 7, 3, "same", 4),
+    (2, 9, 9, 4, 2, 3, "valid", 6),
+    (1, 6, 11, 2, 3, 2, "same", 7),
+    (2, 8, 8, 3, 3, 4, "same", 5),
+    (3, 10, 7, 2, 5, (3, 5), 1, (2, 4)),
+    (2, 5, 5, 6, 2, 7, "same", 2),
+    (1, 3, 2, 2, 2, 5, "same", 4),   # input smaller than the kernel
+    (40, 6, 6, 8, 8, 3, "same", 4),  # several chunks per block
+]
+
+
+@pytest.mark.parametrize("n,h,w,c,o,k,padding,tile", CASES64)
+def test_float64_winograd_equals_im2col(n, h, w, c, o, k, padding, tile):
+    ref, win = _pair_of_layers(c, o, k, padding, tile, np.float64)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((n, h, w, c))
+    g = rng.standard_normal((n, *ref.output_shape(x.shape[1:])))
+    y0, dx0, dw0 = _fwd_bwd(ref, x, g)
+    y1, dx1, dw1 = _fwd_bwd(win, x, g)
+    assert win.last_algorithm[0] == "winograd" and ref.last_algorithm == ("im2col", None)
+    assert y1.shape == y0.shape and dx1.shape == dx0.shape and y1.dtype == np.float64
+    assert rel(y1, y0) <= BOUND64 and rel(dx1, dx0) <= BOUND64
+    assert rel(dw1, dw0) <= BOUND64
+    assert y1.flags.c_contiguous
+
+
+def _auto_winograd_kernels():
+    """Every (kernel, tile) ``auto`` can send to Winograd: sizes 1..8 over outputs 1..64."""
+    found = set()
+    for kh in range(1, 9):
+        for kw in range(1, 9):
+            for size in (1, 2, 3, 4, 5, 7, 10, 14, 28, 64):
+                for c in (1, 8, 32, 256):
+                    tile = auto_tile((kh, kw), (size, size), c, 64)
+                    if tile is not None:
+                        found.add(((kh, kw), tile))
+    return sorted(found)
+
+
+AUTO_KERNELS = _auto_winograd_kernels()
+
+
+def test_auto_sends_some_kernels_to_winograd_and_keeps_within_the_points():
+    assert ((5, 5), (4, 4)) in AUTO_KERNELS and ((3, 3), (4, 4)) in AUTO_KERNELS
+    assert ((5, 5), (3, 3)) in AUTO_KERNELS and ((3, 3), (2, 2)) in AUTO_KERNELS
+    for (kh, kw), (mh, mw) in AUTO_KERNELS:
+        assert mh + kh - 1 <= wg.MAX_ALPHA and mw + kw - 1 <= wg.MAX_ALPHA
+
+
+@pytest.mark.parametrize("kernel,tile", AUTO_KERNELS, ids=[f"k{k}-m{m}" for k, m in AUTO_KERNELS])
+@pytest.mark.parametrize("c,o,hw,n", [(8, 16, (9, 10), 3), (64, 32, (8, 8), 2), (256, 8, (5, 6), 1)])
+def test_float32_winograd_within_the_bound_of_a_float64_reference(kernel, tile, c, o, hw, n):
+    ref, win = _pair_of_layers(c, o, kernel, "same", tile, np.float32, seed=c)
+    exact = jn.layers.Conv2D(c, o, kernel, algorithm="im2col", dtype=np.float64)
+    for p, q in zip(exact.parameters(), ref.parameters()):
+        p.data[...] = q.data
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((n, *hw, c)).astype(np.float32)
+    g = rng.standard_normal((n, *hw, o)).astype(np.float32)
+    y64, dx64, dw64 = _fwd_bwd(exact, x.astype(np.float64), g.astype(np.float64))
+    y32, dx32, dw32 = _fwd_bwd(win, x, g)
+    assert win.last_algorithm == ("winograd", tile) and y32.dtype == dx32.dtype == dw32.dtype == np.float32
+    assert rel(y32, y64) <= BOUND32, "forward"
+    assert rel(dx32, dx64) <= BOUND32, "dX"
+    assert rel(dw32, dw64) <= BOUND32, "dW"
+    # and it is really Winograd: im2col in float32 is markedly closer to the reference
+    y_i2c = ref.forward(x)
+    assert rel(y_i2c, y64) <= BOUND32 / 10
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_weight_gradient_with_and_without_the_kept_input_tiles(training):
+    # training=True keeps the transformed input tiles for dW; otherwise backward transforms
+    # the input again. Both give im2col's gradient, accumulated (added) into .grad.
+    ref, win = _pair_of_layers(16, 8, 3, "same", 4, np.float64)
+    rng = np.random.default_rng(3)
+    x, g = rng.standard_normal((70, 9, 6, 16)), rng.standard_normal((70, 9, 6, 8))
+    for layer in (ref, win):
+        for _ in range(2):
+            layer.forward(x, training=training)
+            layer.backward(g, input_grad=False)
+    assert (win.last_algorithm[0], win._cache[1]["kept"] is not None) == ("winograd", training)
+    assert rel(win.weight.grad, ref.weight.grad) <= BOUND64
+    assert rel(win.bias.grad, ref.bias.grad) <= BOUND64
+
+
+def test_auto_rule():
+    conv2 = jn.layers.Conv2D(32, 64, 5)
+    assert conv2.algorithm == "auto" and conv2.algorithm_for((14, 14, 32)) == ("winograd", (3, 3))
+    # tiles: the largest of 4, 3, 2 that covers the output with at most 8% overrun
+    for n, m in {4: 4, 5: 3, 6: 3, 7: 4, 8: 4, 10: 2, 14: 3, 28: 4, 56: 4}.items():
+        assert auto_tile((5, 5), (n, n), 32, 64) == (m, m), n
+    assert auto_tile((3, 5), (14, 28), 8, 8) == (3, 4)
+    # conv1 (one input channel): the tile transforms cost more than they save
+    assert jn.layers.Conv2D(1, 32, 5).algorithm_for((28, 28, 1)) == ("im2col", None)
+    assert jn.layers.Conv2D(32, 64, 5, stride=2).algorithm_for((14, 14, 32)) == ("im2col", None)
+    assert jn.layers.Conv2D(32, 64, 1).algorithm_for((14, 14, 32)) == ("im2col", None)
+    assert jn.layers.Conv2D(32, 64, 5).algorithm_for((2, 2, 32)) == ("im2col", None)  # tiny input
+    assert jn.layers.Conv2D(32, 64, 5, algorithm="im2col").algorithm_for((14, 14, 32)) == ("im2col", None)
+    assert jn.layers.Conv2D(32, 64, 5, winograd_tile=2).algorithm_for((14, 14, 32)) == ("winograd", (2, 2))
+    # what ran is recorded
+    layer = jn.layers.Conv2D(32, 8, 3, rng=0)
+    layer.forward(np.zeros((1, 8, 8, 32), np.float32))
+    assert layer.last_algorithm == layer.algorithm_for((8, 8, 32))
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(algorithm="fft"), "algorithm must be one of"),
+    (dict(algorithm="winograd", stride=2), "stride 1"),
+    (dict(algorithm="winograd", kernel_size=1), "kernel of at least 2x2"),
+    (dict(winograd_tile=0), "winograd_tile"),
+    (dict(winograd_tile=(2, 9)), "winograd_tile"),
+])
+def test_bad_algorithm_arguments_are_refused_clearly(bad, match):
+    kwargs = dict(in_channels=2, out_channels=2, kernel_size=3) | bad
+    with pytest.raises(ValueError, match=match):
+        jn.layers.Conv2D(**kwargs)
+
+
+def test_config_round_trip_and_old_configs_load_as_auto(tmp_path):
+    model = jn.Sequential([jn.layers.Conv2D(3, 4, 3, algorithm="winograd", winograd_tile=(2, 4), rng=0),
+                           jn.layers.ReLU(), jn.layers.Conv2D(4, 2, 3, algorithm="im2col", rng=1)])
+    path = tmp_path / "m.npz"
+    model.save(path)
+    loaded = jn.load(path)
+    assert (loaded.layers[0].algorithm, loaded.layers[0].winograd_tile) == ("winograd", (2, 4))
+    assert loaded.layers[2].algorithm == "im2col"
+    x = np.random.default_rng(0).standard_normal((2, 6, 6, 3)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+    config = model.layers[0].get_config()
+    assert config["algorithm"] == "winograd" and config["winograd_tile"] == [2, 4]
+    for key in ("algorithm", "winograd_tile"):  # a model saved before the option existed
+        del config[key]
+    old = jn.layers.Conv2D(**config)
+    assert old.algorithm == "auto" and old.winograd_tile is None
+
+
+def test_winograd_does_not_mutate_its_inputs():
+    layer = jn.layers.Conv2D(3, 4, 3, algorithm="winograd", rng=0)
+    x = np.random.default_rng(0).standard_normal((2, 7, 7, 3)).astype(np.float32)
+    g = np.random.default_rng(1).standard_normal((2, 7, 7, 4)).astype(np.float32)
+    x0, g0, w0 = x.copy(), g.copy(), layer.weight.data.copy()
+    layer.forward(x, training=True)
+    layer.backward(g)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(g, g0)
+    np.testing.assert_array_equal(layer.weight.data, w0)
