@@ -86,11 +86,15 @@ class Communicator:
         """This rank's contiguous share of ``range(n)`` (shares differ in length by at most one)."""
         return slice(n * self.rank // self.size, n * (self.rank + 1) // self.size)
 
-    def allreduce_(self, buf: np.ndarray) -> np.ndarray:
-        """Sum ``buf`` (a contiguous NumPy array) over all ranks, in place; returns it."""
+    def allreduce_(self, buf: np.ndarray, op: str = "sum") -> np.ndarray:
+        """Reduce ``buf`` (a contiguous NumPy array) over all ranks in place (``op``: "sum",
+        "max" or "min"); returns it."""
         if not (isinstance(buf, np.ndarray) and buf.flags.c_contiguous):
             raise ValueError("allreduce_: expected a contiguous NumPy array")
-        self._comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._MPI.SUM)
+        ops = {"sum": self._MPI.SUM, "max": self._MPI.MAX, "min": self._MPI.MIN}
+        if op not in ops:
+            raise ValueError(f"allreduce_: op must be one of {sorted(ops)}, got {op!r}")
+        self._comm.Allreduce(self._MPI.IN_PLACE, buf, op=ops[op])
         return buf
 
     def broadcast_array(self, buf: np.ndarray, root: int = 0) -> np.ndarray:
