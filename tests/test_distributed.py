@@ -10,9 +10,10 @@ Tolerance of "the same weights as one process": N processes compute the same sum
 process, but in another order (each rank sums its slice of the batch, then the all-reduce
 adds the ranks' partial sums; the forward GEMMs have other heights), so in float32 each
 gradient differs from one process's by a few units in the last place (measured: the final
-weights after 8 and 16 steps differ by at most 1.4e-7 and 2e-7 of the tensor's largest
-weight). Momentum carries such differences on and training amplifies them slowly; the tests
-allow 1e-5 of the largest weight of each tensor after at most 16 steps — 50x the measured
+weights after 8 steps on 2 processes and 10 steps on 3 differ by at most 2.1e-7 and 2.0e-7
+of the tensor's largest weight). Momentum carries such differences on and training amplifies
+them slowly; the tests allow 1e-5 of the largest weight of each tensor after at most 12
+steps — 50x the measured
 difference, room for other CPUs' BLAS kernels, and still 100x smaller than any real
 mistake (a rank that draws its own dropout masks, or scales its gradient by its own slice
 instead of the global batch, moves weights by 1e-3 of their scale or more within one step).
