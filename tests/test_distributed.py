@@ -315,3 +315,21 @@ def test_a_rank_that_fails_ends_the_job_naming_it(mpi, tmp_path):
     line = [s for s in r.stderr.splitlines() if s.startswith("jimunet train [rank 1 of 2]: error:")]
     assert line and "other settings than rank 0 (seed 2 here, 1 on rank 0)" in line[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(mpi, tmp_path):
+    # (Ctrl-C or kill of mpiexec itself makes Open MPI kill every rank within a second; a
+    # signal that reaches one rank, from a scheduler or kill PID, travels in the all-reduce.)
+    run = tmp_path / "run"
+    p = mpi.start((2, ["--distributed", "--self-test", "--no-report", "--epochs", "10000", "--out", run]))
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while not ((run / "train.log").exists() and "epoch   1/" in (run / "train.log").read_text()):
+        assert p.poll() is None, p.communicate()
+        assert time.monotonic() < deadline, "the job did not reach epoch 1"
+        time.sleep(0.2)
+    os.kill(_rank_pid(mpi.token, 1), signal.SIGTERM)  # rank 1: the one that writes nothing
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 143, (p.returncode, out[-2000:], err[-2000:])
+    assert "stopped by SIGTERM" in out and "Resume with" in out, (out[-2000:], err[-2000:])
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    assert not (run / ".jimunet.lock").exists()

@@ -94,11 +94,13 @@ def _cmd_train(args) -> int:
         train_mnist(config, resume=args.resume, comm=comm)
     except ConfigError as e:
         raise UsageError(str(e)) from None
-    except TrainingDiverged as e:  # every rank of a distributed run sees it: rank 0 says it
+    except TrainingDiverged as e:  # every rank of a distributed run sees it at the same step: rank 0 says it
+        args.all_ranks_stopped = True
         if comm is None or comm.rank == 0:
             print(f"{args.prog}: error: {e}", file=sys.stderr)
         return EXIT_FAILURE
     except TrainingInterrupted as e:
+        args.all_ranks_stopped = getattr(e, "all_ranks", False)
         return _interrupted_exit(e)  # the message with the resume command is already printed
     return EXIT_OK
 
@@ -116,9 +118,9 @@ def _distributed(args):
         comm = distributed.init()
     except distributed.DistributedError as e:
         raise UsageError(f"--distributed: {e}") from None
+    args.comm = comm  # an error on one rank ends the whole job (main): the others must not wait
     if comm.size > 1:
         args.prog = f"{args.prog} [rank {comm.rank} of {comm.size}]"
-        args.abort_job = comm.abort  # an error on one rank ends the job: the others must not wait
     return comm
 
 
@@ -450,9 +452,13 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     args.prog = f"jimunet {args.command}"
     code, failed = _dispatch(args)
-    abort = getattr(args, "abort_job", None)
-    if failed and abort is not None:
-        abort(code)  # ends every process of the MPI job (the message above names this rank)
+    comm = getattr(args, "comm", None)
+    if comm is not None and comm.size > 1 and code != EXIT_OK:
+        if failed or not getattr(args, "all_ranks_stopped", False):
+            # An error, or a stop on this rank alone: the others may be waiting for it in a
+            # collective; end every process of the job (the message above names this rank).
+            comm.abort(code)
+        comm.barrier()  # every rank stopped at the same step: let rank 0 finish writing first
     return code
 
 
@@ -472,7 +478,7 @@ def _dispatch(args) -> tuple[int, bool]:
         print(f"\n{args.prog}: {str(e) or 'interrupted'}", file=sys.stderr)
         return _interrupted_exit(e), True
     except Exception as e:
-        if _debug() and getattr(args, "abort_job", None) is None:
+        if _debug() and getattr(args, "comm", None) is None:
             raise
         msg = str(e).strip() or type(e).__name__
         if not type(e).__module__.startswith("jimunet"):  # jimunet's own errors say what they are

@@ -70,12 +70,14 @@ class TrainingInterrupted(KeyboardInterrupt):
     interrupted epoch's partial work is discarded, and the in-memory model is mid-epoch.
     ``run_dir`` is set by ``train_mnist`` (resume with ``train_mnist(resume=run_dir)``).
     ``signum`` is the signal that stopped it (``signal.SIGINT`` for Ctrl-C and callbacks).
+    ``all_ranks``: in a distributed run, whether every process stopped at the same step.
     """
 
     def __init__(self, message, epochs_completed, step, run_dir=None, signum=signal.SIGINT):
         super().__init__(message)
         self.message, self.epochs_completed, self.step, self.run_dir = message, epochs_completed, step, run_dir
         self.signum = signum
+        self.all_ranks = False
 
     def __str__(self):
         return self.message
@@ -534,9 +536,13 @@ class _StopBetweenSteps(Callback):
         self.stops = stops
 
     def on_step_end(self, trainer, step, loss):
-        self.stops.check()
-        if trainer.stop_agreed:  # distributed: another process was asked to stop; all stop together
+        if trainer.comm is None:
+            self.stops.check()
+        elif trainer.stop_agreed:  # distributed: the all-reduce says some process was asked to stop
+            self.stops.check()  # this one's own signal, if it got one
             raise Stopped(signal.SIGTERM)
+        # (a signal that came during the all-reduce waits for the next step's: stopping
+        # before the others know would leave them waiting in the all-reduce for ever)
 
     def on_epoch_end(self, trainer, epoch, record):
         if trainer.comm is None:  # distributed runs stop only where every process agrees: at a step
@@ -712,8 +718,12 @@ def _train_mnist_worker(config, callbacks, data, comm) -> TrainResult:
     trainer.callbacks = [_StopBetweenSteps(stops)] + callbacks
     # Only rank 0 validates and tests (its numbers are the run's): the others would compute
     # the same ones, on the same weights, for nothing.
-    with stops.installed(), stops.deferred():
-        trainer.fit(x, y, cfg.epochs)
+    try:
+        with stops.installed(), stops.deferred():
+            trainer.fit(x, y, cfg.epochs)
+    except TrainingInterrupted as e:
+        e.all_ranks = trainer.stop_agreed
+        raise
     return TrainResult(None, trainer.model, trainer.history, None, None, None, None)
 
 
@@ -802,6 +812,7 @@ def _train_mnist(cfg, run, resuming, callbacks, data, log, stops, comm=None):
         stop = e if isinstance(e, TrainingInterrupted) else \
             TrainingInterrupted("", trainer.epoch, trainer.step, signum=getattr(e, "signum", signal.SIGINT))
         _explain_interruption(stop, run, cfg.epochs)
+        stop.all_ranks = trainer.stop_agreed  # distributed: every process stops at this step
         log(stop.message)
         set_metrics_status(path("metrics.json"), "interrupted", None)
         run.finish("interrupted")
