@@ -788,7 +788,9 @@ def _train_mnist(cfg, run, resuming, callbacks, data, log, stops, comm=None):
                         for r in range(comm.size)})
         log(f"distributed: {comm.size} MPI process{'es' if comm.size > 1 else ''}, each computing "
             f"{'-'.join(map(str, share))} images of every batch of {cfg.batch_size}; one all-reduce of "
-            f"{grad_mb:.1f} MB per step; rank 0 writes the run directory")
+            f"{grad_mb:.1f} MB per step; rank 0 writes the run directory"
+            + ("" if comm.size > 1 else " (a job of one: start N with mpiexec -n N python -m jimunet train "
+                                         "--distributed)"))
     try:
         with stops.deferred():  # Ctrl-C and SIGTERM wait for the end of the step
             trainer.fit(x, y, cfg.epochs, xv, yv)
