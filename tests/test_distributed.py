@@ -394,3 +394,14 @@ def test_the_api_trains_float64_weights_of_one_process_to_1e_10(mpi, tmp_path, n
     for k in one.files:
         scale = np.abs(one[k]).max()
         assert np.abs(many[k] - one[k]).max() <= 1e-10 * scale, (k, np.abs(many[k] - one[k]).max() / scale)
+
+
+def test_distributed_as_a_job_of_one_is_bit_identical_to_a_plain_run(mpi, tmp_path):
+    one = _single(tmp_path, "one", "--epochs", "2")
+    r = _jimunet("train", "--distributed", "--self-test", "--no-report", "--threads", "1", "--epochs", "2",
+                 "--out", tmp_path / "job", env=mpi.env(), timeout=JOB_TIMEOUT)  # no mpiexec: a singleton
+    assert r.returncode == 0, r.stderr
+    assert "a job of one" in r.stdout
+    got, expected = _weights(tmp_path / "job" / "model.npz"), _weights(one / "model.npz")
+    for k in expected:
+        np.testing.assert_array_equal(got[k], expected[k])
