@@ -730,8 +730,6 @@ def _train_mnist_worker(config, callbacks, data, comm) -> TrainResult:
 def _train_mnist(cfg, run, resuming, callbacks, data, log, stops, comm=None):
     t_start = time.perf_counter()
     run_dir = run.path
-    if comm is not None:  # first, so that the other ranks load their data meanwhile
-        comm.broadcast_json(portable_config(cfg.to_dict()))
     _apply_threads(cfg.threads, comm)
     log(f"{'resuming' if resuming else 'starting'} run {run_dir}  (jimunet {__version__}, numpy {np.__version__}, "
         f"python {platform.python_version()})")
@@ -739,6 +737,8 @@ def _train_mnist(cfg, run, resuming, callbacks, data, log, stops, comm=None):
         log(f"removed {len(run.removed)} temporary file{'s' if len(run.removed) > 1 else ''} left by a write that "
             f"was cut short: {', '.join(run.removed)}")
     (x, y), (xv, yv), (xs, ys) = _load_data(cfg, data)
+    if comm is not None:  # the recipe, once MNIST is here: ranks on this host find it in the cache
+        comm.broadcast_json(portable_config(cfg.to_dict()))
     trainer = _make_trainer(cfg, len(x), comm, progress=cfg.progress, log=log)
     model = trainer.model
     cfg_dict = portable_config(cfg.to_dict())
