@@ -13,7 +13,7 @@ Example:
 """
 __version__ = "0.1.0"
 
-from . import backend, datasets, functional, init, layers, losses, models, onnx, optim  # noqa: E402
+from . import backend, datasets, distributed, functional, init, layers, losses, models, onnx, optim  # noqa: E402
 from .backend import DeviceError, asarray  # noqa: E402
 from .gradcheck import GradcheckError, gradcheck  # noqa: E402
 from .model import Sequential, Summary, load  # noqa: E402
@@ -22,6 +22,6 @@ from .parameter import Parameter  # noqa: E402
 from .random import set_seed  # noqa: E402
 from .serialization import CheckpointError  # noqa: E402
 
-__all__ = ["backend", "datasets", "functional", "init", "layers", "losses", "models", "onnx", "optim", "gradcheck",
-           "GradcheckError", "Sequential", "Summary", "load", "Parameter", "set_seed", "CheckpointError",
+__all__ = ["backend", "datasets", "distributed", "functional", "init", "layers", "losses", "models", "onnx", "optim",
+           "gradcheck", "GradcheckError", "Sequential", "Summary", "load", "Parameter", "set_seed", "CheckpointError",
            "set_num_threads", "get_num_threads", "asarray", "DeviceError"]

@@ -68,6 +68,7 @@ def _cmd_train(args) -> int:
     from .recipes import ConfigError, MNISTConfig
     from .train import TrainingDiverged, TrainingInterrupted, load_run_config, train_mnist
 
+    comm = _distributed(args)
     given = {k: getattr(args, k) for k in _TRAIN_FLAGS if getattr(args, k) is not None}
     if args.no_shuffle:
         given["shuffle"] = False
@@ -77,7 +78,11 @@ def _cmd_train(args) -> int:
         given["report"] = False
     if args.out is not None:
         given["out"] = args.out
-    if args.resume is not None:
+    if comm is not None:
+        _same_command_as_rank0(comm, {**given, "resume": args.resume})
+    if comm is not None and comm.rank != 0:
+        config = MNISTConfig(**given)  # only rank 0 reads the run directory; it sends the recipe
+    elif args.resume is not None:
         if not os.path.isdir(args.resume):
             raise UsageError(f"--resume {args.resume}: no such run directory")
         config = load_run_config(args.resume).replace(**given)
@@ -86,15 +91,49 @@ def _cmd_train(args) -> int:
             given["epochs"] = 1  # the sample's self-test runs one epoch
         config = MNISTConfig(**given)
     try:
-        train_mnist(config, resume=args.resume)
+        train_mnist(config, resume=args.resume, comm=comm)
     except ConfigError as e:
         raise UsageError(str(e)) from None
-    except TrainingDiverged as e:
-        print(f"{args.prog}: error: {e}", file=sys.stderr)
+    except TrainingDiverged as e:  # every rank of a distributed run sees it at the same step: rank 0 says it
+        args.all_ranks_stopped = True
+        if comm is None or comm.rank == 0:
+            print(f"{args.prog}: error: {e}", file=sys.stderr)
         return EXIT_FAILURE
     except TrainingInterrupted as e:
+        args.all_ranks_stopped = getattr(e, "all_ranks", False)
         return _interrupted_exit(e)  # the message with the resume command is already printed
     return EXIT_OK
+
+
+def _distributed(args):
+    """The MPI communicator for ``--distributed`` (None without it); refuses a bad launch."""
+    from . import distributed
+    if not args.distributed:
+        n = distributed.launched_by_mpiexec()
+        if n > 1:
+            raise UsageError(f"started by mpiexec as one of {n} processes but without --distributed, so each "
+                             f"would train alone; add --distributed to train one model with all of them")
+        return None
+    try:
+        comm = distributed.init()
+    except distributed.DistributedError as e:
+        raise UsageError(f"--distributed: {e}") from None
+    args.comm = comm  # an error on one rank ends the whole job (main): the others must not wait
+    if comm.size > 1:
+        args.prog = f"{args.prog} [rank {comm.rank} of {comm.size}]"
+    return comm
+
+
+def _same_command_as_rank0(comm, given: dict) -> None:
+    """Refuse to start when this rank's settings differ from rank 0's (MPMD launches, typos)."""
+    per_host = ("data_dir", "threads")  # may differ between machines
+    mine = {k: v for k, v in given.items() if k not in per_host}
+    theirs = comm.broadcast_json(mine)
+    if comm.rank != 0 and theirs != mine:
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        shown = "; ".join(f"{k.replace('_', '-')} {mine.get(k)!r} here, {theirs.get(k)!r} on rank 0" for k in diff)
+        raise UsageError(f"this process was started with other settings than rank 0 ({shown}); every process of "
+                         f"a distributed run must get the same command line")
 
 
 # -- evaluate -------------------------------------------------------------------------------
@@ -325,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(jimunet.set_num_threads)")
     t.add_argument("--device", default=None, metavar="D", help="cpu (default) or cuda / cuda:N: an NVIDIA GPU "
                    "through CuPy (pip install \"jimunet[gpu]\")")
+    t.add_argument("--distributed", action="store_true", help="data-parallel training with every process of an "
+                   "MPI job: mpiexec -n N python -m jimunet train --distributed ... (pip install 'jimunet[mpi]'); "
+                   "--batch-size stays the global batch, rank 0 writes the run directory")
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("evaluate", help="test accuracy and confusion matrix of a saved model",
@@ -416,30 +458,45 @@ def main(argv=None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    prog = f"jimunet {args.command}"
-    args.prog = prog
+    args.prog = f"jimunet {args.command}"
+    code, failed = _dispatch(args)
+    comm = getattr(args, "comm", None)
+    if comm is not None and comm.size > 1 and code != EXIT_OK:
+        if failed or not getattr(args, "all_ranks_stopped", False):
+            # An error, or a stop on this rank alone: the others may be waiting for it in a
+            # collective; end every process of the job (the message above names this rank).
+            comm.abort(code)
+        comm.barrier()  # every rank stopped at the same step: let rank 0 finish writing first
+    return code
+
+
+def _dispatch(args) -> tuple[int, bool]:
+    """Run the command: ``(exit code, whether it ended by an exception)``."""
     from .backend import DeviceError
     from .serialization import CheckpointError
     try:
         code = args.func(args)
-        return EXIT_OK if code is None else int(code)
+        return (EXIT_OK if code is None else int(code)), False
     except UsageError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        print(f"{args.prog}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE, True
     except (CheckpointError, DeviceError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        print(f"{args.prog}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE, True
     except KeyboardInterrupt as e:
-        print(f"\n{prog}: {str(e) or 'interrupted'}", file=sys.stderr)
-        return _interrupted_exit(e)
+        print(f"\n{args.prog}: {str(e) or 'interrupted'}", file=sys.stderr)
+        return _interrupted_exit(e), True
     except Exception as e:
-        if _debug():
+        if _debug() and getattr(args, "comm", None) is None:
             raise
         msg = str(e).strip() or type(e).__name__
         if not type(e).__module__.startswith("jimunet"):  # jimunet's own errors say what they are
             msg = f"{type(e).__name__}: {msg}"
-        print(f"{prog}: error: {msg} (JIMUNET_DEBUG=1 shows the traceback)", file=sys.stderr)
-        return EXIT_FAILURE
+        print(f"{args.prog}: error: {msg} (JIMUNET_DEBUG=1 shows the traceback)", file=sys.stderr)
+        if _debug():
+            import traceback
+            traceback.print_exc()
+        return EXIT_FAILURE, True
 
 
 if __name__ == "__main__":  # pragma: no cover

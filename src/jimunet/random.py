@@ -6,6 +6,9 @@ after the same ``set_seed`` gives the same weights and the same dropout masks.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import numpy as np
 
 _default = np.random.default_rng(0)
@@ -41,3 +44,30 @@ def spawn_rng(rng=None) -> np.random.Generator:
         return np.random.default_rng(int(rng))
     parent = resolve_rng(rng)
     return np.random.default_rng(parent.integers(0, 2**63 - 1))
+
+
+# Data-parallel training runs each process on a slice of the batch; random layers must still
+# draw what one process would draw for the whole batch (see ``batch_shard``).
+_shard: contextvars.ContextVar = contextvars.ContextVar("jimunet_batch_shard", default=None)
+
+
+@contextlib.contextmanager
+def batch_shard(start: int, stop: int, total: int):
+    """Inside, the batches a model sees are rows ``start:stop`` of a batch of ``total``.
+
+    Random layers (``Dropout``) then draw for all ``total`` rows, from the same stream, and
+    keep rows ``start:stop``: each process of a data-parallel job gets exactly the masks a
+    single process would use for its samples, and every process's Generator stays in step.
+    """
+    if not 0 <= start < stop <= total:
+        raise ValueError(f"batch_shard: need 0 <= start < stop <= total, got {start}, {stop}, {total}")
+    token = _shard.set((int(start), int(stop), int(total)))
+    try:
+        yield
+    finally:
+        _shard.reset(token)
+
+
+def current_batch_shard():
+    """``(start, stop, total)`` inside ``batch_shard``, else None."""
+    return _shard.get()

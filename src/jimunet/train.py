@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import __version__
-from .app.rundir import (EpochFiles, RunDir, RunLog, StopSignals, new_run_dir, portable_config, set_metrics_status,
-                         write_json_atomic)
+from .app.rundir import (EpochFiles, RunDir, RunLog, StopSignals, Stopped, new_run_dir, portable_config,
+                         set_metrics_status, write_json_atomic)
 from .backend import check_device, to_device, to_numpy, xp_of
 from .data.images import preprocess
 from .recipes import RESUMABLE_FIELDS, SELF_TEST_EVAL, SELF_TEST_TRAIN, ConfigError, MNISTConfig, build, fake_data
@@ -70,12 +70,14 @@ class TrainingInterrupted(KeyboardInterrupt):
     interrupted epoch's partial work is discarded, and the in-memory model is mid-epoch.
     ``run_dir`` is set by ``train_mnist`` (resume with ``train_mnist(resume=run_dir)``).
     ``signum`` is the signal that stopped it (``signal.SIGINT`` for Ctrl-C and callbacks).
+    ``all_ranks``: in a distributed run, whether every process stopped at the same step.
     """
 
     def __init__(self, message, epochs_completed, step, run_dir=None, signum=signal.SIGINT):
         super().__init__(message)
         self.message, self.epochs_completed, self.step, self.run_dir = message, epochs_completed, step, run_dir
         self.signum = signum
+        self.all_ranks = False
 
     def __str__(self):
         return self.message
@@ -217,14 +219,29 @@ class Trainer:
         progress: tqdm bar per epoch on stderr (None: only when stderr is a terminal).
         log: function called with each text line (default ``print``; False: silent).
         eval_batch_size: batch size of the validation passes.
+        comm: a ``jimunet.distributed.Communicator`` for data-parallel training: every rank
+            runs the same Trainer (same seed, same data, same ``batch_size``, which stays the
+            GLOBAL batch) and computes the forward and backward pass of its own contiguous
+            slice of each batch, drawing the dropout masks one process would draw for those
+            samples; one all-reduce per step sums the gradients (each scaled to the global
+            batch), the loss and the stop/NaN flags, so every rank takes the same optimizer
+            step. Call ``sync_from_rank0()`` first so that all ranks start from one state.
 
-    Attributes: ``epoch`` (completed epochs), ``step`` (global steps done), ``history``.
+    Attributes: ``epoch`` (completed epochs), ``step`` (global steps done), ``history``;
+    with ``comm``, ``comm_seconds`` (time spent in the all-reduce, waiting for the slowest
+    rank included) and ``stop_agreed`` (a rank asked to stop at the last step).
     """
 
+    # extra slots after the gradients in the all-reduced buffer
+    _LOSS, _BAD, _STOP = range(3)
+
     def __init__(self, model, loss_fn, optimizer, *, batch_size: int = 64, schedule=None, shuffle: bool = True,
-                 rng=None, callbacks=(), progress=None, log=None, eval_batch_size: int = 100):
+                 rng=None, callbacks=(), progress=None, log=None, eval_batch_size: int = 100, comm=None):
         if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"Trainer: batch_size must be a positive integer, got {batch_size!r}")
+        if comm is not None and batch_size < comm.size:
+            raise ValueError(f"Trainer: batch_size {batch_size} is smaller than the {comm.size} processes; each "
+                             f"process needs at least one sample of every batch")
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.batch_size, self.schedule, self.shuffle = int(batch_size), schedule, bool(shuffle)
         self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
@@ -234,6 +251,11 @@ class Trainer:
         self.epoch, self.step = 0, 0
         self.history = History()
         self.total_epochs = None
+        self.comm = comm
+        self._grads = None
+        self.comm_seconds = 0.0
+        self.stop_agreed = False
+        self.stop_requested = lambda: False  # set by the caller: has this process been asked to stop?
 
     # -- batches ----------------------------------------------------------------------
     def steps_in_epoch(self, n: int, epoch: int) -> int:
@@ -280,6 +302,8 @@ class Trainer:
         """One SGD step on a batch; returns the loss (with the weight-decay term)."""
         if self.schedule is not None:
             self.optimizer.set_lr(self.schedule(self.step))
+        if self.comm is not None:
+            return self._distributed_step(xb, yb)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             try:
                 logits = self.model.forward(xb, training=True)
@@ -298,6 +322,69 @@ class Trainer:
             self.optimizer.step()
             self.optimizer.zero_grad()
         return loss
+
+    def _distributed_step(self, xb, yb) -> float:
+        """``train_step`` on this rank's slice of the global batch, then one all-reduce.
+
+        Every decision after the all-reduce (NaN, stop) is taken from summed numbers, so all
+        ranks take it together; a rank never raises alone while the others wait.
+        """
+        from .distributed import GradientBuffer
+        from .random import batch_shard
+
+        n = len(xb)
+        part = self.comm.shard(n)
+        m = part.stop - part.start
+        if self._grads is None:
+            self._grads = GradientBuffer(self.model.parameters(), extra=3)
+        grads = self._grads
+        grads.attach()  # in case something replaced a .grad since the last step
+        stats = grads.extra
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            logits = None
+            try:
+                with batch_shard(part.start, part.stop, n):
+                    logits = self.model.forward(xb[part], training=True)
+            except ValueError as e:
+                if not self._params_finite():  # the weights are the same on every rank: all stop here
+                    self._diverged("the weights contain NaN or infinite values")
+                if "NaN" not in str(e) or not bool(xp_of(xb).isfinite(xb[part]).all()):
+                    raise
+            local = float(self.loss_fn.forward(logits, yb[part])) if logits is not None else math.nan
+            if math.isfinite(local):
+                # d(mean over the global batch)/d(logits) = (softmax - onehot) / n: the loss's
+                # own gradient is the mean over our m samples, so scale it by m / n.
+                grad = self.loss_fn.backward()
+                grad *= grad.dtype.type(m / n)
+                self.model.backward(grad, input_grad=False)
+                stats[self._LOSS] = local * m
+            stats[self._BAD] = 0.0 if math.isfinite(local) else 1.0
+            stats[self._STOP] = 1.0 if self.stop_requested() else 0.0
+            t0 = time.perf_counter()
+            self.comm.allreduce_(grads.flat)
+            self.comm_seconds += time.perf_counter() - t0
+            self.stop_agreed = bool(stats[self._STOP] > 0)
+            loss = float(stats[self._LOSS]) / n + self._penalty()
+            bad = int(stats[self._BAD])
+            if bad or not math.isfinite(loss):
+                self.optimizer.zero_grad()
+                stats[:] = 0.0
+                self._diverged(f"the loss or the activations became NaN or infinite on {bad} of {self.comm.size} "
+                               f"processes" if bad else f"the loss is {loss}", loss)
+            self.optimizer.step()
+            self.optimizer.zero_grad()  # zeroes the buffer's gradient part in place
+            stats[:] = 0.0
+        return loss
+
+    def sync_from_rank0(self) -> None:
+        """Give every rank rank 0's complete state (weights, optimizer, RNG streams, counters,
+        history): a new run starts from one set of weights, a resumed one from the checkpoint
+        that rank 0 read. Collective: every rank calls it."""
+        if self.comm is None:
+            return
+        state = self.comm.broadcast_state(self.state_dict() if self.comm.rank == 0 else None)
+        if self.comm.rank != 0:
+            self.load_state_dict(state)
 
     # -- epochs -------------------------------------------------------------------------
     def _call(self, hook, *args):
@@ -456,10 +543,17 @@ class _StopBetweenSteps(Callback):
         self.stops = stops
 
     def on_step_end(self, trainer, step, loss):
-        self.stops.check()
+        if trainer.comm is None:
+            self.stops.check()
+        elif trainer.stop_agreed:  # distributed: the all-reduce says some process was asked to stop
+            self.stops.check()  # this one's own signal, if it got one
+            raise Stopped(signal.SIGTERM)
+        # (a signal that came during the all-reduce waits for the next step's: stopping
+        # before the others know would leave them waiting in the all-reduce for ever)
 
     def on_epoch_end(self, trainer, epoch, record):
-        self.stops.check()
+        if trainer.comm is None:  # distributed runs stop only where every process agrees: at a step
+            self.stops.check()
 
 
 @dataclass
@@ -525,14 +619,16 @@ def load_run_config(run_dir) -> MNISTConfig:
     return _read_checkpoint_config(run_dir)
 
 
-def _apply_threads(threads):
+def _apply_threads(threads, comm=None):
+    from .parallel import set_num_threads
     if threads is not None:
-        from .parallel import set_num_threads
         set_num_threads(int(threads))
+    elif comm is not None and comm.local_size > 1:  # processes on one host share its cores
+        set_num_threads(max(1, (os.cpu_count() or 1) // comm.local_size))
 
 
 def train_mnist(config: MNISTConfig | dict | None = None, *, resume=None, callbacks=(), data=None,
-                echo: bool = True) -> TrainResult:
+                echo: bool = True, comm=None) -> TrainResult:
     """Train the TF sample's network on MNIST with its recipe, writing a run directory.
 
     Args:
@@ -548,6 +644,12 @@ def train_mnist(config: MNISTConfig | dict | None = None, *, resume=None, callba
         data: ``((x_train, y_train), (x_test, y_test))`` in ``load_mnist``'s format
             (uint8 pixels), instead of loading MNIST.
         echo: print the log lines (they always go to ``train.log``).
+        comm: a ``jimunet.distributed.Communicator``: train data-parallel with every process
+            of the MPI job (each calls ``train_mnist`` with the same arguments). Rank 0 takes
+            the configuration (and the checkpoint, when resuming), gives it to the others, and
+            alone writes the run directory; the others write nothing and return a
+            ``TrainResult`` without test results (``run_dir`` None). The weights are those of
+            a single process up to float rounding (``Trainer``'s ``comm``).
 
     Run directory (``config.out``, default ``runs/<YYYYmmdd-HHMMSS>``):
         ``run.json`` (marker and status), ``checkpoint.npz`` after every epoch (and the initial
@@ -570,6 +672,8 @@ def train_mnist(config: MNISTConfig | dict | None = None, *, resume=None, callba
     """
     if isinstance(config, dict):
         config = MNISTConfig.from_dict(config)
+    if comm is not None and comm.rank != 0:
+        return _train_mnist_worker(config, list(callbacks), data, comm)
     if resume is not None:
         run_dir = os.fspath(resume)
         saved = _read_checkpoint_config(run_dir)
@@ -592,7 +696,7 @@ def train_mnist(config: MNISTConfig | dict | None = None, *, resume=None, callba
     with RunDir.claim(run_dir, resume=resume is not None) as run, stops.installed():
         log = RunLog(run.file("train.log"), echo=echo)
         try:
-            return _train_mnist(config, run, resume is not None, list(callbacks), data, log, stops)
+            return _train_mnist(config, run, resume is not None, list(callbacks), data, log, stops, comm)
         finally:
             log.close()
 
@@ -604,18 +708,51 @@ def _same_dir(a, b) -> bool:
         return False
 
 
-def _train_mnist(cfg, run, resuming, callbacks, data, log, stops):
+def _make_trainer(cfg, train_size, comm, **kwargs):
+    model, loss_fn, optimizer, schedule = build(cfg, train_size=train_size)
+    model.to(cfg.device)  # DeviceError (a ValueError) says what to install or check
+    return Trainer(model, loss_fn, optimizer, batch_size=cfg.batch_size, schedule=schedule, shuffle=cfg.shuffle,
+                   rng=np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(1)[0]),
+                   eval_batch_size=cfg.eval_batch_size, comm=comm, **kwargs)
+
+
+def _train_mnist_worker(config, callbacks, data, comm) -> TrainResult:
+    """``train_mnist`` on a rank other than 0: rank 0's recipe and state, no files, no output."""
+    own = config or MNISTConfig()
+    cfg = MNISTConfig.from_dict(comm.broadcast_json()).replace(data_dir=own.data_dir, threads=own.threads,
+                                                                 download=own.download)
+    _apply_threads(cfg.threads, comm)
+    (x, y), _, _ = _load_data(cfg, data)
+    trainer = _make_trainer(cfg, len(x), comm, progress=False, log=False)
+    trainer.sync_from_rank0()
+    stops = StopSignals()
+    trainer.stop_requested = lambda: stops.pending is not None
+    trainer.callbacks = [_StopBetweenSteps(stops)] + callbacks
+    # Only rank 0 validates and tests (its numbers are the run's): the others would compute
+    # the same ones, on the same weights, for nothing.
+    try:
+        with stops.installed(), stops.deferred():
+            trainer.fit(x, y, cfg.epochs)
+    except TrainingInterrupted as e:
+        e.all_ranks = trainer.stop_agreed
+        raise
+    return TrainResult(None, trainer.model, trainer.history, None, None, None, None)
+
+
+def _train_mnist(cfg, run, resuming, callbacks, data, log, stops, comm=None):
     t_start = time.perf_counter()
     run_dir = run.path
-    _apply_threads(cfg.threads)
+    _apply_threads(cfg.threads, comm)
     log(f"{'resuming' if resuming else 'starting'} run {run_dir}  (jimunet {__version__}, numpy {np.__version__}, "
         f"python {platform.python_version()})")
     if run.removed:
         log(f"removed {len(run.removed)} temporary file{'s' if len(run.removed) > 1 else ''} left by a write that "
             f"was cut short: {', '.join(run.removed)}")
     (x, y), (xv, yv), (xs, ys) = _load_data(cfg, data)
-    model, loss_fn, optimizer, schedule = build(cfg, train_size=len(x))
-    model.to(cfg.device)  # DeviceError (a ValueError) says what to install or check
+    if comm is not None:  # the recipe, once MNIST is here: ranks on this host find it in the cache
+        comm.broadcast_json(portable_config(cfg.to_dict()))
+    trainer = _make_trainer(cfg, len(x), comm, progress=cfg.progress, log=log)
+    model = trainer.model
     if cfg.device != "cpu":
         log(f"device {model.device}")
     cfg_dict = portable_config(cfg.to_dict())
@@ -642,15 +779,14 @@ def _train_mnist(cfg, run, resuming, callbacks, data, log, stops):
                           "best_val_error": "percent", "seconds": "s", "wall_time_s": "s"},
                 "versions": _versions(), "config": cfg_dict}
 
-    trainer = Trainer(model, loss_fn, optimizer, batch_size=cfg.batch_size, schedule=schedule,
-                      shuffle=cfg.shuffle, rng=np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(1)[0]),
-                      progress=cfg.progress, log=log, eval_batch_size=cfg.eval_batch_size)
     if resuming:
         trainer.load_checkpoint(path("checkpoint.npz"))
         if trainer.epoch > cfg.epochs:
             raise ConfigError(f"the checkpoint already has {trainer.epoch} epochs; epochs must be >= that, "
                               f"got {cfg.epochs}")
         log(f"resumed from checkpoint.npz: {trainer.epoch} epochs ({trainer.step} steps) done")
+    trainer.sync_from_rank0()
+    trainer.stop_requested = lambda: stops.pending is not None
     run_cb = EpochFiles(run, cfg_dict, metrics, model_meta)
     trainer.callbacks = [run_cb, _StopBetweenSteps(stops)] + callbacks
     n_params = sum(p.size for p in model.parameters())
@@ -660,6 +796,15 @@ def _train_mnist(cfg, run, resuming, callbacks, data, log, stops):
     log(f"recipe: {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} x {steps} steps of {cfg.batch_size}, "
         f"SGD lr {cfg.lr} x {cfg.lr_decay}/epoch, momentum {cfg.momentum}, L2 {cfg.weight_decay} on fc, "
         f"dropout {cfg.dropout}, seed {cfg.seed}, {'shuffled' if cfg.shuffle else 'fixed order'}")
+    if comm is not None:
+        grad_mb = 4 * n_params / 1e6
+        share = sorted({cfg.batch_size * (r + 1) // comm.size - cfg.batch_size * r // comm.size
+                        for r in range(comm.size)})
+        log(f"distributed: {comm.size} MPI process{'es' if comm.size > 1 else ''}, each computing "
+            f"{'-'.join(map(str, share))} images of every batch of {cfg.batch_size}; one all-reduce of "
+            f"{grad_mb:.1f} MB per step; rank 0 writes the run directory"
+            + ("" if comm.size > 1 else " (a job of one: start N with mpiexec -n N python -m jimunet train "
+                                         "--distributed)"))
     try:
         with stops.deferred():  # Ctrl-C and SIGTERM wait for the end of the step
             trainer.fit(x, y, cfg.epochs, xv, yv)
@@ -683,6 +828,7 @@ def _train_mnist(cfg, run, resuming, callbacks, data, log, stops):
         stop = e if isinstance(e, TrainingInterrupted) else \
             TrainingInterrupted("", trainer.epoch, trainer.step, signum=getattr(e, "signum", signal.SIGINT))
         _explain_interruption(stop, run, cfg.epochs)
+        stop.all_ranks = trainer.stop_agreed  # distributed: every process stops at this step
         log(stop.message)
         set_metrics_status(path("metrics.json"), "interrupted", None)
         run.finish("interrupted")
@@ -691,6 +837,9 @@ def _train_mnist(cfg, run, resuming, callbacks, data, log, stops):
         raise stop from None
     best = f"; best validation error {h.best_val_error:.2f}% at epoch {h.best_epoch}" if h.best_epoch else ""
     log(f"test error {test.error:.2f}% (accuracy {100 * test.accuracy:.2f}%, {len(xs)} images){best}")
+    if comm is not None and h.train_seconds > 0:
+        log(f"all-reduce: {trainer.comm_seconds:.1f} s of {h.train_seconds:.1f} s of training steps in this session "
+            f"(waiting for the slowest process included)")
     log(f"wrote {run_dir}/: model.npz, best.npz, checkpoint.npz, metrics.json, train.log "
         f"({time.perf_counter() - t_start:.1f} s in this session)")
     if cfg.report:

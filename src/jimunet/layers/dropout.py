@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 from ..backend import uniform
-from ..random import resolve_rng, spawn_rng
+from ..random import current_batch_shard, resolve_rng, spawn_rng
 from .base import Layer, building_placeholders, register
 
 
@@ -69,7 +69,16 @@ class Dropout(Layer):
             self._mask = None
             return x
         # One uniform draw per activation, in the input's precision (float32 halves the work).
-        u = uniform(self.rng, x.shape, x.dtype if x.dtype.itemsize in (4, 8) else "float64", like=x)
+        dtype = x.dtype if x.dtype.itemsize in (4, 8) else "float64"
+        shard = current_batch_shard()
+        if shard is None:
+            u = uniform(self.rng, x.shape, dtype, like=x)
+        else:  # x is rows start:stop of a larger batch: draw the whole batch's mask, keep ours
+            start, stop, total = shard
+            if x.shape[0] != stop - start:
+                raise ValueError(f"{self.describe()}: inside batch_shard({start}, {stop}, {total}) expected "
+                                 f"{stop - start} samples, got {x.shape[0]}")
+            u = uniform(self.rng, (total, *x.shape[1:]), dtype, like=x)[start:stop]
         self._mask = (u >= self.rate).astype(x.dtype)
         self._mask *= 1.0 / (1.0 - self.rate)
         return x * self._mask

@@ -1,0 +1,105 @@
+"""Time one data-parallel training step, split into compute, waiting and communication.
+
+Run under MPI (each rank takes its slice of the global batch, as ``jimunet train --distributed``)::
+
+    mpiexec -n 1 python benchmarks/distributed_step.py --steps 30
+    mpiexec -n 2 --oversubscribe python benchmarks/distributed_step.py --steps 30
+
+Per step, on every rank: ``compute`` (forward and backward of its slice, including the
+dropout draw), ``wait`` (a barrier: the time it waits for the slowest rank, i.e. load
+imbalance and noise from other jobs), ``allreduce`` (the one MPI_Allreduce of the flat
+gradient buffer, the ranks already in step), ``update`` (the SGD step). Then
+``--reduce-only`` more all-reduces alone, back to back, measure the pure communication
+cost of the buffer. Rank 0 prints medians; ``--json`` writes them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+
+import jimunet as jn  # noqa: E402
+from jimunet.distributed import GradientBuffer  # noqa: E402
+from jimunet.random import batch_shard  # noqa: E402
+from jimunet.recipes import MNISTConfig, build  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=64, help="the global batch")
+    ap.add_argument("--reduce-only", type=int, default=30, help="extra all-reduces timed alone")
+    ap.add_argument("--threads", type=int, default=None, help="threads per rank (default: cores / ranks here)")
+    ap.add_argument("--json", default=None, help="write rank 0's results here")
+    args = ap.parse_args()
+
+    comm = jn.distributed.init()
+    threads = args.threads or max(1, (os.cpu_count() or 1) // comm.local_size)
+    jn.set_num_threads(threads)
+    model, loss_fn, opt, _ = build(MNISTConfig(), train_size=55000)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((args.batch_size, 28, 28, 1)).astype(np.float32)
+    y = rng.integers(0, 10, args.batch_size)
+    part = comm.shard(args.batch_size)
+    m = part.stop - part.start
+    buf = GradientBuffer(model.parameters())
+    times = {k: [] for k in ("compute", "wait", "allreduce", "update")}
+    for step in range(args.warmup + args.steps):
+        t0 = time.perf_counter()
+        with batch_shard(part.start, part.stop, args.batch_size):
+            logits = model.forward(x[part], training=True)
+        loss_fn.forward(logits, y[part])
+        g = loss_fn.backward()
+        g *= g.dtype.type(m / args.batch_size)
+        model.backward(g, input_grad=False)
+        t1 = time.perf_counter()
+        comm.barrier()
+        t2 = time.perf_counter()
+        comm.allreduce_(buf.flat)
+        t3 = time.perf_counter()
+        opt.step()
+        opt.zero_grad()
+        t4 = time.perf_counter()
+        if step >= args.warmup:
+            for k, v in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                times[k].append(v)
+    alone = []
+    for _ in range(args.reduce_only):
+        comm.barrier()
+        t0 = time.perf_counter()
+        comm.allreduce_(buf.flat)
+        alone.append(time.perf_counter() - t0)
+    med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
+    med["allreduce_alone"] = float(np.median(alone)) * 1e3
+    # every rank's medians, so rank 0 can show the slowest
+    table = np.array([med[k] for k in sorted(med)], np.float64)
+    worst = table.copy()
+    comm.allreduce_(worst, op="max")
+    if comm.rank == 0:
+        result = {"ranks": comm.size, "threads_per_rank": threads, "global_batch": args.batch_size,
+                  "grad_bytes": int(buf.nbytes), "steps": args.steps, "median_ms_rank0": med,
+                  "median_ms_slowest_rank": dict(zip(sorted(med), worst.tolist())),
+                  "step_ms": sum(med[k] for k in ("compute", "wait", "allreduce", "update")),
+                  "host": platform.node(), "cpus": os.cpu_count(), "numpy": np.__version__,
+                  "loadavg_1min": os.getloadavg()[0]}
+        print(f"{comm.size} rank(s) x {threads} thread(s), global batch {args.batch_size}, "
+              f"{buf.nbytes / 1e6:.2f} MB of gradients, load average {result['loadavg_1min']:.1f}")
+        for k in ("compute", "wait", "allreduce", "update", "allreduce_alone"):
+            print(f"  {k:16s} {med[k]:8.2f} ms (slowest rank {result['median_ms_slowest_rank'][k]:8.2f} ms)")
+        rate = args.batch_size / result["step_ms"] * 1e3
+        print(f"  step             {result['step_ms']:8.2f} ms -> {rate:.0f} img/s")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""Data-parallel training over MPI: a small communicator on top of mpi4py.
+
+Synchronous data parallelism needs three collective operations, and this module gives
+exactly those, on the job ``mpiexec`` started (``MPI.COMM_WORLD``):
+
+- ``allreduce_(buf)``: sum a flat array over all ranks, in place (the gradients: ONE call
+  per training step over ``GradientBuffer.flat``, which every parameter's ``.grad`` views);
+- ``broadcast_state(tree)``: rank 0's weights, optimizer state, RNG states and counters to
+  every rank (a nested dict of arrays and JSON values; no pickles);
+- ``broadcast_json(obj)``: rank 0's settings, to check that every rank runs the same recipe.
+
+mpi4py is imported only by ``init()``, so ``import jimunet`` never needs MPI.
+
+Example (run with ``mpiexec -n 2 python script.py``)::
+
+    import jimunet as jn
+    comm = jn.distributed.init()
+    print(comm.rank, comm.size, comm.shard(64))   # 0 2 slice(0, 32, None) / 1 2 slice(32, 64, None)
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+
+from .serialization import pack, unpack
+
+__all__ = ["init", "Communicator", "GradientBuffer", "DistributedError", "INSTALL_HINT", "launched_by_mpiexec"]
+
+INSTALL_HINT = ("pip install 'jimunet[mpi]' (mpi4py and the Open MPI wheel, which provides mpiexec), then start "
+                "every process with: mpiexec -n N python -m jimunet train --distributed")
+
+
+class DistributedError(RuntimeError):
+    """MPI is missing or unusable, or the ranks of a job disagree."""
+
+
+def launched_by_mpiexec() -> int:
+    """The number of processes ``mpiexec`` started in this job (1 when not started by one).
+
+    Read from the environment Open MPI (``OMPI_COMM_WORLD_SIZE``), MPICH/Hydra
+    (``PMI_SIZE``) and PMIx launchers (``PMIX_SIZE``) give each process, without importing MPI.
+    """
+    for name in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"):
+        try:
+            return max(1, int(os.environ[name]))
+        except (KeyError, ValueError):
+            continue
+    return 1
+
+
+def _mpi():
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        raise DistributedError(f"distributed training needs mpi4py and an MPI library, and mpi4py could not be "
+                               f"imported ({e}); {INSTALL_HINT}") from None
+    except RuntimeError as e:  # mpi4py present but its MPI library failed to load or start
+        raise DistributedError(f"MPI could not start ({e}); {INSTALL_HINT}") from None
+    return MPI
+
+
+class Communicator:
+    """The processes of one MPI job: ``rank`` (0-based), ``size``, ``local_size`` (on this host).
+
+    Build with ``init()``. Every collective method must be called by every rank in the same
+    order, as with any MPI program.
+    """
+
+    def __init__(self, mpi_comm, MPI):
+        self._comm, self._MPI = mpi_comm, MPI
+        self.rank, self.size = mpi_comm.Get_rank(), mpi_comm.Get_size()
+        try:
+            node = mpi_comm.Split_type(MPI.COMM_TYPE_SHARED)
+            self.local_size = node.Get_size()
+            node.Free()
+        except Exception:  # pragma: no cover - an MPI without shared-memory split
+            self.local_size = 1
+
+    def __repr__(self):
+        return f"Communicator(rank={self.rank}, size={self.size})"
+
+    def shard(self, n: int) -> slice:
+        """This rank's contiguous share of ``range(n)`` (shares differ in length by at most one)."""
+        return slice(n * self.rank // self.size, n * (self.rank + 1) // self.size)
+
+    def allreduce_(self, buf: np.ndarray, op: str = "sum") -> np.ndarray:
+        """Reduce ``buf`` (a contiguous NumPy array) over all ranks in place (``op``: "sum",
+        "max" or "min"); returns it."""
+        if not (isinstance(buf, np.ndarray) and buf.flags.c_contiguous):
+            raise ValueError("allreduce_: expected a contiguous NumPy array")
+        ops = {"sum": self._MPI.SUM, "max": self._MPI.MAX, "min": self._MPI.MIN}
+        if op not in ops:
+            raise ValueError(f"allreduce_: op must be one of {sorted(ops)}, got {op!r}")
+        self._comm.Allreduce(self._MPI.IN_PLACE, buf, op=ops[op])
+        return buf
+
+    def broadcast_array(self, buf: np.ndarray, root: int = 0) -> np.ndarray:
+        """Overwrite ``buf`` on every rank with ``root``'s (same shape and dtype everywhere)."""
+        self._comm.Bcast(buf, root=root)
+        return buf
+
+    def _broadcast_bytes(self, data: bytes | None, root: int = 0) -> bytes:
+        n = np.array([len(data) if self.rank == root else 0], np.int64)
+        self._comm.Bcast(n, root=root)
+        buf = np.frombuffer(data, np.uint8).copy() if self.rank == root else np.empty(int(n[0]), np.uint8)
+        self._comm.Bcast(buf, root=root)
+        return buf.tobytes()
+
+    def broadcast_json(self, obj=None, root: int = 0):
+        """``root``'s ``obj`` (JSON values only) on every rank."""
+        text = json.dumps(obj).encode() if self.rank == root else None
+        return json.loads(self._broadcast_bytes(text, root).decode())
+
+    def broadcast_state(self, tree=None, root: int = 0):
+        """``root``'s ``tree`` (nested dicts/lists of NumPy arrays and JSON values) on every rank.
+
+        Sent as JSON plus one buffer of array bytes: nothing is unpickled.
+        """
+        if self.rank == root:
+            arrays = {}
+            skeleton = pack(tree, arrays)
+            names = sorted(arrays)
+            layout = [[k, arrays[k].dtype.str, list(arrays[k].shape)] for k in names]
+            payload = b"".join(np.ascontiguousarray(arrays[k]).tobytes() for k in names)
+        else:
+            skeleton = layout = payload = None
+        skeleton, layout = self.broadcast_json([skeleton, layout], root)
+        payload = self._broadcast_bytes(payload, root)
+        arrays, offset = {}, 0
+        for name, dtype, shape in layout:
+            dt = np.dtype(dtype)
+            count = int(np.prod(shape, dtype=np.int64))
+            arrays[name] = np.frombuffer(payload, dt, count, offset).reshape(shape).copy()
+            offset += count * dt.itemsize
+        return unpack(skeleton, arrays)
+
+    def barrier(self) -> None:
+        self._comm.Barrier()
+
+    def abort(self, code: int = 1) -> None:
+        """End every process of the job (what a failing rank does so that no rank waits forever)."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._comm.Abort(int(code))
+
+
+def init() -> Communicator:
+    """The communicator of the job this process belongs to (``MPI.COMM_WORLD``).
+
+    Start the processes with ``mpiexec -n N python ...``; a process started without
+    ``mpiexec`` is a job of one. Raises ``DistributedError`` (saying what to install) when
+    mpi4py or its MPI library is missing.
+    """
+    MPI = _mpi()
+    try:
+        return Communicator(MPI.COMM_WORLD, MPI)
+    except Exception as e:  # MPI_Init failed (e.g. no launcher it can reach)
+        raise DistributedError(f"MPI could not start ({type(e).__name__}: {e}); {INSTALL_HINT}") from None
+
+
+class GradientBuffer:
+    """One flat array holding every parameter's gradient, so a step needs ONE all-reduce.
+
+    Each ``Parameter.grad`` becomes a view into ``flat``; layers keep adding into their
+    gradients as usual. ``extra`` slots after the gradients carry a few per-step numbers
+    (the loss, flags) in the same all-reduce.
+
+    Args:
+        params: the parameters (all of one dtype).
+        extra: number of extra slots.
+    """
+
+    def __init__(self, params, extra: int = 0):
+        self.params = list(params)
+        dtypes = {p.data.dtype for p in self.params}
+        if len(dtypes) != 1:
+            raise ValueError(f"distributed training needs parameters of one dtype, got {sorted(map(str, dtypes))}")
+        if not all(isinstance(p.data, np.ndarray) for p in self.params):
+            raise ValueError("distributed training works on NumPy (host) arrays only")
+        sizes = [p.size for p in self.params]
+        self.size = sum(sizes)
+        self.flat = np.zeros(self.size + extra, dtypes.pop())
+        self.extra = self.flat[self.size:]
+        bounds = np.cumsum([0] + sizes)
+        self._views = [self.flat[a:b].reshape(p.shape) for p, a, b in zip(self.params, bounds[:-1], bounds[1:])]
+        self.attach()
+
+    @property
+    def nbytes(self) -> int:
+        return self.flat.nbytes
+
+    def attach(self) -> None:
+        """(Re)make each ``grad`` a view into ``flat``, keeping its values (cheap when it already is)."""
+        for p, view in zip(self.params, self._views):
+            if p.grad is not view:
+                view[...] = p.grad
+                p.grad = view
