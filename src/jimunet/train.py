@@ -37,7 +37,8 @@ import numpy as np
 from . import __version__
 from .backend import to_numpy, xp_of
 from .data.images import preprocess
-from .recipes import RESUMABLE_FIELDS, SELF_TEST_EVAL, SELF_TEST_TRAIN, ConfigError, MNISTConfig, build, fake_data
+from .recipes import (RESUMABLE_FIELDS, SELF_TEST_EVAL, SELF_TEST_TRAIN, ConfigError, MNISTConfig, build,
+                      describe_recipe, fake_data, make_augment)
 from .serialization import CheckpointError, atomic_writer, load_npz, pack, referenced_arrays, save_npz, unpack
 
 __all__ = ["Trainer", "fit", "evaluate", "Evaluation", "History", "Callback", "TrainingDiverged",
@@ -212,12 +213,15 @@ class Trainer:
         progress: tqdm bar per epoch on stderr (None: only when stderr is a terminal).
         log: function called with each text line (default ``print``; False: silent).
         eval_batch_size: batch size of the validation passes.
+        augment: optional callable applied to every training batch's images (e.g.
+            ``jimunet.data.augment.RandomShift``); its ``state()``/``set_state()``, when it
+            has them, go into checkpoints so a resumed run draws the same augmentations.
 
     Attributes: ``epoch`` (completed epochs), ``step`` (global steps done), ``history``.
     """
 
     def __init__(self, model, loss_fn, optimizer, *, batch_size: int = 64, schedule=None, shuffle: bool = True,
-                 rng=None, callbacks=(), progress=None, log=None, eval_batch_size: int = 100):
+                 rng=None, callbacks=(), progress=None, log=None, eval_batch_size: int = 100, augment=None):
         if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"Trainer: batch_size must be a positive integer, got {batch_size!r}")
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
@@ -229,6 +233,7 @@ class Trainer:
         self.epoch, self.step = 0, 0
         self.history = History()
         self.total_epochs = None
+        self.augment = augment
 
     # -- batches ----------------------------------------------------------------------
     def steps_in_epoch(self, n: int, epoch: int) -> int:
@@ -335,6 +340,8 @@ class Trainer:
                        file=sys.stderr, leave=False, dynamic_ncols=True)
         try:
             for xb, yb in self._batches(x, y, epoch):
+                if self.augment is not None:
+                    xb = self.augment(xb)
                 loss = self.train_step(xb, yb)
                 self.step += 1
                 images += len(xb)
@@ -370,9 +377,12 @@ class Trainer:
     # -- state --------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Everything training depends on: weights, optimizer, RNG streams, counters, history."""
+        rng = {"shuffle": self.rng.bit_generator.state, "model": self.model.rng_states()}
+        if hasattr(self.augment, "state"):
+            rng["augment"] = self.augment.state()
         return {"model": {k: to_numpy(v).copy() for k, v in self.model.state_dict().items()},
                 "optimizer": self.optimizer.state_dict(),
-                "rng": {"shuffle": self.rng.bit_generator.state, "model": self.model.rng_states()},
+                "rng": rng,
                 "epoch": self.epoch, "step": self.step, "history": self.history.state(),
                 "batch_size": self.batch_size, "shuffle": self.shuffle}
 
@@ -385,6 +395,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.rng.bit_generator.state = state["rng"]["shuffle"]
         self.model.set_rng_states(state["rng"]["model"])
+        if hasattr(self.augment, "set_state") and "augment" in state["rng"]:
+            self.augment.set_state(state["rng"]["augment"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.history = History.from_state(state["history"])
 
@@ -646,7 +658,8 @@ def _train_mnist(cfg, run_dir, resuming, callbacks, data, log):
 
     trainer = Trainer(model, loss_fn, optimizer, batch_size=cfg.batch_size, schedule=schedule,
                       shuffle=cfg.shuffle, rng=np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(1)[0]),
-                      progress=cfg.progress, log=log, eval_batch_size=cfg.eval_batch_size)
+                      progress=cfg.progress, log=log, eval_batch_size=cfg.eval_batch_size,
+                      augment=make_augment(cfg))
     if resuming:
         trainer.load_checkpoint(path("checkpoint.npz"))
         if trainer.epoch > cfg.epochs:
@@ -656,12 +669,10 @@ def _train_mnist(cfg, run_dir, resuming, callbacks, data, log):
     run_cb = _RunDirCallback(run_dir, cfg_dict, metrics, model_meta)
     trainer.callbacks = [run_cb] + callbacks
     n_params = sum(p.size for p in model.parameters())
-    log(f"model mnist_cnn: {n_params:,} parameters; data: {len(x)} train / {len(xv)} validation / "
+    log(f"model mnist_{cfg.model}: {n_params:,} parameters; data: {len(x)} train / {len(xv)} validation / "
         f"{len(xs)} test{' (self-test fake data)' if cfg.self_test else ''}")
     steps = trainer.steps_in_epoch(len(x), trainer.epoch)
-    log(f"recipe: {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} x {steps} steps of {cfg.batch_size}, "
-        f"SGD lr {cfg.lr} x {cfg.lr_decay}/epoch, momentum {cfg.momentum}, L2 {cfg.weight_decay} on fc, "
-        f"dropout {cfg.dropout}, seed {cfg.seed}, {'shuffled' if cfg.shuffle else 'fixed order'}")
+    log(describe_recipe(cfg, steps))
     try:
         trainer.fit(x, y, cfg.epochs, xv, yv)
     except TrainingDiverged as e:

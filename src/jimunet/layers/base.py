@@ -75,6 +75,12 @@ class Layer:
     """Base class: ``forward``, ``backward``, ``parameters``, shapes and FLOPs for ``summary``."""
 
     def __call__(self, x, training: bool = False):
+        # On symbolic tensors (``jn.Input`` and what layers made of it) a call adds a node
+        # to a graph instead of computing; see ``jimunet.graph``.
+        if getattr(x, "is_symbolic", False) or (isinstance(x, (list, tuple)) and x
+                                                 and any(getattr(t, "is_symbolic", False) for t in x)):
+            from ..graph import apply_symbolic
+            return apply_symbolic(self, x)
         return self.forward(x, training=training)
 
     def forward(self, x, training: bool = False):  # pragma: no cover - abstract
@@ -85,6 +91,10 @@ class Layer:
 
     def parameters(self) -> list:
         """Trainable parameters, weight before bias."""
+        return []
+
+    def buffers(self) -> list:
+        """State saved with the model but never trained (e.g. BatchNorm's running statistics)."""
         return []
 
     def zero_grad(self) -> None:
