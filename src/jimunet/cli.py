@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(jimunet.set_num_threads)")
     t.add_argument("--model", choices=("cnn", "resnet"), default=None, help="cnn: the TF sample's network and "
                    "recipe (default); resnet: jimunet.models.mnist_resnet with BatchNorm, random shifts, SGD "
-                   "Nesterov with cosine decay (its own defaults: 8 epochs, batch 128, lr 0.1, shift 2)")
+                   "Nesterov with cosine decay (its own defaults: 10 epochs, batch 128, lr 0.2, shift 2)")
     t.add_argument("--shift", type=_int_at_least(0), default=None, metavar="PX", help="augment training images "
                    "by random shifts of up to PX pixels (default 0; 2 with --model resnet)")
     t.set_defaults(func=_cmd_train)

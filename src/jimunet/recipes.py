@@ -165,7 +165,7 @@ class MNISTConfig:
 MODELS = ("cnn", "resnet")
 
 # ``jimunet train --model resnet``: settings picked by measurement (see BENCHMARKS.md).
-RESNET_DEFAULTS = {"model": "resnet", "epochs": 8, "batch_size": 128, "lr": 0.1, "momentum": 0.9,
+RESNET_DEFAULTS = {"model": "resnet", "epochs": 10, "batch_size": 128, "lr": 0.2, "momentum": 0.9,
                    "weight_decay": 5e-4, "dropout": 0.0, "lr_decay": 1.0, "shift": 2}
 
 SELF_TEST_TRAIN, SELF_TEST_EVAL = 256, 64  # the TF sample's fake data: train, validation and test sizes
