@@ -335,3 +335,37 @@ def test_random_shift_state_round_trip_and_bad_input():
         aug(np.zeros((5, 5)))
     with pytest.raises(ValueError, match="max_shift"):
         jn.data.augment.RandomShift(-1)
+
+
+# -- explain and report ---------------------------------------------------------------------------
+
+def test_explain_walks_the_nodes_and_shows_the_branches():
+    from jimunet.explain import explain, trace
+    m = residual(np.float32)
+    recs = explain(m, np.zeros((6, 6, 1), np.uint8), file=None)
+    add = next(r for r in recs if r["kind"] == "Add")
+    assert len(add["reads"]) == 2 and add["input_shape"] == [[6, 6, 4], [6, 6, 4]]
+    first_conv = recs[0]
+    assert first_conv["reads"] == [-1]
+    shortcut = next(r for r in recs if r["kind"] == "Conv2D" and r["details"]["kernel"] == [1, 1])
+    assert shortcut["reads"] == [-1]  # the shortcut branch reads the input, too
+    assert sum(r["params"] for r in recs) == sum(p.size for p in m.parameters())
+    x = np.zeros((1, 6, 6, 1), np.float32) - 0.5
+    np.testing.assert_array_equal(trace(m, x)[-1], m.forward(x))
+    import io
+    buf = io.StringIO()
+    explain(m, np.zeros((6, 6, 1), np.uint8), file=buf)
+    text = buf.getvalue()
+    assert f"reads    [{add['reads'][0]}], [{add['reads'][1]}]" in text and "shortcut joins here" in text
+    assert "running statistics" in text
+
+
+def test_report_on_a_graph_model_run(tmp_path):
+    from jimunet.report import write_report
+    data = _tiny_mnist(n_train=64, n_test=40)
+    cfg = MNISTConfig(**{**RESNET_DEFAULTS, "epochs": 1, "batch_size": 32, "validation_size": 20,
+                         "report": False, "progress": False, "out": str(tmp_path / "run")})
+    train_mnist(cfg, data=data, echo=False)
+    html = write_report(tmp_path / "run", data=data[1])
+    text = open(html).read()
+    assert "Conv2D" in text and (tmp_path / "run" / "report-filters.png").exists()

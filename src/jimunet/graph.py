@@ -45,8 +45,9 @@ class SymbolicTensor:
 
     is_symbolic = True
 
-    def __init__(self, shape, node, name):
+    def __init__(self, shape, node, name, auto=True):
         self.shape, self.node, self.name = tuple(int(d) for d in shape), node, name
+        self.auto = auto  # a generated name: ``Model`` replaces it by one fixed by the graph alone
 
     def __repr__(self):
         return f"SymbolicTensor({self.name!r}, shape={_shape_str(self.shape)})"
@@ -73,7 +74,7 @@ def Input(shape, name: str | None = None) -> SymbolicTensor:  # noqa: N802 - Ker
                          f"got {shape!r}")
     if name is not None and not isinstance(name, str):
         raise ValueError(f"Input: name must be a string, got {type(name).__name__}")
-    return SymbolicTensor(dims, None, name or f"input_{next(_names)}")
+    return SymbolicTensor(dims, None, name or f"input_{next(_names)}", auto=name is None)
 
 
 def apply_symbolic(layer, x) -> SymbolicTensor:
@@ -114,6 +115,24 @@ def _private_state(layer):
 def _put_state(layer, state):
     for h, s in zip(_holders(layer), state):
         vars(h).update(s)
+
+
+def _names_of(tensors, k):
+    """Tensor names: a user's own kept, generated ones replaced by ``input``/``input_<i>`` and
+    ``<layer>_<node index>``, so the same graph gets the same description in every process."""
+    taken = {t.name for t in tensors if not t.auto}
+    names = []
+    for i, t in enumerate(tensors):
+        if not t.auto:
+            names.append(t.name)
+            continue
+        base = ("input" if k == 1 else f"input_{i}") if i < k else f"{type(t.node.layer).__name__.lower()}_{i - k}"
+        name, n = base, 1
+        while name in taken:
+            name, n = f"{base}_{n}", n + 1
+        taken.add(name)
+        names.append(name)
+    return names
 
 
 class GraphSummary(Summary):
@@ -209,7 +228,7 @@ class Model(_Network):
             layers = list(_layer_order)
         index = {id(layer): i for i, layer in enumerate(layers)}
         self.layers = layers
-        self._tensor_names = [t.name for t in tensors]
+        self._tensor_names = _names_of(tensors, len(ins))
         self._input_shapes = [t.shape for t in ins]
         self._nodes = [(index[id(n.layer)], [pos[id(i)] for i in n.inputs], n.multi) for n in nodes]
         self._output_ids = [pos[id(t)] for t in outs]
@@ -421,7 +440,7 @@ class Model(_Network):
             layer = layers[n["layer"]]
             args = [tensors[r] for r in n["inputs"]]
             t = layer(args if getattr(layer, "multi_input", False) else (args[0] if len(args) == 1 else args))
-            t.name = n["name"]
+            t.name, t.auto = n["name"], False
             tensors[n["name"]] = t
         ins = [tensors[s["name"]] for s in inputs]
         outs = [tensors[o] for o in outputs]
