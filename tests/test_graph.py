@@ -369,3 +369,25 @@ def test_report_on_a_graph_model_run(tmp_path):
     html = write_report(tmp_path / "run", data=data[1])
     text = open(html).read()
     assert "Conv2D" in text and (tmp_path / "run" / "report-filters.png").exists()
+
+
+def test_batchnorm_in_a_sequential_saves_loads_and_checkpoints_its_running_statistics(tmp_path):
+    def make():
+        return jn.Sequential([L.Conv2D(1, 3, 3, rng=0), L.BatchNorm(3), L.ReLU(), L.Flatten(), L.Dense(48, 2, rng=1)])
+    r = np.random.default_rng(0)
+    x, y = r.normal(size=(16, 4, 4, 1)).astype(np.float32), r.integers(0, 2, 16)
+    def trainer_of(model):
+        return Trainer(model, jn.losses.SoftmaxCrossEntropy(), jn.optim.SGD(model.parameters(), lr=0.1),
+                       batch_size=4, rng=0, log=False)
+    trainer = trainer_of(make())
+    trainer.fit(x, y, epochs=1)
+    bn = trainer.model.layers[1]
+    assert not np.array_equal(bn.running_var.data, np.ones(3))
+    trainer.model.save(tmp_path / "m.npz")
+    loaded = jn.load(tmp_path / "m.npz")
+    np.testing.assert_array_equal(loaded.layers[1].running_mean.data, bn.running_mean.data)
+    np.testing.assert_array_equal(loaded.forward(x), trainer.model.forward(x))
+    trainer.save_checkpoint(tmp_path / "ck.npz")
+    fresh = trainer_of(make())
+    fresh.load_checkpoint(tmp_path / "ck.npz")
+    np.testing.assert_array_equal(fresh.model.layers[1].running_var.data, bn.running_var.data)
