@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+from collections import Counter
 
 import numpy as np
 
@@ -218,12 +219,9 @@ class Model(_Network):
         if unused:
             raise ValueError(f"Model: input {', '.join(unused)} is never used to compute the outputs "
                              f"{[o.name for o in outs]}")
-        layers = []
-        for n in nodes:
-            if not any(n.layer is layer for layer in layers):
-                layers.append(n.layer)
+        layers = list({id(n.layer): n.layer for n in nodes}.values())  # unique, in order of first use
         if _layer_order is not None:
-            if len(_layer_order) != len(layers) or any(not any(a is b for b in layers) for a in _layer_order):
+            if len(_layer_order) != len(layers) or {id(a) for a in _layer_order} != {id(a) for a in layers}:
                 raise ValueError("Model: every listed layer must be used by a node")
             layers = list(_layer_order)
         index = {id(layer): i for i, layer in enumerate(layers)}
@@ -402,7 +400,7 @@ class Model(_Network):
                                  f"{len(specs)} layers")
             names.append(n["name"])
         if len(set(names)) != len(names):
-            dup = sorted({x for x in names if names.count(x) > 1})
+            dup = sorted(name for name, count in Counter(names).items() if count > 1)
             raise ValueError(f"the graph names {dup} more than once")
         known = set(names)
         for n in nodes:
@@ -416,7 +414,8 @@ class Model(_Network):
         if len(used_layers) != len(specs):
             raise ValueError(f"layer(s) {sorted(set(range(len(specs))) - used_layers)} of the graph are used by no node")
         # Kahn's algorithm: what remains when no node is ready lies on a cycle.
-        waiting = {n["name"]: {r for r in n["inputs"] if r not in {s['name'] for s in inputs}} for n in nodes}
+        input_names = {spec["name"] for spec in inputs}
+        waiting = {n["name"]: {r for r in n["inputs"] if r not in input_names} for n in nodes}
         readers = {}
         for n in nodes:
             for r in set(n["inputs"]):
