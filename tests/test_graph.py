@@ -58,6 +58,26 @@ def test_add_refuses_shapes_that_do_not_meet():
         L.Add()(a)
 
 
+def test_merge_layers_called_on_arrays_check_their_inputs():
+    with pytest.raises(ValueError, match="same per-sample shape"):
+        L.Add()([np.zeros((2, 3)), np.zeros((2, 4))])
+    with pytest.raises(ValueError, match="list of at least 2"):
+        L.Add()(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="different batch sizes"):
+        L.Concatenate()([np.zeros((2, 3)), np.zeros((3, 3))])
+    with pytest.raises(ValueError, match="different dtypes"):
+        L.Add()([np.zeros((2, 3)), np.zeros((2, 3), np.float32)])
+    with pytest.raises(RuntimeError, match="before forward"):
+        L.Concatenate().backward(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="axis 0 is the batch"):
+        L.Concatenate(axis=0)
+    cat = L.Concatenate(axis=1)
+    y = cat([np.ones((2, 1, 3)), np.zeros((2, 2, 3))])
+    assert y.shape == (2, 3, 3)
+    a, b = cat.backward(np.arange(18.).reshape(2, 3, 3))
+    assert a.shape == (2, 1, 3) and b.shape == (2, 2, 3) and a[0, 0, 0] == 0 and b[0, 0, 0] == 3
+
+
 def test_output_not_reachable_from_the_inputs():
     a, b = jn.Input((3,), name="a"), jn.Input((3,), name="b")
     out = L.Add()([L.Dense(3, 2, rng=0)(a), L.Dense(3, 2, rng=1)(b)])
