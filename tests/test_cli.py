@@ -51,6 +51,18 @@ def test_self_test_from_the_command_line(tmp_path):
     assert m["test_error"] == 0.0 and m["config"]["self_test"] is True and m["config"]["epochs"] == 1
 
 
+def test_resnet_self_test_from_the_command_line(tmp_path):
+    out = tmp_path / "run"
+    r = run("train", "--model", "resnet", "--self-test", "--batch-size", "32", "--out", out, "--no-report",
+            "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert "model mnist_resnet" in r.stdout and "random shifts up to 2 px" in r.stdout
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["config"]["model"] == "resnet" and m["config"]["lr"] == 0.2 and m["config"]["shift"] == 2
+    assert m["config"]["batch_size"] == 32  # a flag given wins over the recipe's default
+    assert isinstance(jn.load(out / "model.npz"), jn.Model)
+
+
 def one_line_error(r, prog):
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
@@ -70,6 +82,10 @@ def one_line_error(r, prog):
     (["--train-size", "60000"], "train_size must be <= 55000"),
     (["--resume", "/nonexistent/run"], "no such run directory"),
     (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--model", "vgg"], "invalid choice: 'vgg'"),
+    (["--shift", "-1"], "--shift: must be >= 0"),
+    (["--shift", "15"], "shift must be <= 14 pixels"),
+    (["--model", "resnet", "--resume", "."], "--model cannot be combined with --resume"),
 ])
 def test_train_bad_arguments(tmp_path, args, expect):
     if expect is None:

@@ -33,12 +33,37 @@ LAYERS = [
     ("Tanh", lambda dt: L.Tanh(), (8,)),
     ("Flatten", lambda dt: L.Flatten(), (3, 4, 2)),
     ("Dropout", lambda dt: L.Dropout(0.5, rng=6), (5, 4)),
+    ("BatchNorm_nhwc", lambda dt: _bn(3, dt), (4, 3, 3)),
+    ("BatchNorm_features", lambda dt: _bn(5, dt), (5,)),
+    ("GlobalAvgPool2D", lambda dt: L.GlobalAvgPool2D(), (4, 3, 2)),
+    ("Model_branches", lambda dt: _graph(dt), (5, 6, 2)),
     ("Sequential", lambda dt: jn.Sequential([
         L.Conv2D(1, 2, 3, rng=7, dtype=dt), L.ReLU(), L.MaxPool2D(2, padding="same"), L.Flatten(),
         L.Dense(2 * 3 * 3, 4, rng=8, dtype=dt), L.Dropout(0.3, rng=9), L.Tanh(), L.Dense(4, 2, rng=10, dtype=dt)]),
      (5, 6, 1)),
 ]
 IDS = [c[0] for c in LAYERS]
+
+
+def _bn(c, dt):
+    """A BatchNorm whose γ, β and running statistics are not at their initial values."""
+    bn = L.BatchNorm(c, momentum=0.3, dtype=dt)
+    r = np.random.default_rng(c)
+    for p in bn.parameters() + bn.buffers():
+        p.data[...] = r.uniform(0.5, 1.5, c)
+    return bn
+
+
+def _graph(dt):
+    """Branches: a conv and BatchNorm path added to a 1x1 shortcut, then concatenated with it. (A layer
+    used twice is tested in test_graph.py: its gradient is a sum, so "twice the gradient after two
+    backward calls" holds there only to rounding.)"""
+    inp = jn.Input((5, 6, 2))
+    h = L.ReLU()(_bn(3, dt)(L.Conv2D(2, 3, 3, rng=11, dtype=dt)(inp)))
+    sc = L.Conv2D(2, 3, 1, rng=12, dtype=dt)(inp)
+    h = L.Concatenate()([L.Add()([h, sc]), sc])
+    out = L.Dense(6, 4, rng=14, dtype=dt)(L.Tanh()(L.Dense(6, 6, rng=13, dtype=dt)(L.GlobalAvgPool2D()(h))))
+    return jn.Model(inp, out)
 PARAMS = [c[1:] for c in LAYERS]
 DTYPES = [np.float32, np.float64]
 
@@ -55,10 +80,16 @@ def test_every_layer_class_is_covered():
     # Each class must be a case of its own (not only inside the Sequential case), and every
     # class in the layer registry (what ``jn.load`` can rebuild, i.e. every layer a user can
     # save) must be one, so a newly registered layer cannot be left out of the contract.
+    # Layers that join several inputs (Add, Concatenate) cannot take the single array of this
+    # harness: they must appear inside the branching model's case instead.
     covered = {type(make(np.float32)).__name__ for _, make, _ in LAYERS}
     expected = set(L.base._REGISTRY)
-    assert len(expected) >= 10, sorted(expected)
-    assert expected | {"Sequential"} <= covered, f"no contract case for {sorted(expected - covered)}"
+    joins = {name for name in expected if getattr(L.base._REGISTRY[name], "multi_input", False)}
+    assert len(expected) >= 10 and joins >= {"Add", "Concatenate"}, sorted(expected)
+    assert (expected - joins) | {"Sequential", "Model"} <= covered, \
+        f"no contract case for {sorted(expected - joins - covered)}"
+    in_graph = {type(layer).__name__ for layer in _graph(np.float32).layers}
+    assert joins <= in_graph, f"no branching-model case uses {sorted(joins - in_graph)}"
 
 
 @pytest.mark.parametrize("make,shape", PARAMS, ids=IDS)
@@ -188,8 +219,8 @@ def test_parameters_weight_before_bias(make, shape):
 @pytest.mark.parametrize("make,shape", PARAMS, ids=IDS)
 def test_config_rebuilds_an_equivalent_layer(make, shape):
     layer = make(np.float64)
-    if isinstance(layer, jn.Sequential):
-        clone = jn.Sequential.from_config(layer.get_config())
+    if isinstance(layer, (jn.Sequential, jn.Model)):
+        clone = type(layer).from_config(layer.get_config())
     else:
         clone = L.from_config({"class": type(layer).__name__, "config": layer.get_config()})
     assert type(clone) is type(layer)

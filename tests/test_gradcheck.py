@@ -47,6 +47,13 @@ CASES = [
     ("dropout_train", lambda: L.Dropout(0.4, rng=8), (4, 6), True),
     ("dropout_train_4d", lambda: L.Dropout(0.5, rng=9), (2, 3, 3, 2), True),
     ("dropout_eval", lambda: L.Dropout(0.5, rng=10), (3, 5), False),
+    ("batchnorm_train_nhwc", lambda: L.BatchNorm(2, momentum=0.3), (3, 3, 2, 2), True),
+    ("batchnorm_train_features", lambda: L.BatchNorm(4), (5, 4), True),
+    ("batchnorm_eval", lambda: _trained_bn(3), (2, 2, 2, 3), False),
+    ("global_avg_pool", lambda: L.GlobalAvgPool2D(), (2, 3, 4, 2), False),
+    ("graph_residual_train", lambda: _branching(), (3, 5, 4, 2), True),
+    ("graph_residual_eval", lambda: _branching(), (2, 5, 4, 2), False),
+    ("graph_shared_layers", lambda: _shared(), (3, 4), True),
     ("sequential", lambda: jn.Sequential([
         L.Conv2D(1, 2, 3, rng=11), L.ReLU(), L.MaxPool2D(2, padding="same"), L.Conv2D(2, 3, 2, padding="valid", rng=12),
         L.Tanh(), L.Flatten(), L.Dense(12, 5, rng=13), L.Sigmoid(), L.Dropout(0.3, rng=14), L.Dense(5, 3, rng=15)]),
@@ -55,6 +62,34 @@ CASES = [
         L.Conv2D(2, 2, 3, stride=2, rng=16), L.LeakyReLU(0.1), L.AvgPool2D(2, 1, padding="same"), L.Flatten(),
         L.Dense(8, 3, rng=17)]), (2, 4, 4, 2), False),
 ]
+
+
+def _trained_bn(c):
+    bn = L.BatchNorm(c)
+    r = _rng(c)
+    for p in bn.parameters() + bn.buffers():
+        p.data[...] = r.uniform(0.5, 1.5, c)
+    return bn
+
+
+def _branching():
+    """A residual block with a projection shortcut, a Concatenate and a tensor read three times."""
+    inp = jn.Input((5, 4, 2))
+    h = L.ReLU()(L.BatchNorm(3)(L.Conv2D(2, 3, 3, stride=2, use_bias=False, rng=21)(inp)))
+    h = L.BatchNorm(3)(L.Conv2D(3, 3, 3, rng=22)(h))
+    sc = L.BatchNorm(3)(L.Conv2D(2, 3, 1, stride=2, rng=23)(inp))
+    h = L.ReLU()(L.Add()([h, sc]))
+    both = L.Concatenate()([h, sc, L.Tanh()(sc)])
+    return jn.Model(inp, L.Dense(9, 3, rng=24)(L.GlobalAvgPool2D()(both)))
+
+
+def _shared():
+    """The same Dense and BatchNorm objects used at two nodes each (shared weights, summed gradients)."""
+    inp = jn.Input((4,))
+    dense, bn = L.Dense(4, 4, rng=25), L.BatchNorm(4)
+    a = L.Tanh()(bn(dense(inp)))
+    b = L.Sigmoid()(bn(dense(a)))
+    return jn.Model(inp, L.Add()([a, b]))
 
 
 # Finite differences divide the forward pass's rounding by the step. Winograd's float64

@@ -763,6 +763,16 @@ FLOAT64_CASES = {
     # Only precision and dtype here: the mask's law is tested above; the reference reuses the
     # layer's own zero pattern and applies the scale computed in float64.
     "Dropout": lambda: (jn.layers.Dropout(0.3, rng=5), (5, 4, 3), True, None),
+    "BatchNorm": lambda: (jn.layers.BatchNorm(3, dtype=np.float64), (5, 4, 3), True,
+                          lambda xt, g, b: nchw_to_nhwc(F.batch_norm(nhwc_to_nchw(xt), None, None, g, b,
+                                                                     training=True, eps=1e-5))),
+    "GlobalAvgPool2D": lambda: (jn.layers.GlobalAvgPool2D(), (5, 4, 3), True, lambda xt: xt.mean(dim=(1, 2))),
+}
+
+#: Layers that join several inputs: (layer, per-sample input shapes, torch reference of the inputs).
+JOIN_CASES = {
+    "Add": lambda: (jn.layers.Add(), [(5, 4, 3), (5, 4, 3), (5, 4, 3)], lambda *xs: xs[0] + xs[1] + xs[2]),
+    "Concatenate": lambda: (jn.layers.Concatenate(), [(5, 4, 3), (5, 4, 2)], lambda *xs: torch.cat(xs, dim=-1)),
 }
 
 
@@ -772,9 +782,23 @@ def test_float64_layer_computes_in_float64(name):
     gradient are float64 arrays AND agree with torch's float64 to 1e-12 (float32 anywhere
     inside would give ~1e-7). Parameters get non-zero values of order 1 so that a sloppy
     bias path shows too."""
+    rng = np.random.default_rng(sum(map(ord, name)))
+    if name in JOIN_CASES:
+        layer, shapes, ref = JOIN_CASES[name]()
+        xs = [rng.standard_normal((4, *shape)) for shape in shapes]
+        y = layer.forward(xs, training=True)
+        g = rng.standard_normal(y.shape)
+        dxs = layer.backward(g)
+        assert y.dtype == np.float64 and all(dx.dtype == np.float64 for dx in dxs)
+        xts = [t(x, True) for x in xs]
+        yt = ref(*xts)
+        yt.backward(torch.tensor(g))
+        check("float64", y, yt, f"{name} forward")
+        for i, (dx, xt) in enumerate(zip(dxs, xts)):
+            check("float64", dx, xt.grad, f"{name} dx{i}")
+        return
     assert name in FLOAT64_CASES, f"registered layer {name} has no float64 oracle case: add one to FLOAT64_CASES"
     layer, shape, training, ref = FLOAT64_CASES[name]()
-    rng = np.random.default_rng(sum(map(ord, name)))
     for p in layer.parameters():
         p.data[...] = rng.standard_normal(p.data.shape)
         assert p.data.dtype == np.float64 and p.grad.dtype == np.float64

@@ -25,3 +25,16 @@ def test_ci_runs_the_readme_test_command():
     test_cmd = quick[1].split("#")[0].strip()
     ci = (ROOT / ".ci" / "run").read_text()
     assert test_cmd in ci
+
+
+def test_readme_graph_example_runs():
+    import numpy as np
+
+    import jimunet as jn
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    namespace = {}
+    exec(compile(blocks[1], "README.md", "exec"), namespace)
+    model = namespace["model"]
+    assert isinstance(model, jn.Model)
+    assert {"Add", "BatchNorm", "GlobalAvgPool2D"} <= {type(layer).__name__ for layer in model.layers}
+    assert model.forward(np.zeros((2, 28, 28, 1), np.float32), training=True).shape == (2, 10)

@@ -17,11 +17,12 @@ from . import backend, datasets, distributed, functional, init, layers, losses, 
 from .backend import DeviceError, asarray  # noqa: E402
 from .gradcheck import GradcheckError, gradcheck  # noqa: E402
 from .model import Sequential, Summary, load  # noqa: E402
+from .graph import Input, Model  # noqa: E402
 from .parallel import get_num_threads, set_num_threads  # noqa: E402
 from .parameter import Parameter  # noqa: E402
 from .random import set_seed  # noqa: E402
 from .serialization import CheckpointError  # noqa: E402
 
 __all__ = ["backend", "datasets", "distributed", "functional", "init", "layers", "losses", "models", "onnx", "optim",
-           "gradcheck", "GradcheckError", "Sequential", "Summary", "load", "Parameter", "set_seed", "CheckpointError",
-           "set_num_threads", "get_num_threads", "asarray", "DeviceError"]
+           "gradcheck", "GradcheckError", "Sequential", "Model", "Input", "Summary", "load", "Parameter", "set_seed",
+           "CheckpointError", "set_num_threads", "get_num_threads", "asarray", "DeviceError"]

@@ -61,11 +61,11 @@ def _debug() -> bool:
 
 # -- train ----------------------------------------------------------------------------------
 
-_TRAIN_FLAGS = ("epochs", "batch_size", "lr", "seed", "train_size", "data_dir", "threads", "device")
+_TRAIN_FLAGS = ("epochs", "batch_size", "lr", "seed", "train_size", "data_dir", "threads", "shift", "device")
 
 
 def _cmd_train(args) -> int:
-    from .recipes import ConfigError, MNISTConfig
+    from .recipes import RESNET_DEFAULTS, ConfigError, MNISTConfig
     from .train import TrainingDiverged, TrainingInterrupted, load_run_config, train_mnist
 
     comm = _distributed(args)
@@ -78,6 +78,10 @@ def _cmd_train(args) -> int:
         given["report"] = False
     if args.out is not None:
         given["out"] = args.out
+    if args.resume is not None and args.model is not None:
+        raise UsageError("--model cannot be combined with --resume (the run keeps its model)")
+    if args.model == "resnet":
+        given = {**RESNET_DEFAULTS, **given}
     if comm is not None:
         _same_command_as_rank0(comm, {**given, "resume": args.resume})
     if comm is not None and comm.rank != 0:
@@ -362,6 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-report", action="store_true", help="do not write the HTML report at the end")
     t.add_argument("--threads", type=_int_at_least(1), default=None, metavar="N", help="worker threads "
                    "(jimunet.set_num_threads)")
+    t.add_argument("--model", choices=("cnn", "resnet"), default=None, help="cnn: the TF sample's network and "
+                   "recipe (default); resnet: jimunet.models.mnist_resnet with BatchNorm, random shifts, SGD "
+                   "Nesterov with cosine decay (its own defaults: 10 epochs, batch 128, lr 0.2, shift 2)")
+    t.add_argument("--shift", type=_int_at_least(0), default=None, metavar="PX", help="augment training images "
+                   "by random shifts of up to PX pixels (default 0; 2 with --model resnet)")
     t.add_argument("--device", default=None, metavar="D", help="cpu (default) or cuda / cuda:N: an NVIDIA GPU "
                    "through CuPy (pip install \"jimunet[gpu]\")")
     t.add_argument("--distributed", action="store_true", help="data-parallel training with every process of an "

@@ -108,29 +108,48 @@ def model_dtype(model):
     return params[0].data.dtype if params else np.dtype(np.float32)
 
 
+def steps(model):
+    """``[(name, layer, inputs)]`` in the order the model runs: for a ``Sequential`` its layers
+    (each reading the one before), for a graph ``jn.Model`` its nodes; ``inputs`` are the
+    indices of the steps read, ``-1`` being the model's input, and ``name`` is the node's name
+    (None in a Sequential)."""
+    if hasattr(model, "graph_steps"):
+        index = {name: -1 for name in model.input_names}
+        out = []
+        for i, (name, layer, ins) in enumerate(model.graph_steps()):
+            out.append((name, layer, [index[n] for n in ins]))
+            index[name] = i
+        return out
+    return [(None, layer, [i - 1]) for i, layer in enumerate(model.layers)]
+
+
+def _run_step(layer, ins, vals, x):
+    args = [x if j < 0 else vals[j] for j in ins]
+    return layer.forward(args if getattr(layer, "multi_input", False) else args[0], training=False)
+
+
 def trace(model, x):
-    """Outputs of every layer for the batch ``x`` in evaluation mode: ``[out_0, out_1, ...]``."""
+    """Outputs of every step (layer, or node of a graph) for the batch ``x`` in evaluation mode."""
     outs = []
-    for layer in model.layers:
-        x = layer.forward(x, training=False)
-        outs.append(x)
+    for _, layer, ins in steps(model):
+        outs.append(_run_step(layer, ins, outs, x))
     return outs
 
 
 def conv_blocks(model):
-    """``[(conv_index, shown_index, label)]``: each Conv2D and the layer whose output shows it
+    """``[(conv_index, shown_index, label)]``: each Conv2D and the step whose output shows it
     (the activation right after it when there is one, else the convolution itself)."""
     blocks = []
-    layers = model.layers
-    for i, layer in enumerate(layers):
+    walk = steps(model)
+    for i, (_, layer, _) in enumerate(walk):
         if type(layer).__name__ != "Conv2D":
             continue
         kh, kw = layer.kernel_size
         label = f"Conv2D {layer.in_channels}->{layer.out_channels}, {kh}x{kw}"
         shown = i
-        if i + 1 < len(layers) and type(layers[i + 1]).__name__ in _ACTIVATIONS:
+        if i + 1 < len(walk) and type(walk[i + 1][1]).__name__ in _ACTIVATIONS and walk[i + 1][2] == [i]:
             shown = i + 1
-            label += f" -> {type(layers[i + 1]).__name__}"
+            label += f" -> {type(walk[i + 1][1]).__name__}"
         blocks.append((i, shown, label))
     return blocks
 
@@ -240,6 +259,8 @@ def _block_details(layer, in_shape, x):
                  padding=[list(pads[0]), list(pads[1])])
     elif kind == "Dropout":
         d.update(rate=float(getattr(layer, "rate", float("nan"))))
+    elif kind == "BatchNorm":
+        d.update(eps=layer.eps, momentum=layer.momentum)
     return d
 
 
@@ -259,8 +280,13 @@ def _conv_algorithm(layer, in_shape):
 def _describe_lines(rec):
     """The indented detail lines printed under a block's name."""
     kind, d = rec["kind"], rec["details"]
-    ins, outs = shape_str(rec["input_shape"]), shape_str(rec["output_shape"])
-    lines = [f"shape    {ins} -> {outs}"]
+    many = rec["input_shape"] and isinstance(rec["input_shape"][0], (list, tuple))
+    ins = " + ".join(shape_str(s) for s in rec["input_shape"]) if many else shape_str(rec["input_shape"])
+    outs = shape_str(rec["output_shape"])
+    lines = []
+    if rec.get("reads") is not None:
+        lines.append("reads    " + ", ".join("input" if j < 0 else f"[{j}]" for j in rec["reads"]))
+    lines.append(f"shape    {ins} -> {outs}")
     if kind == "Conv2D":
         (pt, pb), (pl, pr) = d["padding"]
         kh, kw = d["kernel"]
@@ -292,6 +318,17 @@ def _describe_lines(rec):
         lines.append(f"dropout  rate {d['rate']:g} in training; identity here (evaluation)")
     elif kind == "Flatten":
         lines.append("reshape  C order (h, w, c), no arithmetic")
+    elif kind == "BatchNorm":
+        lines.append(f"norm     (x - running_mean) / sqrt(running_var + {d['eps']:g}) * gamma + beta per channel "
+                     f"(running statistics: evaluation)")
+    elif kind == "Add":
+        lines.append("add      elementwise sum of the inputs (a shortcut joins here)")
+    elif kind == "Concatenate":
+        lines.append("concat   inputs joined along the channel axis")
+    elif kind == "GlobalAvgPool2D":
+        lines.append("mean     over height and width, per channel")
+    if rec.get("shared"):
+        lines.append("shared   the same layer object (weights) as an earlier step")
     if rec["params"]:
         lines.append(f"params   {rec['params']:,}")
     lines.append(f"FLOPs    {rec['flops']:,}")
@@ -332,22 +369,30 @@ def walk(model, image) -> Explanation:
     result.input_record = {"shape": list(in_shape), "min": lo, "max": hi, "mean": mean,
                            "scaled": looks_like_pixels(raw)}
     result.raw, result.inputs, result.outputs = raw, x[0], []
-    for i, layer in enumerate(model.layers):
-        cur_shape = tuple(x.shape[1:])
-        details = _block_details(layer, cur_shape, x)
-        y = layer.forward(x, training=False)
+    walk_steps = steps(model)
+    graph = hasattr(model, "graph_steps")
+    outs, seen = [], set()  # every step's output (on the model's device), the layers met so far
+    for i, (node, layer, ins) in enumerate(walk_steps):
+        multi = getattr(layer, "multi_input", False)
+        args = [x if j < 0 else outs[j] for j in ins]
+        cur_shape = [tuple(a.shape[1:]) for a in args] if multi else tuple(args[0].shape[1:])
+        details = {} if multi else _block_details(layer, cur_shape, args[0])
+        y = _run_step(layer, ins, outs, x)
+        outs.append(y)
         if kind_of(layer) == "Conv2D":
             details.update(_conv_algorithm(layer, cur_shape))
         y_np = np.array(to_numpy(y))  # a copy: a layer may reuse its output buffer on the next call
         lo, hi, mean = _stats(y_np)
+        shared = id(layer) in seen
+        seen.add(id(layer))
         result.append({"index": i, "name": layer.describe(), "kind": type(layer).__name__,
-                       "input_shape": list(cur_shape), "output_shape": list(y.shape[1:]),
-                       "params": int(sum(p.size for p in layer.parameters())),
+                       "input_shape": [list(s) for s in cur_shape] if multi else list(cur_shape),
+                       "output_shape": list(y.shape[1:]),
+                       "params": 0 if shared else int(sum(p.size for p in layer.parameters())),
                        "flops": int(layer.flops(cur_shape)), "min": lo, "max": hi, "mean": mean,
                        "zero_fraction": float((y_np == 0).mean()) if type(layer).__name__ == "ReLU" else None,
-                       "details": details})
+                       "details": details, "node": node, "reads": ins if graph else None, "shared": shared})
         result.outputs.append(y_np[0])
-        x = y
 
     out = result.outputs[-1] if result.outputs else np.asarray(x)[0]
     if out.ndim == 1 and out.size >= 2:
@@ -409,15 +454,15 @@ def explain(model, image, out_dir=None, file=_STDOUT, class_names=None, dpi: int
         _plot_input(result.raw, result.inputs, p, dpi)
         inp["png"] = p
 
-    width = len(str(len(model.layers) - 1))
+    width = len(str(len(result) - 1))
     for rec, y in zip(result, result.outputs):
-        i = rec["index"]
-        say(f"[{i:>{width}}] {rec['name']}")
+        i, node = rec["index"], rec["node"]
+        say(f"[{i:>{width}}] {rec['name']}" + (f"  ({node})" if node else ""))
         for line in _describe_lines(rec):
             say(" " * (width + 3) + line)
         if out_dir is not None:
             p = os.path.join(out_dir, f"layer-{i:02d}-{rec['kind']}.png")
-            _plot_output(rec, y, p, dpi, last=i == len(model.layers) - 1, class_names=class_names)
+            _plot_output(rec, y, p, dpi, last=i == len(result) - 1, class_names=class_names)
             rec["png"] = p
 
     total = sum(r["flops"] for r in result)

@@ -51,7 +51,117 @@ class Summary:
     __repr__ = __str__
 
 
-class Sequential(Layer):
+def _named(layer, kind):
+    """``(name, Parameter)`` pairs of a layer's parameters or buffers (nested models keep their indices)."""
+    if hasattr(layer, f"named_{kind}"):
+        return getattr(layer, f"named_{kind}")()
+    return [(p.name, p) for p in getattr(layer, kind)()]
+
+
+class _Network(Layer):
+    """What ``Sequential`` and ``jn.Model`` share: prediction, state, saving. Subclasses
+    provide ``layers``, ``forward``, ``summary`` and ``get_config``."""
+
+    def output_shape(self, input_shape):
+        return self.summary(input_shape).output_shape
+
+    def flops(self, input_shape):
+        return self.summary(input_shape).total_flops
+
+    def predict(self, x, batch_size: int = 100):
+        """Outputs for ``x`` in evaluation mode, ``batch_size`` samples at a time (bounded memory).
+
+        An empty batch gives ``(0, *output_shape)`` in the dtype a forward pass would give: the
+        per-sample shape is known from ``x.shape[1:]`` even without samples. ``x`` may live on
+        any device: each chunk moves to the model's, and the outputs stay there.
+        """
+        if batch_size < 1:
+            raise ValueError(f"predict: batch_size must be >= 1, got {batch_size}")
+        device = self.device
+        if len(x) == 0:
+            # Shape and dtype of the output as one sample would give them (an empty batch
+            # cannot pass through Flatten's reshape); also checks the per-sample shape.
+            one = to_device(np.zeros((1,) + tuple(x.shape[1:]), x.dtype), device)
+            return self.forward(one, training=False)[:0]
+        outs = [self.forward(to_device(x[i:i + batch_size], device), training=False)
+                for i in range(0, len(x), batch_size)]
+        return xp_of(outs[0]).concatenate(outs)
+
+    # -- state -------------------------------------------------------------------------
+
+    def named_parameters(self):
+        """``[("0.weight", p), ("0.bias", p), ...]`` in layer order (a layer used twice, once)."""
+        return [(f"{i}.{n}", p) for i, layer in enumerate(self.layers) for n, p in _named(layer, "parameters")]
+
+    def named_buffers(self):
+        """``[("2.running_mean", b), ...]``: saved state that no optimizer touches (see ``Layer.buffers``)."""
+        return [(f"{i}.{n}", b) for i, layer in enumerate(self.layers) for n, b in _named(layer, "buffers")]
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def buffers(self):
+        return [b for _, b in self.named_buffers()]
+
+    def astype(self, dtype):
+        for layer in self.layers:
+            layer.astype(dtype)
+        return self
+
+    def state_dict(self) -> dict:
+        """``{"0.weight": array, ..., "2.running_mean": array}``: parameters and buffers (the arrays
+        themselves, not copies)."""
+        return {name: p.data for name, p in self.named_parameters() + self.named_buffers()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Copy weights in, checking names, shapes, dtypes and values first so nothing is half-loaded.
+
+        Raises ValueError for a missing or unexpected name, a shape that differs from the
+        model's, an array that is not float32/float64, or a NaN/infinite weight.
+        """
+        named = self.named_parameters() + self.named_buffers()
+        if not isinstance(state, dict):
+            raise ValueError(f"load_state_dict: expected a dict of arrays, got {type(state).__name__}")
+        missing = [n for n, _ in named if n not in state]
+        extra = sorted(set(state) - {n for n, _ in named})
+        if missing or extra:
+            raise ValueError(f"load_state_dict: parameters do not match this model (missing {missing}, "
+                             f"unexpected {extra})")
+        for name, p in named:
+            check_weight_header(name, getattr(state[name], "shape", None), getattr(state[name], "dtype", None),
+                                p.data.shape)
+        for name, p in named:
+            if not bool(xp_of(state[name]).isfinite(state[name]).all()):
+                raise ValueError(f"load_state_dict: {name} contains NaN or infinite values")
+        for name, p in named:
+            p.assign(state[name])
+
+    def rng_states(self) -> dict:
+        """Bit-generator states of layers that draw random numbers (e.g. Dropout), by index."""
+        return {str(i): layer.rng.bit_generator.state for i, layer in enumerate(self.layers)
+                if isinstance(getattr(layer, "rng", None), np.random.Generator)}
+
+    def set_rng_states(self, states: dict) -> None:
+        for i, st in states.items():
+            self.layers[int(i)].rng.bit_generator.state = st
+
+    def save(self, path, metadata: dict | None = None) -> None:
+        """Write weights and architecture to one ``.npz`` (atomically; no pickles).
+
+        Args:
+            path: file to write.
+            metadata: optional JSON-able dict stored alongside (e.g. training config).
+        """
+        meta = {"format": MODEL_FORMAT, "version": 1, "jimunet": __version__,
+                "architecture": self.get_config(), "metadata": metadata or {}}
+        save_npz(path, {f"param/{k}": to_numpy(v) for k, v in self.state_dict().items()}, meta)  # host arrays
+
+    def copy(self):
+        """A deep copy (weights, gradients, buffers and RNG states)."""
+        return copy.deepcopy(self)
+
+
+class Sequential(_Network):
     """Layers applied in order; ``backward`` runs them in reverse.
 
     Args:
@@ -125,19 +235,6 @@ class Sequential(Layer):
             grad = self.layers[order[k]].backward(grad, input_grad=input_grad or k > 0)
         return grad if input_grad else None  # layers without parameters ignore input_grad
 
-    def parameters(self):
-        return [p for layer in self.layers for p in layer.parameters()]
-
-    def named_parameters(self):
-        """``[("0.weight", p), ("0.bias", p), ...]`` in layer order."""
-        return [(f"{i}.{p.name}", p) for i, layer in enumerate(self.layers) for p in layer.parameters()]
-
-    def output_shape(self, input_shape):
-        return self.summary(input_shape).output_shape
-
-    def flops(self, input_shape):
-        return self.summary(input_shape).total_flops
-
     def summary(self, input_shape) -> Summary:
         """Shapes, parameters and FLOPs per layer, computed by flowing ``input_shape`` through.
 
@@ -161,63 +258,6 @@ class Sequential(Layer):
             shape = out
         return Summary(start, rows)
 
-    def predict(self, x, batch_size: int = 100):
-        """Outputs for ``x`` in evaluation mode, ``batch_size`` samples at a time (bounded memory).
-
-        An empty batch gives ``(0, *output_shape)`` in the dtype a forward pass would give: the
-        per-sample shape is known from ``x.shape[1:]`` even without samples. ``x`` may live on
-        any device: each chunk moves to the model's, and the outputs stay there.
-        """
-        if batch_size < 1:
-            raise ValueError(f"predict: batch_size must be >= 1, got {batch_size}")
-        device = self.device
-        if len(x) == 0:
-            # Shape and dtype of the output as one sample would give them (an empty batch
-            # cannot pass through Flatten's reshape); also checks the per-sample shape.
-            one = to_device(np.zeros((1,) + tuple(x.shape[1:]), x.dtype), device)
-            return self.forward(one, training=False)[:0]
-        outs = [self.forward(to_device(x[i:i + batch_size], device), training=False)
-                for i in range(0, len(x), batch_size)]
-        return xp_of(outs[0]).concatenate(outs)
-
-    # -- state -------------------------------------------------------------------------
-
-    def state_dict(self) -> dict:
-        """``{"0.weight": array, ...}`` (the arrays themselves, not copies)."""
-        return {name: p.data for name, p in self.named_parameters()}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Copy weights in, checking names, shapes, dtypes and values first so nothing is half-loaded.
-
-        Raises ValueError for a missing or unexpected name, a shape that differs from the
-        model's, an array that is not float32/float64, or a NaN/infinite weight.
-        """
-        named = self.named_parameters()
-        if not isinstance(state, dict):
-            raise ValueError(f"load_state_dict: expected a dict of arrays, got {type(state).__name__}")
-        missing = [n for n, _ in named if n not in state]
-        extra = sorted(set(state) - {n for n, _ in named})
-        if missing or extra:
-            raise ValueError(f"load_state_dict: parameters do not match this model (missing {missing}, "
-                             f"unexpected {extra})")
-        for name, p in named:
-            check_weight_header(name, getattr(state[name], "shape", None), getattr(state[name], "dtype", None),
-                                p.data.shape)
-        for name, p in named:
-            if not bool(xp_of(state[name]).isfinite(state[name]).all()):
-                raise ValueError(f"load_state_dict: {name} contains NaN or infinite values")
-        for name, p in named:
-            p.assign(state[name])
-
-    def rng_states(self) -> dict:
-        """Bit-generator states of layers that draw random numbers (e.g. Dropout), by index."""
-        return {str(i): layer.rng.bit_generator.state for i, layer in enumerate(self.layers)
-                if isinstance(getattr(layer, "rng", None), np.random.Generator)}
-
-    def set_rng_states(self, states: dict) -> None:
-        for i, st in states.items():
-            self.layers[int(i)].rng.bit_generator.state = st
-
     def get_config(self) -> dict:
         return {"layers": [{"class": type(layer).__name__, "config": layer.get_config()} for layer in self.layers],
                 "fuse": self.fuse}
@@ -226,20 +266,6 @@ class Sequential(Layer):
     def from_config(cls, config: dict) -> "Sequential":
         return cls([from_config(c) for c in config["layers"]], fuse=config.get("fuse", True))
 
-    def save(self, path, metadata: dict | None = None) -> None:
-        """Write weights and architecture to one ``.npz`` (atomically; no pickles).
-
-        Args:
-            path: file to write.
-            metadata: optional JSON-able dict stored alongside (e.g. training config).
-        """
-        meta = {"format": MODEL_FORMAT, "version": 1, "jimunet": __version__,
-                "architecture": self.get_config(), "metadata": metadata or {}}
-        save_npz(path, {f"param/{k}": to_numpy(v) for k, v in self.state_dict().items()}, meta)  # host arrays
-
-    def copy(self) -> "Sequential":
-        """A deep copy (weights, gradients and RNG states)."""
-        return copy.deepcopy(self)
 
 
 def check_weight_header(name, shape, dtype, expected_shape, where="load_state_dict: ") -> None:
@@ -253,8 +279,31 @@ def check_weight_header(name, shape, dtype, expected_shape, where="load_state_di
         raise ValueError(f"{where}{name} has shape {tuple(shape)} in the file, {tuple(expected_shape)} in the model")
 
 
-def load(path, max_bytes: int | None = None) -> Sequential:
-    """Rebuild a ``Sequential`` saved with ``model.save(path)``.
+def build_architecture(arch, path):
+    """The model (``Sequential`` or ``jn.Model``) a file's architecture describes, with placeholder
+    parameters; ``CheckpointError`` naming ``path`` when it cannot be built."""
+    if not isinstance(arch, dict):
+        raise CheckpointError(f"{path}: cannot rebuild the architecture it describes (the description is "
+                              f"{type(arch).__name__}, not an object)")
+    graph = arch.get("class") == "Model"
+    counts = [arch.get(k) for k in (("layers", "nodes") if graph else ("layers",))]
+    for c in counts:
+        if isinstance(c, list) and len(c) > MAX_LAYERS:
+            raise CheckpointError(f"{path}: describes {len(c):,} {'nodes' if c is arch.get('nodes') else 'layers'}; "
+                                  f"at most {MAX_LAYERS:,} are built")
+    try:
+        with placeholder_parameters():
+            if graph:
+                from .graph import Model
+                return Model.from_config(arch)
+            return Sequential.from_config(arch)
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:
+        raise CheckpointError(f"{path}: cannot rebuild the architecture it describes "
+                              f"({type(e).__name__}: {e})") from None
+
+
+def load(path, max_bytes: int | None = None):
+    """Rebuild a ``Sequential`` or a graph ``jn.Model`` saved with ``model.save(path)``.
 
     The file is untrusted: its architecture is built with placeholder parameters (no
     memory, no random draws: loading leaves ``jn.set_seed``'s Generator alone), the stored
@@ -272,16 +321,8 @@ def load(path, max_bytes: int | None = None) -> Sequential:
     """
     with NpzReader(path, kind=MODEL_FORMAT) as reader:
         meta = reader.meta
-        layers = meta.get("architecture", {}).get("layers") if isinstance(meta.get("architecture"), dict) else None
-        if isinstance(layers, list) and len(layers) > MAX_LAYERS:
-            raise CheckpointError(f"{path}: describes {len(layers):,} layers; at most {MAX_LAYERS:,} are built")
-        try:
-            with placeholder_parameters():
-                model = Sequential.from_config(meta["architecture"])
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise CheckpointError(f"{path}: cannot rebuild the architecture it describes "
-                                  f"({type(e).__name__}: {e})") from None
-        named = model.named_parameters()
+        model = build_architecture(meta.get("architecture"), path)
+        named = model.named_parameters() + model.named_buffers()
         stored = {k[len("param/"):]: h for k, h in reader.headers.items() if k.startswith("param/")}
         others = sorted(k for k in reader.headers if not k.startswith("param/"))
         missing = [n for n, _ in named if n not in stored]

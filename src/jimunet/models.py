@@ -43,3 +43,57 @@ def mnist_cnn(rng=None, dropout: float = 0.5, num_classes: int = 10, dtype=np.fl
         Dropout(dropout, rng=spawn_rng(rng)),
         Dense(512, num_classes, weight_init=w, bias_init=b1, rng=rng, dtype=dtype),
     ])
+
+
+def _conv_bn(x, cin, cout, k, stride, rng, dtype, relu=True):
+    from .layers import BatchNorm
+    x = Conv2D(cin, cout, k, stride=stride, padding="same", use_bias=False, weight_init=init.he_normal(),
+               rng=rng, dtype=dtype)(x)
+    x = BatchNorm(cout, dtype=dtype)(x)
+    return ReLU()(x) if relu else x
+
+
+def residual_block(x, cin, cout, stride=1, rng=None, dtype=np.float32):
+    """``ReLU(BN(Conv(ReLU(BN(Conv(x))))) + shortcut(x))`` on a symbolic tensor (He et al. 2016).
+
+    The shortcut is ``x`` itself when shapes agree, else a 1×1 convolution with the block's
+    stride followed by BatchNorm (the "projection shortcut").
+    """
+    from .layers import Add
+    rng = resolve_rng(rng)
+    h = _conv_bn(x, cin, cout, 3, stride, rng, dtype)
+    h = _conv_bn(h, cout, cout, 3, 1, rng, dtype, relu=False)
+    shortcut = x if (cin == cout and stride == 1) else _conv_bn(x, cin, cout, 1, stride, rng, dtype, relu=False)
+    return ReLU()(Add()([h, shortcut]))
+
+
+def mnist_resnet(rng=None, stem: int = 16, blocks=((32, 2), (64, 2), (64, 1)), num_classes: int = 10,
+                 dtype=np.float32):
+    """A small residual network for 28×28×1 images (the ``jimunet train --model resnet`` recipe).
+
+    A stem conv 3×3 → BN → ReLU with ``stem`` channels at 28×28, then one residual block
+    per ``(channels, stride)`` in ``blocks`` (by default 28 → 14 → 7 pixels through
+    stride-2 blocks with projection shortcuts, then one identity-shortcut block at 7×7),
+    global average pooling and Dense → classes. Convolutions have no bias (BatchNorm's β
+    takes its place) and He-normal weights. Most of the work happens at 14×14 and 7×7,
+    where the matrix products are large enough to run efficiently.
+
+    Example:
+        >>> import jimunet as jn
+        >>> m = jn.models.mnist_resnet(rng=0)
+        >>> s = m.summary()
+        >>> s.total_params, round(s.total_flops / 1e6, 1)
+        (147066, 18.8)
+    """
+    from .graph import Input, Model
+    from .layers import GlobalAvgPool2D
+    rng = resolve_rng(rng)
+    inp = Input((28, 28, 1), name="image")
+    x = _conv_bn(inp, 1, stem, 3, 1, rng, dtype)
+    cin = stem
+    for cout, stride in blocks:
+        x = residual_block(x, cin, cout, stride=stride, rng=rng, dtype=dtype)
+        cin = cout
+    x = GlobalAvgPool2D()(x)
+    out = Dense(cin, num_classes, weight_init="glorot_uniform", rng=rng, dtype=dtype)(x)
+    return Model(inp, out)

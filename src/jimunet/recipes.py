@@ -68,6 +68,12 @@ class MNISTConfig:
         progress: show a progress bar (None: only when stderr is a terminal).
         report: write the ``jimunet.report`` report at the end when available.
         download: let ``load_mnist`` download missing files.
+        model: ``"cnn"`` (the TF sample's network and schedule) or ``"resnet"``
+            (``models.mnist_resnet``: SGD with Nesterov momentum, cosine decay of ``lr`` to 0
+            over the run, weight decay on conv and Dense weights, no dropout; use
+            ``RESNET_DEFAULTS`` for its measured settings).
+        shift: random-shift augmentation of the training images, up to this many pixels
+            (``data.augment.RandomShift``; 0: none).
         device: ``"cpu"`` or ``"cuda"``/``"cuda:N"`` (needs CuPy and an NVIDIA GPU); a run
             may resume on another device (checkpoints hold host arrays).
     """
@@ -92,6 +98,8 @@ class MNISTConfig:
     progress: bool | None = None
     report: bool = True
     download: bool = True
+    model: str = "cnn"
+    shift: int = 0
     device: str = "cpu"
 
     def validate(self) -> "MNISTConfig":
@@ -105,6 +113,11 @@ class MNISTConfig:
                                   f"got {v!r}")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             positive_int(name)
+        positive_int("shift", allow_zero=True)
+        if self.model not in MODELS:
+            raise ConfigError(f"model must be one of {sorted(MODELS)}, got {self.model!r}")
+        if self.shift > IMAGE_SIZE // 2:
+            raise ConfigError(f"shift must be <= {IMAGE_SIZE // 2} pixels, got {self.shift}")
         try:
             parse_device(self.device)
         except DeviceError as e:
@@ -157,6 +170,12 @@ class MNISTConfig:
         return dataclasses.replace(self, **changes)
 
 
+MODELS = ("cnn", "resnet")
+
+# ``jimunet train --model resnet``: settings picked by measurement (see BENCHMARKS.md).
+RESNET_DEFAULTS = {"model": "resnet", "epochs": 10, "batch_size": 128, "lr": 0.2, "momentum": 0.9,
+                   "weight_decay": 5e-4, "dropout": 0.0, "lr_decay": 1.0, "shift": 2}
+
 SELF_TEST_TRAIN, SELF_TEST_EVAL = 256, 64  # the TF sample's fake data: train, validation and test sizes
 
 
@@ -186,6 +205,8 @@ def build(config: MNISTConfig, train_size: int):
     decay, Dense parameters with ``weight_decay`` (the sample's L2 term on fc1/fc2 only);
     ``lr·decay^floor(step·batch/train_size)`` as a function of the step.
     """
+    if config.model == "resnet":
+        return _build_resnet(config, train_size)
     model = models.mnist_cnn(rng=int(config.seed), dropout=config.dropout)
     dense = [p for layer in model.layers if isinstance(layer, Dense) for p in layer.parameters()]
     dense_ids = {id(p) for p in dense}
@@ -195,3 +216,41 @@ def build(config: MNISTConfig, train_size: int):
                           lr=config.lr, momentum=config.momentum)
     decay = optim.exponential_decay(config.lr, decay_steps=train_size, rate=config.lr_decay, staircase=True)
     return model, losses.SoftmaxCrossEntropy(), optimizer, per_sample(decay, config.batch_size)
+
+
+def _build_resnet(config: MNISTConfig, train_size: int):
+    """``mnist_resnet(rng=seed)``; SGD with Nesterov momentum and weight decay on the conv and
+    Dense weights (not on BatchNorm's γ/β or biases); ``lr`` decays along a half cosine to 0
+    over ``epochs`` epochs."""
+    model = models.mnist_resnet(rng=int(config.seed))
+    decayed = [layer.weight for layer in model.layers if type(layer).__name__ in ("Conv2D", "Dense")]
+    ids = {id(p) for p in decayed}
+    other = [p for p in model.parameters() if id(p) not in ids]
+    optimizer = optim.SGD([{"params": decayed, "weight_decay": config.weight_decay},
+                           {"params": other, "weight_decay": 0.0}],
+                          lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
+    steps = max(1, train_size // config.batch_size) if config.shuffle else max(1, -(-train_size // config.batch_size))
+    schedule = optim.cosine_decay(config.lr, total_steps=config.epochs * steps)
+    return model, losses.SoftmaxCrossEntropy(), optimizer, schedule
+
+
+def describe_recipe(config: MNISTConfig, steps: int) -> str:
+    """One line naming the optimisation settings (for the run log)."""
+    c = config
+    head = f"recipe: {c.epochs} epoch{'s' if c.epochs != 1 else ''} x {steps} steps of {c.batch_size}, "
+    order = f"seed {c.seed}, {'shuffled' if c.shuffle else 'fixed order'}"
+    shift = f", random shifts up to {c.shift} px" if c.shift else ""
+    if c.model == "resnet":
+        return (head + f"SGD lr {c.lr} cosine-decayed to 0, Nesterov momentum {c.momentum}, weight decay "
+                f"{c.weight_decay} on conv/dense weights{shift}, {order}")
+    return (head + f"SGD lr {c.lr} x {c.lr_decay}/epoch, momentum {c.momentum}, L2 {c.weight_decay} on fc, "
+            f"dropout {c.dropout}{shift}, {order}")
+
+
+def make_augment(config: MNISTConfig):
+    """The training-batch augmentation of ``config`` (None without one), seeded from its seed
+    through its own stream (independent of the weights' and the shuffling's)."""
+    if not config.shift:
+        return None
+    from .data.augment import RandomShift
+    return RandomShift(config.shift, rng=np.random.default_rng(np.random.SeedSequence(config.seed).spawn(2)[1]))

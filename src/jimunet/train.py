@@ -40,7 +40,8 @@ from .app.rundir import (EpochFiles, RunDir, RunLog, StopSignals, Stopped, new_r
                          set_metrics_status, write_json_atomic)
 from .backend import check_device, to_device, to_numpy, xp_of
 from .data.images import preprocess
-from .recipes import RESUMABLE_FIELDS, SELF_TEST_EVAL, SELF_TEST_TRAIN, ConfigError, MNISTConfig, build, fake_data
+from .recipes import (RESUMABLE_FIELDS, SELF_TEST_EVAL, SELF_TEST_TRAIN, ConfigError, MNISTConfig, build,
+                      describe_recipe, fake_data, make_augment)
 from .serialization import CheckpointError, load_npz, pack, referenced_arrays, save_npz, unpack
 
 __all__ = ["Trainer", "fit", "evaluate", "Evaluation", "History", "Callback", "TrainingDiverged",
@@ -226,6 +227,9 @@ class Trainer:
             samples; one all-reduce per step sums the gradients (each scaled to the global
             batch), the loss and the stop/NaN flags, so every rank takes the same optimizer
             step. Call ``sync_from_rank0()`` first so that all ranks start from one state.
+        augment: optional callable applied to every training batch's images (e.g.
+            ``jimunet.data.augment.RandomShift``); its ``state()``/``set_state()``, when it
+            has them, go into checkpoints so a resumed run draws the same augmentations.
 
     Attributes: ``epoch`` (completed epochs), ``step`` (global steps done), ``history``;
     with ``comm``, ``comm_seconds`` (time spent in the all-reduce, waiting for the slowest
@@ -236,7 +240,8 @@ class Trainer:
     _LOSS, _BAD, _STOP = range(3)
 
     def __init__(self, model, loss_fn, optimizer, *, batch_size: int = 64, schedule=None, shuffle: bool = True,
-                 rng=None, callbacks=(), progress=None, log=None, eval_batch_size: int = 100, comm=None):
+                 rng=None, callbacks=(), progress=None, log=None, eval_batch_size: int = 100, comm=None,
+                 augment=None):
         if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"Trainer: batch_size must be a positive integer, got {batch_size!r}")
         if comm is not None and batch_size < comm.size:
@@ -256,6 +261,7 @@ class Trainer:
         self.comm_seconds = 0.0
         self.stop_agreed = False
         self.stop_requested = lambda: False  # set by the caller: has this process been asked to stop?
+        self.augment = augment
 
     # -- batches ----------------------------------------------------------------------
     def steps_in_epoch(self, n: int, epoch: int) -> int:
@@ -435,6 +441,8 @@ class Trainer:
                        file=sys.stderr, leave=False, dynamic_ncols=True)
         try:
             for xb, yb in self._batches(x, y, epoch):
+                if self.augment is not None:
+                    xb = self.augment(xb)
                 loss = self.train_step(xb, yb)
                 self.step += 1
                 images += len(xb)
@@ -470,9 +478,12 @@ class Trainer:
     # -- state --------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Everything training depends on: weights, optimizer, RNG streams, counters, history."""
+        rng = {"shuffle": self.rng.bit_generator.state, "model": self.model.rng_states()}
+        if hasattr(self.augment, "state"):
+            rng["augment"] = self.augment.state()
         return {"model": {k: to_numpy(v).copy() for k, v in self.model.state_dict().items()},
                 "optimizer": self.optimizer.state_dict(),
-                "rng": {"shuffle": self.rng.bit_generator.state, "model": self.model.rng_states()},
+                "rng": rng,
                 "epoch": self.epoch, "step": self.step, "history": self.history.state(),
                 "batch_size": self.batch_size, "shuffle": self.shuffle}
 
@@ -485,6 +496,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.rng.bit_generator.state = state["rng"]["shuffle"]
         self.model.set_rng_states(state["rng"]["model"])
+        if hasattr(self.augment, "set_state") and "augment" in state["rng"]:
+            self.augment.set_state(state["rng"]["augment"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.history = History.from_state(state["history"])
 
@@ -713,7 +726,7 @@ def _make_trainer(cfg, train_size, comm, **kwargs):
     model.to(cfg.device)  # DeviceError (a ValueError) says what to install or check
     return Trainer(model, loss_fn, optimizer, batch_size=cfg.batch_size, schedule=schedule, shuffle=cfg.shuffle,
                    rng=np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(1)[0]),
-                   eval_batch_size=cfg.eval_batch_size, comm=comm, **kwargs)
+                   eval_batch_size=cfg.eval_batch_size, comm=comm, augment=make_augment(cfg), **kwargs)
 
 
 def _train_mnist_worker(config, callbacks, data, comm) -> TrainResult:
@@ -790,12 +803,10 @@ def _train_mnist(cfg, run, resuming, callbacks, data, log, stops, comm=None):
     run_cb = EpochFiles(run, cfg_dict, metrics, model_meta)
     trainer.callbacks = [run_cb, _StopBetweenSteps(stops)] + callbacks
     n_params = sum(p.size for p in model.parameters())
-    log(f"model mnist_cnn: {n_params:,} parameters; data: {len(x)} train / {len(xv)} validation / "
+    log(f"model mnist_{cfg.model}: {n_params:,} parameters; data: {len(x)} train / {len(xv)} validation / "
         f"{len(xs)} test{' (self-test fake data)' if cfg.self_test else ''}")
     steps = trainer.steps_in_epoch(len(x), trainer.epoch)
-    log(f"recipe: {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} x {steps} steps of {cfg.batch_size}, "
-        f"SGD lr {cfg.lr} x {cfg.lr_decay}/epoch, momentum {cfg.momentum}, L2 {cfg.weight_decay} on fc, "
-        f"dropout {cfg.dropout}, seed {cfg.seed}, {'shuffled' if cfg.shuffle else 'fixed order'}")
+    log(describe_recipe(cfg, steps))
     if comm is not None:
         grad_mb = 4 * n_params / 1e6
         share = sorted({cfg.batch_size * (r + 1) // comm.size - cfg.batch_size * r // comm.size

@@ -1,5 +1,7 @@
-"""Data loading: the IDX file format and the MNIST data set."""
+"""Data loading: the IDX file format and the MNIST data set; augmentation of training batches."""
+from . import augment
+from .augment import RandomShift
 from .idx import IDXFormatError, read_idx, write_idx
 from .mnist import MNISTUnavailableError, load_mnist
 
-__all__ = ["IDXFormatError", "read_idx", "write_idx", "MNISTUnavailableError", "load_mnist"]
+__all__ = ["augment", "RandomShift", "IDXFormatError", "read_idx", "write_idx", "MNISTUnavailableError", "load_mnist"]

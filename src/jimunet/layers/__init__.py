@@ -4,8 +4,11 @@ from .base import Layer, from_config, register
 from .conv import Conv2D
 from .dense import Dense
 from .dropout import Dropout
-from .pooling import AvgPool2D, MaxPool2D
+from .merge import Add, Concatenate
+from .normalization import BatchNorm
+from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from .reshape import Flatten
 
 __all__ = ["Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "Dense", "ReLU", "LeakyReLU", "Sigmoid", "Tanh",
-           "Flatten", "Dropout", "from_config", "register"]
+           "Flatten", "Dropout", "BatchNorm", "Add", "Concatenate", "GlobalAvgPool2D", "from_config",
+           "register"]

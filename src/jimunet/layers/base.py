@@ -73,6 +73,12 @@ class Layer:
     """Base class: ``forward``, ``backward``, ``parameters``, shapes and FLOPs for ``summary``."""
 
     def __call__(self, x, training: bool = False):
+        # On symbolic tensors (``jn.Input`` and what layers made of it) a call adds a node
+        # to a graph instead of computing; see ``jimunet.graph``.
+        if getattr(x, "is_symbolic", False) or (isinstance(x, (list, tuple)) and x
+                                                 and any(getattr(t, "is_symbolic", False) for t in x)):
+            from ..graph import apply_symbolic
+            return apply_symbolic(self, x)
         return self.forward(x, training=training)
 
     def forward(self, x, training: bool = False):  # pragma: no cover - abstract
@@ -85,18 +91,22 @@ class Layer:
         """Trainable parameters, weight before bias."""
         return []
 
+    def buffers(self) -> list:
+        """State saved with the model but never trained (e.g. BatchNorm's running statistics)."""
+        return []
+
     def zero_grad(self) -> None:
         for p in self.parameters():
             p.zero_grad()
 
     def to(self, device):
-        """Move every parameter (and its gradient) to ``device``: ``"cpu"``, ``"cuda"`` or
-        ``"cuda:N"``; returns self. An optimizer built on these parameters keeps working:
-        its state follows them at its next step. Raises DeviceError (a ValueError) for a
-        device that cannot be used, saying what to install or check.
+        """Move every parameter (and its gradient) and every buffer to ``device``: ``"cpu"``,
+        ``"cuda"`` or ``"cuda:N"``; returns self. An optimizer built on these parameters keeps
+        working: its state follows them at its next step. Raises DeviceError (a ValueError)
+        for a device that cannot be used, saying what to install or check.
         """
         device = check_device(device)
-        for p in self.parameters():
+        for p in self.parameters() + self.buffers():
             p.to(device)
         return self
 

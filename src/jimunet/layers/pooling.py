@@ -184,3 +184,46 @@ class AvgPool2D(_Pool2D):
             dxpad[s] += share
         (pt, _), (pl, _) = pads
         return dxpad[:, pt:pt + x_shape[1], pl:pl + x_shape[2], :]
+
+
+@register
+class GlobalAvgPool2D(Layer):
+    """The mean of each channel over height and width: ``(N, H, W, C)`` → ``(N, C)``.
+
+    Backward spreads each channel's gradient evenly: ``dx[n, h, w, c] = dy[n, c] / (H·W)``.
+    It replaces Flatten before the classifier of a fully convolutional network, so the
+    Dense layer's size no longer depends on the image size.
+
+    Example:
+        >>> import numpy as np, jimunet as jn
+        >>> jn.layers.GlobalAvgPool2D()(np.arange(8.).reshape(1, 2, 2, 2))
+        array([[3., 4.]])
+    """
+
+    def __init__(self):
+        self._shape = None
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"{self.describe()}: expected per-sample input (height, width, channels), "
+                             f"got {tuple(input_shape)}")
+        return (input_shape[2],)
+
+    def flops(self, input_shape):
+        return int(np.prod(input_shape))
+
+    def forward(self, x, training: bool = False):
+        self._check_input(x, 4, None, "NHWC batch (batch, height, width, channels)")
+        self._shape = x.shape
+        return x.mean(axis=(1, 2))
+
+    def backward(self, grad, input_grad: bool = True):
+        if self._shape is None:
+            raise self._no_forward()
+        n, h, w, c = self._shape
+        self._check_grad(grad, (n, c))
+        if not input_grad:
+            return None
+        dx = xp_of(grad).empty(self._shape, grad.dtype)
+        dx[...] = (grad / (h * w))[:, None, None, :]
+        return dx

@@ -1,0 +1,142 @@
+"""Layers that merge several inputs into one: ``Add`` and ``Concatenate``.
+
+Their ``forward`` takes a list of arrays and their ``backward`` returns a list of
+gradients, one per input, in the same order. In a graph model (``jn.Model``) they join
+branches: ``jn.layers.Add()([shortcut, h])``.
+"""
+from __future__ import annotations
+
+import math
+
+from ..backend import xp_of
+from .base import Layer, register
+
+
+class _Merge(Layer):
+    multi_input = True  # forward takes a list, backward returns one
+
+    def __init__(self):
+        self._shapes = None
+
+    def _check_inputs(self, xs):
+        if not isinstance(xs, (list, tuple)) or len(xs) < 2:
+            raise ValueError(f"{self.describe()}: expected a list of at least 2 arrays, got "
+                             f"{type(xs).__name__}{'' if not isinstance(xs, (list, tuple)) else f' of {len(xs)}'}")
+        for x in xs:
+            self._check_input(x)
+        dts = {x.dtype for x in xs}
+        if len(dts) > 1:
+            raise ValueError(f"{self.describe()}: inputs have different dtypes {sorted(map(str, dts))}")
+        if len({x.shape[0] for x in xs}) > 1:
+            raise ValueError(f"{self.describe()}: inputs have different batch sizes "
+                             f"{[tuple(x.shape) for x in xs]}")
+        self.output_shape([tuple(x.shape[1:]) for x in xs])  # raises on shapes that do not meet
+
+    def _check_grads(self, grad, expected):
+        if self._shapes is None:
+            raise self._no_forward()
+        self._check_grad(grad, expected)
+
+
+@register
+class Add(_Merge):
+    """Elementwise sum of two or more inputs of the same shape (a residual shortcut).
+
+    Backward: every input receives the upstream gradient itself (the same array, not
+    copies: layers never write into their arguments).
+
+    Example:
+        >>> import numpy as np, jimunet as jn
+        >>> jn.layers.Add()([np.ones((2, 3)), np.ones((2, 3))])[0]
+        array([2., 2., 2.])
+    """
+
+    def output_shape(self, input_shapes):
+        shapes = [tuple(s) for s in input_shapes]
+        if len(shapes) < 2 or any(s != shapes[0] for s in shapes):
+            raise ValueError(f"{self.describe()}: the inputs must all have the same per-sample shape, got "
+                             f"{', '.join(map(str, shapes))}")
+        return shapes[0]
+
+    def flops(self, input_shapes):
+        return (len(input_shapes) - 1) * math.prod(input_shapes[0])
+
+    def forward(self, xs, training: bool = False):
+        self._check_inputs(xs)
+        y = xs[0] + xs[1]
+        for x in xs[2:]:
+            y += x
+        self._shapes = [x.shape for x in xs]
+        return y
+
+    def backward(self, grad, input_grad: bool = True):
+        self._check_grads(grad, self._shapes[0] if self._shapes else None)
+        return [grad for _ in self._shapes]
+
+
+@register
+class Concatenate(_Merge):
+    """Join inputs along ``axis`` (default the last, channel axis); the other axes must agree.
+
+    Backward: the upstream gradient is cut back into the inputs' slices.
+
+    Args:
+        axis: a non-batch axis, counted as in NumPy on the batched array (``-1`` or ``3``
+            for NHWC channels); axis 0, the batch, is refused.
+
+    Example:
+        >>> import numpy as np, jimunet as jn
+        >>> jn.layers.Concatenate()([np.zeros((2, 4, 4, 3)), np.ones((2, 4, 4, 5))]).shape
+        (2, 4, 4, 8)
+    """
+
+    def __init__(self, axis: int = -1):
+        super().__init__()
+        if not isinstance(axis, int) or isinstance(axis, bool) or axis == 0:
+            raise ValueError(f"Concatenate: axis must be a non-zero int (axis 0 is the batch), got {axis!r}")
+        self.axis = axis
+
+    def describe(self):
+        return f"Concatenate(axis={self.axis})"
+
+    def get_config(self):
+        return {"axis": self.axis}
+
+    def _sample_axis(self, ndim):
+        """The axis in per-sample shapes of ``ndim`` dimensions."""
+        a = self.axis - 1 if self.axis > 0 else ndim + self.axis
+        if not 0 <= a < ndim:
+            raise ValueError(f"{self.describe()}: axis {self.axis} does not exist for inputs of {ndim + 1} "
+                             f"dimensions (batch included)")
+        return a
+
+    def output_shape(self, input_shapes):
+        shapes = [tuple(s) for s in input_shapes]
+        if len(shapes) < 2 or any(len(s) != len(shapes[0]) for s in shapes):
+            raise ValueError(f"{self.describe()}: expected at least 2 inputs of the same rank, got "
+                             f"{', '.join(map(str, shapes))}")
+        a = self._sample_axis(len(shapes[0]))
+        rest = {s[:a] + s[a + 1:] for s in shapes}
+        if len(rest) > 1:
+            raise ValueError(f"{self.describe()}: the inputs must agree on every axis but axis {self.axis}, got "
+                             f"{', '.join(map(str, shapes))}")
+        return shapes[0][:a] + (sum(s[a] for s in shapes),) + shapes[0][a + 1:]
+
+    def forward(self, xs, training: bool = False):
+        self._check_inputs(xs)
+        self._shapes = [x.shape for x in xs]
+        return xp_of(xs[0]).concatenate(xs, axis=self._sample_axis(xs[0].ndim - 1) + 1)
+
+    def backward(self, grad, input_grad: bool = True):
+        if self._shapes is None:
+            raise self._no_forward()
+        out = self.output_shape([s[1:] for s in self._shapes])
+        self._check_grad(grad, (self._shapes[0][0], *out))
+        a = self._sample_axis(len(out)) + 1
+        grads, start = [], 0
+        for s in self._shapes:
+            idx = [slice(None)] * grad.ndim
+            idx[a] = slice(start, start + s[a])
+            grads.append(grad[tuple(idx)].copy())
+            start += s[a]
+        return grads
