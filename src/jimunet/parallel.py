@@ -115,8 +115,9 @@ def _blas_single_thread():
         yield
 
 
-def _parts(n: int, k: int):
-    """``k`` contiguous slices covering ``range(n)`` (fewer when n is small)."""
+def split(n: int, k: int):
+    """``k`` contiguous slices covering ``range(n)`` (fewer when n is small): how ``pfor``
+    cuts its range, for callers that keep per-block state (scratch, partial sums)."""
     k = max(1, min(k, n))
     bounds = [n * i // k for i in range(k + 1)]
     return [slice(bounds[i], bounds[i + 1]) for i in range(k)]
@@ -127,10 +128,10 @@ def _parts(n: int, k: int):
 # CPUs' BLAS kernels round a row of a product differently depending on the product's
 # height, so a split that followed the thread count would change the numbers. 8 blocks
 # keep up to 8 threads busy and leave each block large enough for an efficient GEMM.
-_BLOCKS = 8
+BLOCKS = 8
 
 
-def pfor(fn, n: int, work: int | None = None, blocks: int = _BLOCKS, like=None) -> None:
+def pfor(fn, n: int, work: int | None = None, blocks: int = BLOCKS, like=None) -> None:
     """Call ``fn(slice)`` once for each of ``blocks`` disjoint slices covering ``range(n)``,
     the slices spread over the threads in contiguous runs.
 
@@ -147,7 +148,7 @@ def pfor(fn, n: int, work: int | None = None, blocks: int = _BLOCKS, like=None) 
     if like is not None and xp_of(like) is not np:
         fn(slice(0, n))
         return
-    parts = [slice(0, n)] if work is not None and work < 1 << 16 else _parts(n, blocks)
+    parts = [slice(0, n)] if work is not None and work < 1 << 16 else split(n, blocks)
 
     def run(group):
         for part in parts[group]:
@@ -160,7 +161,7 @@ def pfor(fn, n: int, work: int | None = None, blocks: int = _BLOCKS, like=None) 
     _local.inside = True
     try:
         with _blas_single_thread():
-            groups = _parts(len(parts), _num_threads)
+            groups = split(len(parts), _num_threads)
             if len(groups) == 1:
                 run(groups[0])
             else:
@@ -214,7 +215,7 @@ def pmatmul(a, b, out=None, accumulate: bool = False):
     return out
 
 
-def paccumulate_tmatmul(a, b, out, blocks: int = 8, b_sum_out=None):
+def paccumulate_tmatmul(a, b, out, blocks: int = BLOCKS, b_sum_out=None):
     """``out += aᵀ @ b`` for tall ``a`` and ``b`` (a reduction over their many rows), and
     ``b_sum_out += b.sum(axis=0)`` in the same pass when given (a bias gradient).
 
@@ -224,7 +225,7 @@ def paccumulate_tmatmul(a, b, out, blocks: int = 8, b_sum_out=None):
     only its own rows, the cheapest split when ``aᵀ @ b`` is small.
     """
     xp = xp_of(a, b)
-    parts = _parts(a.shape[0], blocks)
+    parts = split(a.shape[0], blocks)
     blocks = len(parts)
     dtype = xp.result_type(a.dtype, b.dtype)
     partial = xp.empty((blocks, a.shape[1], b.shape[1]), dtype=dtype)
@@ -247,4 +248,4 @@ def paccumulate_tmatmul(a, b, out, blocks: int = 8, b_sum_out=None):
     return out
 
 
-__all__ = ["set_num_threads", "get_num_threads", "pfor", "pmatmul", "paccumulate_tmatmul"]
+__all__ = ["set_num_threads", "get_num_threads", "pfor", "split", "BLOCKS", "pmatmul", "paccumulate_tmatmul"]

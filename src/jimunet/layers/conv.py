@@ -9,7 +9,7 @@ from ..backend import xp_of
 from ..functional import winograd as _wg
 from ..functional.im2col import im2col
 from ..functional.padding import conv_output_size, normalize_padding, pad_amounts, pair
-from ..parallel import _parts, paccumulate_tmatmul, pfor
+from ..parallel import BLOCKS, paccumulate_tmatmul, pfor, split
 from ..random import resolve_rng
 from .base import Layer, check_dtype_arg, register
 
@@ -308,7 +308,7 @@ class Conv2D(Layer):
         per_image = _wg.scratch_size(tile, (kh, kw), th * tw, c, o)
         chunk = max(1, _WINOGRAD_CHUNK_BYTES // (2 * per_image * np.dtype(dt).itemsize))
         chunks = [slice(i, min(i + chunk, n)) for i in range(0, n, chunk)]
-        blocks = _parts(len(chunks), 8)
+        blocks = split(len(chunks), BLOCKS)
         scratch = self._work.buffer(key + "_scratch", (len(blocks), 2, min(chunk, n) * per_image), dt, xp)
         v_per_image = a2 * th * tw * c
         kept = self._work.buffer(key + "_v", (n * v_per_image,), dt, xp) if keep_input else None
