@@ -6,19 +6,24 @@ Without mpi4py or mpiexec they skip with the reason, except under ``CI=true``, w
 fail. Every job runs in its own session, and every process of that session is killed when a
 test ends, however it ends.
 
-Tolerance of "the same weights as one process": N processes compute the same sums as one
-process, but in another order (each rank sums its slice of the batch, then the all-reduce
-adds the ranks' partial sums; the forward GEMMs have other heights), so in float32 each
-gradient differs from one process's by a few units in the last place (measured: the final
-weights after 8 steps on 2 processes and 10 steps on 3 differ by at most 2.1e-7 and 2.0e-7
-of the tensor's largest weight). Momentum carries such differences on and training amplifies
-them slowly; the tests allow 1e-5 of the largest weight of each tensor after at most 12
-steps — 50x the measured
-difference, room for other CPUs' BLAS kernels, and still 100x smaller than any real
-mistake (a rank that draws its own dropout masks, or scales its gradient by its own slice
-instead of the global batch, moves weights by 1e-3 of their scale or more within one step).
-The API test trains a small float64 model on random data, where the same argument gives
-1e-10 (measured: 4e-16).
+Two ways to share a step, two promises (``Trainer``'s ``reduction``):
+
+- "exact" (the default for ``Sequential`` models, up to 8 processes): every process computes
+  whole blocks of the batch (the blocks one process cuts it into, so every GEMM has the shape
+  it has in one process), the head runs on the whole batch everywhere, and per-block sums are
+  added in one process's order. The tests demand BIT-IDENTICAL weights and losses, also on a
+  simulated CPU whose BLAS rounds every product by its operands' shapes (as OpenBLAS's Haswell
+  kernels round by a product's height), so the promise does not rest on this machine's BLAS.
+- "allreduce": each rank sums its slice of the batch, then the all-reduce adds the slices
+  (another order; the forward GEMMs have other heights), so in float32 each gradient differs
+  from one process's by a few units in the last place (measured: the final weights after 8
+  steps on 2 processes and 10 steps on 3 differ by at most 2.1e-7 and 2.0e-7 of the tensor's
+  largest weight). Momentum carries such differences on and training amplifies them slowly;
+  the tests allow 1e-5 of the largest weight of each tensor after at most 12 steps — 50x the
+  measured difference, room for other CPUs' BLAS kernels, and still 100x smaller than any
+  real mistake (a rank that draws its own dropout masks, or scales its gradient by its own
+  slice instead of the global batch, moves weights by 1e-3 of their scale or more within one
+  step). The float64 API test allows 1e-10 (measured: 4e-16).
 """
 import json
 import os
@@ -38,11 +43,72 @@ from jimunet.random import batch_shard
 
 # the jimunet under test, also for processes started in another directory
 SRC = os.path.dirname(os.path.dirname(os.path.abspath(jn.__file__)))
-TOL = 1e-5  # of the largest |weight| of each tensor; see the module docstring
+TOL = 1e-5  # "allreduce": of the largest |weight| of each tensor; see the module docstring
 JOB_TIMEOUT = 240  # seconds a whole MPI job may take on a busy 2-core machine
 
 
 # -- pieces that need no MPI ---------------------------------------------------------------
+
+def test_a_shard_of_whole_blocks_is_cut_into_those_blocks():
+    from jimunet.parallel import batch_blocks, split
+    whole = split(50, 8)  # bounds 0 6 12 18 25 31 37 43 50
+    assert batch_blocks(50) == whole
+    with batch_shard(12, 31, 50):  # blocks 2-4 of the batch, counted from sample 12
+        assert batch_blocks(19) == [slice(0, 6), slice(6, 13), slice(13, 19)]
+        assert batch_blocks(7) == split(7, 8)  # not this shard's batch: its own blocks
+    with batch_shard(10, 20, 50):  # not whole blocks (the "allreduce" slices): cut where the batch is
+        assert batch_blocks(10) == [slice(0, 2), slice(2, 8), slice(8, 10)]
+
+
+def test_block_layout_deals_out_whole_blocks():
+    from jimunet.distributed import BlockLayout, DistributedError
+    layout = BlockLayout(50, 3)
+    assert layout.blocks == [2, 3, 3]
+    assert layout.samples == [slice(0, 12), slice(12, 31), slice(31, 50)]
+    assert BlockLayout(64, 8).samples[7] == slice(56, 64)
+    with pytest.raises(DistributedError, match="at most 8 processes, not 9.*reduction='allreduce'"):
+        BlockLayout(64, 9)
+    with pytest.raises(DistributedError, match="at most 5 processes"):
+        BlockLayout(5, 6)
+
+
+class _FakeComm:
+    rank, size, local_size = 0, 3, 3
+
+
+def test_trainer_reduction_is_checked_and_auto_resolves():
+    from jimunet.train import Trainer
+    model = jn.models.mnist_cnn(rng=0)
+    opt = jn.optim.SGD(model.parameters(), lr=0.1)
+    loss = jn.losses.SoftmaxCrossEntropy()
+    assert Trainer(model, loss, opt, batch_size=64, comm=_FakeComm()).reduction == "exact"
+    assert Trainer(model, loss, opt, batch_size=64, comm=_FakeComm(), reduction="allreduce").reduction == "allreduce"
+    assert Trainer(model, loss, opt, batch_size=64).reduction is None  # one process: nothing to combine
+    with pytest.raises(ValueError, match="reduction must be 'auto', 'exact' or 'allreduce', got 'ring'"):
+        Trainer(model, loss, opt, batch_size=64, comm=_FakeComm(), reduction="ring")
+    inp = jn.Input((28, 28, 1))
+    graph = jn.Model(inp, jn.layers.Dense(784, 10)(jn.layers.Flatten()(inp)))
+    g_opt = jn.optim.SGD(graph.parameters(), lr=0.1)
+    assert Trainer(graph, loss, g_opt, batch_size=64, comm=_FakeComm()).reduction == "allreduce"
+    with pytest.raises(ValueError, match="reduction='exact' cannot be used: it needs a Sequential model"):
+        Trainer(graph, loss, g_opt, batch_size=64, comm=_FakeComm(), reduction="exact")
+    nine = _FakeComm()
+    nine.size = 9
+    assert Trainer(model, loss, opt, batch_size=64, comm=nine).reduction == "allreduce"
+    with pytest.raises(ValueError, match="at most 8 processes, not 9"):
+        Trainer(model, loss, opt, batch_size=64, comm=nine, reduction="exact")
+
+
+def test_per_sample_stages_stop_at_the_first_layer_that_mixes_samples():
+    model = jn.models.mnist_cnn(rng=0)
+    k = model.per_sample_stages()
+    assert [type(model.layers[i]).__name__ for i in model._order()[:k]] == \
+        ["Conv2D", "MaxPool2D", "ReLU", "Conv2D", "MaxPool2D", "ReLU", "Flatten"]  # ReLU+pool run fused, pool first
+    assert model.stages_output_shape((28, 28, 1), slice(0, k)) == (3136,)
+    x = np.random.default_rng(0).random((5, 28, 28, 1)).astype(np.float32)
+    whole = model.forward(x)
+    in_two = model.forward(model.forward(x, stages=slice(0, k)), stages=slice(k, None))
+    np.testing.assert_array_equal(in_two, whole)
 
 def test_dropout_in_a_shard_draws_the_single_process_mask():
     x = np.ones((10, 7), np.float32)
@@ -178,10 +244,11 @@ def mpi(tmp_path):
             jobs.append(p)
             return p
 
-        def start_script(self, n, argv):
-            """``mpiexec -n N python ARGV``."""
+        def start_script(self, n, argv, **env):
+            """``mpiexec -n N python ARGV``, with the variables ``env`` added."""
             p = subprocess.Popen([exe, "--oversubscribe", "-n", str(n), sys.executable, *map(str, argv)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env(),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env={**self.env(), **env},
                                  cwd=tmp_path, start_new_session=True)
             jobs.append(p)
             return p
@@ -241,6 +308,12 @@ def _weights(path):
     return jn.load(path).state_dict()
 
 
+def _assert_identical_weights(got, expected):
+    assert got.keys() == expected.keys()
+    for k in expected:
+        np.testing.assert_array_equal(got[k], expected[k], err_msg=k)
+
+
 def _assert_same_weights(got, expected, initial=None):
     assert got.keys() == expected.keys()
     for k in expected:
@@ -265,11 +338,10 @@ def test_n_processes_train_the_weights_of_one(mpi, tmp_path, n, batch):
     r = mpi.run((n, ["--distributed", "--out", "many", *common]), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     many = tmp_path / "many"
-    initial = jn.models.mnist_cnn(rng=7).state_dict()
-    _assert_same_weights(_weights(many / "model.npz"), _weights(one / "model.npz"), initial)
+    _assert_identical_weights(_weights(many / "model.npz"), _weights(one / "model.npz"))
     m1, mn = (json.loads((d / "metrics.json").read_text()) for d in (one, many))
     assert len(mn["step_loss"]) == len(m1["step_loss"]) == 2 * (256 // batch)
-    np.testing.assert_allclose(mn["step_loss"], m1["step_loss"], rtol=1e-5)  # the global loss, not one rank's
+    assert mn["step_loss"] == m1["step_loss"]  # the global loss, not one rank's
     assert mn["test_error"] == m1["test_error"] == 0.0
     assert [e["val_error"] for e in mn["epochs"]] == [e["val_error"] for e in m1["epochs"]]
     # rank 0 alone wrote: one run directory, one log, nothing else anywhere
@@ -277,8 +349,21 @@ def test_n_processes_train_the_weights_of_one(mpi, tmp_path, n, batch):
     assert sorted(os.listdir(many)) == sorted(os.listdir(one))
     log = (many / "train.log").read_text()
     assert log.count("starting run") == 1 and f"distributed: {n} MPI processes" in log
+    assert "exact reduction" in log
     assert r.stdout.count("test error 0.00%") == 1
     assert json.loads((many / "run.json").read_text())["status"] == "completed"
+
+
+def test_allreduce_reduction_matches_one_process_to_float_rounding(mpi, tmp_path):
+    # Each rank runs the whole network on its slice and the gradients are summed by MPI:
+    # another summation order, so float32 rounding (~1e-7 per sum, a few steps) is allowed.
+    common = ["--self-test", "--no-report", "--epochs", "2", "--batch-size", 50, "--seed", 7]
+    one = _single(tmp_path, "one", *common[1:])
+    r = mpi.run((3, ["--distributed", "--reduction", "allreduce", "--out", "many", *common]), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "all-reduce of the gradients" in (tmp_path / "many" / "train.log").read_text()
+    initial = jn.models.mnist_cnn(rng=7).state_dict()
+    _assert_same_weights(_weights(tmp_path / "many" / "model.npz"), _weights(one / "model.npz"), initial)
 
 
 def test_resume_with_another_number_of_processes(mpi, tmp_path):
@@ -290,7 +375,7 @@ def test_resume_with_another_number_of_processes(mpi, tmp_path):
     assert "resumed from checkpoint.npz: 1 epochs" in r.stdout
     r = _jimunet("train", "--resume", tmp_path / "run", "--epochs", "3", "--threads", "1")  # one again
     assert r.returncode == 0, r.stderr
-    _assert_same_weights(_weights(tmp_path / "run" / "model.npz"), _weights(straight / "model.npz"))
+    _assert_identical_weights(_weights(tmp_path / "run" / "model.npz"), _weights(straight / "model.npz"))
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["epochs_completed"] == 3 and len(m["step_loss"]) == 12
 
@@ -363,7 +448,8 @@ def build():
     opt = jn.optim.SGD([{"params": model.parameters()[:2], "weight_decay": 0.0},
                         {"params": model.parameters()[2:], "weight_decay": 1e-3}], lr=0.05, momentum=0.9)
     return Trainer(model, jn.losses.SoftmaxCrossEntropy(), opt, batch_size=31, rng=1, progress=False, log=False,
-                   comm=jn.distributed.init() if sys.argv[1] == "mpi" else None)
+                   comm=jn.distributed.init() if sys.argv[1] != "one" else None,
+                   reduction=sys.argv[1] if sys.argv[1] != "one" else "auto")
 
 
 data = np.random.default_rng(0)
@@ -378,22 +464,89 @@ if trainer.comm is None or trainer.comm.rank == 0:
 '''
 
 
-@pytest.mark.parametrize("n", [2, 3])
-def test_the_api_trains_float64_weights_of_one_process_to_1e_10(mpi, tmp_path, n):
+def _api_runs(mpi, tmp_path, script_text, n, reduction, **env):
     script = tmp_path / "train_api.py"
-    script.write_text(API_SCRIPT)
+    script.write_text(script_text)
     r = subprocess.run([sys.executable, script, "one", tmp_path / "one.npz"], capture_output=True, text=True,
-                       env=_env(), timeout=JOB_TIMEOUT)
+                       env=_env(**env), timeout=JOB_TIMEOUT)
     assert r.returncode == 0, r.stderr
-    p = mpi.start_script(n, [script, "mpi", tmp_path / "many.npz"])
+    p = mpi.start_script(n, [script, reduction, tmp_path / "many.npz"], **env)
     out, err = p.communicate(timeout=JOB_TIMEOUT)
     assert p.returncode == 0, err
     one, many = np.load(tmp_path / "one.npz"), np.load(tmp_path / "many.npz")
-    assert sorted(one.files) == sorted(many.files) and len(one["loss"]) == 9  # 3 epochs x 95 // 31 steps
+    assert sorted(one.files) == sorted(many.files)
+    return one, many
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_the_api_trains_float64_weights_of_one_process_to_1e_10_with_allreduce(mpi, tmp_path, n):
+    one, many = _api_runs(mpi, tmp_path, API_SCRIPT, n, "allreduce")
+    assert len(one["loss"]) == 9  # 3 epochs x 95 // 31 steps
     np.testing.assert_allclose(many["loss"], one["loss"], rtol=1e-12)
     for k in one.files:
         scale = np.abs(one[k]).max()
         assert np.abs(many[k] - one[k]).max() <= 1e-10 * scale, (k, np.abs(many[k] - one[k]).max() / scale)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_the_api_trains_the_weights_of_one_process_exactly(mpi, tmp_path, n):
+    one, many = _api_runs(mpi, tmp_path, API_SCRIPT, n, "exact")
+    for k in one.files:
+        np.testing.assert_array_equal(many[k], one[k], err_msg=k)
+
+
+# The sample network in float32 (Winograd conv2, im2col conv1), on a simulated CPU whose
+# BLAS rounds every product by its operands' shapes (as OpenBLAS's Haswell kernels round
+# by a product's height): a process that multiplied other shapes than one process would
+# get other numbers, whatever this machine's own BLAS does.
+EXACT_SCRIPT = """
+import os, sys
+import numpy as np
+import jimunet as jn
+from jimunet.train import Trainer
+
+real = np.matmul
+
+
+def matmul(a, b, out=None, **kwargs):
+    r = real(a, b, **kwargs)
+    r *= r.dtype.type(1 + (hash((a.shape, b.shape)) % 7) * np.finfo(r.dtype).eps)
+    if out is None:
+        return r
+    out[...] = r
+    return out
+
+
+np.matmul = matmul
+jn.set_num_threads(1)
+model = jn.models.mnist_cnn(rng=3)
+opt = jn.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+trainer = Trainer(model, jn.losses.SoftmaxCrossEntropy(), opt, batch_size=int(os.environ["BATCH"]), rng=1,
+                  progress=False, log=False, comm=jn.distributed.init() if sys.argv[1] != "one" else None,
+                  reduction=sys.argv[1] if sys.argv[1] != "one" else "auto")
+trainer.sync_from_rank0()
+data = np.random.default_rng(0)
+x = data.random((60, 28, 28, 1)).astype(np.float32)
+y = data.integers(0, 10, 60)
+trainer.fit(x, y, epochs=2)
+if trainer.comm is None or trainer.comm.rank == 0:
+    np.savez(sys.argv[2], loss=np.array(trainer.history.step_loss), **trainer.model.state_dict())
+"""
+
+
+@pytest.mark.parametrize("n, batch", [(2, 24), (3, 20), (4, 29)])
+def test_exact_reduction_is_bit_identical_where_blas_rounds_by_shape(mpi, tmp_path, n, batch):
+    one, many = _api_runs(mpi, tmp_path, EXACT_SCRIPT, n, "exact", BATCH=str(batch))
+    assert len(one["loss"]) == 2 * (60 // batch)
+    for k in one.files:
+        np.testing.assert_array_equal(many[k], one[k], err_msg=k)
+
+
+def test_the_shape_rounding_check_can_fail(mpi, tmp_path):
+    # The same run with each rank multiplying its own slice's shapes: the simulated BLAS
+    # then gives other numbers, so the test above would catch a process that did so.
+    one, many = _api_runs(mpi, tmp_path, EXACT_SCRIPT, 2, "allreduce", BATCH="24")
+    assert any(not np.array_equal(many[k], one[k]) for k in one.files)
 
 
 def test_distributed_as_a_job_of_one_is_bit_identical_to_a_plain_run(mpi, tmp_path):

@@ -61,7 +61,8 @@ def _debug() -> bool:
 
 # -- train ----------------------------------------------------------------------------------
 
-_TRAIN_FLAGS = ("epochs", "batch_size", "lr", "seed", "train_size", "data_dir", "threads", "shift", "device")
+_TRAIN_FLAGS = ("epochs", "batch_size", "lr", "seed", "train_size", "data_dir", "threads", "shift", "device",
+                "reduction")
 
 
 def _cmd_train(args) -> int:
@@ -376,6 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--distributed", action="store_true", help="data-parallel training with every process of an "
                    "MPI job: mpiexec -n N python -m jimunet train --distributed ... (pip install 'jimunet[mpi]'); "
                    "--batch-size stays the global batch, rank 0 writes the run directory")
+    t.add_argument("--reduction", choices=("auto", "exact", "allreduce"), default=None, help="with --distributed: "
+                   "exact: each process takes whole blocks of every batch through the convolutional layers and "
+                   "the fully connected head runs on the whole batch everywhere, so the weights are bit-identical "
+                   "to one process's (up to 8 processes); allreduce: each process runs the whole network on its "
+                   "slice and one all-reduce sums the gradients (any number of processes, equal to one process "
+                   "up to float rounding); auto (default): exact where it applies")
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("evaluate", help="test accuracy and confusion matrix of a saved model",

@@ -25,9 +25,11 @@ import sys
 
 import numpy as np
 
+from .parallel import BLOCKS, add_blocks_in_order, split
 from .serialization import pack, unpack
 
-__all__ = ["init", "Communicator", "GradientBuffer", "DistributedError", "INSTALL_HINT", "launched_by_mpiexec"]
+__all__ = ["init", "Communicator", "GradientBuffer", "BlockLayout", "gather_block_sums", "DistributedError",
+           "INSTALL_HINT", "launched_by_mpiexec"]
 
 INSTALL_HINT = ("pip install 'jimunet[mpi]' (mpi4py and the Open MPI wheel, which provides mpiexec), then start "
                 "every process with: mpiexec -n N python -m jimunet train --distributed")
@@ -97,6 +99,17 @@ class Communicator:
         self._comm.Allreduce(self._MPI.IN_PLACE, buf, op=ops[op])
         return buf
 
+    def allgather_(self, send: np.ndarray, recv: np.ndarray, counts) -> np.ndarray:
+        """Concatenate every rank's ``send`` (rank order) into ``recv`` on every rank;
+        ``counts[r]``: the number of elements rank ``r`` sends. Returns ``recv``."""
+        counts = [int(c) for c in counts]
+        if send.size != counts[self.rank] or recv.size != sum(counts) or send.dtype != recv.dtype:
+            raise ValueError(f"allgather_: rank {self.rank} sends {send.size} {send.dtype} elements into "
+                             f"{recv.size} {recv.dtype}, expected {counts[self.rank]} of {sum(counts)}")
+        displs = np.cumsum([0] + counts[:-1]).tolist()
+        self._comm.Allgatherv(np.ascontiguousarray(send), [recv, (counts, displs)])
+        return recv
+
     def broadcast_array(self, buf: np.ndarray, root: int = 0) -> np.ndarray:
         """Overwrite ``buf`` on every rank with ``root``'s (same shape and dtype everywhere)."""
         self._comm.Bcast(buf, root=root)
@@ -159,6 +172,67 @@ def init() -> Communicator:
         return Communicator(MPI.COMM_WORLD, MPI)
     except Exception as e:  # MPI_Init failed (e.g. no launcher it can reach)
         raise DistributedError(f"MPI could not start ({type(e).__name__}: {e}); {INSTALL_HINT}") from None
+
+
+class BlockLayout:
+    """Which samples of a batch of ``n`` each of ``size`` processes takes in an exact
+    data-parallel step: the batch's ``parallel.batch_blocks`` (``split(n, BLOCKS)``),
+    dealt out as contiguous runs of whole blocks. Every process then computes its blocks
+    exactly as one process computes them (the same GEMM shapes), and the per-block sums
+    can be added in the one process's order. Needs ``size <= min(n, BLOCKS)``.
+    """
+
+    def __init__(self, n: int, size: int):
+        self.n, self.size = int(n), int(size)
+        blocks = split(self.n, BLOCKS)
+        if self.size > len(blocks):
+            raise DistributedError(f"exact data-parallel steps deal out the {len(blocks)} blocks of a batch of "
+                                   f"{self.n}, so they work with at most {len(blocks)} processes, not "
+                                   f"{self.size}; use reduction='allreduce' (--reduction allreduce) for more")
+        owned = split(len(blocks), self.size)
+        self.blocks = [o.stop - o.start for o in owned]  # blocks per process
+        self.samples = [slice(blocks[o.start].start, blocks[o.stop - 1].stop) for o in owned]
+
+
+def gather_block_sums(comm: Communicator, layout: BlockLayout, pending, extra: np.ndarray) -> np.ndarray:
+    """Complete the per-block sums ``parallel.defer_block_sums`` recorded on every process.
+
+    Each process holds the partial results of its own blocks; ONE all-gather gives every
+    process all of them, and each sum is then added in block order and finished exactly as
+    a single process does it (``parallel.add_blocks_in_order``). ``extra``: a few numbers
+    per process sent along (stop flags); returns them, shape ``(size, len(extra))``.
+    """
+    arrays = [p for partials, _ in pending for p in partials]
+    dtypes = {a.dtype for a in arrays} | {extra.dtype}
+    if len(dtypes) != 1:
+        raise DistributedError(f"exact data-parallel steps need one dtype for every gradient, got "
+                               f"{sorted(map(str, dtypes))}")
+    mine = layout.blocks[comm.rank]
+    for a in arrays:
+        if len(a) != mine:
+            raise DistributedError(f"a layer summed {len(a)} blocks of this process's share of the batch, but "
+                                   f"the share has {mine} blocks")
+    sizes = [a[0].size for a in arrays]  # elements per block, the same on every process
+    counts = [nb * sum(sizes) + extra.size for nb in layout.blocks]
+    send = np.concatenate([a.reshape(-1) for a in arrays] + [extra])
+    recv = comm.allgather_(send, np.empty(sum(counts), send.dtype), counts)
+    total = sum(layout.blocks)
+    full = [np.empty((total, *a.shape[1:]), a.dtype) for a in arrays]
+    offset, extras = 0, []
+    for rank, nb in enumerate(layout.blocks):
+        first = sum(layout.blocks[:rank])
+        for f, size in zip(full, sizes):
+            f[first:first + nb] = recv[offset:offset + nb * size].reshape(nb, *f.shape[1:])
+            offset += nb * size
+        extras.append(recv[offset:offset + extra.size])
+        offset += extra.size
+    k = 0
+    for partials, finish in pending:
+        sums = full[k:k + len(partials)]
+        k += len(partials)
+        add_blocks_in_order(sums)
+        finish(*(f[0] for f in sums))
+    return np.stack(extras)
 
 
 class GradientBuffer:

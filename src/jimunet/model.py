@@ -218,22 +218,45 @@ class Sequential(_Network):
     def describe(self):
         return f"Sequential({len(self.layers)} layers)"
 
-    def forward(self, x, training: bool = False):
-        self._ran = self._order()
-        if not self._ran:
-            return x
-        x = self.layers[self._ran[0]].forward(x, training=training)
-        with data_already_checked():  # the first layer scanned the data for NaN
-            for i in self._ran[1:]:
-                x = self.layers[i].forward(x, training=training)
+    def forward(self, x, training: bool = False, stages: slice = slice(None)):
+        """The output for batch ``x``. ``stages``: run only these positions of the run order
+        (e.g. ``slice(0, k)`` then ``slice(k, None)`` computes the same in two parts)."""
+        order = self._order()
+        positions = range(*stages.indices(len(order)))
+        if positions.start == 0 or self._ran is None:
+            self._ran = order
+        for k in positions:
+            if k == 0:
+                x = self.layers[order[k]].forward(x, training=training)
+            else:
+                with data_already_checked():  # the first layer scanned the data for NaN
+                    x = self.layers[order[k]].forward(x, training=training)
         return x
 
-    def backward(self, grad, input_grad: bool = True):
-        """Back-propagate ``grad``; with ``input_grad=False`` the first layer skips dX (returns None)."""
+    def backward(self, grad, input_grad: bool = True, stages: slice = slice(None)):
+        """Back-propagate ``grad``; with ``input_grad=False`` the first layer skips dX (returns None).
+        ``stages``: only these positions of the run order, as in ``forward``."""
         order = self._ran or self._order()
-        for k in range(len(order) - 1, -1, -1):
+        for k in reversed(range(*stages.indices(len(order)))):
             grad = self.layers[order[k]].backward(grad, input_grad=input_grad or k > 0)
         return grad if input_grad else None  # layers without parameters ignore input_grad
+
+    def stages_output_shape(self, input_shape, stages: slice) -> tuple:
+        """The per-sample shape that positions ``stages`` of the run order turn ``input_shape`` into."""
+        order, shape = self._order(), tuple(input_shape)
+        for k in range(*stages.indices(len(order))):
+            shape = tuple(self.layers[order[k]].output_shape(shape))
+        return shape
+
+    def per_sample_stages(self) -> int:
+        """How many stages, from the input on in run order, are layers that compute each
+        sample on its own (``Layer.per_sample``: convolutions, pooling, activations, dropout,
+        flatten). A data-parallel process runs these on its share of the batch alone."""
+        order = self._order()
+        k = 0
+        while k < len(order) and self.layers[order[k]].per_sample:
+            k += 1
+        return k
 
     def summary(self, input_shape) -> Summary:
         """Shapes, parameters and FLOPs per layer, computed by flowing ``input_shape`` through.

@@ -11,6 +11,7 @@ of threads (``tests/test_parallel.py`` checks it).
 """
 from __future__ import annotations
 
+import contextvars
 import os
 import queue
 import threading
@@ -19,6 +20,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from .backend import xp_of
+from .random import current_batch_shard
 
 try:  # threadpoolctl is how BLAS is held to one thread inside a parallel region
     from threadpoolctl import ThreadpoolController
@@ -131,7 +133,7 @@ def split(n: int, k: int):
 BLOCKS = 8
 
 
-def pfor(fn, n: int, work: int | None = None, blocks: int = BLOCKS, like=None) -> None:
+def pfor(fn, n: int, work: int | None = None, blocks: int = BLOCKS, like=None, parts=None) -> None:
     """Call ``fn(slice)`` once for each of ``blocks`` disjoint slices covering ``range(n)``,
     the slices spread over the threads in contiguous runs.
 
@@ -148,7 +150,9 @@ def pfor(fn, n: int, work: int | None = None, blocks: int = BLOCKS, like=None) -
     if like is not None and xp_of(like) is not np:
         fn(slice(0, n))
         return
-    parts = [slice(0, n)] if work is not None and work < 1 << 16 else split(n, blocks)
+    small = work is not None and work < 1 << 16
+    if parts is None:
+        parts = [slice(0, n)] if small else split(n, blocks)
 
     def run(group):
         for part in parts[group]:
@@ -161,13 +165,74 @@ def pfor(fn, n: int, work: int | None = None, blocks: int = BLOCKS, like=None) -
     _local.inside = True
     try:
         with _blas_single_thread():
-            groups = split(len(parts), _num_threads)
+            groups = split(len(parts), 1 if small else _num_threads)
             if len(groups) == 1:
                 run(groups[0])
             else:
                 _pool().run(run, groups)
     finally:
         _local.inside = False
+
+
+def batch_blocks(n: int):
+    """The blocks a layer that treats every sample on its own cuts a batch of ``n`` into:
+    ``split(n, BLOCKS)``, so each block's arithmetic (every GEMM's shape) is fixed by the
+    batch alone.
+
+    Inside ``jimunet.random.batch_shard(start, stop, total)`` with ``n == stop - start``,
+    the batch is rows ``start:stop`` of a batch of ``total``: the blocks are then those of
+    the whole batch that fall in it, counted from ``start``. A data-parallel process whose
+    share is a run of whole blocks so computes its samples exactly as one process would.
+    """
+    shard = current_batch_shard()
+    if shard is None or shard[1] - shard[0] != n:
+        return split(n, BLOCKS)
+    start, stop, total = shard
+    return [slice(max(b.start, start) - start, min(b.stop, stop) - start)
+            for b in split(total, BLOCKS) if b.start < stop and b.stop > start]
+
+
+# A list while per-block sums are collected for an exact data-parallel step (see
+# ``defer_block_sums``), else None.
+_deferred: contextvars.ContextVar = contextvars.ContextVar("jimunet_deferred_block_sums", default=None)
+
+
+def sum_blocks(partials, finish) -> None:
+    """Add per-block partial results in block order, then call ``finish(*sums)``.
+
+    ``partials``: arrays whose first axis is the block (``partials[k][i]`` is block ``i``'s
+    share of sum ``k``); the sums land in ``partials[k][0]``. A fixed order makes the result
+    independent of how many threads, or processes, computed the blocks. Inside
+    ``defer_block_sums`` and a ``batch_shard`` the blocks are only this process's share:
+    the sum is recorded instead, for the caller to complete with every process's blocks.
+    """
+    pending = _deferred.get()
+    if pending is not None and current_batch_shard() is not None:
+        pending.append((list(partials), finish))
+        return
+    add_blocks_in_order(partials)
+    finish(*(p[0] for p in partials))
+
+
+def add_blocks_in_order(partials) -> None:
+    """``p[0] += p[i]`` for i = 1, 2, ... for each ``p`` of ``partials``: the one order
+    every per-block sum uses."""
+    for i in range(1, len(partials[0])):
+        for p in partials:
+            p[0] += p[i]
+
+
+@contextmanager
+def defer_block_sums():
+    """Inside, ``sum_blocks`` calls made within a ``batch_shard`` are recorded, not done: the
+    list yielded gets ``(partials, finish)`` for each, in call order. Used by
+    ``jimunet.distributed`` to gather every process's blocks before summing them."""
+    pending = []
+    token = _deferred.set(pending)
+    try:
+        yield pending
+    finally:
+        _deferred.reset(token)
 
 
 def has_nan(x) -> bool:
@@ -215,17 +280,20 @@ def pmatmul(a, b, out=None, accumulate: bool = False):
     return out
 
 
-def paccumulate_tmatmul(a, b, out, blocks: int = BLOCKS, b_sum_out=None):
+def paccumulate_tmatmul(a, b, out, blocks: int = BLOCKS, b_sum_out=None, parts=None):
     """``out += aᵀ @ b`` for tall ``a`` and ``b`` (a reduction over their many rows), and
     ``b_sum_out += b.sum(axis=0)`` in the same pass when given (a bias gradient).
 
     The rows are cut into a fixed number of blocks, whatever the thread count; each
     block's result lands in its own buffer and the buffers are added in block order,
     so the result does not depend on how many threads computed it. Each thread reads
-    only its own rows, the cheapest split when ``aᵀ @ b`` is small.
+    only its own rows, the cheapest split when ``aᵀ @ b`` is small. ``parts``: the row
+    blocks to use instead (e.g. each sample's rows, see ``batch_blocks``); the sum goes
+    through ``sum_blocks``.
     """
     xp = xp_of(a, b)
-    parts = split(a.shape[0], blocks)
+    if parts is None:
+        parts = split(a.shape[0], blocks)
     blocks = len(parts)
     dtype = xp.result_type(a.dtype, b.dtype)
     partial = xp.empty((blocks, a.shape[1], b.shape[1]), dtype=dtype)
@@ -238,14 +306,14 @@ def paccumulate_tmatmul(a, b, out, blocks: int = BLOCKS, b_sum_out=None):
             if partial_sum is not None:
                 b[r].sum(axis=0, out=partial_sum[i])
     pfor(run, blocks, a.size * b.shape[1] >> 6, blocks=blocks, like=a)
-    for i in range(1, blocks):  # the whole sum first, then one add: accumulation stays exact
-        partial[0] += partial[i]
-        if partial_sum is not None:
-            partial_sum[0] += partial_sum[i]
-    out += partial[0]
-    if partial_sum is not None:
-        b_sum_out += partial_sum[0]
+
+    def finish(total, total_sum=None):  # the whole sum first, then one add: accumulation stays exact
+        xp.add(out, total, out=out)
+        if total_sum is not None:
+            xp.add(b_sum_out, total_sum, out=b_sum_out)
+    sum_blocks([partial] if partial_sum is None else [partial, partial_sum], finish)
     return out
 
 
-__all__ = ["set_num_threads", "get_num_threads", "pfor", "split", "BLOCKS", "pmatmul", "paccumulate_tmatmul"]
+__all__ = ["set_num_threads", "get_num_threads", "pfor", "split", "BLOCKS", "batch_blocks", "pmatmul",
+           "paccumulate_tmatmul", "sum_blocks", "add_blocks_in_order", "defer_block_sums"]

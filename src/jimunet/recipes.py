@@ -30,7 +30,9 @@ MNIST_TRAIN = 60000
 
 # Fields that may change when a run is resumed; every other field shapes the trajectory of
 # training (data, order, initialisation, optimisation) and must match the checkpoint's.
-RESUMABLE_FIELDS = frozenset({"epochs", "data_dir", "out", "threads", "progress", "report", "download", "device"})
+RESUMABLE_FIELDS = frozenset({"epochs", "data_dir", "out", "threads", "progress", "report", "download", "device",
+                              "reduction"})
+REDUCTIONS = ("auto", "exact", "allreduce")
 
 
 class ConfigError(ValueError):
@@ -76,6 +78,8 @@ class MNISTConfig:
             (``data.augment.RandomShift``; 0: none).
         device: ``"cpu"`` or ``"cuda"``/``"cuda:N"`` (needs CuPy and an NVIDIA GPU); a run
             may resume on another device (checkpoints hold host arrays).
+        reduction: how the processes of a distributed run combine their work (``Trainer``'s
+            ``reduction``): ``"auto"``, ``"exact"`` or ``"allreduce"``; ignored by one process.
     """
 
     epochs: int = 10
@@ -101,6 +105,7 @@ class MNISTConfig:
     model: str = "cnn"
     shift: int = 0
     device: str = "cpu"
+    reduction: str = "auto"
 
     def validate(self) -> "MNISTConfig":
         """Raise ``ConfigError`` naming the first impossible value; return self."""
@@ -118,6 +123,8 @@ class MNISTConfig:
             raise ConfigError(f"model must be one of {sorted(MODELS)}, got {self.model!r}")
         if self.shift > IMAGE_SIZE // 2:
             raise ConfigError(f"shift must be <= {IMAGE_SIZE // 2} pixels, got {self.shift}")
+        if self.reduction not in REDUCTIONS:
+            raise ConfigError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {self.reduction!r}")
         try:
             parse_device(self.device)
         except DeviceError as e:

@@ -227,13 +227,25 @@ class Trainer:
             samples; one all-reduce per step sums the gradients (each scaled to the global
             batch), the loss and the stop/NaN flags, so every rank takes the same optimizer
             step. Call ``sync_from_rank0()`` first so that all ranks start from one state.
+        reduction: how the ranks of ``comm`` combine their work. ``"exact"``: each rank takes
+            whole blocks of the batch (``distributed.BlockLayout``) through the layers that
+            treat samples on their own (a ``Sequential``'s convolutions, pooling, activations,
+            up to the first other layer); one all-gather joins their outputs, the rest of the
+            network (the fully connected head) runs on the whole batch on every rank, and one
+            all-gather of the convolutions' per-block weight-gradient sums lets every rank add
+            them in one process's order: the weights are BIT-IDENTICAL to one process's, on
+            any CPU, for up to 8 ranks. ``"allreduce"``: each rank runs the whole network on
+            its slice and one all-reduce sums the gradients: scales to any number of ranks,
+            matches one process to float rounding only. ``"auto"`` (default): ``"exact"``
+            where it applies (a ``Sequential`` model, at most 8 ranks), else ``"allreduce"``.
         augment: optional callable applied to every training batch's images (e.g.
             ``jimunet.data.augment.RandomShift``); its ``state()``/``set_state()``, when it
             has them, go into checkpoints so a resumed run draws the same augmentations.
 
     Attributes: ``epoch`` (completed epochs), ``step`` (global steps done), ``history``;
-    with ``comm``, ``comm_seconds`` (time spent in the all-reduce, waiting for the slowest
-    rank included) and ``stop_agreed`` (a rank asked to stop at the last step).
+    with ``comm``, ``comm_seconds`` (time spent in collective operations, waiting for the
+    slowest rank included), ``stop_agreed`` (a rank asked to stop at the last step) and
+    ``reduction`` (``"exact"`` or ``"allreduce"``, what ``"auto"`` resolved to).
     """
 
     # extra slots after the gradients in the all-reduced buffer
@@ -241,7 +253,7 @@ class Trainer:
 
     def __init__(self, model, loss_fn, optimizer, *, batch_size: int = 64, schedule=None, shuffle: bool = True,
                  rng=None, callbacks=(), progress=None, log=None, eval_batch_size: int = 100, comm=None,
-                 augment=None):
+                 augment=None, reduction: str = "auto"):
         if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"Trainer: batch_size must be a positive integer, got {batch_size!r}")
         if comm is not None and batch_size < comm.size:
@@ -257,11 +269,32 @@ class Trainer:
         self.history = History()
         self.total_epochs = None
         self.comm = comm
+        self.reduction = self._resolve_reduction(reduction) if comm is not None else None
         self._grads = None
         self.comm_seconds = 0.0
         self.stop_agreed = False
         self.stop_requested = lambda: False  # set by the caller: has this process been asked to stop?
         self.augment = augment
+
+    def _resolve_reduction(self, reduction):
+        from .distributed import BlockLayout, DistributedError
+        if reduction not in ("auto", "exact", "allreduce"):
+            raise ValueError(f"Trainer: reduction must be 'auto', 'exact' or 'allreduce', got {reduction!r}")
+        if reduction == "allreduce":
+            return reduction
+        why = None
+        if not hasattr(self.model, "per_sample_stages"):
+            why = f"it needs a Sequential model, not a {type(self.model).__name__}"
+        else:
+            try:
+                BlockLayout(self.batch_size, self.comm.size)
+            except DistributedError as e:
+                why = str(e)
+        if why is None:
+            return "exact"
+        if reduction == "exact":
+            raise ValueError(f"Trainer: reduction='exact' cannot be used: {why}")
+        return "allreduce"
 
     # -- batches ----------------------------------------------------------------------
     def steps_in_epoch(self, n: int, epoch: int) -> int:
@@ -309,7 +342,7 @@ class Trainer:
         if self.schedule is not None:
             self.optimizer.set_lr(self.schedule(self.step))
         if self.comm is not None:
-            return self._distributed_step(xb, yb)
+            return self._exact_step(xb, yb) if self.reduction == "exact" else self._distributed_step(xb, yb)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             try:
                 logits = self.model.forward(xb, training=True)
@@ -380,6 +413,57 @@ class Trainer:
             self.optimizer.step()
             self.optimizer.zero_grad()  # zeroes the buffer's gradient part in place
             stats[:] = 0.0
+        return loss
+
+    def _exact_step(self, xb, yb) -> float:
+        """``train_step`` shared out in whole blocks of the batch, the same numbers as one
+        process (see ``reduction``). After the all-gather of the per-sample stages' output,
+        every rank holds the same numbers, so every decision (NaN, divergence) is taken by
+        all ranks together."""
+        from .distributed import BlockLayout, gather_block_sums
+        from .parallel import defer_block_sums
+        from .random import batch_shard
+
+        n = len(xb)
+        layout = BlockLayout(n, self.comm.size)
+        part = layout.samples[self.comm.rank]
+        k = self.model.per_sample_stages()
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            feats = xb
+            if k:
+                shape = self.model.stages_output_shape(xb.shape[1:], slice(0, k))
+                dtype = np.result_type(xb.dtype, *(p.data.dtype for p in self.model.parameters()))
+                local = None
+                try:
+                    with batch_shard(part.start, part.stop, n):
+                        local = self.model.forward(xb[part], training=True, stages=slice(0, k))
+                except ValueError as e:
+                    # Overflowed activations: NaN goes to every rank, whose loss then says so.
+                    if "NaN" not in str(e) or not bool(xp_of(xb).isfinite(xb[part]).all()):
+                        raise
+                if local is None:
+                    local = np.full((part.stop - part.start, *shape), np.nan, dtype)
+                feats = np.empty((n, *shape), local.dtype)
+                t0 = time.perf_counter()
+                self.comm.allgather_(local.reshape(-1), feats.reshape(-1),
+                                     [(s.stop - s.start) * local[0].size for s in layout.samples])
+                self.comm_seconds += time.perf_counter() - t0
+            logits = self.model.forward(feats, training=True, stages=slice(k, None))
+            loss = float(self.loss_fn.forward(logits, yb)) + self._penalty()
+            if not math.isfinite(loss):
+                self._diverged(f"the loss is {loss}", loss)
+            grad = self.model.backward(self.loss_fn.backward(), input_grad=k > 0, stages=slice(k, None))
+            with defer_block_sums() as pending:
+                if k:
+                    with batch_shard(part.start, part.stop, n):
+                        self.model.backward(grad[part], input_grad=False, stages=slice(0, k))
+            stop = np.array([1.0 if self.stop_requested() else 0.0], feats.dtype)
+            t0 = time.perf_counter()
+            flags = gather_block_sums(self.comm, layout, pending, stop)
+            self.comm_seconds += time.perf_counter() - t0
+            self.stop_agreed = bool(flags.max() > 0)
+            self.optimizer.step()
+            self.optimizer.zero_grad()
         return loss
 
     def sync_from_rank0(self) -> None:
@@ -662,7 +746,8 @@ def train_mnist(config: MNISTConfig | dict | None = None, *, resume=None, callba
             the configuration (and the checkpoint, when resuming), gives it to the others, and
             alone writes the run directory; the others write nothing and return a
             ``TrainResult`` without test results (``run_dir`` None). The weights are those of
-            a single process up to float rounding (``Trainer``'s ``comm``).
+            a single process: bit-identical with ``config.reduction`` "exact" (the default
+            for the sample network), up to float rounding with "allreduce" (``Trainer``).
 
     Run directory (``config.out``, default ``runs/<YYYYmmdd-HHMMSS>``):
         ``run.json`` (marker and status), ``checkpoint.npz`` after every epoch (and the initial
@@ -721,12 +806,35 @@ def _same_dir(a, b) -> bool:
         return False
 
 
+def _describe_distributed(trainer, batch, input_shape, n_params) -> str:
+    """The log line saying how the processes of a distributed run share each step."""
+    from .distributed import BlockLayout
+    comm = trainer.comm
+    alone = "" if comm.size > 1 else " (a job of one: start N with mpiexec -n N python -m jimunet train --distributed)"
+    procs = f"{comm.size} MPI process{'es' if comm.size > 1 else ''}"
+    if trainer.reduction == "exact":
+        layout = BlockLayout(batch, comm.size)
+        share = sorted({s.stop - s.start for s in layout.samples})
+        k = trainer.model.per_sample_stages()
+        feats = batch * math.prod(trainer.model.stages_output_shape(input_shape, slice(0, k))) * 4 / 1e6
+        return (f"distributed: {procs}, exact reduction: each runs the first {k} layers on "
+                f"{'-'.join(map(str, share))} images (whole blocks) of every batch of {batch} and the rest of the "
+                f"network on the whole batch; per step one all-gather of {feats:.2f} MB of activations and one of the "
+                f"per-block weight-gradient sums: the weights are bit-identical to one process's; rank 0 writes "
+                f"the run directory{alone}")
+    share = sorted({batch * (r + 1) // comm.size - batch * r // comm.size for r in range(comm.size)})
+    return (f"distributed: {procs}, each computing {'-'.join(map(str, share))} images of every batch of {batch}; "
+            f"one all-reduce of the gradients ({4 * n_params / 1e6:.1f} MB) per step: the weights equal one "
+            f"process's up to float rounding; rank 0 writes the run directory{alone}")
+
+
 def _make_trainer(cfg, train_size, comm, **kwargs):
     model, loss_fn, optimizer, schedule = build(cfg, train_size=train_size)
     model.to(cfg.device)  # DeviceError (a ValueError) says what to install or check
     return Trainer(model, loss_fn, optimizer, batch_size=cfg.batch_size, schedule=schedule, shuffle=cfg.shuffle,
                    rng=np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(1)[0]),
-                   eval_batch_size=cfg.eval_batch_size, comm=comm, augment=make_augment(cfg), **kwargs)
+                   eval_batch_size=cfg.eval_batch_size, comm=comm, augment=make_augment(cfg),
+                   reduction=cfg.reduction, **kwargs)
 
 
 def _train_mnist_worker(config, callbacks, data, comm) -> TrainResult:
@@ -808,14 +916,7 @@ def _train_mnist(cfg, run, resuming, callbacks, data, log, stops, comm=None):
     steps = trainer.steps_in_epoch(len(x), trainer.epoch)
     log(describe_recipe(cfg, steps))
     if comm is not None:
-        grad_mb = 4 * n_params / 1e6
-        share = sorted({cfg.batch_size * (r + 1) // comm.size - cfg.batch_size * r // comm.size
-                        for r in range(comm.size)})
-        log(f"distributed: {comm.size} MPI process{'es' if comm.size > 1 else ''}, each computing "
-            f"{'-'.join(map(str, share))} images of every batch of {cfg.batch_size}; one all-reduce of "
-            f"{grad_mb:.1f} MB per step; rank 0 writes the run directory"
-            + ("" if comm.size > 1 else " (a job of one: start N with mpiexec -n N python -m jimunet train "
-                                         "--distributed)"))
+        log(_describe_distributed(trainer, cfg.batch_size, x.shape[1:], n_params))
     try:
         with stops.deferred():  # Ctrl-C and SIGTERM wait for the end of the step
             trainer.fit(x, y, cfg.epochs, xv, yv)
@@ -849,8 +950,8 @@ def _train_mnist(cfg, run, resuming, callbacks, data, log, stops, comm=None):
     best = f"; best validation error {h.best_val_error:.2f}% at epoch {h.best_epoch}" if h.best_epoch else ""
     log(f"test error {test.error:.2f}% (accuracy {100 * test.accuracy:.2f}%, {len(xs)} images){best}")
     if comm is not None and h.train_seconds > 0:
-        log(f"all-reduce: {trainer.comm_seconds:.1f} s of {h.train_seconds:.1f} s of training steps in this session "
-            f"(waiting for the slowest process included)")
+        log(f"communication: {trainer.comm_seconds:.1f} s of {h.train_seconds:.1f} s of training steps in this "
+            f"session (waiting for the slowest process included)")
     log(f"wrote {run_dir}/: model.npz, best.npz, checkpoint.npz, metrics.json, train.log "
         f"({time.perf_counter() - t_start:.1f} s in this session)")
     if cfg.report:

@@ -9,6 +9,8 @@ from .base import Layer, register
 
 
 class _Elementwise(Layer):
+    per_sample = True
+
     def __init__(self):
         self._saved = None
 

@@ -72,6 +72,12 @@ def from_config(config: dict):
 class Layer:
     """Base class: ``forward``, ``backward``, ``parameters``, shapes and FLOPs for ``summary``."""
 
+    #: True for layers that compute each sample on its own, in the blocks
+    #: ``jimunet.parallel.batch_blocks`` gives, and reduce over the batch only through
+    #: ``jimunet.parallel.sum_blocks``: such layers can run on one process's share of a
+    #: batch and still give exactly what one process computes (``jimunet.distributed``).
+    per_sample = False
+
     def __call__(self, x, training: bool = False):
         # On symbolic tensors (``jn.Input`` and what layers made of it) a call adds a node
         # to a graph instead of computing; see ``jimunet.graph``.

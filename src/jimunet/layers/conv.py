@@ -9,7 +9,7 @@ from ..backend import xp_of
 from ..functional import winograd as _wg
 from ..functional.im2col import im2col
 from ..functional.padding import conv_output_size, normalize_padding, pad_amounts, pair
-from ..parallel import BLOCKS, paccumulate_tmatmul, pfor, split
+from ..parallel import batch_blocks, paccumulate_tmatmul, pfor, sum_blocks
 from ..random import resolve_rng
 from .base import Layer, check_dtype_arg, register
 
@@ -139,6 +139,8 @@ class Conv2D(Layer):
         >>> jn.layers.Conv2D(32, 64, 5).algorithm_for((14, 14, 32))
         ('winograd', (3, 3))
     """
+
+    per_sample = True
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding="same",
                  use_bias: bool = True, weight_init="glorot_uniform", bias_init="zeros", rng=None,
@@ -278,7 +280,7 @@ class Conv2D(Layer):
             xp.matmul(cols[r], w2, out=y[r])
             if self.bias is not None:
                 y[r] += self.bias.data
-        pfor(block, n, cols.size, like=x)
+        pfor(block, n, cols.size, like=x, parts=batch_blocks(n))
         self._cache = ("im2col", cols, x.shape, pad_shape, pads, (oh, ow))
         return y.reshape(n, oh, ow, self.out_channels)
 
@@ -304,11 +306,15 @@ class Conv2D(Layer):
         # (a multi-threaded BLAS call on a loaded machine costs more than the whole product).
         pfor(lambda _: _wg.transform_filter(w, tile, out=u), 1, like=w)
         y = xp.empty((n, oh, ow, o), dt)
-        # Chunks of whole images, a fixed number of them per block: shapes fixed by the problem.
+        # Each block of the batch (``batch_blocks``) is cut into chunks of whole images:
+        # shapes fixed by the problem, and by a process's share of it only through its blocks.
         per_image = _wg.scratch_size(tile, (kh, kw), th * tw, c, o)
         chunk = max(1, _WINOGRAD_CHUNK_BYTES // (2 * per_image * np.dtype(dt).itemsize))
-        chunks = [slice(i, min(i + chunk, n)) for i in range(0, n, chunk)]
-        blocks = split(len(chunks), BLOCKS)
+        chunks, blocks = [], []
+        for b in batch_blocks(n):
+            first = len(chunks)
+            chunks += [slice(i, min(i + chunk, b.stop)) for i in range(b.start, b.stop, chunk)]
+            blocks.append(slice(first, len(chunks)))
         scratch = self._work.buffer(key + "_scratch", (len(blocks), 2, min(chunk, n) * per_image), dt, xp)
         v_per_image = a2 * th * tw * c
         kept = self._work.buffer(key + "_v", (n * v_per_image,), dt, xp) if keep_input else None
@@ -377,14 +383,13 @@ class Conv2D(Layer):
                     samples = slice(chunks[blocks[bi].start].start, chunks[blocks[bi].stop - 1].stop)
                     dy[samples].sum(axis=(0, 1, 2), out=db[bi])
         pfor(run, len(blocks), n * oh * ow * max(c, o) * 8, blocks=len(blocks), like=dy)
-        for bi in range(1, len(blocks)):  # the whole sum first, then one add into .grad
-            partial[0, 0] += partial[bi, 0]
-            if db is not None:
-                db[0] += db[bi]
-        pfor(lambda _: xp.add(self.weight.grad, _wg.finish_weight_grad(partial[0, 0], (mh, mw), (kh, kw)),
-                              out=self.weight.grad), 1, like=dy)
-        if db is not None:
-            self.bias.grad += db[0]
+
+        def finish(dw, db_total=None):  # the whole sum first, then one add into .grad
+            pfor(lambda _: xp.add(self.weight.grad, _wg.finish_weight_grad(dw, (mh, mw), (kh, kw)),
+                                  out=self.weight.grad), 1, like=dy)
+            if db_total is not None:
+                xp.add(self.bias.grad, db_total, out=self.bias.grad)
+        sum_blocks([partial[:, 0]] + ([] if db is None else [db]), finish)
 
     def backward(self, grad, input_grad: bool = True):
         if self._cache is None:
@@ -402,9 +407,11 @@ class Conv2D(Layer):
             cols, x_shape, xpad_shape, pads, (oh, ow) = cache
             n = x_shape[0]
             self._check_grad(grad, (n, oh, ow, self.out_channels))
+            rows = oh * ow
             paccumulate_tmatmul(cols, grad.reshape(-1, self.out_channels),
                                 self.weight.grad.reshape(cols.shape[1], self.out_channels),
-                                b_sum_out=None if self.bias is None else self.bias.grad)
+                                b_sum_out=None if self.bias is None else self.bias.grad,
+                                parts=[slice(b.start * rows, b.stop * rows) for b in batch_blocks(n)])
         dy = grad.reshape(-1, self.out_channels)
         if not input_grad:
             return None
@@ -436,7 +443,7 @@ class Conv2D(Layer):
                 for j in range(kw):
                     dxb[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :] += \
                         xp.matmul(dyb, w[i, j].T).reshape(m, oh, ow, c)
-        pfor(block, n, dy.size * kh * kw, like=dy)
+        pfor(block, n, dy.size * kh * kw, like=dy, parts=batch_blocks(n))
         return dxpad[:, pt:pt + x_shape[1], pl:pl + x_shape[2], :]
 
     def _choose_input_grad(self, in_hw):

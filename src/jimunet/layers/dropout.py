@@ -31,6 +31,8 @@ class Dropout(Layer):
         [0.0, 2.0]
     """
 
+    per_sample = True
+
     def __init__(self, rate: float, rng=None):
         if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0.0 <= rate < 1.0:
             raise ValueError(f"Dropout: rate must be a number in [0, 1), got {rate!r}")

@@ -12,6 +12,7 @@ from .conv import _fmt_pad
 
 class _Pool2D(Layer):
     kind = "Pool"
+    per_sample = True
 
     def __init__(self, pool_size=2, stride=None, padding="valid"):
         self.pool_size = pair(pool_size, f"{type(self).__name__} pool_size")

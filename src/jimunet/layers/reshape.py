@@ -19,6 +19,8 @@ class Flatten(Layer):
         (2, 3136)
     """
 
+    per_sample = True
+
     def __init__(self):
         self._shape = None
 
