@@ -564,17 +564,10 @@ def _plot_output(rec, y, path, dpi, last=False, class_names=None):
 def _load_image_file(path):
     """``(images, note)``: MNIST-style pixels from a ``.npy`` file or a picture file.
 
-    Uses ``jimunet.data.images.load_inputs`` (the reader of ``jimunet predict``: pictures are
-    normalised like MNIST digits) when it exists; without it, ``.npy`` files only.
+    Uses ``jimunet.data.images.load_inputs``, the reader of ``jimunet predict``: pictures are
+    normalised like MNIST digits.
     """
-    try:
-        from .data.images import load_inputs
-    except ImportError:
-        if not path.lower().endswith(".npy"):
-            raise ValueError(f"{path}: only .npy files can be read here (jimunet.data.images, which reads "
-                             f"picture files, is not available in this installation)") from None
-        x = np.load(path, allow_pickle=False)
-        return (x[None] if x.ndim <= 3 else x), ""
+    from .data.images import load_inputs  # part of jimunet; Pillow is imported only for pictures
     try:
         x = load_inputs(path)
     except ImportError as e:  # Pillow missing
