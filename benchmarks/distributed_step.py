@@ -17,6 +17,12 @@ default): ``step`` and ``communication`` (its two all-gathers, waiting for the s
 included; ``Trainer.comm_seconds``), ``compute`` (the rest: the rank's blocks through the
 convolutional layers, the head on the whole batch, the update).
 
+``--phases`` (one process, no MPI needed) splits one process's step the way the exact
+reduction shares it: ``trunk`` (the per-sample layers, forward and backward, which N
+processes divide), ``head`` (the rest of the network and the loss, which every process
+repeats on the whole batch) and ``update`` (the SGD step, which every process repeats) — the
+inputs of the scaling model in BENCHMARKS.md.
+
 Rank 0 prints medians; ``--json`` writes them.
 """
 from __future__ import annotations
@@ -47,7 +53,10 @@ def main():
     ap.add_argument("--threads", type=int, default=None, help="threads per rank (default: cores / ranks here)")
     ap.add_argument("--json", default=None, help="write rank 0's results here")
     ap.add_argument("--reduction", choices=("allreduce", "exact"), default="allreduce")
+    ap.add_argument("--phases", action="store_true", help="time one process's trunk, head and update (no MPI)")
     args = ap.parse_args()
+    if args.phases:
+        return phases(args)
     if args.reduction == "exact":
         return exact(args)
 
@@ -109,6 +118,42 @@ def main():
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(result, f, indent=1)
+
+
+def phases(args):
+    if args.threads:
+        jn.set_num_threads(args.threads)
+    model, loss_fn, opt, _ = build(MNISTConfig(), train_size=55000)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((args.batch_size, 28, 28, 1)).astype(np.float32)
+    y = rng.integers(0, 10, args.batch_size)
+    k = model.per_sample_stages()
+    times = {"trunk": [], "head": [], "update": []}
+    for step in range(args.warmup + args.steps):
+        t0 = time.perf_counter()
+        feats = model.forward(x, training=True, stages=slice(0, k))
+        t1 = time.perf_counter()
+        loss_fn.forward(model.forward(feats, training=True, stages=slice(k, None)), y)
+        g = model.backward(loss_fn.backward(), stages=slice(k, None))
+        t2 = time.perf_counter()
+        model.backward(g, input_grad=False, stages=slice(0, k))
+        t3 = time.perf_counter()
+        opt.step()
+        opt.zero_grad()
+        t4 = time.perf_counter()
+        if step >= args.warmup:
+            times["trunk"].append((t1 - t0) + (t3 - t2))
+            times["head"].append(t2 - t1)
+            times["update"].append(t4 - t3)
+    med = {key: float(np.median(v)) * 1e3 for key, v in times.items()}
+    print(f"one process, {jn.get_num_threads()} thread(s), batch {args.batch_size}, first {k} layers per-sample, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    for key, v in med.items():
+        print(f"  {key:8s} {v:8.2f} ms")
+    print(f"  step     {sum(med.values()):8.2f} ms")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"phases_ms": med, "threads": jn.get_num_threads(), "batch": args.batch_size}, f, indent=1)
 
 
 def exact(args):
