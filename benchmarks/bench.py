@@ -197,8 +197,23 @@ def worker(framework, task, threads, device="cpu"):
         seconds = _run_tensorflow(kind, batch, warm, iters, threads)
     else:
         seconds = _run_torch(kind, batch, warm, iters, threads, channels_last=framework == "torch-cl", device=device)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"images_per_s": batch * iters / seconds, "peak_rss_mb": peak_mb}))
+    print(json.dumps({"images_per_s": batch * iters / seconds, "peak_rss_mb": peak_rss_mb()}))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory, MB. On Linux from ``VmHWM`` in /proc/self/status:
+    ``getrusage``'s ``ru_maxrss`` would not do, because Linux carries the high-water mark
+    over ``fork``/``exec``, so a worker's ru_maxrss is never below the parent's peak (the parent
+    has imported PyTorch: ~270 MB, more than jimunet's own peak)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB elsewhere
 
 
 def _measure(framework, task, threads, device="cpu"):
