@@ -456,9 +456,11 @@ def main(argv=None):
     info = machine_info()
     print("machine:", describe_machine(info), f"| threads {args.threads}")
     if args.device != "cpu":
-        import torch
-        print(f"device: {args.device} ({torch.cuda.get_device_name()}), TF32 {'on' if args.tf32 else 'off'}; "
-              "peak MB below is host memory (RSS)")
+        name = ""
+        if "torch" in frameworks:
+            import torch
+            name = f" ({torch.cuda.get_device_name()})"
+        print(f"device: {args.device}{name}, TF32 {'on' if args.tf32 else 'off'}; peak MB below is host memory (RSS)")
     results = {t: {f: [] for f in frameworks} for t in args.tasks}
     for r in range(args.rounds):
         for task in args.tasks:
