@@ -159,8 +159,7 @@ def _run_tensorflow(kind, batch, warm, iters, threads, train="function", infer="
     1,223-1,228 at batch 64, the forward 3,231-3,924 against ``predict_on_batch``'s
     2,872-3,524 at batch 1000. ``train="train_on_batch"`` and ``infer="predict_on_batch"``
     run those, for A/B checks.
-    (The same step with XLA, ``jit_compile=True``, ran at 428 img/s: XLA's CPU convolutions
-    are not oneDNN's.)"""
+    (The same step with XLA, ``jit_compile=True``, ran at 428 img/s in one run, far slower.)"""
     os.environ["KERAS_BACKEND"] = "tensorflow"  # tf.keras is Keras 3: make sure it runs on TF
     import tensorflow as tf
     keras = tf.keras
