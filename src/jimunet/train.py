@@ -222,11 +222,11 @@ class Trainer:
         eval_batch_size: batch size of the validation passes.
         comm: a ``jimunet.distributed.Communicator`` for data-parallel training: every rank
             runs the same Trainer (same seed, same data, same ``batch_size``, which stays the
-            GLOBAL batch) and computes the forward and backward pass of its own contiguous
-            slice of each batch, drawing the dropout masks one process would draw for those
-            samples; one all-reduce per step sums the gradients (each scaled to the global
-            batch), the loss and the stop/NaN flags, so every rank takes the same optimizer
-            step. Call ``sync_from_rank0()`` first so that all ranks start from one state.
+            GLOBAL batch) and computes its own contiguous share of each batch, drawing the
+            dropout masks one process would draw for those samples; how the shares are
+            combined is ``reduction``. Every rank takes the same optimizer step, and stop
+            requests travel with the step's collective operations. Call
+            ``sync_from_rank0()`` first so that all ranks start from one state. CPU only.
         reduction: how the ranks of ``comm`` combine their work. ``"exact"``: each rank takes
             whole blocks of the batch (``distributed.BlockLayout``) through the layers that
             treat samples on their own (a ``Sequential``'s convolutions, pooling, activations,
@@ -280,6 +280,9 @@ class Trainer:
         from .distributed import BlockLayout, DistributedError
         if reduction not in ("auto", "exact", "allreduce"):
             raise ValueError(f"Trainer: reduction must be 'auto', 'exact' or 'allreduce', got {reduction!r}")
+        if self.model.device != "cpu":
+            raise ValueError(f"Trainer: distributed training runs on the CPU (NumPy arrays), not on "
+                             f"{self.model.device}")
         if reduction == "allreduce":
             return reduction
         why = None
