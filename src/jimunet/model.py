@@ -68,12 +68,8 @@ class _Network(Layer):
     def flops(self, input_shape):
         return self.summary(input_shape).total_flops
 
-    def predict(self, x, batch_size: int = 256):
+    def predict(self, x, batch_size: int = 100):
         """Outputs for ``x`` in evaluation mode, ``batch_size`` samples at a time (bounded memory).
-
-        The default, 256, ran 1,000 images through the sample network ~15% faster than 100
-        (fewer per-chunk costs: thread wake-ups, filter transforms, re-reading the Dense
-        weights), at 218 MB peak memory instead of 131 (BENCHMARKS.md).
 
         An empty batch gives ``(0, *output_shape)`` in the dtype a forward pass would give: the
         per-sample shape is known from ``x.shape[1:]`` even without samples. ``x`` may live on
