@@ -1,10 +1,14 @@
 """Data-parallel training over MPI: a small communicator on top of mpi4py.
 
-Synchronous data parallelism needs three collective operations, and this module gives
+Synchronous data parallelism needs a few collective operations, and this module gives
 exactly those, on the job ``mpiexec`` started (``MPI.COMM_WORLD``):
 
-- ``allreduce_(buf)``: sum a flat array over all ranks, in place (the gradients: ONE call
-  per training step over ``GradientBuffer.flat``, which every parameter's ``.grad`` views);
+- ``allgather_(send, recv, counts)``: every rank's array, concatenated, on every rank (the
+  exact reduction's two per step: the per-sample layers' output, then the per-block
+  weight-gradient sums with the stop flags, ``gather_block_sums``; see ``BlockLayout``);
+- ``allreduce_(buf)``: sum a flat array over all ranks, in place (the "allreduce"
+  reduction's gradients: ONE call per training step over ``GradientBuffer.flat``, which
+  every parameter's ``.grad`` views);
 - ``broadcast_state(tree)``: rank 0's weights, optimizer state, RNG states and counters to
   every rank (a nested dict of arrays and JSON values; no pickles);
 - ``broadcast_json(obj)``: rank 0's settings, to check that every rank runs the same recipe.
