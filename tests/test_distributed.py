@@ -190,6 +190,13 @@ def test_distributed_without_mpi4py_says_what_to_install(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_reduction_without_distributed_is_refused(tmp_path):
+    r = _jimunet("train", "--self-test", "--reduction", "exact", "--out", tmp_path / "run")
+    assert r.returncode == 2
+    assert "jimunet train: error: --reduction chooses how the processes of a --distributed run" in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_several_processes_without_distributed_are_refused(tmp_path):
     # what mpiexec -n 2 python -m jimunet train (without --distributed) gives each process
     r = _jimunet("train", "--self-test", "--out", tmp_path / "run", env={"OMPI_COMM_WORLD_SIZE": "2"})

@@ -81,6 +81,9 @@ def _cmd_train(args) -> int:
         given["out"] = args.out
     if args.resume is not None and args.model is not None:
         raise UsageError("--model cannot be combined with --resume (the run keeps its model)")
+    if args.reduction is not None and not args.distributed:
+        raise UsageError("--reduction chooses how the processes of a --distributed run combine their work; "
+                         "add --distributed (and start the processes with mpiexec -n N)")
     if args.model == "resnet":
         given = {**RESNET_DEFAULTS, **given}
     if comm is not None:
