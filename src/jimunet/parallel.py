@@ -8,6 +8,11 @@ it process-wide for the duration of each region). Splits by sample leave every n
 arithmetic unchanged; products split by columns and reductions over the batch use a fixed
 number of blocks, whatever the thread count. So results are bit-identical for any number
 of threads (``tests/test_parallel.py`` checks it).
+
+The same fixed blocks make data-parallel processes exact: layers that treat samples on
+their own cut the batch with ``batch_blocks`` and add per-block sums with ``sum_blocks``, so
+a process given whole blocks of a batch (``jimunet.distributed``) does the arithmetic one
+process does for them, and the sums can be completed in one process's order.
 """
 from __future__ import annotations
 
