@@ -434,8 +434,6 @@ class Trainer:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             feats = xb
             if k:
-                shape = self.model.stages_output_shape(xb.shape[1:], slice(0, k))
-                dtype = np.result_type(xb.dtype, *(p.data.dtype for p in self.model.parameters()))
                 local = None
                 try:
                     with batch_shard(part.start, part.stop, n):
@@ -445,8 +443,10 @@ class Trainer:
                     if "NaN" not in str(e) or not bool(xp_of(xb).isfinite(xb[part]).all()):
                         raise
                 if local is None:
+                    shape = self.model.stages_output_shape(xb.shape[1:], slice(0, k))
+                    dtype = np.result_type(xb.dtype, *(p.data.dtype for p in self.model.parameters()))
                     local = np.full((part.stop - part.start, *shape), np.nan, dtype)
-                feats = np.empty((n, *shape), local.dtype)
+                feats = np.empty((n, *local.shape[1:]), local.dtype)
                 t0 = time.perf_counter()
                 self.comm.allgather_(local.reshape(-1), feats.reshape(-1),
                                      [(s.stop - s.start) * local[0].size for s in layout.samples])
