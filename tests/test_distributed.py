@@ -43,6 +43,7 @@ from jimunet.random import batch_shard
 
 # the jimunet under test, also for processes started in another directory
 SRC = os.path.dirname(os.path.dirname(os.path.abspath(jn.__file__)))
+TESTS = os.path.dirname(os.path.abspath(__file__))  # blas_rounding.py, for the scripts run under MPI
 TOL = 1e-5  # "allreduce": of the largest |weight| of each tensor; see the module docstring
 JOB_TIMEOUT = 240  # seconds a whole MPI job may take on a busy 2-core machine
 
@@ -512,19 +513,10 @@ import numpy as np
 import jimunet as jn
 from jimunet.train import Trainer
 
-real = np.matmul
+sys.path.insert(0, os.environ["JIMUNET_TESTS"])
+from blas_rounding import rounding_by_shape
 
-
-def matmul(a, b, out=None, **kwargs):
-    r = real(a, b, **kwargs)
-    r *= r.dtype.type(1 + (hash((a.shape, b.shape)) % 7) * np.finfo(r.dtype).eps)
-    if out is None:
-        return r
-    out[...] = r
-    return out
-
-
-np.matmul = matmul
+np.matmul = rounding_by_shape(np.matmul)
 jn.set_num_threads(1)
 model = jn.models.mnist_cnn(rng=3)
 opt = jn.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
@@ -543,7 +535,7 @@ if trainer.comm is None or trainer.comm.rank == 0:
 
 @pytest.mark.parametrize("n, batch", [(2, 24), (3, 20), (4, 29)])
 def test_exact_reduction_is_bit_identical_where_blas_rounds_by_shape(mpi, tmp_path, n, batch):
-    one, many = _api_runs(mpi, tmp_path, EXACT_SCRIPT, n, "exact", BATCH=str(batch))
+    one, many = _api_runs(mpi, tmp_path, EXACT_SCRIPT, n, "exact", BATCH=str(batch), JIMUNET_TESTS=TESTS)
     assert len(one["loss"]) == 2 * (60 // batch)
     for k in one.files:
         np.testing.assert_array_equal(many[k], one[k], err_msg=k)
@@ -552,7 +544,7 @@ def test_exact_reduction_is_bit_identical_where_blas_rounds_by_shape(mpi, tmp_pa
 def test_the_shape_rounding_check_can_fail(mpi, tmp_path):
     # The same run with each rank multiplying its own slice's shapes: the simulated BLAS
     # then gives other numbers, so the test above would catch a process that did so.
-    one, many = _api_runs(mpi, tmp_path, EXACT_SCRIPT, 2, "allreduce", BATCH="24")
+    one, many = _api_runs(mpi, tmp_path, EXACT_SCRIPT, 2, "allreduce", BATCH="24", JIMUNET_TESTS=TESTS)
     assert any(not np.array_equal(many[k], one[k]) for k in one.files)
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import jimunet as jn
+from blas_rounding import rounding_by_shape
 from jimunet.parallel import paccumulate_tmatmul, pfor, pmatmul
 
 
@@ -17,26 +18,16 @@ def restore_threads():
 
 @pytest.fixture
 def blas_rounding_by_shape(monkeypatch):
-    """``np.matmul`` as on a CPU whose BLAS rounds a product differently for different
-    shapes (OpenBLAS's Haswell kernels do, by the product's height; this machine's may
-    not): every result is scaled by 1 + k·eps with k taken from the operands' shapes.
-    A split whose GEMM shapes follow the thread count then changes the numbers here too,
-    on any CPU. Returns the list of shapes multiplied, to show the patch was used."""
-    real = np.matmul
+    """``np.matmul`` rounding by its operands' shapes (``blas_rounding``): a split whose GEMM
+    shapes follow the thread count then changes the numbers here too, on any CPU. Returns
+    the list of shapes multiplied, to show the patch was used."""
     calls = []
     lock = threading.Lock()
 
-    def matmul(a, b, out=None, **kwargs):
-        r = real(a, b, **kwargs)
+    def record(shapes):
         with lock:
-            calls.append((a.shape, b.shape))
-        k = hash((a.shape, b.shape)) % 7
-        r *= r.dtype.type(1 + k * np.finfo(r.dtype).eps)
-        if out is None:
-            return r
-        out[...] = r
-        return out
-    monkeypatch.setattr(np, "matmul", matmul)
+            calls.append(shapes)
+    monkeypatch.setattr(np, "matmul", rounding_by_shape(np.matmul, record))
     return calls
 
 
