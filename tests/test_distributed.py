@@ -388,14 +388,19 @@ def test_resume_with_another_number_of_processes(mpi, tmp_path):
     assert m["epochs_completed"] == 3 and len(m["step_loss"]) == 12
 
 
+def _wait_for_epoch(p, run, epoch):
+    """Until the job ``p`` has logged ``epoch`` in ``run``'s train.log (fails if it ends or stalls)."""
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while not ((run / "train.log").exists() and f"epoch {epoch:3d}/" in (run / "train.log").read_text()):
+        assert p.poll() is None, p.communicate()
+        assert time.monotonic() < deadline, f"the job did not reach epoch {epoch}"
+        time.sleep(0.2)
+
+
 def test_a_killed_rank_ends_the_job_and_the_checkpoint_resumes(mpi, tmp_path):
     run = tmp_path / "run"
     p = mpi.start((2, ["--distributed", "--self-test", "--no-report", "--epochs", "10000", "--out", run]))
-    deadline = time.monotonic() + JOB_TIMEOUT
-    while not ((run / "train.log").exists() and "epoch   2/" in (run / "train.log").read_text()):
-        assert p.poll() is None, p.communicate()
-        assert time.monotonic() < deadline, "the job did not reach epoch 2"
-        time.sleep(0.2)
+    _wait_for_epoch(p, run, 2)
     victim = _rank_pid(mpi.token, 1)
     assert victim is not None, "rank 1 not found"
     os.kill(victim, signal.SIGKILL)
@@ -425,11 +430,7 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(mpi, tmp_path):
     # signal that reaches one rank, from a scheduler or kill PID, travels in the all-reduce.)
     run = tmp_path / "run"
     p = mpi.start((2, ["--distributed", "--self-test", "--no-report", "--epochs", "10000", "--out", run]))
-    deadline = time.monotonic() + JOB_TIMEOUT
-    while not ((run / "train.log").exists() and "epoch   1/" in (run / "train.log").read_text()):
-        assert p.poll() is None, p.communicate()
-        assert time.monotonic() < deadline, "the job did not reach epoch 1"
-        time.sleep(0.2)
+    _wait_for_epoch(p, run, 1)
     os.kill(_rank_pid(mpi.token, 1), signal.SIGTERM)  # rank 1: the one that writes nothing
     out, err = p.communicate(timeout=60)
     assert p.returncode == 143, (p.returncode, out[-2000:], err[-2000:])
