@@ -225,12 +225,12 @@ class Sequential(_Network):
         positions = range(*stages.indices(len(order)))
         if positions.start == 0 or self._ran is None:
             self._ran = order
-        for k in positions:
-            if k == 0:
+        if positions and positions[0] == 0:
+            x = self.layers[order[0]].forward(x, training=training)
+            positions = positions[1:]
+        with data_already_checked():  # the first layer scanned the data for NaN
+            for k in positions:
                 x = self.layers[order[k]].forward(x, training=training)
-            else:
-                with data_already_checked():  # the first layer scanned the data for NaN
-                    x = self.layers[order[k]].forward(x, training=training)
         return x
 
     def backward(self, grad, input_grad: bool = True, stages: slice = slice(None)):
