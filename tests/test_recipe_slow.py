@@ -7,6 +7,7 @@ Slow (several minutes each on 2 cores), so deselected by default; run them with
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -60,11 +61,19 @@ def test_two_mpi_processes_reproduce_the_recipe_bit_for_bit(recipe_run, tmp_path
     env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
            "OMPI_MCA_mpi_yield_when_idle": "1", "PYTHONPATH": src,
            "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])}
-    r = subprocess.run([exe, "--oversubscribe", "-n", "2", sys.executable, "-m", "jimunet", "train", "--distributed",
-                        "--no-report", "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True,
-                       timeout=3600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "exact reduction" in r.stdout
+    p = subprocess.Popen([exe, "--oversubscribe", "-n", "2", sys.executable, "-m", "jimunet", "train", "--distributed",
+                          "--no-report", "--out", str(tmp_path / "two")], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=3600)
+    finally:  # however the test ends, no rank outlives it
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.communicate()
+    assert p.returncode == 0, err[-3000:]
+    assert "exact reduction" in out
     got, expected = (jn.load(d / "model.npz").state_dict() for d in (tmp_path / "two", one))
     assert got.keys() == expected.keys()
     for k in expected:
