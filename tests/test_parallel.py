@@ -112,6 +112,20 @@ def test_blocked_reductions_do_not_depend_on_threads(blas_rounding_by_shape):
         assert all(np.array_equal(x, y) for x, y in zip(got, outs[0]))
 
 
+def test_blocked_reduction_takes_its_operand_block_by_block():
+    # A list of each block's rows (conv1 keeps its transposed windows that way) sums exactly
+    # as the one array they come from.
+    rng = np.random.default_rng(4)
+    a, b = rng.random((50, 25)).astype(np.float32), rng.random((50, 8)).astype(np.float32)
+    parts = [slice(0, 7), slice(7, 30), slice(30, 50)]
+    whole, blocks = np.zeros((25, 8), np.float32), np.zeros((25, 8), np.float32)
+    paccumulate_tmatmul(a, b, whole, parts=parts)
+    paccumulate_tmatmul([np.asfortranarray(a[p]) for p in parts], b, blocks, parts=parts)
+    assert np.array_equal(whole, blocks)
+    with pytest.raises(ValueError, match="one per block"):
+        paccumulate_tmatmul([a[p] for p in parts], b, blocks)
+
+
 def test_pfor_covers_every_index_once_and_reraises():
     jn.set_num_threads(3)
     hits = np.zeros(1 << 17, np.int64)

@@ -294,8 +294,14 @@ def paccumulate_tmatmul(a, b, out, blocks: int = BLOCKS, b_sum_out=None, parts=N
     so the result does not depend on how many threads computed it. Each thread reads
     only its own rows, the cheapest split when ``aᵀ @ b`` is small. ``parts``: the row
     blocks to use instead (e.g. each sample's rows, see ``batch_blocks``); the sum goes
-    through ``sum_blocks``.
+    through ``sum_blocks``. ``a`` may also be a list of each part's rows (``parts`` then
+    required), for operands kept block by block.
     """
+    a_parts = a if isinstance(a, list) else None
+    if a_parts is not None:
+        if parts is None or len(parts) != len(a_parts):
+            raise ValueError("paccumulate_tmatmul: a list of row blocks needs parts, one per block")
+        a = a_parts[0]
     xp = xp_of(a, b)
     if parts is None:
         parts = split(a.shape[0], blocks)
@@ -307,10 +313,11 @@ def paccumulate_tmatmul(a, b, out, blocks: int = BLOCKS, b_sum_out=None, parts=N
     def run(sl):
         for i in range(sl.start, sl.stop):
             r = parts[i]
-            xp.matmul(a[r].T, b[r], out=partial[i])
+            xp.matmul((a[r] if a_parts is None else a_parts[i]).T, b[r], out=partial[i])
             if partial_sum is not None:
                 b[r].sum(axis=0, out=partial_sum[i])
-    pfor(run, blocks, a.size * b.shape[1] >> 6, blocks=blocks, like=a)
+    rows = b.shape[0]
+    pfor(run, blocks, rows * a.shape[1] * b.shape[1] >> 6, blocks=blocks, like=a)
 
     def finish(total, total_sum=None):  # the whole sum first, then one add: accumulation stays exact
         xp.add(out, total, out=out)

@@ -7,7 +7,7 @@ import numpy as np
 from .. import init as _init
 from ..backend import xp_of
 from ..functional import winograd as _wg
-from ..functional.im2col import im2col
+from ..functional.im2col import im2col, im2col_transposed
 from ..functional.padding import conv_output_size, normalize_padding, pad_amounts, pair
 from ..parallel import batch_blocks, paccumulate_tmatmul, pfor, sum_blocks
 from ..random import resolve_rng
@@ -267,21 +267,33 @@ class Conv2D(Layer):
         # The padded input and the im2col matrix live in reused scratch buffers; the border
         # of the padded buffer is zeroed once and only its interior is rewritten.
         xpad = self._work.buffer("xpad", pad_shape, x.dtype, xp, zeros=True) if padded else x
-        rows = oh * ow
-        cols = self._work.buffer("cols", (n * rows, kh * kw * c), x.dtype, xp)
+        rows, k = oh * ow, kh * kw * c
+        # One input channel: each block's windows are built transposed (see
+        # ``im2col_transposed``), in a segment of their own, so a block's GEMM operand is
+        # the same whatever else the batch holds.
+        transposed = c == 1
+        cols = self._work.buffer("cols", (n * rows * k,) if transposed else (n * rows, k), x.dtype, xp)
+        parts = batch_blocks(n) if xp is np else [slice(0, n)]  # pfor runs a GPU batch whole
         w2 = self.weight.data.reshape(-1, self.out_channels)
         y = xp.empty((n * rows, self.out_channels), np.result_type(x.dtype, w2.dtype))
+
+        def block_cols(sl):  # the (rows × k) window matrix of samples sl
+            if transposed:
+                return cols[sl.start * rows * k:sl.stop * rows * k].reshape(k, -1).T
+            return cols[sl.start * rows:sl.stop * rows]
 
         def block(sl):  # samples sl: pad, im2col, GEMM, bias; each writes only its own rows
             r = slice(sl.start * rows, sl.stop * rows)
             if padded:
                 xpad[sl, pt:pt + h, pl:pl + w, :] = x[sl]
-            im2col(xpad[sl], self.kernel_size, self.stride, (oh, ow), out=cols[r])
-            xp.matmul(cols[r], w2, out=y[r])
+            a = block_cols(sl)
+            (im2col_transposed if transposed else im2col)(xpad[sl], self.kernel_size, self.stride, (oh, ow),
+                                                          out=a.T if transposed else a)
+            xp.matmul(a, w2, out=y[r])
             if self.bias is not None:
                 y[r] += self.bias.data
-        pfor(block, n, cols.size, like=x, parts=batch_blocks(n))
-        self._cache = ("im2col", cols, x.shape, pad_shape, pads, (oh, ow))
+        pfor(block, n, n * rows * k, like=x, parts=parts)
+        self._cache = ("im2col", [block_cols(sl) for sl in parts], x.shape, pad_shape, pads, (oh, ow))
         return y.reshape(n, oh, ow, self.out_channels)
 
     def _winograd(self, src, pads, w, tile, key, bias=None, keep_input=False):
@@ -407,11 +419,11 @@ class Conv2D(Layer):
             cols, x_shape, xpad_shape, pads, (oh, ow) = cache
             n = x_shape[0]
             self._check_grad(grad, (n, oh, ow, self.out_channels))
-            rows = oh * ow
+            rows, starts = oh * ow, np.cumsum([0] + [len(a) for a in cols])
             paccumulate_tmatmul(cols, grad.reshape(-1, self.out_channels),
-                                self.weight.grad.reshape(cols.shape[1], self.out_channels),
+                                self.weight.grad.reshape(cols[0].shape[1], self.out_channels),
                                 b_sum_out=None if self.bias is None else self.bias.grad,
-                                parts=[slice(b.start * rows, b.stop * rows) for b in batch_blocks(n)])
+                                parts=[slice(int(a), int(b)) for a, b in zip(starts, starts[1:])])
         dy = grad.reshape(-1, self.out_channels)
         if not input_grad:
             return None
