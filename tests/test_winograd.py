@@ -243,3 +243,25 @@ def test_winograd_does_not_mutate_its_inputs():
     np.testing.assert_array_equal(x, x0)
     np.testing.assert_array_equal(g, g0)
     np.testing.assert_array_equal(layer.weight.data, w0)
+
+
+def test_inference_reuses_the_transformed_kernel_only_while_the_weights_are_unchanged():
+    rng = np.random.default_rng(5)
+    layer = jn.layers.Conv2D(8, 8, 3, algorithm="winograd", rng=0)
+    x = rng.standard_normal((2, 6, 6, 8)).astype(np.float32)
+
+    def fresh():  # the same layer computed from scratch
+        other = jn.layers.Conv2D(8, 8, 3, algorithm="winograd", rng=0)
+        other.weight.assign(layer.weight.data)
+        return other.forward(x)
+    first = layer.forward(x)
+    assert np.array_equal(layer.forward(x), first)
+    layer.weight.data[1, 2, 3, 4] += 0.5  # in place, as an optimizer step does
+    changed = layer.forward(x)
+    assert not np.array_equal(changed, first)
+    np.testing.assert_array_equal(changed, fresh())
+    layer.weight.data = layer.weight.data * 2  # a new array
+    np.testing.assert_array_equal(layer.forward(x), fresh())
+    y64 = layer.forward(x.astype(np.float64))  # another compute dtype transforms again
+    assert y64.dtype == np.float64
+    np.testing.assert_allclose(y64, fresh(), rtol=1e-5, atol=1e-5)

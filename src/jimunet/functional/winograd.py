@@ -240,6 +240,31 @@ def correlate_tiles(xpad, u, tile, kernel, tiles_hw, scratch, v_out=None):
     return y.reshape(mh, mw, s, th, tw, o)
 
 
+def _spans(n, m):
+    """``(first tile, tiles, cells of each)`` covering ``n`` cells with ``m``-cell tiles: the
+    whole tiles, then the part of the last one that is inside."""
+    whole = n // m
+    return ([(0, whole, m)] if whole else []) + ([(whole, 1, n % m)] if n % m else [])
+
+
+def scatter_tiles(t, y, bias=None):
+    """``y[n, ty·mh + i, tx·mw + j] = t[i, j, n, ty, tx] (+ bias)`` for every cell of ``y``
+    (``(s, oh, ow, O)``), from output tiles ``t`` (``(mh, mw, s, th, tw, O)``).
+
+    One copy for the whole tiles and one for each edge the last tiles cut (at most four
+    calls, not one per tile position: the per-call overhead showed in profiles)."""
+    xp = xp_of(t)
+    mh, mw, s, _, _, o = t.shape
+    for ty, nty, ni in _spans(y.shape[1], mh):
+        for tx, ntx, nj in _spans(y.shape[2], mw):
+            dst = y[:, ty * mh:ty * mh + nty * ni, tx * mw:tx * mw + ntx * nj, :].reshape(s, nty, ni, ntx, nj, o)
+            src = t[:ni, :nj, :, ty:ty + nty, tx:tx + ntx, :].transpose(2, 3, 0, 4, 1, 5)
+            if bias is None:
+                dst[...] = src
+            else:
+                xp.add(src, bias, out=dst)
+
+
 def weight_grad_tiles(v, dy_tiles, tile, kernel, tmp, scratch, out):
     """One chunk's share of the weight gradient in the Winograd domain: ``out`` (``(α², C, O)``)
     receives ``Σ_tiles V_ξᵀ · (G dY Gᵀ)_ξ``.
