@@ -24,19 +24,11 @@ def im2col(xp_padded, kernel, stride, out_hw, out=None):
     ``out``, if given, is a C-contiguous buffer of that shape to fill (saves reallocating
     it each step).
     """
-    xp = xp_of(xp_padded)
     n, _, _, c = xp_padded.shape
-    (kh, kw), (oh, ow) = kernel, out_hw
     if out is None:
-        out = xp.empty((n * oh * ow, kh * kw * c), dtype=xp_padded.dtype)
-    sn, sh, sw, sc = xp_padded.strides
-    if sw == c * sc:
-        # A window row (kw pixels × C channels) is one contiguous run of the input, so copy
-        # runs of kw·C values instead of C: for C=1 that is 5× fewer, longer inner copies.
-        win = as_strided(xp_padded, (n, oh, ow, kh, kw * c), (sn, sh * stride[0], sw * stride[1], sh, sc))
-        out.reshape(n, oh, ow, kh, kw * c)[...] = win
-    else:
-        out.reshape(n, oh, ow, kh, kw, c)[...] = window_view(xp_padded, kernel, stride, out_hw)
+        out = xp_of(xp_padded).empty((n * out_hw[0] * out_hw[1], kernel[0] * kernel[1] * c), dtype=xp_padded.dtype)
+    dst, src = im2col_copy(xp_padded, kernel, stride, out_hw, out)
+    dst[...] = src
     return out
 
 
@@ -49,15 +41,30 @@ def im2col_transposed(xp_padded, kernel, stride, out_hw, out=None):
     first layer. A product ``colsᵀ @ W`` is the same GEMM either way (BLAS takes the
     transposed operand as it is).
     """
-    xp = xp_of(xp_padded)
+    n, _, _, c = xp_padded.shape
+    if out is None:
+        out = xp_of(xp_padded).empty((kernel[0] * kernel[1] * c, n * out_hw[0] * out_hw[1]), dtype=xp_padded.dtype)
+    dst, src = im2col_copy(xp_padded, kernel, stride, out_hw, out, transposed=True)
+    dst[...] = src
+    return out
+
+
+def im2col_copy(xp_padded, kernel, stride, out_hw, out, transposed: bool = False):
+    """``(dst, src)``, views such that ``dst[...] = src`` fills the C-contiguous ``out`` as
+    ``im2col`` (or, ``transposed``, ``im2col_transposed``) would: for callers that copy
+    the same windows call after call and keep the views rather than remake them."""
     n, _, _, c = xp_padded.shape
     (kh, kw), (st_h, st_w), (oh, ow) = kernel, stride, out_hw
-    if out is None:
-        out = xp.empty((kh * kw * c, n * oh * ow), dtype=xp_padded.dtype)
     sn, sh, sw, sc = xp_padded.strides
-    win = as_strided(xp_padded, (kh, kw, c, n, oh, ow), (sh, sw, sc, sn, sh * st_h, sw * st_w))
-    out.reshape(kh, kw, c, n, oh, ow)[...] = win
-    return out
+    if transposed:
+        return (out.reshape(kh, kw, c, n, oh, ow),
+                as_strided(xp_padded, (kh, kw, c, n, oh, ow), (sh, sw, sc, sn, sh * st_h, sw * st_w)))
+    if sw == c * sc:
+        # A window row (kw pixels × C channels) is one contiguous run of the input, so copy
+        # runs of kw·C values instead of C: for C=1 that is 5× fewer, longer inner copies.
+        return (out.reshape(n, oh, ow, kh, kw * c),
+                as_strided(xp_padded, (n, oh, ow, kh, kw * c), (sn, sh * st_h, sw * st_w, sh, sc)))
+    return out.reshape(n, oh, ow, kh, kw, c), window_view(xp_padded, kernel, stride, out_hw)
 
 
 def col2im(cols, padded_shape, kernel, stride, out_hw):
