@@ -265,3 +265,25 @@ def test_inference_reuses_the_transformed_kernel_only_while_the_weights_are_unch
     y64 = layer.forward(x.astype(np.float64))  # another compute dtype transforms again
     assert y64.dtype == np.float64
     np.testing.assert_allclose(y64, fresh(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cin, algorithm, padding", [(1, "auto", "same"), (1, "im2col", "valid"), (3, "im2col", "same"),
+                                                     (8, "winograd", "same"), (8, "winograd", "valid")])
+def test_kept_views_follow_the_input_shape(cin, algorithm, padding):
+    # A layer keeps its buffers and views between calls (Conv2D._im2col_plan, _winograd_plan);
+    # any change of batch, image size, dtype or mode must give what a fresh layer computes.
+    rng = np.random.default_rng(6)
+    layer = jn.layers.Conv2D(cin, 4, 3, padding=padding, algorithm=algorithm, rng=0)
+    layer.bias.data[...] = rng.standard_normal(4).astype(np.float32)
+    for n, hw, dtype, training in [(5, 9, np.float32, False), (3, 9, np.float32, False), (5, 9, np.float32, True),
+                                   (5, 11, np.float32, False), (5, 9, np.float64, False), (5, 9, np.float32, False)]:
+        x = rng.standard_normal((n, hw, hw, cin)).astype(dtype)
+        g = rng.standard_normal(layer.forward(x, training=training).shape)
+        fresh = jn.layers.Conv2D(cin, 4, 3, padding=padding, algorithm=algorithm, rng=0)
+        fresh.bias.assign(layer.bias.data)
+        np.testing.assert_array_equal(layer.forward(x, training=training), fresh.forward(x, training=training))
+        if training:
+            np.testing.assert_array_equal(layer.backward(g), fresh.backward(g))
+            for p, q in zip(layer.parameters(), fresh.parameters()):
+                np.testing.assert_array_equal(p.grad, q.grad)
+                p.grad[...] = 0
