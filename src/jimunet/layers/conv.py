@@ -428,33 +428,22 @@ class Conv2D(Layer):
         n, oh, ow, o = dy.shape
         (mh, mw), (th, tw) = plan["tile"], plan["tiles"]
         kh, kw = self.kernel_size
-        c, ext, kept, chunks, blocks = self.in_channels, plan["ext"], plan["kept"], plan["chunks"], plan["blocks"]
-        a2, vpi = (mh + kh - 1) * (mw + kw - 1), plan["v_per_image"]
-        dt = np.result_type(dy.dtype, ext.dtype)
+        c, chunks, blocks = self.in_channels, plan["chunks"], plan["blocks"]
+        a2 = (mh + kh - 1) * (mw + kw - 1)
+        dt = np.result_type(dy.dtype, plan["ext"].dtype)
         whole = oh == th * mh and ow == tw * mw
         dypad = dy if whole else self._work.buffer("dw_dy", (n, th * mh, tw * mw, o), dt, xp, zeros=True)
-        largest = max(sl.stop - sl.start for sl in chunks)
-        per_image = a2 * th * tw * max(c, o)
-        scratch = self._work.buffer("dw_scratch", (len(blocks), 4, largest * per_image), dt, xp)
         partial = xp.empty((len(blocks), 2, a2, c, o), dt)
         db = xp.empty((len(blocks), o), dt) if self.bias is not None else None
+        dw_chunks = self._weight_grad_chunks(plan, dt)
 
         def run(block_ids):
             for bi in range(block_ids.start, block_ids.stop):
-                work, v_buf, dy_buf, half = scratch[bi]
-                for i, sl in enumerate(chunks[blocks[bi]]):
-                    s = sl.stop - sl.start
-                    t = s * th * tw
-                    if kept is not None:
-                        v = kept[sl.start * vpi:sl.stop * vpi].reshape(a2, t, c)
-                    else:
-                        v = _wg.transform_input(ext[sl], (mh, mw), (kh, kw), (th, tw), work, half, v_buf)
+                for i, (sl, chunk) in enumerate(dw_chunks[bi]):
                     if not whole:
                         dypad[sl, :oh, :ow, :] = dy[sl]
-                    tiles = work[:mh * mw * t * o].reshape(mh, mw, s, th, tw, o)  # input gather is done
-                    tiles[...] = dypad[sl].reshape(s, th, mh, tw, mw, o).transpose(2, 4, 0, 1, 3, 5)
                     target = partial[bi, 0 if i == 0 else 1]  # the first chunk writes, later ones add
-                    _wg.weight_grad_tiles(v, tiles, (mh, mw), (kh, kw), half, dy_buf, target)
+                    chunk.accumulate(dypad[sl], target)
                     if i:
                         partial[bi, 0] += target
                 if db is not None:
@@ -468,6 +457,28 @@ class Conv2D(Layer):
             if db_total is not None:
                 xp.add(self.bias.grad, db_total, out=self.bias.grad)
         sum_blocks([partial[:, 0]] + ([] if db is None else [db]), finish)
+
+    def _weight_grad_chunks(self, plan, dtype):
+        """A ``winograd.WeightGradChunk`` for each chunk of the forward ``plan``, per block:
+        made on the first backward pass after the plan was built, then kept in it."""
+        kept_chunks = plan.setdefault("dw_chunks", {})
+        if np.dtype(dtype).str in kept_chunks:
+            return kept_chunks[np.dtype(dtype).str]
+        xp = xp_of(plan["ext"])
+        (th, tw), tile, kernel = plan["tiles"], plan["tile"], self.kernel_size
+        c, o, vpi = self.in_channels, self.out_channels, plan["v_per_image"]
+        largest = max(sl.stop - sl.start for sl in plan["chunks"])
+        per_image = _wg.scratch_size(tile, kernel, th * tw, c, o)
+        scratch = xp.empty((len(plan["blocks"]), 4, largest * per_image), dtype)
+        kept, ext = plan["kept"], plan["ext"]
+        chunks = [[(sl, _wg.WeightGradChunk(xp, dtype, None if kept is None else
+                                            kept[sl.start * vpi:sl.stop * vpi].reshape(-1, (sl.stop - sl.start)
+                                                                                       * th * tw, c),
+                                            ext[sl], (th, tw), tile, kernel, o, scratch[bi]))
+                   for sl in plan["chunks"][plan["blocks"][bi]]] for bi in range(len(plan["blocks"]))]
+        kept_chunks.clear()  # one dtype at a time
+        kept_chunks[np.dtype(dtype).str] = chunks
+        return chunks
 
     def backward(self, grad, input_grad: bool = True):
         if self._cache is None:
