@@ -76,7 +76,7 @@ def main(argv=None):
                              f"({i.get('num_threads')} threads)" for i in info if i.get("user_api") == "blas"))
     raw = {}
     print("| shape | batch | mode | " + " | ".join(f"{a} ms" for a in args.algos) + " | " +
-          " | ".join(f"im2col/{a}" for a in args.algos[1:]) + " |")
+          " | ".join(f"{args.algos[0]}/{a}" for a in args.algos[1:]) + " |")
     print("|" + "---|" * (3 + 2 * len(args.algos) - 1))
     for shape in args.shapes:
         for batch in args.batches:

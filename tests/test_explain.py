@@ -197,14 +197,14 @@ def test_conv_algorithm_and_multiplication_counts_are_shown():
     c1, c2 = recs[0]["details"], recs[3]["details"]
     assert (c1["algorithm"], c1["tile"]) == ("im2col", None)  # one input channel: auto keeps im2col
     assert c1["multiplies"] == c1["multiplies_im2col"] == 28 * 28 * 25 * 32
-    assert (c2["algorithm"], c2["tile"]) == ("winograd", [3, 3])
-    # 14x14 output = 5x5 tiles of 3x3 (the last ones cut), 7x7 products per tile and channel pair
-    assert c2["multiplies"] == 25 * 49 * 32 * 64 and c2["multiplies_im2col"] == 14 * 14 * 25 * 32 * 64
+    assert (c2["algorithm"], c2["tile"]) == ("winograd", [4, 4])
+    # 14x14 output = 4x4 tiles of 4x4 (the last ones cut), 8x8 products per tile and channel pair
+    assert c2["multiplies"] == 16 * 64 * 32 * 64 and c2["multiplies_im2col"] == 14 * 14 * 25 * 32 * 64
     assert "algo     im2col: 627,200 multiplies" in text
-    assert "algo     winograd F(3x3, 5x5): 49 products per 3x3 tile and channel pair; 2,508,800 multiplies " \
-           "vs im2col's 10,035,200 (4.00x fewer)" in text
+    assert "algo     winograd F(4x4, 5x5): 64 products per 4x4 tile and channel pair; 2,097,152 multiplies " \
+           "vs im2col's 10,035,200 (4.79x fewer)" in text
     # what is shown is what ran
-    assert model.layers[3].last_algorithm == ("winograd", (3, 3))
+    assert model.layers[3].last_algorithm == ("winograd", (4, 4))
     forced = jn.Sequential([jn.layers.Conv2D(1, 4, 3, algorithm="winograd", winograd_tile=2, rng=0)])
     recs, text = _run(forced, _digit())
     assert recs[0]["details"]["algorithm"] == "winograd" and "winograd F(2x2, 3x3): 16 products" in text

@@ -69,7 +69,7 @@ def test_every_product_has_the_same_shapes_for_any_thread_count(blas_rounding_by
             results.append(_train_steps(threads, steps=2, batch=batch, dtype=dtype))
             shapes = sorted(blas_rounding_by_shape)
             assert any(len(a) == 2 and a[1] == 25 for a, _ in shapes)  # conv1's im2col GEMM ran patched
-            assert any(a == (7, 7) for a, _ in shapes)  # and conv2's Winograd F(3x3, 5x5) transform (auto)
+            assert any(a == (8, 8) for a, _ in shapes)  # and conv2's Winograd F(4x4, 5x5) transform (auto)
             if threads == 1:
                 ref_shapes = shapes
             assert shapes == ref_shapes, f"batch {batch}: the GEMM shapes change with {threads} threads"

@@ -140,7 +140,7 @@ AUTO_KERNELS = _auto_winograd_kernels()
 
 def test_auto_sends_some_kernels_to_winograd_and_keeps_within_the_points():
     assert ((5, 5), (4, 4)) in AUTO_KERNELS and ((3, 3), (4, 4)) in AUTO_KERNELS
-    assert ((5, 5), (3, 3)) in AUTO_KERNELS and ((3, 3), (2, 2)) in AUTO_KERNELS
+    assert ((5, 5), (3, 3)) in AUTO_KERNELS and ((3, 3), (3, 3)) in AUTO_KERNELS
     for (kh, kw), (mh, mw) in AUTO_KERNELS:
         assert mh + kh - 1 <= wg.MAX_ALPHA and mw + kw - 1 <= wg.MAX_ALPHA
 
@@ -184,11 +184,14 @@ def test_weight_gradient_with_and_without_the_kept_input_tiles(training):
 
 def test_auto_rule():
     conv2 = jn.layers.Conv2D(32, 64, 5)
-    assert conv2.algorithm == "auto" and conv2.algorithm_for((14, 14, 32)) == ("winograd", (3, 3))
-    # tiles: the largest of 4, 3, 2 that covers the output with at most 8% overrun
-    for n, m in {4: 4, 5: 3, 6: 3, 7: 4, 8: 4, 10: 2, 14: 3, 28: 4, 56: 4}.items():
+    assert conv2.algorithm == "auto" and conv2.algorithm_for((14, 14, 32)) == ("winograd", (4, 4))
+    # tiles: the one of 4 and 3 with the fewest transformed points ceil(n/m)·(m+k-1), ties to the larger
+    for n, m in {4: 4, 5: 3, 6: 3, 7: 4, 8: 4, 9: 3, 10: 4, 14: 4, 28: 4, 56: 4}.items():
         assert auto_tile((5, 5), (n, n), 32, 64) == (m, m), n
-    assert auto_tile((3, 5), (14, 28), 8, 8) == (3, 4)
+    for n, m in {4: 4, 5: 3, 6: 3, 9: 3, 14: 4}.items():
+        assert auto_tile((3, 3), (n, n), 32, 64) == (m, m), n
+    assert auto_tile((3, 5), (6, 28), 8, 8) == (3, 4)
+    assert auto_tile((4, 4), (5, 5), 8, 8) == (3, 3)
     # conv1 (one input channel): the tile transforms cost more than they save
     assert jn.layers.Conv2D(1, 32, 5).algorithm_for((28, 28, 1)) == ("im2col", None)
     assert jn.layers.Conv2D(32, 64, 5, stride=2).algorithm_for((14, 14, 32)) == ("im2col", None)

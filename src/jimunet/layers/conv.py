@@ -67,10 +67,13 @@ def auto_tile(kernel, out_hw, in_channels, out_channels):
     The rule, from single-layer A/B measurements (``benchmarks/conv_algorithms.py``,
     tables in BENCHMARKS.md): Winograd for kernels of 3 to 5 taps per axis, an output of
     at least 4×4 and at least ``AUTO_MIN_CHANNELS`` input and output channels. The tile
-    per axis is the largest of 4, 3, 2 whose tiles overrun the output by at most 8%
-    (the overrun is computed and thrown away: 14 = 3·5 − 1 takes 3, 28 takes 4), else
-    the one that overruns least. All tiles it picks have ``m + k - 1 <= 8`` points,
-    within the tested float32 bound.
+    per axis is the one of 4 and 3 with the fewest transformed points,
+    ``ceil(n/m)·(m+k-1)`` for an output of ``n`` and a kernel of ``k`` (ties: the larger
+    tile; 2 never has fewer for outputs of 4 or more). The element-wise GEMMs and both
+    transforms scale with these points, and the last tile's overrun is computed and
+    thrown away. So 14 outputs of a 5-tap kernel take 4 (4 tiles · 8 points = 32, against
+    5 · 7 = 35 for 3), 6 take 3 (14 against 16). All tiles it picks have ``m + k - 1 <= 8``
+    points, within the tested float32 bound.
     """
     if min(in_channels, out_channels) < AUTO_MIN_CHANNELS:
         return None
@@ -78,9 +81,7 @@ def auto_tile(kernel, out_hw, in_channels, out_channels):
     for k, n in zip(kernel, out_hw):
         if not 3 <= k <= 5 or n < 4:
             return None
-        overrun = {m: -(-n // m) * m / n for m in (4, 3, 2)}  # padded / real output length
-        fits = [m for m in (4, 3, 2) if overrun[m] <= 1.08]
-        tile.append(fits[0] if fits else min((4, 3, 2), key=lambda m: (overrun[m], -m)))
+        tile.append(min((4, 3), key=lambda m: (-(-n // m) * (m + k - 1), -m)))
     return tuple(tile)
 
 
@@ -102,13 +103,14 @@ class Conv2D(Layer):
       it reuses the forward pass's transformed input tiles). Each ``m×m`` output tile
       costs ``(m+k-1)²`` multiplications per channel pair instead of ``m²k²``. The
       transforms amplify rounding: relative error (``max|err| / max|exact|``) of at most
-      5e-5 in float32 (measured: ~3e-6 forward, ~6e-6 ``dX``, ~8e-6 ``dW`` on MNIST's
-      conv2; up to 2.2e-5 with 256 input channels) and 1e-12 in float64 (measured
+      5e-5 in float32 (measured on MNIST's conv2, 5 seeds: at most 6e-6 forward, 8e-6
+      ``dX``, 6e-6 ``dW`` with its 4×4 tiles, 5e-6 / 7e-6 / 6e-6 with 3×3 tiles; up to
+      2.2e-5 with 256 input channels) and 1e-12 in float64 (measured
       ~1e-14); tested for every kernel and tile ``auto`` uses.
     * ``"auto"`` (default): Winograd where it was measured to be faster (stride 1,
       kernel 3 to 5 taps per axis, output at least 4×4, at least 8 input and 8 output
-      channels), with 4×4, 3×3 or 2×2 tiles chosen by how well they cover the output
-      (see ``auto_tile`` and BENCHMARKS.md), im2col everywhere else;
+      channels), with the 4×4 or 3×3 tiles that transform the fewest points (see
+      ``auto_tile`` and BENCHMARKS.md), im2col everywhere else;
       ``dX`` is decided the same way, channels swapped. It only picks tiles within the
       float32 bound above.
 
@@ -138,7 +140,7 @@ class Conv2D(Layer):
         >>> conv(np.zeros((2, 28, 28, 1), np.float32)).shape
         (2, 28, 28, 32)
         >>> jn.layers.Conv2D(32, 64, 5).algorithm_for((14, 14, 32))
-        ('winograd', (3, 3))
+        ('winograd', (4, 4))
     """
 
     per_sample = True
