@@ -9,6 +9,7 @@ with their medians.
     python benchmarks/bench.py --frameworks jimunet torch   # leave TensorFlow out
     python benchmarks/bench.py --rounds 5 --tasks train64 infer1000 --json out.json
     python benchmarks/bench.py --info          # only the machine line
+    python benchmarks/bench.py --isa avx2      # every framework held to AVX2 kernels (no AVX-512)
     python benchmarks/bench.py --device cuda   # on an NVIDIA GPU: jimunet on CuPy vs PyTorch CUDA,
                                                # TF32 off in both (--tf32: on in both)
 
@@ -42,6 +43,16 @@ TASKS = {  # name: (kind, batch, warm-up iterations, timed iterations)
     "infer10000": ("infer", 10000, 2, 10),
 }
 CPU_TASKS, GPU_TASKS = ["train64", "train256", "infer1000"], ["train64", "train512", "infer1000", "infer10000"]
+#: ``--isa avx2``: holds every framework's CPU kernels to AVX2, as a CPU without AVX-512 (the
+#: Zen 3 of issue #9, for one) would run them. Set before any of them loads, in this process
+#: and the workers; each variable is the library's own documented switch.
+AVX2_ENV = {
+    "OPENBLAS_CORETYPE": "Haswell",  # NumPy's OpenBLAS: jimunet's matrix products
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",  # NumPy 2's own AVX-512 loops
+    "ATEN_CPU_CAPABILITY": "avx2",  # PyTorch's kernels
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",  # MKL: PyTorch's matrix products
+    "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN: PyTorch's and TensorFlow's convolutions
+}
 FRAMEWORKS = ("jimunet", "torch", "tensorflow")  # --frameworks; --channels-last adds "torch-cl"
 TF_VERSION = "2.21.0"
 
@@ -311,6 +322,9 @@ def machine_info() -> dict:
         info.update(blas="n/a", blas_version="n/a", blas_kernel="n/a")
     if os.environ.get("OPENBLAS_CORETYPE"):
         info["OPENBLAS_CORETYPE"] = os.environ["OPENBLAS_CORETYPE"]
+    capped = {k: os.environ[k] for k in AVX2_ENV if k != "OPENBLAS_CORETYPE" and os.environ.get(k)}
+    if capped:
+        info["kernel_caps"] = capped
     try:
         import jimunet
         info["jimunet"] = jimunet.__version__
@@ -347,6 +361,8 @@ def describe_machine(info: dict) -> str:
         line += f" (oneDNN {info['tensorflow_onednn']})"
     if "TF_ENABLE_ONEDNN_OPTS" in info:
         line += f" (TF_ENABLE_ONEDNN_OPTS={info['TF_ENABLE_ONEDNN_OPTS']})"
+    if "kernel_caps" in info:
+        line += " | " + " ".join(f"{k}={v!r}" for k, v in info["kernel_caps"].items())
     return line + f" | Python {info['python']}"
 
 
@@ -440,8 +456,16 @@ def main(argv=None):
     ap.add_argument("--channels-last", action="store_true", help="also time PyTorch with channels_last")
     ap.add_argument("--json", help="also write the results here (with the machine description)")
     ap.add_argument("--info", action="store_true", help="only print the machine description and exit")
+    ap.add_argument("--isa", choices=["native", "avx2"], default="native",
+                    help="avx2: hold every framework to its AVX2 kernels (a CPU without AVX-512)")
     ap.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "TASK"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.isa == "avx2":
+        loaded = [m for m in ("numpy", "torch", "tensorflow") if m in sys.modules]
+        if loaded:  # their kernels were chosen at import
+            raise SystemExit(f"--isa avx2 must be set before {', '.join(loaded)} is imported: "
+                             "run bench.py as a script")
+        os.environ.update(AVX2_ENV)  # the workers inherit it
     if args.tf32:
         os.environ["CUPY_TF32"] = "1"  # read by CuPy at import, and passed on to the workers
     if args.worker:

@@ -113,3 +113,18 @@ def test_worker_peak_memory_is_its_own_not_the_parents():
     child_mb = float(out.stdout)
     del big
     assert 1 < child_mb < 150, child_mb
+
+
+def test_isa_avx2_holds_every_framework_to_avx2_and_says_so(no_tensorflow):
+    out = subprocess.run([sys.executable, str(BENCH), "--isa", "avx2", "--info"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "kernel Haswell (OPENBLAS_CORETYPE=Haswell)" in out  # what OpenBLAS really picked
+    assert "PyTorch" in out and "(AVX2 kernels)" in out  # what PyTorch reports it runs
+    for name, value in bench.AVX2_ENV.items():
+        assert f"{name}={value}" in out or f"{name}={value!r}" in out
+
+
+def test_isa_avx2_refused_once_the_kernels_are_chosen():
+    assert "numpy" in sys.modules  # this process chose NumPy's kernels at import
+    with pytest.raises(SystemExit, match="before numpy"):
+        bench.main(["--isa", "avx2", "--info"])

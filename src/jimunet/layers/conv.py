@@ -104,8 +104,8 @@ class Conv2D(Layer):
       costs ``(m+k-1)²`` multiplications per channel pair instead of ``m²k²``. The
       transforms amplify rounding: relative error (``max|err| / max|exact|``) of at most
       5e-5 in float32 (measured on MNIST's conv2, 5 seeds: at most 6e-6 forward, 8e-6
-      ``dX``, 6e-6 ``dW`` with its 4×4 tiles, 5e-6 / 7e-6 / 6e-6 with 3×3 tiles; up to
-      2.2e-5 with 256 input channels) and 1e-12 in float64 (measured
+      ``dX``, 6e-6 ``dW`` with its 4×4 tiles, 5e-6 / 7e-6 / 6e-6 with 3×3 tiles; at most
+      7e-6 over the tests' shapes, up to 256 input channels) and 1e-12 in float64 (measured
       ~1e-14); tested for every kernel and tile ``auto`` uses.
     * ``"auto"`` (default): Winograd where it was measured to be faster (stride 1,
       kernel 3 to 5 taps per axis, output at least 4×4, at least 8 input and 8 output
