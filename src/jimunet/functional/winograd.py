@@ -160,7 +160,7 @@ def transform_filter(w, tile, out=None):
 
 
 def scratch_size(tile, kernel, tiles, in_channels, out_channels):
-    """Elements in each of the two scratch buffers a ``ChunkPlan`` of ``tiles`` tiles needs
+    """Elements in each scratch buffer a ``ChunkPlan`` or ``WeightGradChunk`` of ``tiles`` tiles needs
     (its matrices' rows are ``ROW_PAD`` apart)."""
     (mh, mw), (kh, kw) = tile, kernel
     return (mh + kh - 1) * ((mw + kw - 1) * tiles * max(in_channels, out_channels) + ROW_PAD)

@@ -473,10 +473,12 @@ class Conv2D(Layer):
         per_image = _wg.scratch_size(tile, kernel, th * tw, c, o)
         scratch = xp.empty((len(plan["blocks"]), 4, largest * per_image), dtype)
         kept, ext = plan["kept"], plan["ext"]
-        chunks = [[(sl, _wg.WeightGradChunk(xp, dtype, None if kept is None else
-                                            kept[sl.start * vpi:sl.stop * vpi].reshape(-1, (sl.stop - sl.start)
-                                                                                       * th * tw, c),
-                                            ext[sl], (th, tw), tile, kernel, o, scratch[bi]))
+
+        def v_of(sl):  # the chunk's kept transformed input (α², T, C); None: transform again
+            if kept is None:
+                return None
+            return kept[sl.start * vpi:sl.stop * vpi].reshape(-1, (sl.stop - sl.start) * th * tw, c)
+        chunks = [[(sl, _wg.WeightGradChunk(xp, dtype, v_of(sl), ext[sl], (th, tw), tile, kernel, o, scratch[bi]))
                    for sl in plan["chunks"][plan["blocks"][bi]]] for bi in range(len(plan["blocks"]))]
         kept_chunks.clear()  # one dtype at a time
         kept_chunks[np.dtype(dtype).str] = chunks
@@ -498,7 +500,7 @@ class Conv2D(Layer):
             cols, x_shape, xpad_shape, pads, (oh, ow) = cache
             n = x_shape[0]
             self._check_grad(grad, (n, oh, ow, self.out_channels))
-            rows, starts = oh * ow, np.cumsum([0] + [len(a) for a in cols])
+            starts = np.cumsum([0] + [len(a) for a in cols])  # each block's rows
             paccumulate_tmatmul(cols, grad.reshape(-1, self.out_channels),
                                 self.weight.grad.reshape(cols[0].shape[1], self.out_channels),
                                 b_sum_out=None if self.bias is None else self.bias.grad,
