@@ -48,7 +48,8 @@ CPU_TASKS, GPU_TASKS = ["train64", "train256", "infer1000"], ["train64", "train5
 #: and the workers; each variable is the library's own documented switch.
 AVX2_ENV = {
     "OPENBLAS_CORETYPE": "Haswell",  # NumPy's OpenBLAS: jimunet's matrix products
-    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",  # NumPy 2's own AVX-512 loops
+    # NumPy's own AVX-512 loops, by NumPy 2's names, then NumPy 1's (NumPy 2.4 ignores names it lacks)
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR AVX512F AVX512_SKX AVX512_CLX AVX512_CNL",
     "ATEN_CPU_CAPABILITY": "avx2",  # PyTorch's kernels
     "MKL_ENABLE_INSTRUCTIONS": "AVX2",  # MKL: PyTorch's matrix products
     "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN: PyTorch's and TensorFlow's convolutions
