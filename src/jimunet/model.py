@@ -68,8 +68,12 @@ class _Network(Layer):
     def flops(self, input_shape):
         return self.summary(input_shape).total_flops
 
-    def predict(self, x, batch_size: int = 100):
+    def predict(self, x, batch_size: int = 200):
         """Outputs for ``x`` in evaluation mode, ``batch_size`` samples at a time (bounded memory).
+
+        The default, 200, was the fastest of the chunks tried (100 to 300) for the MNIST model
+        on 2 cores: 1.05-1.14x the speed of 100 in an alternating A/B (1.03-1.06x with AVX2
+        kernels), for a peak of 183 MB instead of 127 MB. Larger chunks were slower again.
 
         An empty batch gives ``(0, *output_shape)`` in the dtype a forward pass would give: the
         per-sample shape is known from ``x.shape[1:]`` even without samples. ``x`` may live on

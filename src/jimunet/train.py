@@ -98,7 +98,8 @@ def evaluate(model, x, y, batch_size: int = 100, num_classes: int | None = None)
     Args:
         model: anything with ``predict(x, batch_size)`` returning logits ``(N, classes)``.
         x: inputs, already preprocessed. y: integer labels ``(N,)``.
-        batch_size: images per forward pass (bounds memory; ~100 is also the fastest on CPU).
+        batch_size: images per forward pass (bounds memory; the recipe's 100 keeps its
+            published figures; ``Sequential.predict``'s default 200 is ~7% faster on 2 cores).
         num_classes: the confusion matrix has at least this many rows and columns (and at
             least one per model output).
 
