@@ -41,7 +41,7 @@ Two dimensions nest the 1-D algorithm, one per axis: for a tile ``d`` (``αh×α
 kernel ``g`` (``kh×kw``), ``Y = Aₕᵀ [(Gₕ g G_wᵀ) ⊙ (Bₕᵀ d B_w)] A_w``. Flattening the
 tile row by row turns each two-sided product into one matrix, the Kronecker product
 (``kron(Bₕᵀ, B_wᵀ)`` etc.), so a whole batch of tiles could be transformed by one GEMM;
-``two_sided`` instead applies the two factors as two GEMMs, rows then columns, which
+``_two_sided`` instead applies the two factors as two GEMMs, rows then columns, which
 does ``αh + αw`` rather than ``αh·αw`` multiply-adds per element and measured 2-3×
 faster for the tile transforms (the Kronecker form is kept for the small filter
 transform, done once per call).
@@ -173,43 +173,6 @@ def _per_axis(xp, dtype, tile, kernel, which):
             xp.asarray(transform_matrices(mw, kw)[which], dtype=dtype))
 
 
-def two_sided(left_h, left_w, x, tmp, out):
-    """``out[i, j, r] = Σ_ab left_h[i, a] · left_w[j, b] · x[a, b, r]``: a transform applied
-    to both axes of a batch of tiles (``x``: ``(qh, qw, R)`` or its flat equivalent).
-
-    The same as one GEMM with ``kron(left_h, left_w)``, done as two: rows, then columns
-    (a batch of ``pw×qw`` products). Measured 2-3× faster than the Kronecker GEMM for
-    8×8 tiles (it does ``qh + qw`` instead of ``qh·qw`` multiply-adds per element)."""
-    xp = xp_of(x)
-    (ph, qh), (pw, qw) = left_h.shape, left_w.shape
-    r = x.size // (qh * qw)
-    rows = tmp[:ph * qw * r].reshape(ph, qw * r)
-    xp.matmul(left_h, x.reshape(qh, qw * r), out=rows)
-    both = out[:ph * pw * r].reshape(ph, pw, r)
-    xp.matmul(left_w, rows.reshape(ph, qw, r), out=both)
-    return both
-
-
-def transform_input(xpad, tile, kernel, tiles_hw, gather, tmp, out=None):
-    """``V = Bᵀ d B`` for every input tile: ``(α², T, C)`` with ``T = N·th·tw`` tiles in
-    ``(n, ty, tx)`` order.
-
-    ``gather`` (at least ``α²·T·C`` elements) receives the tiles, element ``(a, b)`` of
-    every tile as row ``(a, b)``; ``tmp`` holds the half-transformed rows; ``V`` lands in
-    ``out`` (default: ``gather``). ``Bᵀ`` depends on the interpolation points only, so the
-    same ``V`` serves the forward pass ``F(m, k)`` and the weight gradient ``F(k, m)``."""
-    xp = xp_of(xpad)
-    s, _, _, c = xpad.shape
-    (mh, mw), (kh, kw), (th, tw) = tile, kernel, tiles_hw
-    ah, aw = mh + kh - 1, mw + kw - 1
-    t = s * th * tw
-    d = gather[:ah * aw * t * c].reshape(ah, aw, s, th, tw, c)
-    d[...] = tiles_view(xpad, (mh, mw), (kh, kw), (th, tw)).transpose(3, 4, 0, 1, 2, 5)
-    bth, btw = _per_axis(xp, xpad.dtype, tile, kernel, 2)
-    v = two_sided(bth, btw, d, tmp, gather if out is None else out)
-    return v.reshape(ah * aw, t, c)
-
-
 #: Elements between the end of one row of a scratch matrix and the start of the next. Rows
 #: of a power-of-two length in bytes all fall in the same cache sets; one cache line of
 #: offset per row (64 bytes in float32) measured 1.8x faster transform GEMMs for 8-point
@@ -227,6 +190,35 @@ def _spans(n, m):
     whole tiles, then the part of the last one that is inside."""
     whole = n // m
     return ([(0, whole, m)] if whole else []) + ([(whole, 1, n % m)] if n % m else [])
+
+
+def _two_sided(left_h, left_w, x, rows, out):
+    """``out[i, j, r] = Σ_ab left_h[i, a] · left_w[j, b] · x[a, b, r]`` for a batch of tiles,
+    as two GEMM steps ``(left, right, out)`` for ``matmul``: rows, then columns (a batch of
+    ``pw×qw`` products). ``x``: ``(qh, qw·R)``; ``rows``: ``(ph, qw·R)``; ``out``: ``(ph, pw·R)``.
+
+    The same as one GEMM with ``kron(left_h, left_w)``, but with ``qh + qw`` instead of
+    ``qh·qw`` multiply-adds per element: measured 2-3× faster for 8×8 tiles."""
+    (ph, _), (pw, qw) = left_h.shape, left_w.shape
+    return (left_h, x, rows), (left_w, rows.reshape(ph, qw, -1), out.reshape(ph, pw, -1))
+
+
+def _input_transform(xp, dtype, xpad, tile, kernel, tiles_hw, gather_buf, rows_buf, v):
+    """``V = Bᵀ d B`` for every tile of the padded chunk ``xpad``: ``(tiles, gather, steps)``.
+
+    ``gather[...] = tiles`` puts element ``(a, b)`` of every tile in row ``(a, b)`` of
+    ``gather_buf``, in ``(n, ty, tx)`` order; then ``steps`` (see ``_two_sided``) transform
+    the rows into ``rows_buf`` and the columns into ``v`` (``(αh, αw·T·C)``). ``Bᵀ`` depends
+    on the interpolation points only, so the same ``V`` serves the forward pass ``F(m, k)``
+    and the weight gradient ``F(k, m)``."""
+    s, _, _, c = xpad.shape
+    (mh, mw), (kh, kw), (th, tw) = tile, kernel, tiles_hw
+    ah, aw = mh + kh - 1, mw + kw - 1
+    n = aw * s * th * tw * c
+    gather = _rows(gather_buf, ah, n)
+    tiles = tiles_view(xpad, (mh, mw), (kh, kw), (th, tw)).transpose(3, 4, 0, 1, 2, 5)
+    bth, btw = _per_axis(xp, dtype, tile, kernel, 2)
+    return tiles, gather.reshape(ah, aw, s, th, tw, c), _two_sided(bth, btw, gather, _rows(rows_buf, ah, n), v)
 
 
 class ChunkPlan:
@@ -259,29 +251,20 @@ class ChunkPlan:
         ah, aw = mh + kh - 1, mw + kw - 1
         t = s * th * tw
         first, second = scratch
-        bth, btw = _per_axis(xp, dtype, tile, kernel, 2)
         ath, atw = _per_axis(xp, dtype, tile, kernel, 0)
         self.xp = xp
-        self.tiles = tiles_view(xpad, (mh, mw), (kh, kw), (th, tw)).transpose(3, 4, 0, 1, 2, 5)
         self.u_shape = (ah, aw, c, o)
-        # Input transform Bᵀ d B, rows then columns (see ``two_sided``): the tiles are
-        # gathered into ``first``, their rows transformed into ``second``, V lands in
-        # ``v_out`` or back in ``first``.
-        gather = _rows(first, ah, aw * t * c)
-        self.gather = gather.reshape(ah, aw, s, th, tw, c)
-        in_rows = _rows(second, ah, aw * t * c)
+        # V lands in ``v_out`` or back in ``first`` (its gather is used up by then).
         v = _rows(first, ah, aw * t * c) if v_out is None else v_out[:ah * aw * t * c].reshape(ah, aw * t * c)
+        self.tiles, self.gather, to_v = _input_transform(xp, dtype, xpad, tile, kernel, (th, tw), first, second, v)
         # The element-wise stage summed over channels: α² GEMMs (T×C)·(C×O), into ``second``.
         m = _rows(second, ah, aw * t * o)
         # Output transform Aᵀ M A: rows into ``first`` (V is used up by then), columns into
         # ``second`` (the row GEMM has read M before it is overwritten).
-        out_rows = _rows(first, mh, aw * t * o)
         y = _rows(second, mh, mw * t * o)
-        self.gemms = ((bth, gather, in_rows),
-                      (btw, in_rows.reshape(ah, aw, t * c), v.reshape(ah, aw, t * c)),
+        self.gemms = (*to_v,
                       (v.reshape(ah, aw, t, c), None, m.reshape(ah, aw, t, o)),  # None: the filter
-                      (ath, m, out_rows),
-                      (atw, out_rows.reshape(mh, aw, t * o), y.reshape(mh, mw, t * o)))
+                      *_two_sided(ath, atw, m, _rows(first, mh, aw * t * o), y))
         for view, buf in ((self.gather, first), (y, second)):  # reshapes that split axes: views
             assert xp.may_share_memory(view, buf)
         # Output pixel (ty·mh + i, tx·mw + j) of image n is at y[i, j, n, ty, tx]; one copy
@@ -337,26 +320,31 @@ class WeightGradChunk:
         t = s * th * tw
         work, v_buf, dy_buf, half = scratch
         self.xp, self.shape = xp, (s, th, mh, tw, mw, o)
-        self.retransform = None if v is not None else (xpad, tile, kernel, tiles_hw, work, half, v_buf)
-        v = v_buf[:ah * aw * t * c] if v is None else v
+        self.retransform = None
+        if v is None:  # V again from the input: into v_buf, through work and half
+            v = v_buf[:ah * aw * t * c]
+            self.retransform = _input_transform(xp, dtype, xpad, tile, kernel, tiles_hw, work, half,
+                                                v.reshape(ah, aw * t * c))
         gh, gw = _per_axis(xp, dtype, (kh, kw), tile, 1)
-        # dY's tiles, element (i, j) of every tile as row (i, j), then G dY Gᵀ (see ``two_sided``).
+        # dY's tiles, element (i, j) of every tile as row (i, j), then G dY Gᵀ.
         tiles = _rows(work, mh, mw * t * o)
-        self.tiles = tiles.reshape(mh, mw, s, th, tw, o)
-        rows = _rows(half, ah, mw * t * o)
+        self.dy_gather = tiles.reshape(mh, mw, s, th, tw, o)
         dyt = _rows(dy_buf, ah, aw * t * o)
-        self.gemms = ((gh, tiles, rows), (gw, rows.reshape(ah, mw, t * o), dyt.reshape(ah, aw, t * o)),
+        self.gemms = (*_two_sided(gh, gw, tiles, _rows(half, ah, mw * t * o), dyt),
                       (v.reshape(ah, aw, t, c).transpose(0, 1, 3, 2), dyt.reshape(ah, aw, t, o), None))
         self.out_shape = (ah, aw, c, o)
-        assert xp.may_share_memory(self.tiles, work)  # reshapes that split axes: views
+        assert xp.may_share_memory(self.dy_gather, work)  # reshapes that split axes: views
 
     def accumulate(self, dy, out):
         """``out`` (``(α², C, O)``) = this chunk's sum, for its ``dY`` zero-padded to whole
         tiles (``(s, th·mh, tw·mw, O)``)."""
         xp = self.xp
         if self.retransform is not None:
-            transform_input(*self.retransform)
-        self.tiles[...] = dy.reshape(self.shape).transpose(2, 4, 0, 1, 3, 5)
+            tiles, gather, steps = self.retransform
+            gather[...] = tiles
+            for left, right, dst in steps:
+                xp.matmul(left, right, out=dst)
+        self.dy_gather[...] = dy.reshape(self.shape).transpose(2, 4, 0, 1, 3, 5)
         for left, right, dst in self.gemms:
             xp.matmul(left, right, out=out.reshape(self.out_shape) if dst is None else dst)
         return out
