@@ -341,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "MNIST sample's network, evaluate it, predict digits from images.")
     from . import __version__
     from .onnx import DEFAULT_OPSET  # a constant; the onnx package is imported only by export/import
+    from .recipes import REDUCTIONS
     parser.add_argument("--version", action="version", version=f"jimunet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
@@ -380,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--distributed", action="store_true", help="data-parallel training with every process of an "
                    "MPI job: mpiexec -n N python -m jimunet train --distributed ... (pip install 'jimunet[mpi]'); "
                    "--batch-size stays the global batch, rank 0 writes the run directory")
-    t.add_argument("--reduction", choices=("auto", "exact", "allreduce"), default=None, help="with --distributed: "
+    t.add_argument("--reduction", choices=REDUCTIONS, default=None, help="with --distributed: "
                    "exact: each process takes whole blocks of every batch through the convolutional layers and "
                    "the fully connected head runs on the whole batch everywhere, so the weights are bit-identical "
                    "to one process's (up to 8 processes); allreduce: each process runs the whole network on its "

@@ -40,8 +40,8 @@ from .app.rundir import (EpochFiles, RunDir, RunLog, StopSignals, Stopped, new_r
                          set_metrics_status, write_json_atomic)
 from .backend import check_device, to_device, to_numpy, xp_of
 from .data.images import preprocess
-from .recipes import (RESUMABLE_FIELDS, SELF_TEST_EVAL, SELF_TEST_TRAIN, ConfigError, MNISTConfig, build,
-                      describe_recipe, fake_data, make_augment)
+from .recipes import (REDUCTIONS, RESUMABLE_FIELDS, SELF_TEST_EVAL, SELF_TEST_TRAIN, ConfigError, MNISTConfig,
+                      build, describe_recipe, fake_data, make_augment)
 from .serialization import CheckpointError, load_npz, pack, referenced_arrays, save_npz, unpack
 
 __all__ = ["Trainer", "fit", "evaluate", "Evaluation", "History", "Callback", "TrainingDiverged",
@@ -279,8 +279,9 @@ class Trainer:
 
     def _resolve_reduction(self, reduction):
         from .distributed import BlockLayout, DistributedError
-        if reduction not in ("auto", "exact", "allreduce"):
-            raise ValueError(f"Trainer: reduction must be 'auto', 'exact' or 'allreduce', got {reduction!r}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"Trainer: reduction must be {', '.join(map(repr, REDUCTIONS[:-1]))} or "
+                             f"{REDUCTIONS[-1]!r}, got {reduction!r}")
         if self.model.device != "cpu":
             raise ValueError(f"Trainer: distributed training runs on the CPU (NumPy arrays), not on "
                              f"{self.model.device}")
@@ -813,6 +814,7 @@ def _same_dir(a, b) -> bool:
 def _describe_distributed(trainer, batch, input_shape, n_params) -> str:
     """The log line saying how the processes of a distributed run share each step."""
     from .distributed import BlockLayout
+    from .parallel import split
     comm = trainer.comm
     alone = "" if comm.size > 1 else " (a job of one: start N with mpiexec -n N python -m jimunet train --distributed)"
     procs = f"{comm.size} MPI process{'es' if comm.size > 1 else ''}"
@@ -826,7 +828,7 @@ def _describe_distributed(trainer, batch, input_shape, n_params) -> str:
                 f"network on the whole batch; per step one all-gather of {feats:.2f} MB of activations and one of the "
                 f"per-block weight-gradient sums: the weights are bit-identical to one process's; rank 0 writes "
                 f"the run directory{alone}")
-    share = sorted({batch * (r + 1) // comm.size - batch * r // comm.size for r in range(comm.size)})
+    share = sorted({s.stop - s.start for s in split(batch, comm.size)})  # each rank's comm.shard
     return (f"distributed: {procs}, each computing {'-'.join(map(str, share))} images of every batch of {batch}; "
             f"one all-reduce of the gradients ({4 * n_params / 1e6:.1f} MB) per step: the weights equal one "
             f"process's up to float rounding; rank 0 writes the run directory{alone}")
