@@ -60,13 +60,8 @@ def main():
     if args.reduction == "exact":
         return exact(args)
 
-    comm = jn.distributed.init()
-    threads = args.threads or max(1, (os.cpu_count() or 1) // comm.local_size)
-    jn.set_num_threads(threads)
-    model, loss_fn, opt, _ = build(MNISTConfig(), train_size=55000)
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((args.batch_size, 28, 28, 1)).astype(np.float32)
-    y = rng.integers(0, 10, args.batch_size)
+    comm, threads = _start_mpi(args)
+    model, loss_fn, opt, x, y = _problem(args)
     part = comm.shard(args.batch_size)
     m = part.stop - part.start
     buf = GradientBuffer(model.parameters())
@@ -98,14 +93,11 @@ def main():
         alone.append(time.perf_counter() - t0)
     med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
     med["allreduce_alone"] = float(np.median(alone)) * 1e3
-    # every rank's medians, so rank 0 can show the slowest
-    table = np.array([med[k] for k in sorted(med)], np.float64)
-    worst = table.copy()
-    comm.allreduce_(worst, op="max")
+    worst = _slowest(comm, med)
     if comm.rank == 0:
         result = {"ranks": comm.size, "threads_per_rank": threads, "global_batch": args.batch_size,
                   "grad_bytes": int(buf.nbytes), "steps": args.steps, "median_ms_rank0": med,
-                  "median_ms_slowest_rank": dict(zip(sorted(med), worst.tolist())),
+                  "median_ms_slowest_rank": worst,
                   "step_ms": sum(med[k] for k in ("compute", "wait", "allreduce", "update")),
                   "host": platform.node(), "cpus": os.cpu_count(), "numpy": np.__version__,
                   "loadavg_1min": os.getloadavg()[0]}
@@ -120,13 +112,33 @@ def main():
                 json.dump(result, f, indent=1)
 
 
-def phases(args):
-    if args.threads:
-        jn.set_num_threads(args.threads)
+def _start_mpi(args):
+    """The job's communicator and this rank's threads (default: the cores shared by the ranks here)."""
+    comm = jn.distributed.init()
+    threads = args.threads or max(1, (os.cpu_count() or 1) // comm.local_size)
+    jn.set_num_threads(threads)
+    return comm, threads
+
+
+def _problem(args):
+    """The recipe's model, loss and optimizer, and one random global batch."""
     model, loss_fn, opt, _ = build(MNISTConfig(), train_size=55000)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch_size, 28, 28, 1)).astype(np.float32)
-    y = rng.integers(0, 10, args.batch_size)
+    return model, loss_fn, opt, x, rng.integers(0, 10, args.batch_size)
+
+
+def _slowest(comm, med):
+    """Every rank's medians, the largest of each: what rank 0 shows as the slowest rank."""
+    table = np.array([med[k] for k in sorted(med)], np.float64)
+    comm.allreduce_(table, op="max")
+    return dict(zip(sorted(med), table.tolist()))
+
+
+def phases(args):
+    if args.threads:
+        jn.set_num_threads(args.threads)
+    model, loss_fn, opt, x, y = _problem(args)
     k = model.per_sample_stages()
     times = {"trunk": [], "head": [], "update": []}
     for step in range(args.warmup + args.steps):
@@ -158,15 +170,10 @@ def phases(args):
 
 def exact(args):
     from jimunet.train import Trainer
-    comm = jn.distributed.init()
-    threads = args.threads or max(1, (os.cpu_count() or 1) // comm.local_size)
-    jn.set_num_threads(threads)
-    model, loss_fn, opt, _ = build(MNISTConfig(), train_size=55000)
+    comm, threads = _start_mpi(args)
+    model, loss_fn, opt, x, y = _problem(args)
     trainer = Trainer(model, loss_fn, opt, batch_size=args.batch_size, comm=comm, reduction="exact",
                       progress=False, log=False)
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((args.batch_size, 28, 28, 1)).astype(np.float32)
-    y = rng.integers(0, 10, args.batch_size)
     steps, comms = [], []
     for step in range(args.warmup + args.steps):
         comm.barrier()
@@ -177,10 +184,8 @@ def exact(args):
             comms.append(trainer.comm_seconds - c0)
     med = {"step": float(np.median(steps)) * 1e3, "communication": float(np.median(comms)) * 1e3,
            "compute": float(np.median(np.subtract(steps, comms))) * 1e3}
-    table = np.array([med[k] for k in sorted(med)], np.float64)
-    comm.allreduce_(table, op="max")
+    worst = _slowest(comm, med)
     if comm.rank == 0:
-        worst = dict(zip(sorted(med), table.tolist()))
         result = {"reduction": "exact", "ranks": comm.size, "threads_per_rank": threads,
                   "global_batch": args.batch_size, "steps": args.steps, "median_ms_rank0": med,
                   "median_ms_slowest_rank": worst, "host": platform.node(), "cpus": os.cpu_count(),
