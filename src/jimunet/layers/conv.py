@@ -430,7 +430,7 @@ class Conv2D(Layer):
         n, oh, ow, o = dy.shape
         (mh, mw), (th, tw) = plan["tile"], plan["tiles"]
         kh, kw = self.kernel_size
-        c, chunks, blocks = self.in_channels, plan["chunks"], plan["blocks"]
+        c, blocks, samples = self.in_channels, plan["blocks"], plan["block_samples"]
         a2 = (mh + kh - 1) * (mw + kw - 1)
         dt = np.result_type(dy.dtype, plan["ext"].dtype)
         whole = oh == th * mh and ow == tw * mw
@@ -449,8 +449,7 @@ class Conv2D(Layer):
                     if i:
                         partial[bi, 0] += target
                 if db is not None:
-                    samples = slice(chunks[blocks[bi].start].start, chunks[blocks[bi].stop - 1].stop)
-                    dy[samples].sum(axis=(0, 1, 2), out=db[bi])
+                    dy[samples[bi]].sum(axis=(0, 1, 2), out=db[bi])
         pfor(run, len(blocks), n * oh * ow * max(c, o) * 8, blocks=len(blocks), like=dy)
 
         def finish(dw, db_total=None):  # the whole sum first, then one add into .grad
