@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .idx import IDXFormatError, decode_idx, encode_idx, read_idx_bytes, write_idx_bytes
 
@@ -221,8 +222,6 @@ def _move_aside(path: Path) -> Optional[Path]:
 
 def _download_gz(url: str, spec: _FileSpec, progress: bool) -> bytes:
     """Download one .gz file, check its MD5, return the uncompressed IDX bytes."""
-    from tqdm.auto import tqdm
-
     req = urllib.request.Request(url, headers={"User-Agent": "jimunet (python urllib)"})
     md5 = hashlib.md5()
     # The .gz files are at most ~10 MB, so they are gathered in memory; only the
