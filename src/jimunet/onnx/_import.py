@@ -4,6 +4,7 @@ The graph is walked from its one input to its one output. Along the way each ten
 relation to the jimunet activation it holds is tracked (see ``layout``): ONNX's convolutions
 see NCHW while jimunet runs NHWC, and a Flatten of an NCHW tensor orders features
 channel-major, so the Dense layer reading it gets its rows permuted to NHWC order.
+The converters of the single ops are in ``_ops``.
 """
 from __future__ import annotations
 
