@@ -177,7 +177,7 @@ def test_weight_gradient_with_and_without_the_kept_input_tiles(training):
         for _ in range(2):
             layer.forward(x, training=training)
             layer.backward(g, input_grad=False)
-    assert (win.last_algorithm[0], win._cache[1]["kept"] is not None) == ("winograd", training)
+    assert (win.last_algorithm[0], win.cache.plan["kept"] is not None) == ("winograd", training)
     assert rel(win.weight.grad, ref.weight.grad) <= BOUND64
     assert rel(win.bias.grad, ref.bias.grad) <= BOUND64
 

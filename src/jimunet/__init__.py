@@ -11,7 +11,7 @@ Example:
     >>> loss = loss_fn.forward(model.forward(x, training=True), y)
     >>> _ = model.backward(loss_fn.backward()); opt.step(); opt.zero_grad()
 """
-__version__ = "0.1.0"
+from ._version import __version__
 
 from . import backend, datasets, distributed, functional, init, layers, losses, models, onnx, optim  # noqa: E402
 from .backend import DeviceError, asarray  # noqa: E402

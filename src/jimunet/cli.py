@@ -339,7 +339,7 @@ def _cmd_serve(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="jimunet", description="jimunet: convolutional networks on NumPy. Train the TensorFlow "
                      "MNIST sample's network, evaluate it, predict digits from images.")
-    from . import __version__
+    from ._version import __version__
     from .onnx import DEFAULT_OPSET  # a constant; the onnx package is imported only by export/import
     from .recipes import REDUCTIONS
     parser.add_argument("--version", action="version", version=f"jimunet {__version__}")

@@ -6,12 +6,14 @@ and runs them in topological order. Backward runs them in reverse, and a tensor 
 several nodes receives the sum of their gradients. There is no tape: each layer's own
 ``backward`` is called, exactly as in ``Sequential``.
 
-A layer object used at several nodes shares its weights. Its per-call state (the caches
-its ``backward`` reads, which by the ``Layer`` convention live in attributes whose names
-start with an underscore) is kept per node: before a node runs, forward or backward, the
-model puts that node's state into the layer, and takes it back out afterwards. So a
-shared layer's backward sees the inputs of the call it differentiates, and its parameter
-gradients add up over its uses.
+A layer object used at several nodes shares its weights and everything else it keeps
+(random stream, plans): a shared ``Dropout`` draws each node's mask from its one stream,
+in node order. Only its per-call state, ``layer.cache`` (what its ``backward`` reads), is
+kept per node: before a node runs, forward or backward, the model puts that node's cache
+into the layer, and takes it back out after the forward. So a shared layer's backward
+sees the call it differentiates, and its parameter gradients add up over its uses.
+
+The symbolic tensors, nodes and ``Input`` live a level below, in ``jimunet.layers.symbolic``.
 
 Example:
     >>> import numpy as np, jimunet as jn
@@ -24,98 +26,13 @@ Example:
 """
 from __future__ import annotations
 
-import copy
-import itertools
 from collections import Counter
 
-import numpy as np
-
-from .layers.base import Layer, data_already_checked, from_config
-from .model import MAX_LAYERS, Summary, _Network, _shape_str
+from .layers.base import data_already_checked, from_config
+from .layers.symbolic import Input, SymbolicTensor, shape_str
+from .model import MAX_LAYERS, Network, Summary, register_network
 
 MAX_NODES = MAX_LAYERS  # a described graph with more nodes is refused before any layer is built
-_names = itertools.count()
-
-
-class SymbolicTensor:
-    """A placeholder for the output of an input or a layer in a graph being defined.
-
-    Attributes: ``shape`` (per sample, no batch axis), ``name``, ``node`` (the call that
-    makes it; None for a ``jn.Input``).
-    """
-
-    is_symbolic = True
-
-    def __init__(self, shape, node, name, auto=True):
-        self.shape, self.node, self.name = tuple(int(d) for d in shape), node, name
-        self.auto = auto  # a generated name: ``Model`` replaces it by one fixed by the graph alone
-
-    def __repr__(self):
-        return f"SymbolicTensor({self.name!r}, shape={_shape_str(self.shape)})"
-
-
-class _Node:
-    """One call of ``layer`` on symbolic ``inputs`` (a list when the layer merges several)."""
-
-    def __init__(self, layer, inputs, multi):
-        self.layer, self.inputs, self.multi = layer, inputs, multi
-        self.output = None
-
-
-def Input(shape, name: str | None = None) -> SymbolicTensor:  # noqa: N802 - Keras' name
-    """A model input of per-sample ``shape`` (no batch axis), e.g. ``jn.Input((28, 28, 1))``."""
-    try:
-        dims = tuple(shape)
-        ok = len(dims) > 0 and all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0
-                                   for d in dims)
-    except TypeError:
-        ok = False
-    if not ok:
-        raise ValueError(f"Input: shape must be a non-empty tuple of positive ints (per sample, no batch axis), "
-                         f"got {shape!r}")
-    if name is not None and not isinstance(name, str):
-        raise ValueError(f"Input: name must be a string, got {type(name).__name__}")
-    return SymbolicTensor(dims, None, name or f"input_{next(_names)}", auto=name is None)
-
-
-def apply_symbolic(layer, x) -> SymbolicTensor:
-    """What ``layer(x)`` does for symbolic ``x``: check shapes, record a node, return its output."""
-    multi = isinstance(x, (list, tuple))
-    ts = list(x) if multi else [x]
-    if not all(isinstance(t, SymbolicTensor) for t in ts):
-        raise ValueError(f"{layer.describe()}: cannot mix arrays and symbolic tensors (jn.Input) in one call")
-    wants_list = getattr(layer, "multi_input", False)
-    if wants_list != multi:
-        raise ValueError(f"{layer.describe()}: " + ("takes a list of tensors, e.g. layer([a, b])" if wants_list
-                                                    else f"takes one tensor, got a list of {len(ts)}"))
-    shapes = [t.shape for t in ts]
-    try:
-        out = layer.output_shape(shapes if multi else shapes[0])
-    except ValueError as e:
-        got = ", ".join(f"{t.name} {_shape_str(t.shape)}" for t in ts)
-        raise ValueError(f"{layer.describe()} cannot take {got}: {e}") from None
-    node = _Node(layer, ts, multi)
-    node.output = SymbolicTensor(out, node, f"{type(layer).__name__.lower()}_{next(_names)}")
-    return node.output
-
-
-def _holders(layer):
-    """The objects whose underscore attributes hold ``layer``'s per-call state (itself and sublayers)."""
-    out, stack = [], [layer]
-    while stack:
-        obj = stack.pop()
-        out.append(obj)
-        stack.extend(reversed(getattr(obj, "layers", [])))
-    return out
-
-
-def _private_state(layer):
-    return [{k: v for k, v in vars(h).items() if k.startswith("_")} for h in _holders(layer)]
-
-
-def _put_state(layer, state):
-    for h, s in zip(_holders(layer), state):
-        vars(h).update(s)
 
 
 def _names_of(tensors, k):
@@ -141,7 +58,7 @@ class GraphSummary(Summary):
 
     def __str__(self):
         head = ("#", "node", "layer", "inputs", "output shape", "params", "FLOPs")
-        body = [(str(i), r["name"], r["layer"], ", ".join(r["inputs"]), _shape_str(r["output_shape"]),
+        body = [(str(i), r["name"], r["layer"], ", ".join(r["inputs"]), shape_str(r["output_shape"]),
                  f"{r['params']:,}" + (" (shared)" if r.get("shared") else ""), f"{r['flops']:,}")
                 for i, r in enumerate(self.rows)]
         total = ("", "total", "", "", "", f"{self.total_params:,}", f"{self.total_flops:,}")
@@ -149,14 +66,15 @@ class GraphSummary(Summary):
         fmt = lambda row: "  ".join(v.ljust(w) if c < 5 else v.rjust(w)  # noqa: E731
                                     for c, (v, w) in enumerate(zip(row, widths)))
         rule = "-" * len(fmt(head))
-        lines = [f"input: {', '.join(_shape_str(s) for s in self.input_shapes)}", fmt(head), rule]
+        lines = [f"input: {', '.join(shape_str(s) for s in self.input_shapes)}", fmt(head), rule]
         lines += [fmt(r) for r in body]
         return "\n".join(lines + [rule, fmt(total), "FLOPs are per sample, forward pass."])
 
     __repr__ = __str__
 
 
-class Model(_Network):
+@register_network
+class Model(Network):
     """A network of layers joined as a directed acyclic graph (branches, shortcuts, merges).
 
     Args:
@@ -230,13 +148,7 @@ class Model(_Network):
         self._input_shapes = [t.shape for t in ins]
         self._nodes = [(index[id(n.layer)], [pos[id(i)] for i in n.inputs], n.multi) for n in nodes]
         self._output_ids = [pos[id(t)] for t in outs]
-        uses = {}
-        for k, (li, _, _) in enumerate(self._nodes):
-            uses.setdefault(li, []).append(k)
-        # Per-node state of layers used at several nodes (see the module docstring).
-        self._contexts = {k: copy.deepcopy(_private_state(layers[li]))
-                          for li, ks in uses.items() if len(ks) > 1 for k in ks}
-        self._ran = False
+        self._caches = None  # per node, what its layer's backward needs (see the module docstring)
 
     # -- structure ----------------------------------------------------------------------
 
@@ -270,15 +182,14 @@ class Model(_Network):
                              f"{type(x).__name__}")
         return list(x)
 
-    def _run(self, k, method, arg, flag, training_kw):
-        layer = self.layers[self._nodes[k][0]]
-        ctx = self._contexts.get(k)
-        if ctx is not None:
-            _put_state(layer, ctx)
-        out = getattr(layer, method)(arg, **{training_kw: flag})
-        if ctx is not None:
-            self._contexts[k] = _private_state(layer)
-        return out
+    @property
+    def cache(self):
+        """The per-node caches of the last forward pass (None before one), in node order."""
+        return self._caches
+
+    @cache.setter
+    def cache(self, caches):
+        self._caches = None if caches is None else list(caches)
 
     def forward(self, x, training: bool = False):
         xs = self._as_list(x, "input arrays")
@@ -286,17 +197,22 @@ class Model(_Network):
             self._check_input(a)  # dtype and NaN, once per input; layers check shapes
         k = len(xs)
         vals = xs + [None] * len(self._nodes)
+        last = self._caches or [None] * len(self._nodes)
+        caches = []  # a new list: a network used at several nodes of a graph keeps one per node
         with data_already_checked():
-            for i, (_, ins, multi) in enumerate(self._nodes):
+            for i, (li, ins, multi) in enumerate(self._nodes):
+                layer = self.layers[li]
                 arg = [vals[t] for t in ins] if multi else vals[ins[0]]
-                vals[k + i] = self._run(i, "forward", arg, training, "training")
-        self._ran = True
+                layer.cache = last[i]  # the cache this call replaces (its buffers may be reused)
+                vals[k + i] = layer.forward(arg, training=training)
+                caches.append(layer.cache)
+        self._caches = caches
         outs = [vals[i] for i in self._output_ids]
         return outs[0] if self._single_out else outs
 
     def backward(self, grad, input_grad: bool = True):
         """Back-propagate ``grad`` (a list for several outputs); ``input_grad=False`` skips dX of the inputs."""
-        if not self._ran:
+        if self._caches is None:
             raise RuntimeError(f"{self.describe()}: backward() called before forward(x, training=...)")
         grads = [grad] if self._single_out else list(grad)
         if len(grads) != len(self._output_ids):
@@ -309,10 +225,12 @@ class Model(_Network):
         for t, g in zip(self._output_ids, grads):
             add(t, g)
         for i in range(len(self._nodes) - 1, -1, -1):
-            _, ins, multi = self._nodes[i]
+            li, ins, multi = self._nodes[i]
             g, acc[k + i] = acc[k + i], None
             need = input_grad or any(t >= k for t in ins)
-            dx = self._run(i, "backward", g, need, "input_grad")
+            layer = self.layers[li]
+            layer.cache = self._caches[i]
+            dx = layer.backward(g, input_grad=need)
             if need:
                 for t, d in zip(ins, dx if multi else [dx]):
                     add(t, d)
@@ -342,7 +260,7 @@ class Model(_Network):
                 out = tuple(layer.output_shape(arg))
             except ValueError as e:
                 raise ValueError(f"node {self._tensor_names[k + i]} ({layer.describe()}) cannot take input "
-                                 f"{arg if multi else _shape_str(arg)}: {e}") from None
+                                 f"{arg if multi else shape_str(arg)}: {e}") from None
             rows.append({"name": self._tensor_names[k + i], "layer": layer.describe(), "output_shape": out,
                          "inputs": [self._tensor_names[t] for t in ins], "shared": li in seen,
                          "params": 0 if li in seen else sum(p.size for p in layer.parameters()),
@@ -438,7 +356,7 @@ class Model(_Network):
         for n in order:
             layer = layers[n["layer"]]
             args = [tensors[r] for r in n["inputs"]]
-            t = layer(args if getattr(layer, "multi_input", False) else (args[0] if len(args) == 1 else args))
+            t = layer(args if layer.multi_input else (args[0] if len(args) == 1 else args))
             t.name, t.auto = n["name"], False
             tensors[n["name"]] = t
         ins = [tensors[s["name"]] for s in inputs]
@@ -448,4 +366,4 @@ class Model(_Network):
                    _layer_order=layers)
 
 
-__all__ = ["Input", "Model", "SymbolicTensor", "GraphSummary", "apply_symbolic"]
+__all__ = ["Input", "Model", "SymbolicTensor", "GraphSummary"]

@@ -5,17 +5,24 @@ import copy
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .backend import to_device, to_numpy, xp_of
+from .layers import MaxPool2D, ReLU
 from .layers.base import Layer, data_already_checked, from_config, placeholder_parameters
+from .layers.symbolic import shape_str
 from .serialization import CheckpointError, NpzReader, save_npz
 
 MODEL_FORMAT = "jimunet-model"
 MAX_LAYERS = 10_000  # a file describing more is refused before any layer object is made
 
+_NETWORKS: dict[str, type] = {}  # network classes a file's architecture may name (see ``register_network``)
 
-def _shape_str(shape) -> str:
-    return "(" + ", ".join(["N"] + [str(d) for d in shape]) + ")"
+
+def register_network(cls):
+    """Let ``load`` rebuild a network class whose ``get_config()`` has ``"class": cls.__name__``
+    (``jn.Model`` registers itself; a description without ``"class"`` is a ``Sequential``)."""
+    _NETWORKS[cls.__name__] = cls
+    return cls
 
 
 class Summary:
@@ -38,14 +45,14 @@ class Summary:
 
     def __str__(self):
         head = ("#", "layer", "output shape", "params", "FLOPs")
-        body = [(str(i), r["layer"], _shape_str(r["output_shape"]), f"{r['params']:,}",
+        body = [(str(i), r["layer"], shape_str(r["output_shape"]), f"{r['params']:,}",
                  f"{r['flops']:,}") for i, r in enumerate(self.rows)]
         body.append(("", "total", "", f"{self.total_params:,}", f"{self.total_flops:,}"))
         widths = [max(len(row[c]) for row in [head] + body) for c in range(5)]
         fmt = lambda row: "  ".join(v.ljust(w) if c < 3 else v.rjust(w)  # noqa: E731
                                     for c, (v, w) in enumerate(zip(row, widths)))
         rule = "-" * len(fmt(head))
-        lines = [f"input: {_shape_str(self.input_shape)}", fmt(head), rule] + [fmt(r) for r in body[:-1]]
+        lines = [f"input: {shape_str(self.input_shape)}", fmt(head), rule] + [fmt(r) for r in body[:-1]]
         return "\n".join(lines + [rule, fmt(body[-1]), "FLOPs are per sample, forward pass."])
 
     __repr__ = __str__
@@ -58,9 +65,10 @@ def _named(layer, kind):
     return [(p.name, p) for p in getattr(layer, kind)()]
 
 
-class _Network(Layer):
+class Network(Layer):
     """What ``Sequential`` and ``jn.Model`` share: prediction, state, saving. Subclasses
-    provide ``layers``, ``forward``, ``summary`` and ``get_config``."""
+    provide ``layers``, ``forward``, ``summary``, ``get_config`` and ``cache`` (the per-call
+    caches of what they run, so that a network can itself be a layer of a graph)."""
 
     def output_shape(self, input_shape):
         return self.summary(input_shape).output_shape
@@ -141,13 +149,27 @@ class _Network(Layer):
             p.assign(state[name])
 
     def rng_states(self) -> dict:
-        """Bit-generator states of layers that draw random numbers (e.g. Dropout), by index."""
-        return {str(i): layer.rng.bit_generator.state for i, layer in enumerate(self.layers)
-                if isinstance(getattr(layer, "rng", None), np.random.Generator)}
+        """Bit-generator states of layers that draw random numbers (e.g. Dropout), by index
+        (``"3"``; ``"3.1"`` for layer 1 of a network that is layer 3). A layer used at several
+        nodes of a graph has one stream, saved once."""
+        states = {}
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Network):
+                states.update({f"{i}.{k}": st for k, st in layer.rng_states().items()})
+            elif isinstance(getattr(layer, "rng", None), np.random.Generator):
+                states[str(i)] = layer.rng.bit_generator.state
+        return states
 
     def set_rng_states(self, states: dict) -> None:
-        for i, st in states.items():
-            self.layers[int(i)].rng.bit_generator.state = st
+        nested = {}
+        for key, st in states.items():
+            i, _, rest = key.partition(".")
+            if rest:
+                nested.setdefault(int(i), {})[rest] = st
+            else:
+                self.layers[int(i)].rng.bit_generator.state = st
+        for i, sub in nested.items():
+            self.layers[i].set_rng_states(sub)
 
     def save(self, path, metadata: dict | None = None) -> None:
         """Write weights and architecture to one ``.npz`` (atomically; no pickles).
@@ -165,7 +187,7 @@ class _Network(Layer):
         return copy.deepcopy(self)
 
 
-class Sequential(_Network):
+class Sequential(Network):
     """Layers applied in order; ``backward`` runs them in reverse.
 
     Args:
@@ -195,13 +217,21 @@ class Sequential(_Network):
                 raise ValueError(f"Sequential: item {i} is a {type(layer).__name__}, not a jimunet Layer")
         self.layers = layers
         self.fuse = bool(fuse)
-        self._ran = None  # the order the last forward used; backward retraces it
+
+    @property
+    def cache(self):
+        """The per-call caches of its layers, in layer order (see ``Layer.cache``)."""
+        return [layer.cache for layer in self.layers]
+
+    @cache.setter
+    def cache(self, caches):
+        for layer, c in zip(self.layers, caches or [None] * len(self.layers)):
+            layer.cache = c
 
     def _order(self):
         """Indices of the layers in the order they run (see ``fuse``)."""
         order = list(range(len(self.layers)))
         if self.fuse:
-            from .layers import MaxPool2D, ReLU
             i = 0
             while i < len(order) - 1:
                 if isinstance(self.layers[i], ReLU) and isinstance(self.layers[i + 1], MaxPool2D):
@@ -227,8 +257,6 @@ class Sequential(_Network):
         (e.g. ``slice(0, k)`` then ``slice(k, None)`` computes the same in two parts)."""
         order = self._order()
         positions = range(*stages.indices(len(order)))
-        if positions.start == 0 or self._ran is None:
-            self._ran = order
         if positions and positions[0] == 0:
             x = self.layers[order[0]].forward(x, training=training)
             positions = positions[1:]
@@ -240,7 +268,7 @@ class Sequential(_Network):
     def backward(self, grad, input_grad: bool = True, stages: slice = slice(None)):
         """Back-propagate ``grad``; with ``input_grad=False`` the first layer skips dX (returns None).
         ``stages``: only these positions of the run order, as in ``forward``."""
-        order = self._ran or self._order()
+        order = self._order()
         for k in reversed(range(*stages.indices(len(order)))):
             grad = self.layers[order[k]].backward(grad, input_grad=input_grad or k > 0)
         return grad if input_grad else None  # layers without parameters ignore input_grad
@@ -279,7 +307,7 @@ class Sequential(_Network):
             try:
                 out = tuple(layer.output_shape(shape))
             except ValueError as e:
-                raise ValueError(f"layer {i} ({layer.describe()}) cannot take input {_shape_str(shape)}: {e}") from None
+                raise ValueError(f"layer {i} ({layer.describe()}) cannot take input {shape_str(shape)}: {e}") from None
             rows.append({"layer": layer.describe(), "output_shape": out,
                          "params": sum(p.size for p in layer.parameters()), "flops": int(layer.flops(shape))})
             shape = out
@@ -320,10 +348,7 @@ def build_architecture(arch, path):
                                   f"at most {MAX_LAYERS:,} are built")
     try:
         with placeholder_parameters():
-            if graph:
-                from .graph import Model
-                return Model.from_config(arch)
-            return Sequential.from_config(arch)
+            return (_NETWORKS["Model"] if graph else Sequential).from_config(arch)
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:
         raise CheckpointError(f"{path}: cannot rebuild the architecture it describes "
                               f"({type(e).__name__}: {e})") from None

@@ -4,7 +4,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import init
-from .layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
+from .graph import Model
+from .layers import Add, BatchNorm, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU
+from .layers.symbolic import Input
 from .model import Sequential
 from .random import resolve_rng, spawn_rng
 
@@ -46,7 +48,6 @@ def mnist_cnn(rng=None, dropout: float = 0.5, num_classes: int = 10, dtype=np.fl
 
 
 def _conv_bn(x, cin, cout, k, stride, rng, dtype, relu=True):
-    from .layers import BatchNorm
     x = Conv2D(cin, cout, k, stride=stride, padding="same", use_bias=False, weight_init=init.he_normal(),
                rng=rng, dtype=dtype)(x)
     x = BatchNorm(cout, dtype=dtype)(x)
@@ -59,7 +60,6 @@ def residual_block(x, cin, cout, stride=1, rng=None, dtype=np.float32):
     The shortcut is ``x`` itself when shapes agree, else a 1×1 convolution with the block's
     stride followed by BatchNorm (the "projection shortcut").
     """
-    from .layers import Add
     rng = resolve_rng(rng)
     h = _conv_bn(x, cin, cout, 3, stride, rng, dtype)
     h = _conv_bn(h, cout, cout, 3, 1, rng, dtype, relu=False)
@@ -85,8 +85,6 @@ def mnist_resnet(rng=None, stem: int = 16, blocks=((32, 2), (64, 2), (64, 1)), n
         >>> s.total_params, round(s.total_flops / 1e6, 1)
         (147066, 18.8)
     """
-    from .graph import Input, Model
-    from .layers import GlobalAvgPool2D
     rng = resolve_rng(rng)
     inp = Input((28, 28, 1), name="image")
     x = _conv_bn(inp, 1, stem, 3, 1, rng, dtype)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .app.rundir import (EpochFiles, RunDir, RunLog, StopSignals, Stopped, new_run_dir, portable_config,
                          set_metrics_status, write_json_atomic)
 from .backend import check_device, to_device, to_numpy, xp_of

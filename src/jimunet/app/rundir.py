@@ -48,7 +48,7 @@ import time
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..recipes import ConfigError
 from ..serialization import META_KEY, atomic_writer, temp_file_pattern
 

@@ -9,24 +9,25 @@ from .base import Layer, register
 
 
 class _Elementwise(Layer):
-    per_sample = True
+    """An activation: ``_forward(x)`` gives the output and the one array ``_backward`` needs
+    (the input or the output), which is the layer's ``cache``."""
 
-    def __init__(self):
-        self._saved = None
+    per_sample = True
+    activation = True
 
     def flops(self, input_shape):
         return math.prod(input_shape)
 
     def forward(self, x, training: bool = False):
         self._check_input(x)
-        y, self._saved = self._forward(x)
+        y, self.cache = self._forward(x)
         return y
 
     def backward(self, grad, input_grad: bool = True):
-        if self._saved is None:
+        if self.cache is None:
             raise self._no_forward()
-        self._check_grad(grad, self._saved.shape)
-        return self._backward(grad, self._saved)
+        self._check_grad(grad, self.cache.shape)
+        return self._backward(grad, self.cache)
 
 
 @register
@@ -61,7 +62,6 @@ class LeakyReLU(_Elementwise):
     """
 
     def __init__(self, alpha: float = 0.01):
-        super().__init__()
         self.alpha = float(alpha)
 
     def describe(self):

@@ -3,6 +3,12 @@
 A layer maps ``forward(x, training)`` to an output and ``backward(grad)`` to the gradient
 w.r.t. its last input, ADDING parameter gradients into ``Parameter.grad``. It never
 mutates its arguments and holds no batch size: shapes come from the data.
+
+Per-call state is explicit: ``forward`` stores what ``backward`` needs in ONE attribute,
+``layer.cache``, and ``backward`` reads only that. Everything else on a layer is persistent
+(weights, buffers, random streams, kept plans and scratch space) and is shared by every use
+of the layer; a graph model that calls one layer at several nodes keeps one cache per node
+and puts it back before that node runs (see ``jimunet.graph``).
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import numpy as np
 from ..backend import check_device, device_of
 from ..parallel import has_nan
 from ..parameter import Parameter
+from .symbolic import apply_symbolic, is_symbolic
 
 _REGISTRY: dict[str, type] = {}
 _flags = threading.local()  # per-thread modes set by the context managers below
@@ -78,12 +85,24 @@ class Layer:
     #: batch and still give exactly what one process computes (``jimunet.distributed``).
     per_sample = False
 
+    #: True for layers that merge several inputs: ``forward`` takes a list of arrays and
+    #: ``backward`` returns a list of gradients, one per input (``Add``, ``Concatenate``).
+    multi_input = False
+
+    #: True for elementwise activations (``ReLU``, ``LeakyReLU``, ``Sigmoid``, ``Tanh``).
+    activation = False
+
+    #: What ``backward`` needs from the last ``forward`` call (None before any call); set by
+    #: ``forward``, read by ``backward``, and nothing else on the layer may be per-call.
+    #: Its form is the layer's own (an array, a tuple, a small record); a graph model takes
+    #: it after each node's forward and puts it back before that node's backward, so a layer
+    #: used at several nodes differentiates each call with its own cache.
+    cache = None
+
     def __call__(self, x, training: bool = False):
         # On symbolic tensors (``jn.Input`` and what layers made of it) a call adds a node
-        # to a graph instead of computing; see ``jimunet.graph``.
-        if getattr(x, "is_symbolic", False) or (isinstance(x, (list, tuple)) and x
-                                                 and any(getattr(t, "is_symbolic", False) for t in x)):
-            from ..graph import apply_symbolic
+        # to a graph instead of computing; see ``jimunet.layers.symbolic``.
+        if is_symbolic(x):
             return apply_symbolic(self, x)
         return self.forward(x, training=training)
 

@@ -2,6 +2,8 @@
 Winograd minimal filtering for stride-1 layers (``algorithm=``)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .. import init as _init
@@ -11,29 +13,28 @@ from ..functional.im2col import im2col_copy
 from ..functional.padding import conv_output_size, normalize_padding, pad_amounts, pair
 from ..parallel import batch_blocks, paccumulate_tmatmul, pfor, sum_blocks
 from ..random import resolve_rng
+from . import conv_plans as _plans
 from .base import Layer, check_dtype_arg, register
 
 
-class _Workspace:
-    """Scratch arrays kept between calls, keyed by name, reused while shape and dtype match.
+@dataclass(eq=False)
+class ConvCache:
+    """What ``Conv2D.backward`` needs from its forward call.
 
-    Re-allocating a 40 MB im2col matrix every step costs page faults worth ~10% of a
-    training step; these buffers never leave the layer, so reusing them is safe.
-    """
+    ``plan`` is the im2col or Winograd plan (``conv_plans``) lent to this call: its buffers
+    hold the call's input as the weight gradient reads it (the im2col columns, or the
+    padded input and, in training, its transformed Winograd tiles)."""
 
-    def __init__(self):
-        self._bufs = {}
-        self.kept = {}  # results worth keeping between calls, with what they were computed from
+    algorithm: tuple  # ("im2col", None) or ("winograd", (mh, mw))
+    plan: dict
+    x_shape: tuple
+    pads: tuple
+    out_hw: tuple
 
-    def buffer(self, name, shape, dtype, xp, zeros: bool = False):
-        """The buffer kept under ``name`` if it still fits, else a new one (zero-filled if asked)."""
-        buf = self._bufs.get(name)
-        if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype or xp_of(buf) is not xp:
-            buf = self._bufs[name] = (xp.zeros if zeros else xp.empty)(shape, dtype)
-        return buf
-
-    def __deepcopy__(self, memo):  # copies of a layer start with empty scratch space
-        return _Workspace()
+    def __deepcopy__(self, memo):
+        # A copy of the layer starts with empty scratch space (``conv_plans.Workspace``), so
+        # without the plan this cache holds: it is forwarded again before a backward.
+        return None
 
 
 def _fmt_pad(padding):
@@ -41,12 +42,6 @@ def _fmt_pad(padding):
 
 
 ALGORITHMS = ("auto", "im2col", "winograd")
-
-# Winograd runs on chunks of whole images whose scratch (two buffers, see
-# ``winograd.scratch_size``) fits in about this many bytes, so each chunk's transforms
-# and GEMMs work in cache rather than memory. A constant, not tuned per machine: chunk
-# shapes, and with them every GEMM's shape, follow the problem only.
-_WINOGRAD_CHUNK_BYTES = 1 << 21
 
 
 def _tile_pair(tile, what="Conv2D winograd_tile"):
@@ -165,9 +160,12 @@ class Conv2D(Layer):
                                           dtype, "weight")
         self.bias = self._new_parameter(self.bias_init, (self.out_channels,), rng, dtype, "bias") \
             if use_bias else None
-        self._cache = None
-        self._work = _Workspace()
-        self.last_algorithm = None  # (name, tile) of the latest forward pass
+        self._work = _plans.Workspace()  # persistent scratch and plans, shared by every use
+
+    @property
+    def last_algorithm(self):
+        """``(name, tile)`` of the latest forward pass (its ``cache``); None before one."""
+        return None if self.cache is None else self.cache.algorithm
 
     def _check_algorithm(self, algorithm, tile):
         if algorithm not in ALGORITHMS:
@@ -254,26 +252,38 @@ class Conv2D(Layer):
 
     def forward(self, x, training: bool = False):
         self._check_input(x, 4, self.in_channels, "NHWC batch (batch, height, width, channels)")
-        xp = xp_of(x)
-        n, h, w, c = x.shape
-        pads, (oh, ow) = self._geometry((h, w))
-        self.last_algorithm = name, tile = self._choose((oh, ow))
-        if name == "winograd":
+        pads, out_hw = self._geometry(x.shape[1:3])
+        algorithm = self._choose(out_hw)
+        if algorithm[0] == "winograd":
             # In training the transformed input tiles are kept: the weight gradient reuses them.
-            y, plan = self._winograd(x, pads, self.weight.data, tile, "fwd", self.bias, keep_input=training)
-            self._cache = ("winograd", plan, x.shape, pads, (oh, ow))
-            return y
-        plan = self._im2col_plan(x, pads, (oh, ow))
-        rows = oh * ow
+            y, plan = self._winograd(x, pads, self.weight.data, algorithm[1], "fwd", self.bias, keep_input=training,
+                                     replacing=self.cache)
+        else:
+            y, plan = self._im2col_forward(x, pads, out_hw)
+        self.cache = ConvCache(algorithm, plan, x.shape, pads, out_hw)
+        _plans.lend(plan, self.cache)
+        return y
+
+    def _im2col_forward(self, x, pads, out_hw):
+        """The output by im2col and one GEMM per block of samples, and the plan whose
+        columns ``backward`` reads."""
+        xp = xp_of(x)
+        n = x.shape[0]
+        (oh, ow), rows = out_hw, out_hw[0] * out_hw[1]
+        parts = batch_blocks(n) if xp is np else [slice(0, n)]  # pfor runs a GPU batch whole
+        bias_row = x.shape[3] == 1 and self.bias is not None  # see conv_plans.im2col_plan
+        sig = (x.shape, x.dtype, xp, pads, tuple((p.start, p.stop) for p in parts), bias_row)
+        plan = self._work.plan("im2col", sig, replacing=self.cache, build=lambda: _plans.im2col_plan(
+            x, pads, out_hw, self.kernel_size, self.stride, parts, bias_row))
         w2 = self.weight.data.reshape(-1, self.out_channels)
         if plan["bias_row"]:
             w2 = xp.concatenate([w2, self.bias.data.reshape(1, -1).astype(w2.dtype, copy=False)])
         y = xp.empty((n * rows, self.out_channels), np.result_type(x.dtype, w2.dtype))
-        parts = plan["parts"]
+        by_start = plan["parts"]
         add_bias = self.bias is not None and not plan["bias_row"]
 
         def block(sl):  # samples sl: pad, im2col, GEMM, bias; each writes only its own rows
-            interior, out, copy, a = parts[sl.start]
+            interior, out, copy, a = by_start[sl.start]
             if interior is not None:
                 interior[...] = x[sl]
             dst, src = copy or im2col_copy(x[sl], self.kernel_size, self.stride, (oh, ow), out, plan["transposed"])
@@ -283,65 +293,24 @@ class Conv2D(Layer):
             if add_bias:
                 y[r] += self.bias.data
         pfor(block, n, n * rows * plan["k"], like=x, parts=plan["slices"])
-        self._cache = ("im2col", plan["cols"], x.shape, plan["pad_shape"], pads, (oh, ow))
-        return y.reshape(n, oh, ow, self.out_channels)
+        return y.reshape(n, oh, ow, self.out_channels), plan
 
-    def _im2col_plan(self, x, pads, out_hw):
-        """Buffers and per-block views for the im2col forward pass on ``x``'s shape, built
-        on the first call and kept while the calls look the same (see ``_winograd_plan``:
-        Python set-up inside a parallel region is paid under the GIL).
-
-        The padded input's border is zeroed once; each call rewrites its interior. With one
-        input channel each block's windows are built transposed (``im2col_transposed``) in
-        a segment of their own, so a block's GEMM operand is the same whatever else the
-        batch holds, and a row of ones under them adds the bias inside the GEMM (the
-        separate pass over the output it saves cost 20% of MNIST's conv1)."""
-        xp = xp_of(x)
-        n, h, w, c = x.shape
-        parts = batch_blocks(n) if xp is np else [slice(0, n)]  # pfor runs a GPU batch whole
-        transposed = c == 1
-        bias_row = transposed and self.bias is not None
-        sig = (x.shape, x.dtype, xp, pads, tuple((p.start, p.stop) for p in parts), bias_row)
-        plan = self._work.kept.get("im2col_plan")
-        if plan is not None and plan["sig"] == sig:
-            return plan
-        (pt, pb), (pl, pr) = pads
-        (kh, kw), (oh, ow) = self.kernel_size, out_hw
-        pad_shape = (n, h + pt + pb, w + pl + pr, c)
-        xpad = xp.zeros(pad_shape, x.dtype) if pad_shape != x.shape else None
-        rows, k = oh * ow, kh * kw * c
-        height = k + bias_row
-        buf = xp.empty(n * rows * height, x.dtype)
-        by_start, cols = {}, []
-        for sl in parts:
-            if transposed:
-                seg = buf[sl.start * rows * height:sl.stop * rows * height].reshape(height, -1)
-                seg[k:] = 1
-                out, a, cols_part = seg[:k], seg.T, seg[:k].T
-            else:
-                out = a = cols_part = buf[sl.start * rows * k:sl.stop * rows * k].reshape(-1, k)
-            copy = None if xpad is None else \
-                im2col_copy(xpad[sl], self.kernel_size, self.stride, out_hw, out, transposed)
-            interior = None if xpad is None else xpad[sl, pt:pt + h, pl:pl + w, :]
-            by_start[sl.start] = (interior, out, copy, a)
-            cols.append(cols_part)
-        plan = {"sig": sig, "parts": by_start, "slices": parts, "cols": cols, "k": k, "transposed": transposed,
-                "bias_row": bias_row, "pad_shape": pad_shape}
-        self._work.kept["im2col_plan"] = plan
-        return plan
-
-    def _winograd(self, src, pads, w, tile, key, bias=None, keep_input=False):
+    def _winograd(self, src, pads, w, tile, key, bias=None, keep_input=False, replacing=None):
         """Stride-1 correlation of ``src`` (``(N, H, W, C)``, zero-padded by ``pads``) with
         the HWIO kernel ``w`` by Winograd ``F(tile, kernel)``, plus ``bias``.
 
-        Returns the output and the plan (``_winograd_plan``), which the weight gradient
-        reads: the chunks, the padded input and, with ``keep_input``, the transformed input
-        tiles."""
+        Returns the output and the plan (``conv_plans.winograd_plan``, kept under ``key``),
+        which the weight gradient reads: the chunks, the padded input and, with
+        ``keep_input``, the transformed input tiles. ``replacing``: the cache this call's
+        replaces (its plan may be reused)."""
         xp = xp_of(src)
         n, h, wd, c = src.shape
         (pt, _), (pl, _) = pads
         dt = np.result_type(src.dtype, w.dtype)
-        plan = self._winograd_plan(key, src.shape, dt, pads, w.shape, tile, keep_input, xp)
+        sig = (tuple(src.shape), np.dtype(dt), pads, tuple(w.shape), tuple(tile), keep_input, xp,
+               tuple((b.start, b.stop) for b in batch_blocks(n)))
+        plan = self._work.plan(key, sig, replacing=replacing, build=lambda: _plans.winograd_plan(
+            src.shape, dt, pads, w.shape, tile, keep_input, xp))
         u = self._transformed_filter(w, tile, dt, reuse=key == "fwd" and not keep_input)
         (oh, ow), o = plan["out_hw"], w.shape[3]
         y = xp.empty((n, oh, ow, o), dt)
@@ -355,49 +324,6 @@ class Conv2D(Layer):
                     chunk.correlate(u, y[sl], b)
         pfor(run, len(samples), n * oh * ow * max(c, o) * 8, blocks=len(samples), like=src)
         return y, plan
-
-    def _winograd_plan(self, key, shape, dtype, pads, w_shape, tile, keep_input, xp):
-        """Buffers and chunks for ``_winograd`` on an input of ``shape``, with a
-        ``winograd.ChunkPlan`` for each chunk: built on the first call and kept (under
-        ``key``) while the calls look the same, so a call does no Python set-up per chunk.
-
-        The batch's blocks (``batch_blocks``) are cut into chunks of whole images whose
-        scratch fits ``_WINOGRAD_CHUNK_BYTES``: shapes fixed by the problem, and by a
-        process's share of it only through its blocks."""
-        n, h, wd, c = shape
-        blocks = batch_blocks(n)
-        sig = (tuple(shape), np.dtype(dtype), pads, tuple(w_shape), tuple(tile), keep_input, xp,
-               tuple((b.start, b.stop) for b in blocks))
-        plan = self._work.kept.get(key + "_plan")
-        if plan is not None and plan["sig"] == sig:
-            return plan
-        kh, kw, _, o = w_shape
-        (pt, pb), (pl, pr) = pads
-        (mh, mw) = tile
-        oh, ow = h + pt + pb - kh + 1, wd + pl + pr - kw + 1
-        th, tw = -(-oh // mh), -(-ow // mw)
-        # The padded input also holds the rows and columns that complete the last tiles;
-        # its border is zeroed once, each call rewrites the interior.
-        ext = xp.zeros((n, th * mh + kh - 1, tw * mw + kw - 1, c), dtype)
-        per_image = _wg.scratch_size(tile, (kh, kw), th * tw, c, o)
-        chunk = max(1, _WINOGRAD_CHUNK_BYTES // (2 * per_image * np.dtype(dtype).itemsize))
-        chunks, block_chunks = [], []
-        for b in blocks:
-            first = len(chunks)
-            chunks += [slice(i, min(i + chunk, b.stop)) for i in range(b.start, b.stop, chunk)]
-            block_chunks.append(slice(first, len(chunks)))
-        scratch = xp.empty((len(blocks), 2, min(chunk, n) * per_image), dtype)
-        v_per_image = (mh + kh - 1) * (mw + kw - 1) * th * tw * c
-        kept = xp.empty((n * v_per_image,), dtype) if keep_input else None
-        chunk_plans = [[(sl, _wg.ChunkPlan(xp, dtype, ext[sl], (oh, ow), tile, (kh, kw), o, scratch[bi],
-                                           None if kept is None else
-                                           kept[sl.start * v_per_image:sl.stop * v_per_image]))
-                        for sl in chunks[block_chunks[bi]]] for bi in range(len(blocks))]
-        plan = {"sig": sig, "tile": tuple(tile), "tiles": (th, tw), "out_hw": (oh, ow), "ext": ext, "kept": kept,
-                "chunks": chunks, "blocks": block_chunks, "block_samples": blocks, "v_per_image": v_per_image,
-                "chunk_plans": chunk_plans}
-        self._work.kept[key + "_plan"] = plan
-        return plan
 
     def _transformed_filter(self, w, tile, dtype, reuse):
         """``U``, the kernel ``w`` in the Winograd domain of ``F(tile, kernel)``, in ``dtype``.
@@ -437,7 +363,7 @@ class Conv2D(Layer):
         dypad = dy if whole else self._work.buffer("dw_dy", (n, th * mh, tw * mw, o), dt, xp, zeros=True)
         partial = xp.empty((len(blocks), 2, a2, c, o), dt)
         db = xp.empty((len(blocks), o), dt) if self.bias is not None else None
-        dw_chunks = self._weight_grad_chunks(plan, dt)
+        dw_chunks = _plans.weight_grad_chunks(plan, dt, self.kernel_size, self.in_channels, self.out_channels)
 
         def run(block_ids):
             for bi in range(block_ids.start, block_ids.stop):
@@ -459,46 +385,20 @@ class Conv2D(Layer):
                 xp.add(self.bias.grad, db_total, out=self.bias.grad)
         sum_blocks([partial[:, 0]] + ([] if db is None else [db]), finish)
 
-    def _weight_grad_chunks(self, plan, dtype):
-        """A ``winograd.WeightGradChunk`` for each chunk of the forward ``plan``, per block:
-        made on the first backward pass after the plan was built, then kept in it."""
-        kept_chunks = plan.setdefault("dw_chunks", {})
-        if np.dtype(dtype).str in kept_chunks:
-            return kept_chunks[np.dtype(dtype).str]
-        xp = xp_of(plan["ext"])
-        (th, tw), tile, kernel = plan["tiles"], plan["tile"], self.kernel_size
-        c, o, vpi = self.in_channels, self.out_channels, plan["v_per_image"]
-        largest = max(sl.stop - sl.start for sl in plan["chunks"])
-        per_image = _wg.scratch_size(tile, kernel, th * tw, c, o)
-        scratch = xp.empty((len(plan["blocks"]), 4, largest * per_image), dtype)
-        kept, ext = plan["kept"], plan["ext"]
-
-        def v_of(sl):  # the chunk's kept transformed input (α², T, C); None: transform again
-            if kept is None:
-                return None
-            return kept[sl.start * vpi:sl.stop * vpi].reshape(-1, (sl.stop - sl.start) * th * tw, c)
-        chunks = [[(sl, _wg.WeightGradChunk(xp, dtype, v_of(sl), ext[sl], (th, tw), tile, kernel, o, scratch[bi]))
-                   for sl in plan["chunks"][plan["blocks"][bi]]] for bi in range(len(plan["blocks"]))]
-        kept_chunks.clear()  # one dtype at a time
-        kept_chunks[np.dtype(dtype).str] = chunks
-        return chunks
-
     def backward(self, grad, input_grad: bool = True):
-        if self._cache is None:
+        cache = self.cache
+        if cache is None:
             raise self._no_forward()
-        kind, *cache = self._cache
         xp = xp_of(grad)
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        if kind == "winograd":
-            plan, x_shape, pads, (oh, ow) = cache
-            n = x_shape[0]
-            self._check_grad(grad, (n, oh, ow, self.out_channels))
+        plan, x_shape, pads, (oh, ow) = cache.plan, cache.x_shape, cache.pads, cache.out_hw
+        n = x_shape[0]
+        self._check_grad(grad, (n, oh, ow, self.out_channels))
+        if cache.algorithm[0] == "winograd":
             self._winograd_weight_grad(grad, plan)
             xpad_shape = None
         else:
-            cols, x_shape, xpad_shape, pads, (oh, ow) = cache
-            n = x_shape[0]
-            self._check_grad(grad, (n, oh, ow, self.out_channels))
+            cols, xpad_shape = plan["cols"], plan["pad_shape"]
             starts = np.cumsum([0] + [len(a) for a in cols])  # each block's rows
             paccumulate_tmatmul(cols, grad.reshape(-1, self.out_channels),
                                 self.weight.grad.reshape(cols[0].shape[1], self.out_channels),

@@ -44,7 +44,6 @@ class Dense(Layer):
                                           dtype, "weight")
         self.bias = self._new_parameter(_init.get(bias_init), (self.out_features,), rng, dtype, "bias") \
             if use_bias else None
-        self._x = None
 
     def describe(self):
         return f"Dense({self.in_features}->{self.out_features})"
@@ -71,14 +70,15 @@ class Dense(Layer):
         y = pmatmul(x, self.weight.data)
         if self.bias is not None:
             y += self.bias.data
-        self._x = x
+        self.cache = x  # the input: dW = xᵀ·dY
         return y
 
     def backward(self, grad, input_grad: bool = True):
-        if self._x is None:
+        x = self.cache
+        if x is None:
             raise self._no_forward()
-        self._check_grad(grad, (self._x.shape[0], self.out_features))
-        pmatmul(self._x.T, grad, out=self.weight.grad, accumulate=True)
+        self._check_grad(grad, (x.shape[0], self.out_features))
+        pmatmul(x.T, grad, out=self.weight.grad, accumulate=True)
         if self.bias is not None:
             self.bias.grad += grad.sum(axis=0)
         return pmatmul(grad, self.weight.data.T) if input_grad else None

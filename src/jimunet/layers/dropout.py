@@ -2,10 +2,17 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from ..backend import uniform
 from ..random import current_batch_shard, resolve_rng, spawn_rng
 from .base import Layer, building_placeholders, register
+
+
+class DropoutCache(NamedTuple):
+    """What ``Dropout.backward`` needs: the input's shape and the scaled mask (None: identity)."""
+    shape: tuple
+    mask: object
 
 
 @register
@@ -14,6 +21,10 @@ class Dropout(Layer):
     by ``1/(1-rate)`` so the expected value is unchanged; identity at evaluation.
 
     Backward applies the same mask and scale (the tutorial code forgot the scale).
+
+    The generator is the layer's one stream: a Dropout used at several nodes of a
+    ``jn.Model`` draws each node's mask from it in turn, and checkpoints save it
+    (``Network.rng_states``). The mask of the last call is the layer's ``cache``.
 
     Args:
         rate: probability of DROPPING, in ``[0, 1)`` (Keras/PyTorch meaning; the TF 1.x
@@ -42,8 +53,6 @@ class Dropout(Layer):
         # Generator alone); it spawns its stream when first used.
         self._rng = None if rng is None and building_placeholders() else \
             spawn_rng() if rng is None else resolve_rng(rng)
-        self._mask = None
-        self._shape = None
 
     @property
     def rng(self):
@@ -66,9 +75,8 @@ class Dropout(Layer):
 
     def forward(self, x, training: bool = False):
         self._check_input(x)
-        self._shape = x.shape
         if not training or self.rate == 0.0:
-            self._mask = None
+            self.cache = DropoutCache(x.shape, None)
             return x
         # One uniform draw per activation, in the input's precision (float32 halves the work).
         dtype = x.dtype if x.dtype.itemsize in (4, 8) else "float64"
@@ -81,12 +89,14 @@ class Dropout(Layer):
                 raise ValueError(f"{self.describe()}: inside batch_shard({start}, {stop}, {total}) expected "
                                  f"{stop - start} samples, got {x.shape[0]}")
             u = uniform(self.rng, (total, *x.shape[1:]), dtype, like=x)[start:stop]
-        self._mask = (u >= self.rate).astype(x.dtype)
-        self._mask *= 1.0 / (1.0 - self.rate)
-        return x * self._mask
+        mask = (u >= self.rate).astype(x.dtype)
+        mask *= 1.0 / (1.0 - self.rate)
+        self.cache = DropoutCache(x.shape, mask)
+        return x * mask
 
     def backward(self, grad, input_grad: bool = True):
-        if self._shape is None:
+        if self.cache is None:
             raise self._no_forward()
-        self._check_grad(grad, self._shape)
-        return grad if self._mask is None else grad * self._mask
+        shape, mask = self.cache
+        self._check_grad(grad, shape)
+        return grad if mask is None else grad * mask

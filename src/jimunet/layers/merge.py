@@ -13,10 +13,9 @@ from .base import Layer, register
 
 
 class _Merge(Layer):
-    multi_input = True  # forward takes a list, backward returns one
+    """``cache``: the inputs' shapes, in order."""
 
-    def __init__(self):
-        self._shapes = None
+    multi_input = True  # forward takes a list, backward returns one
 
     def _check_inputs(self, xs):
         if not isinstance(xs, (list, tuple)) or len(xs) < 2:
@@ -33,7 +32,7 @@ class _Merge(Layer):
         self.output_shape([tuple(x.shape[1:]) for x in xs])  # raises on shapes that do not meet
 
     def _check_grads(self, grad, expected):
-        if self._shapes is None:
+        if self.cache is None:
             raise self._no_forward()
         self._check_grad(grad, expected)
 
@@ -66,12 +65,12 @@ class Add(_Merge):
         y = xs[0] + xs[1]
         for x in xs[2:]:
             y += x
-        self._shapes = [x.shape for x in xs]
+        self.cache = [x.shape for x in xs]
         return y
 
     def backward(self, grad, input_grad: bool = True):
-        self._check_grads(grad, self._shapes[0] if self._shapes else None)
-        return [grad for _ in self._shapes]
+        self._check_grads(grad, self.cache[0] if self.cache else None)
+        return [grad for _ in self.cache]
 
 
 @register
@@ -91,7 +90,6 @@ class Concatenate(_Merge):
     """
 
     def __init__(self, axis: int = -1):
-        super().__init__()
         if not isinstance(axis, int) or isinstance(axis, bool) or axis == 0:
             raise ValueError(f"Concatenate: axis must be a non-zero int (axis 0 is the batch), got {axis!r}")
         self.axis = axis
@@ -124,17 +122,18 @@ class Concatenate(_Merge):
 
     def forward(self, xs, training: bool = False):
         self._check_inputs(xs)
-        self._shapes = [x.shape for x in xs]
+        self.cache = [x.shape for x in xs]
         return xp_of(xs[0]).concatenate(xs, axis=self._sample_axis(xs[0].ndim - 1) + 1)
 
     def backward(self, grad, input_grad: bool = True):
-        if self._shapes is None:
+        shapes = self.cache
+        if shapes is None:
             raise self._no_forward()
-        out = self.output_shape([s[1:] for s in self._shapes])
-        self._check_grad(grad, (self._shapes[0][0], *out))
+        out = self.output_shape([s[1:] for s in shapes])
+        self._check_grad(grad, (shapes[0][0], *out))
         a = self._sample_axis(len(out)) + 1
         grads, start = [], 0
-        for s in self._shapes:
+        for s in shapes:
             idx = [slice(None)] * grad.ndim
             idx[a] = slice(start, start + s[a])
             grads.append(grad[tuple(idx)].copy())

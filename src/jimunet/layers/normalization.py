@@ -1,11 +1,21 @@
 """Batch normalisation over the last (channel / feature) axis."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .. import init as _init
 from ..backend import xp_of
 from .base import Layer, check_dtype_arg, register
+
+
+class BatchNormCache(NamedTuple):
+    """What ``BatchNorm.backward`` needs from its forward call."""
+    training: bool  # batch statistics (True) or the running ones
+    xhat: object  # the normalised input, (m, C)
+    inv: object  # 1/sqrt(var + eps) per channel
+    shape: tuple  # the input's shape
 
 
 @register
@@ -59,7 +69,6 @@ class BatchNorm(Layer):
         self.bias = self._new_parameter(_init.zeros(), c, None, dtype, "bias")
         self.running_mean = self._new_parameter(_init.zeros(), c, None, dtype, "running_mean")
         self.running_var = self._new_parameter(_init.constant(1.0), c, None, dtype, "running_var")
-        self._cache = None
 
     def describe(self):
         return f"BatchNorm({self.num_features}, momentum={self.momentum}, eps={self.eps})"
@@ -114,19 +123,19 @@ class BatchNorm(Layer):
             rm, rv = self.running_mean.data, self.running_var.data
             rm[...] = (1 - mom) * rm + mom * mean
             rv[...] = (1 - mom) * rv + mom * (var * (m / (m - 1)))  # unbiased for the running estimate
-            self._cache = (True, xhat, inv, x.shape)
+            self.cache = BatchNormCache(True, xhat, inv, x.shape)
         else:
             inv = 1.0 / xp.sqrt(self.running_var.data.astype(dtype) + self.eps)
             xhat = (x2 - self.running_mean.data) * inv
-            self._cache = (False, xhat, inv, x.shape)
+            self.cache = BatchNormCache(False, xhat, inv, x.shape)
         y = xhat * self.weight.data
         y += self.bias.data
         return y.reshape(x.shape)
 
     def backward(self, grad, input_grad: bool = True):
-        if self._cache is None:
+        if self.cache is None:
             raise self._no_forward()
-        training, xhat, inv, shape = self._cache
+        training, xhat, inv, shape = self.cache
         self._check_grad(grad, shape)
         xp = xp_of(grad)
         dy = grad.reshape(-1, self.num_features)

@@ -1,6 +1,8 @@
 """Max and average pooling over NHWC windows (any size, stride, overlap, padding)."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ..backend import xp_of
@@ -8,6 +10,23 @@ from ..functional.padding import conv_output_size, normalize_padding, pad_amount
 from ..parallel import pfor
 from .base import Layer, register
 from .conv import _fmt_pad
+
+
+class MaxPoolCache(NamedTuple):
+    """What ``MaxPool2D.backward`` needs: the padded input, the output, the padding and the input's shape."""
+    xpad: object
+    y: object
+    pads: tuple
+    x_shape: tuple
+
+
+class AvgPoolCache(NamedTuple):
+    """What ``AvgPool2D.backward`` needs: shapes, the per-output divisors and the padding."""
+    xpad_shape: tuple
+    counts: object
+    pads: tuple
+    x_shape: tuple
+    y_shape: tuple
 
 
 class _Pool2D(Layer):
@@ -23,7 +42,6 @@ class _Pool2D(Layer):
                 if 2 * a > k:
                     raise ValueError(f"{type(self).__name__}: explicit padding {a} exceeds half the window "
                                      f"{k}; a window could then see padding only")
-        self._cache = None
 
     def describe(self):
         return f"{type(self).__name__}(pool_size={self.pool_size}, stride={self.stride}, " \
@@ -94,13 +112,13 @@ class MaxPool2D(_Pool2D):
                 else:
                     xp_of(x).maximum(yb, xb[s], out=yb)
         pfor(block, x.shape[0], x.size, like=x)
-        self._cache = (xpad, y, pads, x.shape)
+        self.cache = MaxPoolCache(xpad, y, pads, x.shape)
         return y
 
     def backward(self, grad, input_grad: bool = True):
-        if self._cache is None:
+        if self.cache is None:
             raise self._no_forward()
-        xpad, y, pads, x_shape = self._cache
+        xpad, y, pads, x_shape = self.cache
         self._check_grad(grad, y.shape)
         xp = xp_of(grad)
         dxpad = xp.empty(xpad.shape, dtype=grad.dtype)
@@ -171,13 +189,13 @@ class AvgPool2D(_Pool2D):
             y = xpad[s].copy() if y is None else xp_of(x).add(y, xpad[s], out=y)
         counts = self._counts(x, pads, out_hw)
         y /= counts
-        self._cache = (xpad.shape, counts, pads, x.shape, y.shape)
+        self.cache = AvgPoolCache(xpad.shape, counts, pads, x.shape, y.shape)
         return y
 
     def backward(self, grad, input_grad: bool = True):
-        if self._cache is None:
+        if self.cache is None:
             raise self._no_forward()
-        xpad_shape, counts, pads, x_shape, y_shape = self._cache
+        xpad_shape, counts, pads, x_shape, y_shape = self.cache
         self._check_grad(grad, y_shape)
         dxpad = xp_of(grad).zeros(xpad_shape, dtype=grad.dtype)
         share = grad / counts
@@ -201,9 +219,6 @@ class GlobalAvgPool2D(Layer):
         array([[3., 4.]])
     """
 
-    def __init__(self):
-        self._shape = None
-
     def output_shape(self, input_shape):
         if len(input_shape) != 3:
             raise ValueError(f"{self.describe()}: expected per-sample input (height, width, channels), "
@@ -215,16 +230,16 @@ class GlobalAvgPool2D(Layer):
 
     def forward(self, x, training: bool = False):
         self._check_input(x, 4, None, "NHWC batch (batch, height, width, channels)")
-        self._shape = x.shape
+        self.cache = x.shape  # the input's shape
         return x.mean(axis=(1, 2))
 
     def backward(self, grad, input_grad: bool = True):
-        if self._shape is None:
+        if self.cache is None:
             raise self._no_forward()
-        n, h, w, c = self._shape
+        n, h, w, c = self.cache
         self._check_grad(grad, (n, c))
         if not input_grad:
             return None
-        dx = xp_of(grad).empty(self._shape, grad.dtype)
+        dx = xp_of(grad).empty(self.cache, grad.dtype)
         dx[...] = (grad / (h * w))[:, None, None, :]
         return dx

@@ -21,9 +21,6 @@ class Flatten(Layer):
 
     per_sample = True
 
-    def __init__(self):
-        self._shape = None
-
     def output_shape(self, input_shape):
         return (math.prod(input_shape),)
 
@@ -32,11 +29,12 @@ class Flatten(Layer):
         if x.ndim < 2:
             raise ValueError(f"{self.describe()}: expected at least a 2-D (batch, ...) array, got shape "
                              f"{tuple(x.shape)}")
-        self._shape = x.shape
+        self.cache = x.shape  # the input's shape
         return x.reshape(x.shape[0], -1)
 
     def backward(self, grad, input_grad: bool = True):
-        if self._shape is None:
+        shape = self.cache
+        if shape is None:
             raise self._no_forward()
-        self._check_grad(grad, (self._shape[0], math.prod(self._shape[1:])))
-        return grad.reshape(self._shape)
+        self._check_grad(grad, (shape[0], math.prod(shape[1:])))
+        return grad.reshape(shape)
