@@ -320,14 +320,14 @@ def _port(s):
 
 
 def _cmd_serve(args) -> int:
-    from .app import serve
+    from .app import serve, server
     from .train import TrainingInterrupted
 
     try:
         serve.require_pillow()
         path = serve.choose_model(args.model, quick=args.quick, data_dir=args.data_dir)
         app = serve.DigitApp.from_file(path, data_dir=args.data_dir)
-        return serve.run(app, host=args.host, port=args.port)
+        return server.run(app, host=args.host, port=args.port)
     except serve.ServeError as e:
         raise UsageError(str(e)) from None
     except TrainingInterrupted:
