@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import jimunet as jn
-from jimunet import cli
+from jimunet.app import cli
+from jimunet.app.cli import train as cli_train
 
 
 def run(*args, env=None, timeout=120):
@@ -184,11 +185,9 @@ def test_evaluate_prints_accuracy_and_confusion_table(model_file, monkeypatch, c
 
 
 def test_unexpected_errors_are_one_line_unless_debugging(monkeypatch, capsys):
-    import jimunet.train
-
     def broken(*a, **k):
         raise OSError("disk on fire")
-    monkeypatch.setattr(jimunet.train, "train_mnist", broken)
+    monkeypatch.setattr(cli_train, "train_mnist", broken)
     monkeypatch.delenv("JIMUNET_DEBUG", raising=False)
     assert cli.main(["train", "--self-test"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -203,12 +202,12 @@ def test_interrupt_and_divergence_exit_codes(monkeypatch, capsys):
 
     def interrupted(*a, **k):
         raise jimunet.train.TrainingInterrupted("stopped", 1, 8)
-    monkeypatch.setattr(jimunet.train, "train_mnist", interrupted)
+    monkeypatch.setattr(cli_train, "train_mnist", interrupted)
     assert cli.main(["train", "--self-test"]) == 130
 
     def diverged(*a, **k):
         raise jimunet.train.TrainingDiverged("training diverged at step 3 (epoch 1): the loss is nan", 3, 1)
-    monkeypatch.setattr(jimunet.train, "train_mnist", diverged)
+    monkeypatch.setattr(cli_train, "train_mnist", diverged)
     assert cli.main(["train", "--self-test"]) == 1
     assert "diverged at step 3" in capsys.readouterr().err
 
