@@ -14,6 +14,8 @@ import urllib.parse
 
 import numpy as np
 
+from jimunet.app.server import make_server
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -51,11 +53,9 @@ def request(url, method="GET", path="/", body=None, headers=None, timeout=60):
 
 
 class ThreadServer:
-    """A ``jimunet.app.serve`` server on a free localhost port, serving from a daemon thread."""
+    """A ``jimunet.app.server`` server on a free localhost port, serving from a daemon thread."""
 
     def __init__(self, app):
-        from jimunet.app.serve import make_server
-
         self.server = make_server(app, "127.0.0.1", 0)
         self.url = self.server.url
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},

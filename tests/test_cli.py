@@ -1,4 +1,5 @@
 """The command line: ``python -m jimunet train | evaluate | predict``, its messages and exit codes."""
+import argparse
 import json
 import os
 import re
@@ -11,7 +12,9 @@ import numpy as np
 import pytest
 
 import jimunet as jn
-from jimunet import cli
+from jimunet.app import cli
+from jimunet.app.cli import train as cli_train
+from jimunet.app.cli.errors import UserError, add_command
 
 
 def run(*args, env=None, timeout=120):
@@ -184,11 +187,9 @@ def test_evaluate_prints_accuracy_and_confusion_table(model_file, monkeypatch, c
 
 
 def test_unexpected_errors_are_one_line_unless_debugging(monkeypatch, capsys):
-    import jimunet.train
-
     def broken(*a, **k):
         raise OSError("disk on fire")
-    monkeypatch.setattr(jimunet.train, "train_mnist", broken)
+    monkeypatch.setattr(cli_train, "train_mnist", broken)
     monkeypatch.delenv("JIMUNET_DEBUG", raising=False)
     assert cli.main(["train", "--self-test"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -203,12 +204,12 @@ def test_interrupt_and_divergence_exit_codes(monkeypatch, capsys):
 
     def interrupted(*a, **k):
         raise jimunet.train.TrainingInterrupted("stopped", 1, 8)
-    monkeypatch.setattr(jimunet.train, "train_mnist", interrupted)
+    monkeypatch.setattr(cli_train, "train_mnist", interrupted)
     assert cli.main(["train", "--self-test"]) == 130
 
     def diverged(*a, **k):
         raise jimunet.train.TrainingDiverged("training diverged at step 3 (epoch 1): the loss is nan", 3, 1)
-    monkeypatch.setattr(jimunet.train, "train_mnist", diverged)
+    monkeypatch.setattr(cli_train, "train_mnist", diverged)
     assert cli.main(["train", "--self-test"]) == 1
     assert "diverged at step 3" in capsys.readouterr().err
 
@@ -328,3 +329,23 @@ def test_evaluate_a_model_of_more_classes_than_digits(tmp_path, monkeypatch, cap
     table = out[out.index("true\\pred"):].strip().splitlines()
     assert table[0].split()[1:] == [str(i) for i in range(20)] + ["total"]
     assert len(table) == 21 and all(int(row.split()[-1]) == (4 if i < 10 else 0) for i, row in enumerate(table[1:]))
+
+
+def test_one_convention_for_every_command(capsys):
+    """Each command is a module with ``register`` and ``run``; a ``UserError`` it raises becomes
+    ``jimunet <cmd>: error: ...`` and its exit code."""
+    parser = cli.build_parser()
+    assert list(parser.commands) == [c.__name__.rsplit(".", 1)[1].rstrip("_") for c in cli.COMMANDS]
+    for command in cli.COMMANDS:
+        assert callable(command.register) and callable(command.run), command.__name__
+
+    def run(args):
+        raise UserError("no can do", 7)
+    sub = argparse.ArgumentParser(prog="jimunet").add_subparsers(dest="command")
+    add_command(sub, "demo", run)
+    args = sub.choices["demo"].parse_args([])
+    assert args.func(args) == 7
+    assert capsys.readouterr().err == "jimunet demo: error: no can do\n"
+    args.prog = "jimunet demo [rank 1 of 2]"
+    assert args.func(args) == 7
+    assert capsys.readouterr().err == "jimunet demo [rank 1 of 2]: error: no can do\n"

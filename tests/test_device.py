@@ -7,7 +7,7 @@ import pytest
 
 import jimunet as jn
 from jimunet import backend
-from jimunet.cli import main
+from jimunet.app.cli import main
 
 
 @pytest.fixture

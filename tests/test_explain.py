@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import jimunet as jn
-from jimunet.explain import PlotDependencyError, explain, preprocess, register
+from jimunet.app.cli.explain import register
+from jimunet.explain import PlotDependencyError, explain, preprocess
 from jimunet.functional.softmax import softmax
 
 

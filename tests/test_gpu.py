@@ -120,7 +120,7 @@ def test_predict_and_save_from_gpu(tmp_path):
 
 
 def test_cli_trains_on_the_gpu_and_resumes_on_the_cpu(tmp_path, capsys):
-    from jimunet.cli import main
+    from jimunet.app.cli import main
     out = tmp_path / "run"
     assert main(["train", "--self-test", "--epochs", "2", "--device", "cuda", "--out", str(out), "--no-report"]) == 0
     assert "test error 0.00%" in capsys.readouterr().out

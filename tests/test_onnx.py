@@ -24,7 +24,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import jimunet as jn
-from jimunet.cli import main
+from jimunet.app.cli import main
 from jimunet.onnx import ONNXError
 
 TOL32 = 1e-5

@@ -11,8 +11,8 @@ import pytest
 import jimunet as jn
 from jimunet import report
 from jimunet.data.mnist import MNISTUnavailableError
-from jimunet.report import (DPI, FIGURE_SIZES, PlotDependencyError, confusion_matrix, read_report_data,
-                            register, write_report)
+from jimunet.app.cli.report import register
+from jimunet.report import DPI, FIGURE_SIZES, PlotDependencyError, confusion_matrix, read_report_data, write_report
 
 N_TEST = 300
 

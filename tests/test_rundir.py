@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import jimunet as jn
-from jimunet import cli
+from jimunet.app import cli
 from jimunet.recipes import ConfigError, MNISTConfig
 from jimunet.serialization import CheckpointError, load_npz, save_npz
 from jimunet.train import Callback, TrainingInterrupted, load_run_config, train_mnist
@@ -320,7 +320,7 @@ def test_sigterm_after_the_last_epoch_says_what_is_left_and_resumes(tmp_path, un
     e = info.value
     assert e.signum == signal.SIGTERM and e.epochs_completed == 2
     assert "stopped by SIGTERM after the last epoch" in e.message and "model.npz are still to do" in e.message
-    assert cli._interrupted_exit(e) == 143
+    assert cli.interrupted_exit(e) == 143
     train_mnist(resume=run, echo=False)
     assert_same_arrays(uninterrupted / "model.npz", run / "model.npz")
 
@@ -347,7 +347,7 @@ def test_a_signal_lets_the_step_in_progress_finish(tmp_path, uninterrupted, sign
     e = info.value
     # the signal came after step 5 had been checked; step 6 ran to its end, then training stopped
     assert e.signum == signum and e.step == 7 and e.epochs_completed == 1
-    assert cli._interrupted_exit(e) == 128 + signum
+    assert cli.interrupted_exit(e) == 128 + signum
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers are back as they were
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     train_mnist(resume=run, echo=False)

@@ -16,7 +16,7 @@ from PIL import Image
 from serve_helpers import ROOT, ServeProcess, ThreadServer, digit, request
 
 import jimunet as jn
-from jimunet.app import serve
+from jimunet.app import serve, server
 from jimunet.data.images import load_inputs, preprocess
 from jimunet.explain import walk
 from jimunet.functional.softmax import softmax
@@ -301,9 +301,9 @@ def test_malformed_http_gets_a_json_4xx(srv, data, status, message):
 
 
 def test_oversized_upload_is_refused_and_the_client_reads_why(srv):
-    body = b"\0" * (serve.MAX_BODY + 1)
+    body = b"\0" * (server.MAX_BODY + 1)
     status, _, doc = request(srv.url, "POST", "/api/predict", body, {"Content-Type": "image/png"})
-    assert status == 413 and f"{serve.MAX_BODY:,}" in doc["error"]
+    assert status == 413 and f"{server.MAX_BODY:,}" in doc["error"]
 
 
 # -- concurrency and robustness --------------------------------------------------------------
@@ -412,8 +412,6 @@ def test_newest_run_is_chosen_and_a_missing_one_says_how_to_get_one(tmp_path, mo
     with pytest.raises(serve.ServeError, match="not both"):
         serve.choose_model("given.npz", quick=True)
     # --quick: one epoch of the recipe through the usual trainer, then its best.npz
-    import jimunet.train
-
     seen = {}
 
     class Result:
@@ -422,7 +420,7 @@ def test_newest_run_is_chosen_and_a_missing_one_says_how_to_get_one(tmp_path, mo
     def fake_train(config, **kw):
         seen["config"] = config
         return Result()
-    monkeypatch.setattr(jimunet.train, "train_mnist", fake_train)
+    monkeypatch.setattr(serve, "train_mnist", fake_train)
     assert serve.choose_model(quick=True, data_dir="D") == os.path.join(Result.run_dir, "best.npz")
     assert seen["config"].epochs == 1 and seen["config"].data_dir == "D"
 

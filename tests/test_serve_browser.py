@@ -15,6 +15,8 @@ import pytest
 from serve_helpers import ROOT, ServeProcess
 
 import jimunet as jn
+from jimunet.recipes import MNISTConfig
+from jimunet.train import train_mnist
 
 CHROMIUM = os.environ.get("JIMUNET_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--headless", "--disable-background-networking",
@@ -164,9 +166,6 @@ def mnist_test():
 @pytest.fixture(scope="module")
 def trained_model(tmp_path_factory, mnist_test):
     """A briefly trained model (a few hundred steps), so its predictions differ from image to image."""
-    from jimunet.recipes import MNISTConfig
-    from jimunet.train import train_mnist
-
     out = tmp_path_factory.mktemp("run") / "run"
     train_mnist(MNISTConfig(epochs=1, train_size=4096, test_size=500, out=str(out), report=False, progress=False),
                 echo=False)

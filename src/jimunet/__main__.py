@@ -1,6 +1,6 @@
-"""``python -m jimunet ...``: the same command line as ``jimunet ...`` (see ``jimunet.cli``)."""
+"""``python -m jimunet ...``: the same command line as ``jimunet ...`` (see ``jimunet.app.cli``)."""
 import sys
 
-from .cli import main
+from .app.cli import main
 
 sys.exit(main())

@@ -10,7 +10,7 @@ numbers behind it (confusion matrix, per-class accuracy, worst mistakes) also go
 Drawing needs matplotlib (``pip install 'jimunet[plot]'``); this module imports without it.
 ``confusion_matrix`` needs NumPy only.
 
-Command line (registered by ``jimunet.cli``)::
+Command line (``jimunet.app.cli.report``)::
 
     jimunet report runs/20240101-120000 [--out report.html] [--data-dir D]
 """
@@ -22,7 +22,6 @@ import html
 import json
 import math
 import os
-import sys
 import time
 
 import numpy as np
@@ -820,43 +819,3 @@ def write_report(run_dir, data=None, out=None, weights=None, data_dir=None, num_
     with open(out, "w", encoding="utf-8") as f:
         f.write("\n".join(parts))
     return out
-
-
-# -- command line ----------------------------------------------------------------------------------
-
-def _cli(args) -> int:
-    from .serialization import CheckpointError
-
-    try:
-        path = write_report(args.run_dir, out=args.out, data_dir=args.data_dir)
-    except PlotDependencyError as e:
-        print(f"jimunet report: error: {e}", file=sys.stderr)
-        return 1
-    except (FileNotFoundError, NotADirectoryError, CheckpointError) as e:  # bad usage, as in jimunet's other commands
-        print(f"jimunet report: error: {e}", file=sys.stderr)
-        return 2
-    except ValueError as e:
-        print(f"jimunet report: error: {e}", file=sys.stderr)
-        return 1
-    except RuntimeError as e:  # MNISTUnavailableError
-        print(f"jimunet report: error: cannot load the test data: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {path}")
-    print(f"      (figures and report.json in {args.run_dir})")
-    return 0
-
-
-def register(subparsers):
-    """Add ``jimunet report`` to an argparse ``subparsers`` object; returns the parser."""
-    p = subparsers.add_parser(
-        "report", help="write an HTML report of a training run",
-        description="Write RUN_DIR/report.html: learning curves, first-layer filters, feature maps, confusion "
-                    "matrix, per-class accuracy, the most confident mistakes, the model summary, config and "
-                    "timings. One self-contained file (images embedded). Needs matplotlib: "
-                    f"{PLOT_HINT}")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a training run directory (runs/<timestamp>/)")
-    p.add_argument("--out", default=None, metavar="FILE", help="where to write the HTML (default RUN_DIR/report.html)")
-    p.add_argument("--data-dir", default=None, metavar="D", help="MNIST cache directory (default: "
-                                                                 "$JIMUNET_DATA or ~/.cache/jimunet/mnist)")
-    p.set_defaults(func=_cli)
-    return p

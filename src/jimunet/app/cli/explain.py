@@ -1,0 +1,112 @@
+"""``jimunet explain``: walk one image through a model block by block (``jimunet.explain``) from the command line.
+
+::
+
+    jimunet explain                       # untrained mnist_cnn, test image 0
+    jimunet explain runs/X/model.npz --index 7 --out explain-7/
+    jimunet explain runs/X/model.npz digit.npy
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from ... import datasets
+from ...data.images import load_inputs
+from ...explain import PlotDependencyError, explain
+from ...model import load
+from ...models import mnist_cnn
+from ...serialization import CheckpointError
+from .errors import EXIT_FAILURE, EXIT_OK, UserError, add_command, model_path_error
+
+
+def run(args) -> int:
+    """Print the walk of one image (a FILE, MNIST test image ``--index`` or 0) through the model."""
+    model_path, image_file = _paths(args)
+    model = _model(model_path)
+    image, label = _image(args, image_file)
+    try:
+        res = explain(model, image, out_dir=args.out, file=sys.stdout)
+    except (PlotDependencyError, ValueError) as e:
+        raise UserError(str(e), EXIT_FAILURE) from None
+    if label is not None and res.top:
+        print(f"         predicted {res.top[0][0]}, true label {label}: "
+              f"{'right' if res.top[0][0] == label else 'WRONG'}")
+    if args.out:
+        print(f"wrote    {len(res) + 1} PNGs to {args.out}")
+    return EXIT_OK
+
+
+def _paths(args) -> tuple:
+    """``(MODEL.npz or None, image FILE or None)`` from the positional arguments; UserError if they do not fit."""
+    if args.index is not None and args.index < 0:  # counted from 0, as everywhere in jimunet (no wrap-around)
+        raise UserError(f"--index must be >= 0 (a test image's position, 0..9999), got {args.index}")
+    paths = list(args.paths or [])
+    for p in paths:
+        if os.path.isdir(p):
+            raise UserError(model_path_error(p))
+    model_path = next((p for p in paths if p.lower().endswith(".npz")), None)
+    files = [p for p in paths if p is not model_path]
+    if len(files) > 1 or len(paths) > 2:
+        raise UserError(f"expected at most a MODEL.npz and one image FILE, got {paths}")
+    image_file = files[0] if files else None
+    if image_file is not None and args.index is not None:
+        raise UserError("give either --index I or an image FILE, not both")
+    return model_path, image_file
+
+
+def _model(model_path):
+    """The model at ``model_path``, or an untrained ``mnist_cnn`` without one; says which."""
+    if model_path is None:
+        print("model    mnist_cnn(rng=0), freshly initialised: the weights are UNTRAINED, "
+              "so the prediction is meaningless")
+        return mnist_cnn(rng=0)
+    try:
+        model = load(model_path)
+    except (OSError, CheckpointError) as e:
+        raise UserError(f"cannot load {model_path}: {e}") from None
+    print(f"model    {model_path}")
+    return model
+
+
+def _image(args, image_file) -> tuple:
+    """``(image, true label or None)``: the first image of ``image_file``, else an MNIST test image."""
+    if image_file is not None:
+        try:
+            images = load_inputs(image_file)  # pictures are normalised like MNIST digits, as by jimunet predict
+        except (OSError, ValueError, ImportError) as e:  # ImportError: Pillow missing
+            raise UserError(str(e)) from None
+        more = f" (the first of {len(images)} images)" if len(images) > 1 else ""
+        print(f"image    {image_file}{more}")
+        return images[0], None
+    index = 0 if args.index is None else args.index
+    try:
+        _, (x_test, y_test) = datasets.load_mnist(root=args.data_dir)
+    except Exception as e:  # MNISTUnavailableError, OSError, ...
+        raise UserError(f"cannot load the MNIST test set ({e}); pass an image FILE (.npy) instead",
+                        EXIT_FAILURE) from None
+    if not 0 <= index < len(x_test):
+        raise UserError(f"--index must be in [0, {len(x_test)}), got {index}")
+    label = int(y_test[index])
+    print(f"image    MNIST test image {index} (true label {label})")
+    return x_test[index], label
+
+
+def register(subparsers):
+    """Add ``jimunet explain`` to an argparse ``subparsers`` object; returns the parser."""
+    p = add_command(
+        subparsers, "explain", run, help="walk one image through a model, block by block",
+        usage="%(prog)s [MODEL.npz] [--index I | FILE] [--out DIR] [--data-dir D]",
+        description="Walk one image through a model and print, per block, the shapes, padding, im2col/GEMM "
+                    "sizes, FLOPs and output range, then the softmax top-3. Without MODEL.npz a freshly "
+                    "initialised (untrained) mnist_cnn is used; without FILE or --index, MNIST test image 0.")
+    p.add_argument("paths", nargs="*", metavar="MODEL.npz, FILE",
+                   help="a model saved by jimunet (.npz; default: an untrained mnist_cnn) and/or one image: a "
+                        "picture (PNG, JPEG, ...; normalised like MNIST, as jimunet predict does) or a .npy array "
+                        "(28x28 or 28x28x1, white digit on black, uint8 0..255 or floats in [0, 1] or [0, 255])")
+    p.add_argument("--index", type=int, default=None, metavar="I", help="use MNIST test image I")
+    p.add_argument("--out", default=None, metavar="DIR", help="also save every intermediate as a PNG in DIR "
+                                                              "(needs matplotlib)")
+    p.add_argument("--data-dir", default=None, metavar="D", help="MNIST cache directory (default: "
+                                                                 "$JIMUNET_DATA or ~/.cache/jimunet/mnist)")
+    return p
