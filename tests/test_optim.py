@@ -1,5 +1,7 @@
 """Optimizers beyond the torch comparisons (those live in test_oracle_torch.py): state
-round trips (in memory and on disk), in-place updates, schedules, bad hyper-parameters."""
+round trips (in memory and on disk), in-place updates, SGD (Nesterov included) against
+torch.optim.SGD's documented formula computed by hand (no torch needed), schedules, bad
+hyper-parameters."""
 from __future__ import annotations
 
 import math
