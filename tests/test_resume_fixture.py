@@ -38,7 +38,10 @@ def _unpack(tmp_path):
     with tarfile.open(os.path.join(FIXTURES, "resume_run.tar.xz"), "r:xz") as tar:
         names = tar.getnames()
         assert all(n.startswith("resume_run/") and ".." not in n for n in names), names
-        tar.extractall(tmp_path, filter="data")
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.12, 3.11.4, 3.10.12, 3.9.17
+            tar.extractall(tmp_path, filter="data")
+        else:
+            tar.extractall(tmp_path)
     return tmp_path / "resume_run"
 
 
