@@ -157,6 +157,30 @@ def test_weight_gradient_of_blocks_of_several_chunks(n, training):
     assert rel(win.bias.grad, db) <= 1e-14
 
 
+@pytest.mark.parametrize("algorithm", ["im2col", "winograd"])
+@pytest.mark.parametrize("n", [24, 64])
+def test_bias_gradient_is_the_block_sums_added_in_block_order(n, algorithm):
+    # The order that makes gradients independent of threads and of a data-parallel split
+    # (README, parallel.sum_blocks): each block of the batch (parallel.batch_blocks) sums its
+    # own samples, the block sums are added in block order, then added into .grad. Bit for
+    # bit, so a sum over the samples of another block, even a permutation of the blocks that
+    # leaves the value correct up to rounding, shows without MPI.
+    from jimunet.parallel import batch_blocks
+    layer = jn.layers.Conv2D(80, 80, 3, padding="same", algorithm=algorithm, winograd_tile=4 if algorithm ==
+                             "winograd" else None, rng=0, dtype=np.float64)
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, 14, 14, 80))
+    g = rng.standard_normal((n, 14, 14, 80)) * rng.uniform(0.1, 10, 80)  # channels of other scales
+    layer.forward(x, training=True)
+    layer.backward(g, input_grad=False)
+    assert layer.last_algorithm[0] == algorithm and len(batch_blocks(n)) == 8
+    sums = [g[b].sum(axis=(0, 1, 2)) for b in batch_blocks(n)]
+    total = sums[0].copy()
+    for s in sums[1:]:
+        total += s
+    np.testing.assert_array_equal(layer.bias.grad, total)
+
+
 def _auto_winograd_kernels():
     """Every (kernel, tile) ``auto`` can send to Winograd: sizes 1..8 over outputs 1..64."""
     found = set()
