@@ -1,5 +1,7 @@
 """Optimizers beyond the torch comparisons (those live in test_oracle_torch.py): state
-round trips (in memory and on disk), in-place updates, schedules, bad hyper-parameters."""
+round trips (in memory and on disk), in-place updates, SGD (Nesterov included) against
+torch.optim.SGD's documented formula computed by hand (no torch needed), schedules, bad
+hyper-parameters."""
 from __future__ import annotations
 
 import math
@@ -256,6 +258,62 @@ def test_first_steps_by_hand():
     q.grad[:] = [3.0, -0.5]
     adam.step()  # first Adam step moves each coordinate by ~lr against the gradient sign
     np.testing.assert_allclose(q.data, [-0.1, 1.1], rtol=1e-6)
+
+
+def _torch_sgd_by_hand(p0, grads, lrs, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+    """The parameters after each step of ``torch.optim.SGD``'s documented algorithm, in float64:
+    g ← g + wd·p;  b ← g (first step) | μ·b + (1-τ)·g;  g ← g + μ·b (Nesterov) | b;  p ← p - lr·g."""
+    p, b, out = np.array(p0, np.float64), None, []
+    for grad, lr in zip(grads, lrs):
+        g = np.asarray(grad, np.float64) + weight_decay * p
+        if momentum:
+            b = g.copy() if b is None else momentum * b + (1 - dampening) * g
+            g = g + momentum * b if nesterov else b
+        p = p - lr * g
+        out.append(p.copy())
+    return out
+
+
+def test_nesterov_first_steps_by_hand():
+    p = jn.Parameter(np.array([1.0, -2.0]))
+    opt = jn.optim.SGD([p], lr=0.1, momentum=0.9, weight_decay=0.5, nesterov=True)
+    p.grad[:] = [1.0, 1.0]
+    opt.step()  # d = g + .5p = [1.5, 0]; b = d; d + .9b = [2.85, 0]; p -= .1·that
+    np.testing.assert_allclose(p.data, [0.715, -2.0], rtol=1e-15)
+    opt.step()  # d = [1 + .3575, 0]; b = .9·1.5 + 1.3575 = 2.7075; d + .9b = 3.79425
+    np.testing.assert_allclose(p.data, [0.335575, -2.0], rtol=1e-14)
+    assert opt.state_dict()["state"][0]["momentum_buffer"].tolist() == pytest.approx([2.7075, 0.0], rel=1e-15)
+
+
+@pytest.mark.parametrize("hyper", [
+    dict(momentum=0.9, nesterov=True),
+    dict(momentum=0.9, nesterov=True, weight_decay=0.01),
+    dict(momentum=0.5, nesterov=True, weight_decay=0.2),
+    dict(momentum=0.9, weight_decay=0.01),
+    dict(momentum=0.5, dampening=0.3, weight_decay=0.05),
+    dict(weight_decay=0.1),
+], ids=lambda h: "-".join(f"{k}{v}" for k, v in h.items()))
+def test_sgd_follows_torchs_formula_over_several_steps(hyper):
+    # Without torch: torch.optim.SGD's documented update, step by step, with gradients that
+    # change every step and a learning rate that changes mid-run (as a schedule does).
+    params, steps = _params(3), 8
+    start = [p.data.copy() for p in params]
+    grads = _grads(steps, seed=4)
+    lrs = [0.05] * 3 + [0.02] * 3 + [0.1] * 2
+    opt = jn.optim.SGD(params, lr=lrs[0], **hyper)
+    got = [[] for _ in params]
+    for grad, lr in zip(grads, lrs):
+        opt.set_lr(lr)
+        _step(opt, params, grad)
+        for i, p in enumerate(params):
+            got[i].append(p.data.copy())
+    for i in range(len(params)):
+        want = _torch_sgd_by_hand(start[i], [g[i] for g in grads], lrs, **hyper)
+        for step, (a, b) in enumerate(zip(got[i], want)):
+            np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15, err_msg=f"parameter {i}, step {step + 1}")
+        if hyper.get("nesterov"):  # these steps tell Nesterov from plain momentum
+            plain = _torch_sgd_by_hand(start[i], [g[i] for g in grads], lrs, **{**hyper, "nesterov": False})
+            assert not np.allclose(plain[-1], want[-1], rtol=1e-6)
 
 
 def test_float32_parameters_stay_float32():

@@ -1,6 +1,6 @@
 """PyTorch as the oracle for BatchNorm and for a residual block built with ``jn.Input``/``jn.Model``.
 
-Everything in float64, compared with ``max|a - b| / max|b| <= 1e-10``: outputs, the input
+Everything in float64, compared with ``max|a - b| / max|b| <= 1e-12``: outputs, the input
 gradient and every parameter gradient in training mode, the running statistics after
 several training steps, and outputs and gradients in evaluation mode. Activations are NHWC
 here and NCHW in torch; the tests transpose at the boundary.
@@ -15,7 +15,7 @@ import torch  # the "test" extra pins it; a missing oracle must fail loudly, not
 import jimunet as jn
 
 L = jn.layers
-TOL = 1e-10
+TOL = 1e-12
 
 
 def rel(a, b) -> float:

@@ -89,6 +89,12 @@ def _fwd_bwd(layer, x, g):
     return y, layer.backward(g), layer.weight.grad.copy()
 
 
+def _chunks_per_block(layer):
+    """How many chunks each block of the batch had in ``layer``'s last Winograd forward plan."""
+    plan = layer._cache[1]
+    return [len(plan["chunks"][blocks]) for blocks in plan["blocks"]]
+
+
 # Odd and even sizes and kernels, 1 to many channels, batch 1 to more than a chunk's worth,
 # sizes that are and are not multiples of the tile, rectangular kernels and tiles.
 CASES64 = [
@@ -103,7 +109,10 @@ CASES64 = [
     (3, 10, 7, 2, 5, (3, 5), 1, (2, 4)),
     (2, 5, 5, 6, 2, 7, "same", 2),
     (1, 3, 2, 2, 2, 5, "same", 4),   # input smaller than the kernel
-    (40, 6, 6, 8, 8, 3, "same", 4),  # several chunks per block
+    (40, 6, 6, 8, 8, 3, "same", 4),  # several blocks, one chunk each
+    # several chunks per block: 2 MiB of scratch holds 2 of these images (46,176 elements
+    # each), so each block of 3 images has a chunk of 2 and one of 1 (asserted below)
+    (24, 14, 14, 80, 80, 3, "same", 4),
 ]
 
 
@@ -119,7 +128,57 @@ def test_float64_winograd_equals_im2col(n, h, w, c, o, k, padding, tile):
     assert y1.shape == y0.shape and dx1.shape == dx0.shape and y1.dtype == np.float64
     assert rel(y1, y0) <= BOUND64 and rel(dx1, dx0) <= BOUND64
     assert rel(dw1, dw0) <= BOUND64
+    assert rel(win.bias.grad, ref.bias.grad) <= BOUND64
     assert y1.flags.c_contiguous
+    if n == 24:  # the case that is there for it: it must really cut its blocks into chunks
+        assert max(_chunks_per_block(win)) > 1, _chunks_per_block(win)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("n", [24, 64])
+def test_weight_gradient_of_blocks_of_several_chunks(n, training):
+    # dW sums each block's chunks, then the blocks; db sums each block's samples. A chunk
+    # dropped or counted twice, or samples of the wrong block, show here (kept input tiles,
+    # training=True, and transformed again, training=False), at two batch sizes, twice (the
+    # second pass adds into .grad and reuses the plan's chunks).
+    ref, win = _pair_of_layers(80, 80, 3, "same", 4, np.float64, seed=4)
+    rng = np.random.default_rng(n)
+    x, g = rng.standard_normal((n, 14, 14, 80)), rng.standard_normal((n, 14, 14, 80))
+    for layer in (ref, win):
+        for _ in range(2):
+            layer.forward(x, training=training)
+            layer.backward(g, input_grad=False)
+    per_block = _chunks_per_block(win)
+    assert len(per_block) > 1 and min(per_block) > 1, per_block
+    assert win.last_algorithm == ("winograd", (4, 4)) and (win._cache[1]["kept"] is not None) == training
+    assert rel(win.weight.grad, ref.weight.grad) <= BOUND64
+    assert rel(win.bias.grad, ref.bias.grad) <= BOUND64
+    db = 2 * g.sum(axis=(0, 1, 2))  # and db is exactly what it should be, not merely close
+    assert rel(win.bias.grad, db) <= 1e-14
+
+
+@pytest.mark.parametrize("algorithm", ["im2col", "winograd"])
+@pytest.mark.parametrize("n", [24, 64])
+def test_bias_gradient_is_the_block_sums_added_in_block_order(n, algorithm):
+    # The order that makes gradients independent of threads and of a data-parallel split
+    # (README, parallel.sum_blocks): each block of the batch (parallel.batch_blocks) sums its
+    # own samples, the block sums are added in block order, then added into .grad. Bit for
+    # bit, so a sum over the samples of another block, even a permutation of the blocks that
+    # leaves the value correct up to rounding, shows without MPI.
+    from jimunet.parallel import batch_blocks
+    layer = jn.layers.Conv2D(80, 80, 3, padding="same", algorithm=algorithm, winograd_tile=4 if algorithm ==
+                             "winograd" else None, rng=0, dtype=np.float64)
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, 14, 14, 80))
+    g = rng.standard_normal((n, 14, 14, 80)) * rng.uniform(0.1, 10, 80)  # channels of other scales
+    layer.forward(x, training=True)
+    layer.backward(g, input_grad=False)
+    assert layer.last_algorithm[0] == algorithm and len(batch_blocks(n)) == 8
+    sums = [g[b].sum(axis=(0, 1, 2)) for b in batch_blocks(n)]
+    total = sums[0].copy()
+    for s in sums[1:]:
+        total += s
+    np.testing.assert_array_equal(layer.bias.grad, total)
 
 
 def _auto_winograd_kernels():
