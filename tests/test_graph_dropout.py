@@ -1,9 +1,8 @@
 """Dropout inside a graph model (``jn.Model``): masks per node, and resuming from checkpoints.
 
-Issue 20: one ``Dropout`` object used at two nodes draws the SAME mask at both (the model
-copies the layer's generator per node, so both copies start from one state), and those
-per-node streams are not in the checkpoint, so a resumed run does not continue them. The
-tests of that case are marked ``xfail(strict=True)`` until the fix; the fix removes the marks.
+One ``Dropout`` object used at two nodes draws its own mask at each node from the layer's one
+generator, which the checkpoint saves (issue 20: before, the model copied the generator per node,
+so both nodes drew the same mask, and a resumed run did not continue those copies).
 """
 from __future__ import annotations
 
@@ -14,7 +13,6 @@ import jimunet as jn
 from jimunet.train import Trainer
 
 L = jn.layers
-SHARED_DROPOUT_BUG = "issue 20: shared Dropout draws one mask per node"
 
 
 def test_dropout_in_a_graph_model_masks_in_training_only():
@@ -29,7 +27,6 @@ def test_dropout_in_a_graph_model_masks_in_training_only():
     np.testing.assert_array_equal(model.forward(x, training=False), x)
 
 
-@pytest.mark.xfail(strict=True, reason=SHARED_DROPOUT_BUG)
 def test_one_dropout_layer_at_two_nodes_draws_a_mask_per_node():
     drop = L.Dropout(0.5, rng=0)
     inp = jn.Input((1000,))
@@ -62,9 +59,7 @@ def _trainer(shared, seed, dropout_seed=None):
     return Trainer(model, jn.losses.SoftmaxCrossEntropy(), opt, batch_size=8, rng=seed, log=False, progress=False)
 
 
-@pytest.mark.parametrize("shared", [False, pytest.param(True, marks=pytest.mark.xfail(strict=True,
-                                                                                      reason=SHARED_DROPOUT_BUG))],
-                         ids=["one_node", "shared_at_two_nodes"])
+@pytest.mark.parametrize("shared", [False, True], ids=["one_node", "shared_at_two_nodes"])
 def test_a_graph_model_with_dropout_resumes_bit_identically(tmp_path, shared):
     r = np.random.default_rng(0)
     x, y = r.normal(size=(32, 6, 6, 1)).astype(np.float32), r.integers(0, 3, 32)

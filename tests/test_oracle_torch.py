@@ -262,7 +262,7 @@ def test_conv2d_matches_torch_on_batches_of_several_blocks(c, algorithm):
     layer = _run_conv(c, np.float64, "conv_blocks", TOL64, algorithm=algorithm)  # db included
     assert layer.last_algorithm[0] == algorithm
     if algorithm == "winograd":
-        plan = layer._cache[1]
+        plan = layer.cache.plan
         chunks_per_block = [len(plan["chunks"][b]) for b in plan["blocks"]]
         assert len(chunks_per_block) == 8
         assert min(chunks_per_block) == 1 if c["cin"] == 8 else min(chunks_per_block) > 1, chunks_per_block

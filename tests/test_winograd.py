@@ -91,7 +91,7 @@ def _fwd_bwd(layer, x, g):
 
 def _chunks_per_block(layer):
     """How many chunks each block of the batch had in ``layer``'s last Winograd forward plan."""
-    plan = layer._cache[1]
+    plan = layer.cache.plan
     return [len(plan["chunks"][blocks]) for blocks in plan["blocks"]]
 
 
@@ -150,7 +150,7 @@ def test_weight_gradient_of_blocks_of_several_chunks(n, training):
             layer.backward(g, input_grad=False)
     per_block = _chunks_per_block(win)
     assert len(per_block) > 1 and min(per_block) > 1, per_block
-    assert win.last_algorithm == ("winograd", (4, 4)) and (win._cache[1]["kept"] is not None) == training
+    assert win.last_algorithm == ("winograd", (4, 4)) and (win.cache.plan["kept"] is not None) == training
     assert rel(win.weight.grad, ref.weight.grad) <= BOUND64
     assert rel(win.bias.grad, ref.bias.grad) <= BOUND64
     db = 2 * g.sum(axis=(0, 1, 2))  # and db is exactly what it should be, not merely close
