@@ -1,4 +1,4 @@
-"""jimunet.explain: the block-by-block walk of one image, its figures and its CLI hook."""
+"""jimunet.app.explain: the block-by-block walk of one image, its figures and its CLI hook."""
 import argparse
 import io
 import sys
@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 
 import jimunet as jn
-from jimunet.explain import PlotDependencyError, explain, preprocess, register
+from jimunet.app.explain import explain
+from jimunet.app.plotting import PlotDependencyError
+from jimunet.data.images import preprocess
+from jimunet.explain import register
 from jimunet.functional.softmax import softmax
 
 
