@@ -19,16 +19,16 @@ Example:
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 
 import numpy as np
 
-from ..backend import to_numpy
 from ..serialization import read_npy_header
 
-__all__ = ["preprocess", "looks_like_pixels", "load_digit_image", "load_inputs", "normalize_digit", "digit_from_bytes", "as_pixels",
-           "ImageTooLarge", "IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS"]
+__all__ = ["preprocess", "looks_like_pixels", "load_digit_image", "load_inputs", "normalize_digit", "digit_from_bytes",
+           "as_pixels", "ImageTooLarge", "IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS"]
 
 SIZE = 28          # MNIST field
 BOX = 20           # the digit's longer side inside the field
@@ -47,7 +47,8 @@ def preprocess(x, dtype=np.float32, *, auto: bool = False) -> np.ndarray:
     """MNIST pixels (uint8 or float, 0..255) → model input ``(x - 127.5) / 255`` in ``dtype``.
 
     The one preprocessing of jimunet: training, evaluation, prediction, the web page, the
-    report and ``explain`` all use it. Device (CuPy) arrays are copied to the host first.
+    report and ``explain`` all use it. It works on host (NumPy) arrays: ``x`` is pixels as
+    read from files or data sets, and the result goes to the model's device with the batch.
 
     Args:
         x: pixels, any shape.
@@ -66,7 +67,7 @@ def preprocess(x, dtype=np.float32, *, auto: bool = False) -> np.ndarray:
         >>> preprocess(np.array([0.0, 1.0], np.float32), auto=True).tolist()
         [0.0, 1.0]
     """
-    x = np.asarray(to_numpy(x))
+    x = np.asarray(x)
     if auto and not looks_like_pixels(x):
         return x.astype(dtype, copy=False)
     dtype = np.dtype(dtype).type
@@ -256,8 +257,6 @@ def digit_from_bytes(data: bytes, name: str = "image", max_pixels=None) -> np.nd
     Returns:
         float32 ``(28, 28, 1)``, values 0..255, white digit on black.
     """
-    import io
-
     return normalize_digit(_open_gray(io.BytesIO(data), name=name, max_pixels=max_pixels), name=name)
 
 

@@ -196,7 +196,8 @@ def _config_section(run, res, report_data, epochs, m_err):
     parts.append(_table(["", "value"], timing_rows))
     versions = _first(run.metrics, "versions")
     if isinstance(versions, dict) and versions:
-        parts.append("<h3>Versions</h3>" + _table(["package", "version"], [[_e(k), _e(v)] for k, v in versions.items()]))
+        parts.append("<h3>Versions</h3>"
+                     + _table(["package", "version"], [[_e(k), _e(v)] for k, v in versions.items()]))
     return parts
 
 
