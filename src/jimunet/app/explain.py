@@ -22,8 +22,7 @@ import numpy as np
 from ..backend import to_numpy
 from ..data.images import looks_like_pixels, preprocess
 from ..functional.softmax import softmax
-from ..layers import (Add, AvgPool2D, BatchNorm, Concatenate, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D,
-                      MaxPool2D, ReLU)
+from ..layers import Add, BatchNorm, Concatenate, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU
 from .inspect import (POOLS, _block_details, _conv_algorithm, _run_step, as_single_image, kind_of, model_dtype,
                       steps)
 from .plotting import draw_channel_grid, grid_columns, new_figure, require_matplotlib, save_figure, shape_str
@@ -89,7 +88,7 @@ def _kind_lines(rec, layer, outs):
         return [f"GEMM     M x K . K x N = ({m} x {k}) . ({k} x {n}) -> {m} x {n}"]
     if isinstance(layer, POOLS):
         (pt, pb), (pl, pr) = d["padding"]
-        what = "max" if isinstance(layer, MaxPool2D) else "mean" if isinstance(layer, AvgPool2D) else "pool"
+        what = "max" if isinstance(layer, MaxPool2D) else "mean"
         return [f"window   {d['window'][0]}x{d['window'][1]} ({what}), stride {d['stride'][0]}x"
                 f"{d['stride'][1]}, padding top {pt}, bottom {pb}, left {pl}, right {pr}"]
     if isinstance(layer, Dropout):
