@@ -1,4 +1,4 @@
-"""jimunet.explain: the block-by-block walk of one image, its figures and its CLI hook."""
+"""jimunet.app.explain: the block-by-block walk of one image, its figures and its CLI hook."""
 import argparse
 import io
 import sys
@@ -8,7 +8,9 @@ import pytest
 
 import jimunet as jn
 from jimunet.app.cli.explain import register
-from jimunet.explain import PlotDependencyError, explain, preprocess
+from jimunet.app.explain import explain
+from jimunet.app.plotting import PlotDependencyError
+from jimunet.data.images import preprocess
 from jimunet.functional.softmax import softmax
 
 

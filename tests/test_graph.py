@@ -360,7 +360,8 @@ def test_random_shift_state_round_trip_and_bad_input():
 # -- explain and report ---------------------------------------------------------------------------
 
 def test_explain_walks_the_nodes_and_shows_the_branches():
-    from jimunet.explain import explain, trace
+    from jimunet.app.explain import explain
+    from jimunet.app.inspect import trace
     m = residual(np.float32)
     recs = explain(m, np.zeros((6, 6, 1), np.uint8), file=None)
     add = next(r for r in recs if r["kind"] == "Add")
@@ -381,7 +382,7 @@ def test_explain_walks_the_nodes_and_shows_the_branches():
 
 
 def test_report_on_a_graph_model_run(tmp_path):
-    from jimunet.report import write_report
+    from jimunet.app.report import write_report
     data = _tiny_mnist(n_train=64, n_test=40)
     cfg = MNISTConfig(**{**RESNET_DEFAULTS, "epochs": 1, "batch_size": 32, "validation_size": 20,
                          "report": False, "progress": False, "out": str(tmp_path / "run")})

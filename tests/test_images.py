@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from jimunet.data.images import load_digit_image, load_inputs, normalize_digit, preprocess
+from jimunet.data.images import load_digit_image, load_inputs, looks_like_pixels, normalize_digit, preprocess
 
 PIL = pytest.importorskip("PIL", reason="Pillow (the 'image' extra) is part of the test extra")
 from PIL import Image, ImageDraw  # noqa: E402
@@ -151,6 +151,30 @@ def test_normalize_digit_array_and_preprocess():
     np.testing.assert_array_equal(preprocess(np.array([0, 127.5, 255], np.float32)), [-0.5, 0.0, 0.5])
     u8 = np.arange(256, dtype=np.uint8)
     np.testing.assert_array_equal(preprocess(u8), (u8.astype(np.float32) - 127.5) / 255)
+
+
+def test_preprocess_reads_floats_as_pixels_unless_auto():
+    """The one preprocessing (once two functions): float arrays are read two ways, on purpose."""
+    blank = np.zeros((28, 28, 1), np.float32)  # a float image with no value above 1
+    f01 = np.array([0.0, 0.5, 1.0], np.float32)
+    # default (training, evaluate, predict, the web page's predictions): floats are pixels 0..255
+    assert preprocess(blank).dtype == np.float32 and np.all(preprocess(blank) == -0.5)
+    np.testing.assert_array_equal(preprocess(f01), (f01 - np.float32(127.5)) / np.float32(255))
+    # auto=True (explain, the report): floats without a value above 1 are model inputs already
+    assert preprocess(f01, auto=True) is f01  # cast only: nothing to do here
+    np.testing.assert_array_equal(preprocess(blank, auto=True), blank)
+    scaled = np.array([-0.5, 0.25], np.float32)
+    np.testing.assert_array_equal(preprocess(scaled, auto=True), scaled)
+    assert not looks_like_pixels(f01) and not looks_like_pixels(scaled)
+    # ... and integers, or floats with a value above 1, are pixels both ways
+    for px in (np.array([0, 255], np.uint8), np.array([0.0, 255.0], np.float32), np.array([0.0, 1.5])):
+        assert looks_like_pixels(px)
+        np.testing.assert_array_equal(preprocess(px, auto=True), preprocess(px))
+    # dtype: the result's (the report and explain pass the model's), computed in it
+    d = preprocess(np.array([0, 255], np.uint8), np.float64)
+    assert d.dtype == np.float64 and d.tolist() == [-0.5, 0.5]
+    assert preprocess(f01, np.float64, auto=True).dtype == np.float64
+    assert preprocess([0, 127.5, 255]).tolist() == [-0.5, 0.0, 0.5]
 
 
 # --------------------------------------------------------------------------- bit depths and sizes

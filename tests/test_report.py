@@ -1,4 +1,4 @@
-"""jimunet.report: the run report (figures, self-contained HTML, numbers) and its CLI hook."""
+"""jimunet.app.report: the run report (figures, self-contained HTML, numbers) and its CLI hook."""
 import argparse
 import base64
 import json
@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 
 import jimunet as jn
-from jimunet import report
+from jimunet.app import report
+from jimunet.app.report import (DPI, FIGURE_SIZES, PlotDependencyError, confusion_matrix, read_report_data,
+                                write_report)
+from jimunet.app.report import data as report_data
 from jimunet.data.mnist import MNISTUnavailableError
 from jimunet.app.cli.report import register
-from jimunet.report import DPI, FIGURE_SIZES, PlotDependencyError, confusion_matrix, read_report_data, write_report
 
 N_TEST = 300
 
@@ -191,13 +193,13 @@ def test_tolerates_missing_and_renamed_metrics(tmp_path):
 
 
 def test_rates_and_units():
-    rows = report._epoch_rows({"epochs": [{"epoch": 1, "val_error": 0.8}], "units": {"val_error": "percent"}})
+    rows = report_data._epoch_rows({"epochs": [{"epoch": 1, "val_error": 0.8}], "units": {"val_error": "percent"}})
     assert rows[0]["val_error_pct"] == pytest.approx(0.8)  # percent per the units table
-    rows = report._epoch_rows({"epochs": [{"epoch": 1, "val_error": 0.8}, {"epoch": 2, "val_error": 0.5}]})
+    rows = report_data._epoch_rows({"epochs": [{"epoch": 1, "val_error": 0.8}, {"epoch": 2, "val_error": 0.5}]})
     assert rows[1]["val_error_pct"] == pytest.approx(50.0)  # no units: values <= 1 are fractions
-    acc, err = report._rate_percent({"test_accuracy": 0.99, "test_error": 1.0}, ("test_accuracy",), ("test_error",))
+    acc, err = report_data._rate_percent({"test_accuracy": 0.99, "test_error": 1.0}, ("test_accuracy",), ("test_error",))
     assert (acc, err) == (pytest.approx(99.0), pytest.approx(1.0))
-    acc, err = report._rate_percent({"test_error": 0.02}, ("test_accuracy",), ("test_error",))
+    acc, err = report_data._rate_percent({"test_error": 0.02}, ("test_accuracy",), ("test_error",))
     assert (acc, err) == (pytest.approx(98.0), pytest.approx(2.0))
 
 
@@ -226,7 +228,7 @@ def test_cli_report(tmp_path, capsys, monkeypatch):
         seen["data_dir"] = data_dir
         return x, y, "30 test images"
 
-    monkeypatch.setattr(report, "_load_test_data", fake_load)
+    monkeypatch.setattr(report_data, "_load_test_data", fake_load)
     parser = argparse.ArgumentParser(prog="jimunet")
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["report", str(run), "--out", str(tmp_path / "r.html"), "--data-dir", "/d"])
@@ -242,10 +244,16 @@ def test_modules_import_without_matplotlib(monkeypatch, tmp_path):
     import importlib
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # any import of matplotlib now fails
-    for name in ("jimunet.report", "jimunet.explain"):
-        monkeypatch.delitem(sys.modules, name)
-    rep = importlib.import_module("jimunet.report")
-    ex = importlib.import_module("jimunet.explain")
+    import jimunet.app
+
+    for name in ("jimunet.app.report", "jimunet.app.report.data", "jimunet.app.report.figures",
+                 "jimunet.app.report.html", "jimunet.app.explain", "jimunet.app.inspect", "jimunet.app.plotting"):
+        if name in sys.modules:
+            if name.count(".") == 2:  # the reimport rebinds the package's attribute: put it back afterwards
+                monkeypatch.setattr(jimunet.app, name.rsplit(".", 1)[1], sys.modules[name])
+            monkeypatch.delitem(sys.modules, name)
+    rep = importlib.import_module("jimunet.app.report")
+    ex = importlib.import_module("jimunet.app.explain")
     assert rep.confusion_matrix([1, 0], [1, 1], num_classes=2).tolist() == [[0, 1], [0, 1]]
     # the parts that need no plots work; the plots fail with the install hint, not at import
     recs = ex.explain(_small_model(), np.zeros((28, 28, 1), np.uint8), file=None)

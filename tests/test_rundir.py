@@ -449,7 +449,7 @@ def test_a_crafted_checkpoint_cannot_choose_the_data_directory(tmp_path, monkeyp
 
 
 def test_the_report_takes_no_data_directory_from_the_run(tmp_path, monkeypatch):
-    from jimunet import report
+    from jimunet.app.report import data as report
 
     calls = []
     monkeypatch.setattr(jn.datasets, "load_mnist", fake_mnist(calls))

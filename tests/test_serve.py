@@ -18,7 +18,7 @@ from serve_helpers import ROOT, ServeProcess, ThreadServer, digit, request
 import jimunet as jn
 from jimunet.app import serve, server
 from jimunet.data.images import load_inputs, preprocess
-from jimunet.explain import walk
+from jimunet.app.explain import walk
 from jimunet.functional.softmax import softmax
 
 N_TEST = 40

@@ -2,7 +2,7 @@
 
 ``DigitApp`` turns a drawing (a picture, as the page sends it, or MNIST-style pixels) into the
 28×28 input exactly as ``jimunet predict`` does (``jimunet.data.images``), runs it through the
-model block by block (``jimunet.explain.walk``, the code behind ``jimunet explain``) and answers
+model block by block (``jimunet.app.explain.walk``, the code behind ``jimunet explain``) and answers
 with the probabilities, the input the model saw, the feature maps of the conv blocks and each
 block's shapes, im2col/GEMM sizes and FLOPs; it also serves MNIST test images and the model's
 mistakes. ``choose_model`` finds the model to serve. The HTTP side (routes, limits, the page's
@@ -26,7 +26,8 @@ import numpy as np
 
 from .. import datasets
 from ..data.images import ImageTooLarge, as_pixels, digit_from_bytes, preprocess
-from ..explain import conv_blocks, walk
+from .explain import walk
+from .inspect import conv_blocks
 from ..model import load
 from ..recipes import MNISTConfig
 from ..serialization import CheckpointError

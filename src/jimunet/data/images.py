@@ -6,7 +6,8 @@ Two conventions meet here:
   so its longer side is 20 px and centred by its centre of mass. ``load_digit_image`` turns
   any photo or scan of a single digit into this form; ``load_inputs`` also reads ``.npy``.
 * **Model input**: ``preprocess(pixels) = (pixels - 127.5) / 255`` as float32 (the TF
-  sample's scaling, values in [-0.5, 0.5]); training, evaluation and prediction all use it.
+  sample's scaling, values in [-0.5, 0.5]); training, evaluation and prediction all use it,
+  and so do ``explain`` and the report (with ``auto=True``: floats in [0, 1] pass unscaled).
 
 Pillow (the ``image`` extra: ``pip install 'jimunet[image]'``) is needed for PNG/JPEG only.
 
@@ -18,22 +19,59 @@ Example:
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 
 import numpy as np
 
-__all__ = ["preprocess", "load_digit_image", "load_inputs", "normalize_digit", "digit_from_bytes", "as_pixels",
-           "ImageTooLarge", "IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS"]
+from ..serialization import read_npy_header
+
+__all__ = ["preprocess", "looks_like_pixels", "load_digit_image", "load_inputs", "normalize_digit", "digit_from_bytes",
+           "as_pixels", "ImageTooLarge", "IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS"]
 
 SIZE = 28          # MNIST field
 BOX = 20           # the digit's longer side inside the field
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
-def preprocess(x) -> np.ndarray:
-    """MNIST pixels (uint8 or float, 0..255) → float32 model input ``(x - 127.5) / 255``."""
-    return (np.asarray(x, dtype=np.float32) - np.float32(127.5)) / np.float32(255.0)
+def looks_like_pixels(x) -> bool:
+    """True for MNIST pixels 0..255 (integers, or floats above 1); False for model inputs."""
+    x = np.asarray(x)
+    if x.dtype.kind in "uib":
+        return True
+    return bool(x.size) and float(np.nanmax(x)) > 1.0
+
+
+def preprocess(x, dtype=np.float32, *, auto: bool = False) -> np.ndarray:
+    """MNIST pixels (uint8 or float, 0..255) → model input ``(x - 127.5) / 255`` in ``dtype``.
+
+    The one preprocessing of jimunet: training, evaluation, prediction, the web page, the
+    report and ``explain`` all use it. It works on host (NumPy) arrays: ``x`` is pixels as
+    read from files or data sets, and the result goes to the model's device with the batch.
+
+    Args:
+        x: pixels, any shape.
+        dtype: of the result (default float32; the report and ``explain`` pass the model's).
+        auto: how to read float arrays. False (the default, what training, evaluation and
+            prediction do): ``x`` is pixels whatever its values, so floats are always scaled
+            (an all-black float image, every value 0, becomes -0.5). True (what ``explain``
+            and the report do with images a user passes): only integer arrays and floats with
+            a value above 1 are pixels (``looks_like_pixels``); other floats, e.g. in [0, 1] or
+            [-0.5, 0.5], are taken as already scaled model inputs and only cast to ``dtype``
+            (no copy when they already have it).
+
+    Example:
+        >>> preprocess(np.array([0.0, 1.0], np.float32)).tolist()
+        [-0.5, -0.4960784316062927]
+        >>> preprocess(np.array([0.0, 1.0], np.float32), auto=True).tolist()
+        [0.0, 1.0]
+    """
+    x = np.asarray(x)
+    if auto and not looks_like_pixels(x):
+        return x.astype(dtype, copy=False)
+    dtype = np.dtype(dtype).type
+    return (x.astype(dtype) - dtype(127.5)) / dtype(255)
 
 
 def _require_pillow():
@@ -219,8 +257,6 @@ def digit_from_bytes(data: bytes, name: str = "image", max_pixels=None) -> np.nd
     Returns:
         float32 ``(28, 28, 1)``, values 0..255, white digit on black.
     """
-    import io
-
     return normalize_digit(_open_gray(io.BytesIO(data), name=name, max_pixels=max_pixels), name=name)
 
 
@@ -256,7 +292,6 @@ def load_digit_image(path) -> np.ndarray:
 
 
 def _load_npy(path: str) -> np.ndarray:
-    from ..serialization import read_npy_header
     try:
         # The header first: it may declare any size, and the data must be in the file.
         with open(path, "rb") as f:

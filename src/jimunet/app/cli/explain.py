@@ -1,4 +1,4 @@
-"""``jimunet explain``: walk one image through a model block by block (``jimunet.explain``) from the command line.
+"""``jimunet explain``: walk one image through a model block by block (``jimunet.app.explain``) from the command line.
 
 ::
 
@@ -13,7 +13,8 @@ import sys
 
 from ... import datasets
 from ...data.images import load_inputs
-from ...explain import PlotDependencyError, explain
+from ..explain import explain
+from ..plotting import PlotDependencyError
 from ...model import load
 from ...models import mnist_cnn
 from ...serialization import CheckpointError

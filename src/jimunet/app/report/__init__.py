@@ -1,0 +1,92 @@
+"""A one-file HTML report of a training run: curves, filters, feature maps, errors, summary.
+
+``write_report(run_dir)`` reads what a training run left in its directory (``model.npz`` or
+``best.npz``, ``metrics.json``, ``train.log``), predicts the MNIST test set with the model,
+draws PNG figures into the run directory and writes ``report.html``, which embeds every
+figure as a base64 ``data:`` URI so it opens offline and can be mailed as one file. The
+numbers behind it (confusion matrix, per-class accuracy, worst mistakes) also go to
+``report.json`` and into the HTML as ``<script type="application/json" id="report-data">``.
+
+Reading the run is ``data``, drawing ``figures``, writing HTML ``html``. Drawing needs
+matplotlib (``pip install 'jimunet[plot]'``); this package imports without it.
+``confusion_matrix`` needs NumPy only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from ..plotting import PLOT_HINT, PlotDependencyError, require_matplotlib
+from . import data as _data
+from .data import MAX_MISTAKES, confusion_matrix
+from .figures import DPI, FIGURE_SIZES, draw_figures, first_conv, loss_axis_range
+from .html import _json_script, page_parts, read_report_data
+
+__all__ = ["write_report", "read_report_data", "confusion_matrix", "PlotDependencyError", "PLOT_HINT",
+           "FIGURE_SIZES", "DPI", "loss_axis_range"]
+
+
+def _report_data(run, data_name, y, res, figures, m_acc):
+    """The numbers for machines: report.json, and the JSON embedded in the page."""
+    return {
+        "format": "jimunet-report", "version": 1,
+        "run_dir": os.path.abspath(run.run_dir), "weights": os.path.basename(run.weights_path),
+        "data": data_name, "num_test": int(len(y)), "num_classes": res.num_classes,
+        "accuracy": res.accuracy, "error": 1.0 - res.accuracy,
+        "confusion_matrix": res.cm.tolist(), "per_class_accuracy": res.per_class,
+        "mistakes": res.mistakes, "figures": figures,
+        "metrics_test_accuracy_pct": m_acc, "predict_seconds": res.predict_s,
+        "confusion_matrix_matches_metrics": _data.metrics_confusion_matches(run.metrics, res.cm),
+    }
+
+
+def write_report(run_dir, data=None, out=None, weights=None, data_dir=None, num_mistakes: int = MAX_MISTAKES):
+    """Write ``report.html`` (self-contained) and its PNG figures for a training run.
+
+    Args:
+        run_dir: a run directory as written by ``jimunet train`` (``model.npz`` or ``best.npz``,
+            ``metrics.json``; missing metrics are shown as n/a).
+        data: ``(x_test, y_test)`` to evaluate on (uint8 ``(N, 28, 28, 1)`` images are scaled
+            as in training; floats are used as they are). Default: the MNIST test set.
+        out: path of the HTML file (default ``run_dir/report.html``). Figures and
+            ``report.json`` always go into ``run_dir``.
+        weights: file in ``run_dir`` to report on (default ``model.npz``, else ``best.npz``).
+        data_dir: MNIST cache directory when ``data`` is None.
+        num_mistakes: how many of the most confident mistakes to show (at most 16).
+
+    Returns:
+        The path of ``report.html``.
+
+    Raises:
+        PlotDependencyError: matplotlib is not installed (message: ``pip install 'jimunet[plot]'``).
+        FileNotFoundError: no weights in ``run_dir``.
+
+    Example:
+        >>> from jimunet.app.report import write_report
+        >>> write_report("runs/20240101-120000")  # doctest: +SKIP
+        'runs/20240101-120000/report.html'
+    """
+    require_matplotlib("jimunet report")
+    t_start = time.perf_counter()
+    run = _data.read_run(run_dir, weights)
+    x, y, data_name = _data.read_data(data, data_dir, run.config)
+    res = _data.predict_run(run.model, x, y, num_mistakes)
+    epochs, l2 = _data._epoch_rows(run.metrics), _data.has_l2(run.config)
+    figures, feature_figs = draw_figures(run.run_dir, run.model, x, y, res, _data.step_losses(run.metrics),
+                                         epochs, l2)
+    m_acc, m_err = _data.metrics_test_rates(run.metrics)
+    report_data = _report_data(run, data_name, y, res, figures, m_acc)
+    with open(os.path.join(run.run_dir, "report.json"), "w", encoding="utf-8") as f:
+        json.dump(report_data, f, indent=1)
+
+    parts = page_parts(run, res, report_data, y, epochs, feature_figs, first_conv(run.model), l2, m_err)
+    report_data["report_seconds"] = time.perf_counter() - t_start
+    parts.append(_json_script(report_data))
+    parts.append("</body></html>")
+
+    out = os.fspath(out) if out is not None else os.path.join(run.run_dir, "report.html")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w", encoding="utf-8") as f:
+        f.write("\n".join(parts))
+    return out
