@@ -22,6 +22,20 @@ class DeviceError(ValueError):
     """A device that cannot be used here (a bad name, CuPy missing, no GPU)."""
 
 
+def use_device_module(module):
+    """Make ``module`` the array module of the ``"cuda"`` devices; returns the one it replaces.
+
+    For tests: tests/strict_xp.py is a CuPy stand-in (NumPy underneath, refusing implicit
+    host/device conversion like CuPy), so the device code runs in CI without a GPU. ``module``
+    needs CuPy's ``ndarray``, ``asarray``, ``asnumpy``, ``cuda.Device``,
+    ``cuda.runtime.getDeviceCount``, ``random.default_rng`` and ``lib.stride_tricks``.
+    ``None`` means no GPU module. By default it is CuPy when installed.
+    """
+    global _cupy
+    previous, _cupy = _cupy, module
+    return previous
+
+
 def xp_of(*arrays):
     """Return the array module (``numpy`` or ``cupy``) that owns the given arrays."""
     if _cupy is not None:

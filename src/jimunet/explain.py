@@ -22,7 +22,7 @@ import sys
 
 import numpy as np
 
-from .backend import to_numpy
+from .backend import to_device, to_numpy
 from .functional.im2col import im2col
 from .functional.softmax import softmax
 
@@ -372,12 +372,13 @@ def walk(model, image) -> Explanation:
     walk_steps = steps(model)
     graph = hasattr(model, "graph_steps")
     outs, seen = [], set()  # every step's output (on the model's device), the layers met so far
+    x_dev = to_device(x, model.device)  # the input on the model's device (x itself on the CPU)
     for i, (node, layer, ins) in enumerate(walk_steps):
         multi = getattr(layer, "multi_input", False)
-        args = [x if j < 0 else outs[j] for j in ins]
+        args = [x_dev if j < 0 else outs[j] for j in ins]
         cur_shape = [tuple(a.shape[1:]) for a in args] if multi else tuple(args[0].shape[1:])
         details = {} if multi else _block_details(layer, cur_shape, args[0])
-        y = _run_step(layer, ins, outs, x)
+        y = _run_step(layer, ins, outs, x_dev)
         outs.append(y)
         if kind_of(layer) == "Conv2D":
             details.update(_conv_algorithm(layer, cur_shape))
