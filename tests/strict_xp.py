@@ -353,7 +353,7 @@ class _Namespace(types.SimpleNamespace):
 def asarray(a, dtype=None, order=None, copy=None):
     """A device array of ``a`` (host arrays and lists are copied in; device arrays kept)."""
     if isinstance(a, ndarray):
-        if copy:
+        if copy or a._device != _Device._current:  # another device's array is copied here, as in CuPy
             return ndarray(a._a.astype(dtype or a.dtype, order=order or "K", copy=True))
         return a if dtype is None or np.dtype(dtype) == a.dtype else ndarray(a._a.astype(dtype))
     return ndarray(np.array(_unwrap_nested(a), dtype=dtype, order=order or "K", copy=True))

@@ -103,7 +103,10 @@ def asarray(a, dtype=None, xp=None, device=None):
     if device is not None:
         a = to_device(a, device)
     xp = xp or xp_of(a)
-    return xp.asarray(a, dtype=dtype)
+    if xp is np:
+        return xp.asarray(a, dtype=dtype)
+    with _cupy.cuda.Device(a.device.id if isinstance(a, _cupy.ndarray) else None):
+        return xp.asarray(a, dtype=dtype)  # on a's GPU: CuPy copies another GPU's array to the current one
 
 
 def to_numpy(a) -> np.ndarray:
