@@ -424,8 +424,15 @@ def _as_strided(x, shape=None, strides=None):
     return ndarray(np.lib.stride_tricks.as_strided(x._a, shape=shape, strides=strides, writeable=False))
 
 
+def _sliding_window_view(x, window_shape, axis=None, *, subok=False, writeable=False):
+    if not isinstance(x, ndarray):
+        raise _unsupported(x)
+    return ndarray(np.lib.stride_tricks.sliding_window_view(x._a, window_shape, axis=axis, writeable=writeable))
+
+
 random = _Namespace(np.random, default_rng=_Generator)
-lib = types.SimpleNamespace(stride_tricks=types.SimpleNamespace(as_strided=_as_strided))
+lib = types.SimpleNamespace(stride_tricks=types.SimpleNamespace(as_strided=_as_strided,
+                                                                sliding_window_view=_sliding_window_view))
 _namespace = _Namespace(np)
 
 

@@ -84,13 +84,18 @@ def test_the_stand_in_refuses_what_cupy_refuses():
     assert backend.device_of(host) == "cpu" and backend.xp_of(host) is np
 
 
-def test_without_the_stand_in_cuda_is_cupy_again():
-    with strict_xp.installed():
-        pass
-    assert backend.xp_of(jn.asarray(np.zeros(2), device=DEVICE)) is strict_xp  # the fixture's, restored
+def test_installing_the_stand_in_restores_what_was_there():
+    previous = backend.use_device_module(None)  # as on a machine without CuPy
+    try:
+        with strict_xp.installed():
+            assert backend.xp_of(jn.asarray(np.zeros(2), device=DEVICE)) is strict_xp
+        with pytest.raises(jn.DeviceError, match="needs CuPy, which is not installed"):
+            jn.asarray(np.zeros(2), device=DEVICE)
+    finally:
+        assert backend.use_device_module(previous) is None
 
 
-def _device_run(model_name, planted=None):
+def _device_run(model_name):
     model = MODELS[model_name](0).to(DEVICE)
     x, y = data(4)
     loss_fn = jn.losses.SoftmaxCrossEntropy()
@@ -103,14 +108,14 @@ def test_a_planted_host_device_mix_is_caught(model_name, monkeypatch):
     """A layer that converts its input with np.asarray, or adds a NumPy array to a device array:
     harmless on the CPU, an error on the stand-in, as on a GPU."""
     original = jn.layers.ReLU.forward
-    monkeypatch.setattr(jn.layers.ReLU, "forward", lambda self, x, training=False:
-                        original(self, np.asarray(x), training=training))
-    with strict_xp.installed():
-        MODELS[model_name](0).forward(data(2)[0])  # on the CPU nothing is wrong
-        with pytest.raises(TypeError, match="Implicit conversion to a NumPy array is not allowed"):
-            _device_run(model_name)
-    monkeypatch.setattr(jn.layers.ReLU, "forward", lambda self, x, training=False:
-                        original(self, x + np.zeros(x.shape[-1], x.dtype), training=training))
+    monkeypatch.setattr(jn.layers.ReLU, "forward", lambda self, x, *args, **kwargs:
+                        original(self, np.asarray(x), *args, **kwargs))
+    MODELS[model_name](0).forward(data(2)[0])  # on the CPU nothing is wrong
+    with pytest.raises(TypeError, match="Implicit conversion to a NumPy array is not allowed"):
+        _device_run(model_name)
+    monkeypatch.setattr(jn.layers.ReLU, "forward", lambda self, x, *args, **kwargs:
+                        original(self, x + np.zeros(x.shape[-1], x.dtype), *args, **kwargs))
+    MODELS[model_name](0).forward(data(2)[0])
     with pytest.raises(TypeError, match="Unsupported type <class 'numpy.ndarray'>"):
         _device_run(model_name)
 
@@ -172,6 +177,19 @@ def test_trainer_on_device_matches_cpu(model_name, opt_name):
         assert on_device(p.data) and rel(p.data, q.data) <= 1e-10
     for b, c in zip(dev.model.buffers(), cpu.model.buffers()):
         assert on_device(b.data) and rel(b.data, c.data) <= 1e-10
+
+
+def test_trainer_with_augmentation_on_device_matches_cpu():
+    from jimunet.data.augment import RandomShift
+    x, y = data(16, seed=14)
+    runs = []
+    for device in ("cpu", DEVICE):
+        trainer = _trainer("cnn", "sgd-momentum", device, augment=RandomShift(2, rng=3))
+        trainer.fit(x, y, epochs=1)
+        runs.append(trainer)
+    np.testing.assert_allclose(runs[1].history.step_loss, runs[0].history.step_loss, rtol=1e-10)
+    for p, q in zip(runs[1].model.parameters(), runs[0].model.parameters()):
+        assert on_device(p.data) and rel(p.data, q.data) <= 1e-10
 
 
 def test_trainer_takes_data_already_on_the_device():
@@ -266,8 +284,8 @@ def test_the_thread_pool_is_bypassed_on_the_device(model_name, monkeypatch):
 def test_a_training_step_reads_back_a_few_numbers_whatever_the_depth():
     """On a GPU every value read back to the host (``float()``, ``.item()``, ``bool()``) waits
     for the device. A step reads the loss, the weight-decay term, the labels' range and the
-    input's NaN check: a handful, the same for 2 convolutions as for 11 with BatchNorm, so
-    nothing reads back per layer or per parameter."""
+    input's NaN check: a handful, the same for the CNN's 2 convolutions as for the ResNet's 6
+    with BatchNorm, so nothing reads back per layer or per parameter."""
     per_step = {}
     for model_name in sorted(MODELS):
         trainer = _trainer(model_name, "sgd-momentum", DEVICE)
