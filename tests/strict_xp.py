@@ -236,9 +236,11 @@ class ndarray(NDArrayOperatorsMixin):
         return format(self._a, spec) if self._a.ndim == 0 else format(str(self), spec)
 
     def __repr__(self):
+        _read()
         return repr(self._a).replace("array(", "strict_xp.array(", 1)
 
     def __str__(self):
+        _read()
         return str(self._a)
 
 
