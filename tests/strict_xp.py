@@ -9,9 +9,10 @@ boundary between host and device, the way CuPy draws it (docs.cupy.dev, "Convers
 NumPy arrays": ``cupy.ndarray`` and ``numpy.ndarray`` are not implicitly convertible to each
 other):
 
-* ``np.asarray(a)``, ``np.array(a)``, ``np.save``/``np.savez`` of a device array, and so every
-  NumPy routine that converts its argument, raise CuPy's ``TypeError: Implicit conversion to
-  a NumPy array is not allowed. Please use `.get()` to construct a NumPy array explicitly.``
+* ``np.asarray(a)``, ``np.array(a)``, ``np.ascontiguousarray(a)`` of a device array, and so
+  every NumPy routine that converts its argument without dispatching on it, raise CuPy's
+  ``TypeError: Implicit conversion to a NumPy array is not allowed. Please use `.get()` to
+  construct a NumPy array explicitly.``
   The explicit ways out are CuPy's: ``a.get()``, ``strict_xp.asnumpy(a)``; the way in is
   ``strict_xp.asarray``/``array`` (or ``a.set(host)``).
 * A ufunc or operator that combines a device array with a NumPy array (``dev + host``,
@@ -27,6 +28,9 @@ other):
 * Reductions and integer indexing return 0-d device arrays, not NumPy scalars, as CuPy's
   do; ``float()``, ``int()``, ``bool()``, ``.item()`` and ``.tolist()`` on them are allowed
   (in CuPy they are explicit, synchronising copies).
+* Arrays remember their (pretend) GPU: there are ``device_count`` of them (1 unless a test
+  raises it); results land on the current one (``cuda.Device(n)`` as a context), and
+  ``asarray`` copies another GPU's array to the current one, as CuPy does.
 * ``host_reads`` counts the values read back to the host (``get``, ``asnumpy``, ``float()``,
   ``int()``, ``bool()``, ``.item()`` ...): on a GPU each one waits for the device, so a test
   can bound them per training step.
@@ -178,17 +182,17 @@ class ndarray(NDArrayOperatorsMixin):
 
     # -- Python's protocols ------------------------------------------------------------------
     def __getattr__(self, name):
-        if name.startswith("__"):  # no __array_interface__, __array_struct__, __dlpack__ ...
-            raise AttributeError(name)
+        if name.startswith("__") or name in ("data", "ctypes"):  # no __array_interface__, host memory ...
+            raise AttributeError(f"strict_xp.ndarray: {name} (device memory is not the host's)")
         attr = getattr(self._a, name)
         if name in ("item", "tolist", "tobytes"):
             _read()
         if callable(attr):
             def method(*args, **kwargs):
-                return _call(attr, args, kwargs)
+                return _call(attr, args, kwargs, self)
             method.__name__ = name
             return method
-        return _wrap(attr)
+        return _wrap(attr, (self,))
 
     def __setattr__(self, name, value):
         if name in ("shape", "strides", "dtype"):
@@ -197,7 +201,7 @@ class ndarray(NDArrayOperatorsMixin):
             raise AttributeError(f"strict_xp.ndarray has no settable attribute {name!r}")
 
     def __getitem__(self, index):
-        return _wrap(self._a[_unwrap_index(index)])
+        return _wrap(self._a[_unwrap_index(index)], (self,))
 
     def __setitem__(self, index, value):
         if isinstance(value, np.ndarray) and value.ndim and not _advanced(index):
@@ -209,7 +213,7 @@ class ndarray(NDArrayOperatorsMixin):
 
     def __iter__(self):
         for row in self._a:
-            yield _wrap(row)
+            yield _wrap(row, (self,))
 
     def __bool__(self):
         _read()
@@ -281,22 +285,37 @@ def _unwrap_arg(x):
     return x
 
 
-def _wrap(x):
+def _wrap(x, sources=()):
+    """Results as device arrays: a view stays on its source's GPU, new arrays are made on the
+    current one (as CuPy allocates them)."""
     if isinstance(x, np.ndarray):
+        for s in sources:
+            if np.may_share_memory(x, s._a):
+                return ndarray(x, s._device)
         return ndarray(x)
     if isinstance(x, np.generic):  # CuPy's reductions and integer indexing give 0-d arrays
         return ndarray(np.asarray(x))
     if isinstance(x, tuple):
-        return tuple(_wrap(i) for i in x)
+        return tuple(_wrap(i, sources) for i in x)
     if isinstance(x, list) and any(isinstance(i, np.ndarray) for i in x):
-        return [_wrap(i) for i in x]
+        return [_wrap(i, sources) for i in x]
     return x
 
 
-def _call(func, args, kwargs):
+def _device_args(args, found):
+    for a in args:
+        if isinstance(a, ndarray):
+            found.append(a)
+        elif isinstance(a, (list, tuple)):
+            _device_args(a, found)
+    return found
+
+
+def _call(func, args, kwargs, self=None):
+    sources = _device_args(((self,) if self is not None else ()) + tuple(args) + tuple(kwargs.values()), [])
     args = tuple(_unwrap_arg(a) for a in args)
     kwargs = {k: _unwrap_arg(v) for k, v in kwargs.items()}
-    return _wrap(func(*args, **kwargs))
+    return _wrap(func(*args, **kwargs), sources)
 
 
 class _Ufunc:
