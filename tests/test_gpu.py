@@ -1,14 +1,18 @@
 """The same layers, model, optimizers and CLI on an NVIDIA GPU through CuPy.
 
-Marked ``gpu``: they run only where CuPy and a GPU are usable (``python -m pytest -m gpu``;
-``benchmarks/gpu_check.sh`` runs them with the GPU benchmark) and are skipped, with that
-reason, elsewhere. Each compares the GPU with the CPU: float64 to 1e-12 relative (the same
-sums, in another order: a few ulps, as in the PyTorch oracle), float32 within 1e-5.
+Each test runs twice: on CuPy, marked ``gpu``, only where CuPy and a GPU are usable
+(``python -m pytest -m gpu``; ``benchmarks/gpu_check.sh`` runs them with the GPU benchmark)
+and skipped, with that reason, elsewhere; and on tests/strict_xp.py, a stand-in for CuPy
+that runs everywhere (CI too): NumPy underneath, but its arrays refuse implicit conversion to
+NumPy and mixing with NumPy arrays the way CuPy's do, so a host/device mix-up fails on
+every run. Each compares the device with the CPU: float64 to 1e-12 relative (on a GPU the
+same sums, in another order: a few ulps, as in the PyTorch oracle), float32 within 1e-5.
 """
 import numpy as np
 import pytest
 
 import jimunet as jn
+import strict_xp
 from jimunet import backend
 from jimunet.layers import AvgPool2D, Conv2D, Dense, Dropout, Flatten, LeakyReLU, MaxPool2D, ReLU, Sigmoid, Tanh
 
@@ -21,7 +25,19 @@ def _gpu_usable() -> bool:
         return False
 
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _gpu_usable(), reason="needs CuPy and an NVIDIA GPU")]
+@pytest.fixture(autouse=True, params=[
+    pytest.param("cupy", marks=[pytest.mark.gpu, pytest.mark.skipif(not _gpu_usable(),
+                                                                     reason="needs CuPy and an NVIDIA GPU")]),
+    "strict_xp"])
+def device_module(request):
+    """``"cuda"`` is CuPy on a real GPU, or the strict stand-in (tests/strict_xp.py)."""
+    if request.param == "cupy":
+        yield None  # CuPy as installed
+    else:
+        with strict_xp.installed():
+            yield strict_xp
+
+
 TOL = {np.float64: 1e-12, np.float32: 1e-5}
 
 

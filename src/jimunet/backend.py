@@ -22,6 +22,20 @@ class DeviceError(ValueError):
     """A device that cannot be used here (a bad name, CuPy missing, no GPU)."""
 
 
+def use_device_module(module):
+    """Make ``module`` the array module of the ``"cuda"`` devices; returns the one it replaces.
+
+    For tests: tests/strict_xp.py is a CuPy stand-in (NumPy underneath, refusing implicit
+    host/device conversion like CuPy), so the device code runs in CI without a GPU. ``module``
+    needs CuPy's ``ndarray``, ``asarray``, ``asnumpy``, ``cuda.Device``,
+    ``cuda.runtime.getDeviceCount``, ``random.default_rng`` and ``lib.stride_tricks``.
+    ``None`` means no GPU module. By default it is CuPy when installed.
+    """
+    global _cupy
+    previous, _cupy = _cupy, module
+    return previous
+
+
 def xp_of(*arrays):
     """Return the array module (``numpy`` or ``cupy``) that owns the given arrays."""
     if _cupy is not None:
@@ -89,7 +103,10 @@ def asarray(a, dtype=None, xp=None, device=None):
     if device is not None:
         a = to_device(a, device)
     xp = xp or xp_of(a)
-    return xp.asarray(a, dtype=dtype)
+    if xp is np:
+        return xp.asarray(a, dtype=dtype)
+    with _cupy.cuda.Device(a.device.id if isinstance(a, _cupy.ndarray) else None):
+        return xp.asarray(a, dtype=dtype)  # on a's GPU: CuPy copies another GPU's array to the current one
 
 
 def to_numpy(a) -> np.ndarray:

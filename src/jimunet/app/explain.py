@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 
-from ..backend import to_numpy
+from ..backend import to_device, to_numpy
 from ..data.images import looks_like_pixels, preprocess
 from ..functional.softmax import softmax
 from ..layers import Add, BatchNorm, Concatenate, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU
@@ -152,14 +152,15 @@ def walk(model, image) -> Explanation:
                            "scaled": looks_like_pixels(raw)}
     result.raw, result.inputs, result.outputs = raw, x[0], []
     walk_steps = steps(model)
+    x_dev = to_device(x, model.device)  # the input on the model's device (x itself on the CPU)
     graph = hasattr(model, "graph_steps")
     outs, seen = [], set()  # every step's output (on the model's device), the layers met so far
     for i, (node, layer, ins) in enumerate(walk_steps):
-        multi = getattr(layer, "multi_input", False)
-        args = [x if j < 0 else outs[j] for j in ins]
+        multi = layer.multi_input
+        args = [x_dev if j < 0 else outs[j] for j in ins]
         cur_shape = [tuple(a.shape[1:]) for a in args] if multi else tuple(args[0].shape[1:])
         details = {} if multi else _block_details(layer, cur_shape, args[0])
-        y = _run_step(layer, ins, outs, x)
+        y = _run_step(layer, ins, outs, x_dev)
         outs.append(y)
         if isinstance(layer, Conv2D):
             details.update(_conv_algorithm(layer, cur_shape))

@@ -62,7 +62,7 @@ def steps(model):
 
 def _run_step(layer, ins, vals, x):
     args = [x if j < 0 else vals[j] for j in ins]
-    return layer.forward(args if getattr(layer, "multi_input", False) else args[0], training=False)
+    return layer.forward(args if layer.multi_input else args[0], training=False)
 
 
 def trace(model, x):
