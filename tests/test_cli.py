@@ -184,11 +184,11 @@ def test_evaluate_prints_accuracy_and_confusion_table(model_file, monkeypatch, c
 
 
 def test_unexpected_errors_are_one_line_unless_debugging(monkeypatch, capsys):
-    import jimunet.train
+    import jimunet.app.training
 
     def broken(*a, **k):
         raise OSError("disk on fire")
-    monkeypatch.setattr(jimunet.train, "train_mnist", broken)
+    monkeypatch.setattr(jimunet.app.training, "train_mnist", broken)
     monkeypatch.delenv("JIMUNET_DEBUG", raising=False)
     assert cli.main(["train", "--self-test"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -199,16 +199,17 @@ def test_unexpected_errors_are_one_line_unless_debugging(monkeypatch, capsys):
 
 
 def test_interrupt_and_divergence_exit_codes(monkeypatch, capsys):
-    import jimunet.train
+    import jimunet.app.training
+    import jimunet.training
 
     def interrupted(*a, **k):
-        raise jimunet.train.TrainingInterrupted("stopped", 1, 8)
-    monkeypatch.setattr(jimunet.train, "train_mnist", interrupted)
+        raise jimunet.training.TrainingInterrupted("stopped", 1, 8)
+    monkeypatch.setattr(jimunet.app.training, "train_mnist", interrupted)
     assert cli.main(["train", "--self-test"]) == 130
 
     def diverged(*a, **k):
-        raise jimunet.train.TrainingDiverged("training diverged at step 3 (epoch 1): the loss is nan", 3, 1)
-    monkeypatch.setattr(jimunet.train, "train_mnist", diverged)
+        raise jimunet.training.TrainingDiverged("training diverged at step 3 (epoch 1): the loss is nan", 3, 1)
+    monkeypatch.setattr(jimunet.app.training, "train_mnist", diverged)
     assert cli.main(["train", "--self-test"]) == 1
     assert "diverged at step 3" in capsys.readouterr().err
 

@@ -412,7 +412,7 @@ def test_newest_run_is_chosen_and_a_missing_one_says_how_to_get_one(tmp_path, mo
     with pytest.raises(serve.ServeError, match="not both"):
         serve.choose_model("given.npz", quick=True)
     # --quick: one epoch of the recipe through the usual trainer, then its best.npz
-    import jimunet.train
+    import jimunet.app.training
 
     seen = {}
 
@@ -422,7 +422,7 @@ def test_newest_run_is_chosen_and_a_missing_one_says_how_to_get_one(tmp_path, mo
     def fake_train(config, **kw):
         seen["config"] = config
         return Result()
-    monkeypatch.setattr(jimunet.train, "train_mnist", fake_train)
+    monkeypatch.setattr(jimunet.app.training, "train_mnist", fake_train)
     assert serve.choose_model(quick=True, data_dir="D") == os.path.join(Result.run_dir, "best.npz")
     assert seen["config"].epochs == 1 and seen["config"].data_dir == "D"
 

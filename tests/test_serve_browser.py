@@ -164,8 +164,8 @@ def mnist_test():
 @pytest.fixture(scope="module")
 def trained_model(tmp_path_factory, mnist_test):
     """A briefly trained model (a few hundred steps), so its predictions differ from image to image."""
-    from jimunet.recipes import MNISTConfig
-    from jimunet.train import train_mnist
+    from jimunet.app.recipes import MNISTConfig
+    from jimunet.app.training import train_mnist
 
     out = tmp_path_factory.mktemp("run") / "run"
     train_mnist(MNISTConfig(epochs=1, train_size=4096, test_size=500, out=str(out), report=False, progress=False),

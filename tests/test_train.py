@@ -1,4 +1,4 @@
-"""jimunet.train: the Trainer, fit/evaluate, the MNIST recipe, run directories, resume, Ctrl-C, NaN."""
+"""jimunet.training and jimunet.app.training: the Trainer, fit/evaluate, the MNIST recipe, run directories, resume, Ctrl-C, NaN."""
 import json
 import math
 import sys
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import jimunet as jn
-from jimunet.recipes import ConfigError, MNISTConfig, build, fake_data
-from jimunet.train import (Callback, Trainer, TrainingDiverged, TrainingInterrupted, evaluate, fit,
-                           load_run_config, train_mnist)
+from jimunet.app.recipes import ConfigError, MNISTConfig, build, fake_data
+from jimunet.app.training import load_run_config, train_mnist
+from jimunet.training import Callback, Trainer, TrainingDiverged, TrainingInterrupted, evaluate, fit
 
 METRICS_KEYS = {"format", "version", "status", "test_accuracy", "test_error", "confusion_matrix", "best_epoch",
                 "best_val_error", "epochs_completed", "steps", "epochs", "step_loss", "wall_time_s",

@@ -66,8 +66,9 @@ _TRAIN_FLAGS = ("epochs", "batch_size", "lr", "seed", "train_size", "data_dir", 
 
 
 def _cmd_train(args) -> int:
-    from .recipes import RESNET_DEFAULTS, ConfigError, MNISTConfig
-    from .train import TrainingDiverged, TrainingInterrupted, load_run_config, train_mnist
+    from .app.recipes import RESNET_DEFAULTS, ConfigError, MNISTConfig
+    from .app.training import load_run_config, train_mnist
+    from .training import TrainingDiverged, TrainingInterrupted
 
     comm = _distributed(args)
     given = {k: getattr(args, k) for k in _TRAIN_FLAGS if getattr(args, k) is not None}
@@ -199,7 +200,7 @@ def format_confusion(confusion) -> str:
 def _cmd_evaluate(args) -> int:
     from .data.images import preprocess
     from .datasets import load_mnist
-    from .train import evaluate
+    from .training import evaluate
 
     model = _load_model(args.model, device=args.device)
     (_, _), (x, y) = load_mnist(root=args.data_dir)
@@ -321,7 +322,7 @@ def _port(s):
 
 def _cmd_serve(args) -> int:
     from .app import serve
-    from .train import TrainingInterrupted
+    from .training import TrainingInterrupted
 
     try:
         serve.require_pillow()
@@ -341,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "MNIST sample's network, evaluate it, predict digits from images.")
     from . import __version__
     from .onnx import DEFAULT_OPSET  # a constant; the onnx package is imported only by export/import
-    from .recipes import REDUCTIONS
+    from .training import REDUCTIONS
     parser.add_argument("--version", action="version", version=f"jimunet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 

@@ -549,8 +549,8 @@ def choose_model(model=None, quick: bool = False, data_dir=None, runs_dir="runs"
     if model is not None:
         return model
     if quick:
-        from ..recipes import MNISTConfig
-        from ..train import train_mnist
+        from .recipes import MNISTConfig
+        from .training import train_mnist
 
         result = train_mnist(MNISTConfig(epochs=1, data_dir=data_dir, report=False))
         return os.path.join(result.run_dir, "best.npz")

@@ -1,0 +1,263 @@
+"""The MNIST recipe of TensorFlow's sample ``convolutional.py``, as a configuration.
+
+``MNISTConfig()`` holds exactly the sample's settings (the defaults of ``jimunet train``);
+``build(config)`` turns one into the network, loss, optimizer and learning-rate schedule;
+``fake_data`` is the sample's self-test data.
+
+Example:
+    >>> from jimunet.app.recipes import MNISTConfig, build
+    >>> cfg = MNISTConfig(epochs=1, train_size=3000)
+    >>> model, loss_fn, optimizer, schedule = build(cfg, train_size=3000)
+    >>> [g["weight_decay"] for g in optimizer.param_groups]
+    [0.0, 0.0005]
+    >>> schedule(0), round(schedule(3000 // 64 + 1), 6)   # decays once per epoch (staircase)
+    (0.01, 0.0095)
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import losses, models, optim
+from ..backend import DeviceError, parse_device
+from ..data.augment import RandomShift
+from ..layers import Dense
+from ..training.strategies import REDUCTIONS
+
+IMAGE_SIZE = 28
+NUM_CLASSES = 10
+MNIST_TRAIN = 60000
+
+# Fields that may change when a run is resumed; every other field shapes the trajectory of
+# training (data, order, initialisation, optimisation) and must match the checkpoint's.
+RESUMABLE_FIELDS = frozenset({"epochs", "data_dir", "out", "threads", "progress", "report", "download", "device",
+                              "reduction"})
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work (the CLI reports it as a usage error)."""
+
+
+@dataclass
+class MNISTConfig:
+    """Settings of an MNIST training run; the defaults are the TensorFlow sample's.
+
+    Attributes:
+        epochs: passes over the training set (sample: 10).
+        batch_size: images per SGD step (sample: 64).
+        lr: initial learning rate (sample: 0.01), decayed by ``lr_decay`` once per epoch,
+            staircase, counted in images seen (``lr·decay^floor(step·batch/train_size)``).
+        lr_decay: the decay factor (sample: 0.95).
+        momentum: SGD momentum (sample: 0.9).
+        weight_decay: L2 factor on the fully connected layers only (sample: 5e-4 on
+            ``l2(fc1_w)+l2(fc1_b)+l2(fc2_w)+l2(fc2_b)``, ``l2 = sum(x²)/2``); applied as SGD
+            weight decay on those parameters (the same gradient).
+        dropout: drop probability before the last layer (sample: keep_prob 0.5).
+        seed: seeds the initial weights, the dropout masks and (through a separate stream)
+            the per-epoch shuffling (sample: 66478).
+        validation_size: the first this many training images are held out (sample: 5000).
+        train_size: train on the first N of the remaining images (None: all 55,000).
+        test_size: evaluate on the first N test images (None: all 10,000).
+        shuffle: reshuffle the training set every epoch; False walks through it in the
+            sample's fixed order (offset ``(step·batch) % (train_size-batch)``).
+        self_test: use the sample's fake data (256 train, 64 validation, 64 test images)
+            instead of MNIST; needs no download and must reach 0% test error.
+        eval_batch_size: images per forward pass when evaluating (memory bound only).
+        data_dir: MNIST cache directory (None: ``load_mnist``'s default).
+        out: run directory (None: ``runs/<YYYYmmdd-HHMMSS>`` under the working directory).
+        threads: passed to ``jimunet.set_num_threads`` when that exists.
+        progress: show a progress bar (None: only when stderr is a terminal).
+        report: write the ``jimunet report`` report at the end when available.
+        download: let ``load_mnist`` download missing files.
+        model: ``"cnn"`` (the TF sample's network and schedule) or ``"resnet"``
+            (``models.mnist_resnet``: SGD with Nesterov momentum, cosine decay of ``lr`` to 0
+            over the run, weight decay on conv and Dense weights, no dropout; use
+            ``RESNET_DEFAULTS`` for its measured settings).
+        shift: random-shift augmentation of the training images, up to this many pixels
+            (``data.augment.RandomShift``; 0: none).
+        device: ``"cpu"`` or ``"cuda"``/``"cuda:N"`` (needs CuPy and an NVIDIA GPU); a run
+            may resume on another device (checkpoints hold host arrays).
+        reduction: how the processes of a distributed run combine their work (``Trainer``'s
+            ``reduction``): ``"auto"``, ``"exact"`` or ``"allreduce"``; ignored by one process.
+    """
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.01
+    lr_decay: float = 0.95
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    dropout: float = 0.5
+    seed: int = 66478
+    validation_size: int = 5000
+    train_size: int | None = None
+    test_size: int | None = None
+    shuffle: bool = True
+    self_test: bool = False
+    eval_batch_size: int = 100
+    data_dir: str | None = None
+    out: str | None = None
+    threads: int | None = None
+    progress: bool | None = None
+    report: bool = True
+    download: bool = True
+    model: str = "cnn"
+    shift: int = 0
+    device: str = "cpu"
+    reduction: str = "auto"
+
+    def validate(self) -> "MNISTConfig":
+        """Raise ``ConfigError`` naming the first impossible value; return self."""
+        def positive_int(name, allow_none=False, allow_zero=False):
+            v = getattr(self, name)
+            if v is None and allow_none:
+                return
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < (0 if allow_zero else 1):
+                raise ConfigError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} integer, "
+                                  f"got {v!r}")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            positive_int(name)
+        positive_int("shift", allow_zero=True)
+        if self.model not in MODELS:
+            raise ConfigError(f"model must be one of {sorted(MODELS)}, got {self.model!r}")
+        if self.shift > IMAGE_SIZE // 2:
+            raise ConfigError(f"shift must be <= {IMAGE_SIZE // 2} pixels, got {self.shift}")
+        if self.reduction not in REDUCTIONS:
+            raise ConfigError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {self.reduction!r}")
+        try:
+            parse_device(self.device)
+        except DeviceError as e:
+            raise ConfigError(str(e)) from None
+        positive_int("validation_size", allow_zero=True)
+        positive_int("seed", allow_zero=True)
+        for name in ("train_size", "test_size", "threads"):
+            positive_int(name, allow_none=True)
+        for name in ("lr", "lr_decay", "momentum", "weight_decay", "dropout"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float, np.floating)) or isinstance(v, bool) or not np.isfinite(v):
+                raise ConfigError(f"{name} must be a finite number, got {v!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not 0 < self.lr_decay <= 1:
+            raise ConfigError(f"lr_decay must lie in (0, 1], got {self.lr_decay}")
+        if self.momentum < 0 or self.weight_decay < 0:
+            raise ConfigError("momentum and weight_decay must be >= 0")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if self.self_test:  # the sample's fixed fake data set: more images cannot be had
+            for name, have in (("train_size", SELF_TEST_TRAIN), ("test_size", SELF_TEST_EVAL)):
+                v = getattr(self, name)
+                if v is not None and v > have:
+                    raise ConfigError(f"the self-test trains on {SELF_TEST_TRAIN} fake images and tests on "
+                                      f"{SELF_TEST_EVAL}, so {name}{' (--train-size)' if name == 'train_size' else ''} "
+                                      f"must be <= {have}, "
+                                      f"got {v}")
+        if not self.self_test and self.validation_size >= MNIST_TRAIN:
+            raise ConfigError(f"validation_size must be < {MNIST_TRAIN}, got {self.validation_size}")
+        if not self.self_test and self.train_size is not None and \
+                self.train_size > MNIST_TRAIN - self.validation_size:
+            raise ConfigError(f"train_size must be <= {MNIST_TRAIN - self.validation_size} (the training images "
+                              f"left after the {self.validation_size} validation images), got {self.train_size}")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MNISTConfig":
+        """Build from a dict (e.g. a checkpoint's); unknown keys raise ``ConfigError``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown configuration keys {unknown}; known: {sorted(names)}")
+        return cls(**d)
+
+    def replace(self, **changes) -> "MNISTConfig":
+        return dataclasses.replace(self, **changes)
+
+
+MODELS = ("cnn", "resnet")
+
+# ``jimunet train --model resnet``: settings picked by measurement (see BENCHMARKS.md).
+RESNET_DEFAULTS = {"model": "resnet", "epochs": 10, "batch_size": 128, "lr": 0.2, "momentum": 0.9,
+                   "weight_decay": 5e-4, "dropout": 0.0, "lr_decay": 1.0, "shift": 2}
+
+SELF_TEST_TRAIN, SELF_TEST_EVAL = 256, 64  # the TF sample's fake data: train, validation and test sizes
+
+
+def fake_data(num_images: int):
+    """The TF sample's self-test data: image ``i`` is constant ``(i % 2) - 0.5``, label ``i % 2``.
+
+    Returns ``(x float32 (num_images, 28, 28, 1), y int64 (num_images,))``, already in the
+    model's input range (no further preprocessing).
+    """
+    labels = np.arange(num_images, dtype=np.int64) % 2
+    data = np.empty((num_images, IMAGE_SIZE, IMAGE_SIZE, 1), np.float32)
+    data[...] = (labels - 0.5).astype(np.float32)[:, None, None, None]
+    return data, labels
+
+
+def per_sample(schedule: optim.Schedule, batch_size: int) -> optim.Schedule:
+    """A schedule of the SGD step evaluated at ``step·batch_size`` (TF's ``global_step·BATCH_SIZE``)."""
+    return optim.Schedule(lambda step: schedule(step * batch_size),
+                          {"name": "per_sample", "batch_size": batch_size, "schedule": schedule.config})
+
+
+def build(config: MNISTConfig, train_size: int):
+    """The sample's network, loss, optimizer and schedule for ``train_size`` training images.
+
+    Returns ``(model, loss_fn, optimizer, schedule)``: ``mnist_cnn(rng=seed)``; mean softmax
+    cross-entropy; SGD with momentum and two param groups — conv parameters without weight
+    decay, Dense parameters with ``weight_decay`` (the sample's L2 term on fc1/fc2 only);
+    ``lr·decay^floor(step·batch/train_size)`` as a function of the step.
+    """
+    if config.model == "resnet":
+        return _build_resnet(config, train_size)
+    model = models.mnist_cnn(rng=int(config.seed), dropout=config.dropout)
+    dense = [p for layer in model.layers if isinstance(layer, Dense) for p in layer.parameters()]
+    dense_ids = {id(p) for p in dense}
+    other = [p for p in model.parameters() if id(p) not in dense_ids]
+    optimizer = optim.SGD([{"params": other, "weight_decay": 0.0},
+                           {"params": dense, "weight_decay": config.weight_decay}],
+                          lr=config.lr, momentum=config.momentum)
+    decay = optim.exponential_decay(config.lr, decay_steps=train_size, rate=config.lr_decay, staircase=True)
+    return model, losses.SoftmaxCrossEntropy(), optimizer, per_sample(decay, config.batch_size)
+
+
+def _build_resnet(config: MNISTConfig, train_size: int):
+    """``mnist_resnet(rng=seed)``; SGD with Nesterov momentum and weight decay on the conv and
+    Dense weights (not on BatchNorm's γ/β or biases); ``lr`` decays along a half cosine to 0
+    over ``epochs`` epochs."""
+    model = models.mnist_resnet(rng=int(config.seed))
+    decayed = [layer.weight for layer in model.layers if type(layer).__name__ in ("Conv2D", "Dense")]
+    ids = {id(p) for p in decayed}
+    other = [p for p in model.parameters() if id(p) not in ids]
+    optimizer = optim.SGD([{"params": decayed, "weight_decay": config.weight_decay},
+                           {"params": other, "weight_decay": 0.0}],
+                          lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
+    steps = max(1, train_size // config.batch_size) if config.shuffle else max(1, -(-train_size // config.batch_size))
+    schedule = optim.cosine_decay(config.lr, total_steps=config.epochs * steps)
+    return model, losses.SoftmaxCrossEntropy(), optimizer, schedule
+
+
+def describe_recipe(config: MNISTConfig, steps: int) -> str:
+    """One line naming the optimisation settings (for the run log)."""
+    c = config
+    head = f"recipe: {c.epochs} epoch{'s' if c.epochs != 1 else ''} x {steps} steps of {c.batch_size}, "
+    order = f"seed {c.seed}, {'shuffled' if c.shuffle else 'fixed order'}"
+    shift = f", random shifts up to {c.shift} px" if c.shift else ""
+    if c.model == "resnet":
+        return (head + f"SGD lr {c.lr} cosine-decayed to 0, Nesterov momentum {c.momentum}, weight decay "
+                f"{c.weight_decay} on conv/dense weights{shift}, {order}")
+    return (head + f"SGD lr {c.lr} x {c.lr_decay}/epoch, momentum {c.momentum}, L2 {c.weight_decay} on fc, "
+            f"dropout {c.dropout}{shift}, {order}")
+
+
+def make_augment(config: MNISTConfig):
+    """The training-batch augmentation of ``config`` (None without one), seeded from its seed
+    through its own stream (independent of the weights' and the shuffling's)."""
+    if not config.shift:
+        return None
+    return RandomShift(config.shift, rng=np.random.default_rng(np.random.SeedSequence(config.seed).spawn(2)[1]))
