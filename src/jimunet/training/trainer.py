@@ -46,7 +46,7 @@ class Trainer:
         strategy: a ``StepStrategy`` to use instead of the one ``comm``/``reduction`` choose.
 
     Attributes: ``epoch`` (completed epochs), ``step`` (global steps done), ``history``,
-    ``strategy``; ``comm``, ``reduction`` (None, ``"exact"`` or ``"allreduce"``),
+    ``strategy``, ``stop_training`` (set it in a callback to end ``fit`` after this epoch); ``comm``, ``reduction`` (None, ``"exact"`` or ``"allreduce"``),
     ``comm_seconds`` and ``stop_agreed`` are the strategy's.
     """
 
@@ -63,6 +63,7 @@ class Trainer:
         self.progress, self.eval_batch_size, self.augment = progress, eval_batch_size, augment
         self.log = (lambda msg: None) if log is False else (log or (lambda msg: print(msg, flush=True)))
         self.epoch, self.step, self.total_epochs = 0, 0, None
+        self.stop_training = False
         self.history = History()
         self.epoch_stats = None
         self._stop_signum = None
@@ -145,9 +146,10 @@ class Trainer:
         if x_val is not None:
             x_val = to_device(x_val, device)
         callbacks = self.callback_list()
+        self.stop_training = False
         try:
             callbacks.on_train_begin(self)
-            while self.epoch < epochs:
+            while self.epoch < epochs and not self.stop_training:
                 self._run_epoch(callbacks, x, y, x_val, y_val)
             callbacks.on_train_end(self)
         except BaseException as e:
