@@ -1,5 +1,14 @@
 """The training loop: ``Trainer`` runs epochs of batches and nothing else; how a step runs is its
-strategy (``strategies.py``), everything around the steps its callbacks (``callbacks.py``)."""
+strategy (``strategies.py``), everything around the steps its callbacks (``callbacks.py``).
+
+Batches: with ``shuffle`` (the default), a new permutation of the training set each epoch,
+from ``rng``; the last partial batch is DROPPED (``n // batch_size`` steps per epoch): every
+step then has the same size and weight, as in the TF sample, which never takes a partial
+batch, and with reshuffling a different remainder sits out each epoch. Without: the TF
+sample's fixed walk: global step ``s`` trains on ``x[o:o+batch]`` with
+``o = (s·batch) % (n - batch)``, and epoch ``e`` covers steps ``[e·n//batch, (e+1)·n//batch)``,
+so 10 epochs are the sample's 8,593 steps.
+"""
 from __future__ import annotations
 
 import math
@@ -8,7 +17,7 @@ import time
 
 import numpy as np
 
-from ..backend import to_device, to_numpy, xp_of
+from ..backend import to_device, xp_of
 from . import checkpoint
 from .callbacks import CallbackList, DivergenceCheck, EpochStats, History, Log, ProgressBar, StopBetweenSteps
 from .errors import TrainingInterrupted, interrupt_for
@@ -28,12 +37,8 @@ class Trainer:
             with ``weight_decay`` (the objective that weight decay is the gradient of).
         batch_size: images per step.
         schedule: callable ``step → lr`` (0-based global step), applied before every step.
-        shuffle: True: a new permutation of the training set each epoch, from ``rng``; the
-            last partial batch is DROPPED (``n // batch_size`` steps per epoch, every step the
-            same size, as in the TF sample; a different remainder sits out each epoch). False:
-            the TF sample's fixed walk: global step ``s`` trains on ``x[o:o+batch]``,
-            ``o = (s·batch) % (n - batch)``; epoch ``e`` covers steps ``[e·n//batch, (e+1)·n//batch)``.
-        rng: the shuffling Generator or an int seed for one.
+        shuffle: a new order each epoch (from ``rng``, a Generator or an int seed), the last
+            partial batch dropped; False: the TF sample's fixed walk (module docstring).
         callbacks: ``Callback`` objects, after the built-in ones (``Trainer.callback_list``).
         progress: tqdm bar per epoch on stderr (None: only when stderr is a terminal).
         log: function called with each text line (default ``print``; False: silent).
@@ -46,8 +51,9 @@ class Trainer:
         strategy: a ``StepStrategy`` to use instead of the one ``comm``/``reduction`` choose.
 
     Attributes: ``epoch`` (completed epochs), ``step`` (global steps done), ``history``,
-    ``strategy``, ``stop_training`` (set it in a callback to end ``fit`` after this epoch); ``comm``, ``reduction`` (None, ``"exact"`` or ``"allreduce"``),
-    ``comm_seconds`` and ``stop_agreed`` are the strategy's.
+    ``strategy``, ``stop_training`` (set it in a callback to end ``fit`` after this epoch);
+    ``comm``, ``reduction`` (None, ``"exact"`` or ``"allreduce"``), ``comm_seconds`` and
+    ``stop_agreed`` are the strategy's.
     """
 
     def __init__(self, model, loss_fn, optimizer, *, batch_size: int = 64, schedule=None, shuffle: bool = True,
@@ -62,11 +68,8 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.progress, self.eval_batch_size, self.augment = progress, eval_batch_size, augment
         self.log = (lambda msg: None) if log is False else (log or (lambda msg: print(msg, flush=True)))
-        self.epoch, self.step, self.total_epochs = 0, 0, None
-        self.stop_training = False
-        self.history = History()
-        self.epoch_stats = None
-        self._stop_signum = None
+        self.epoch, self.step, self.total_epochs, self.stop_training = 0, 0, None, False
+        self.history, self.epoch_stats, self._stop_signum = History(), None, None
 
     comm = property(lambda self: self.strategy.comm)
     reduction = property(lambda self: self.strategy.reduction)
@@ -186,36 +189,14 @@ class Trainer:
         self.epoch = epoch + 1
         callbacks.on_epoch_end(self, epoch + 1, record)
 
-    # -- state --------------------------------------------------------------------------
+    # -- state (checkpoint.py) ------------------------------------------------------------
     def state_dict(self) -> dict:
         """Everything training depends on: weights, optimizer, RNG streams, counters, history
         (and the given callbacks' states, when they have any)."""
-        rng = {"shuffle": self.rng.bit_generator.state, "model": self.model.rng_states()}
-        if hasattr(self.augment, "state"):
-            rng["augment"] = self.augment.state()
-        state = {"model": {k: to_numpy(v).copy() for k, v in self.model.state_dict().items()},
-                 "optimizer": self.optimizer.state_dict(), "rng": rng,
-                 "epoch": self.epoch, "step": self.step, "history": self.history.state_dict(),
-                 "batch_size": self.batch_size, "shuffle": self.shuffle}
-        extra = CallbackList(self.callbacks).state_dict()
-        if extra:
-            state["callbacks"] = extra
-        return state
+        return checkpoint.trainer_state(self)
 
     def load_state_dict(self, state: dict) -> None:
-        if int(state["batch_size"]) != self.batch_size or bool(state["shuffle"]) != self.shuffle:
-            raise ValueError(f"the checkpoint was made with batch_size={state['batch_size']}, "
-                             f"shuffle={state['shuffle']}; this trainer has batch_size={self.batch_size}, "
-                             f"shuffle={self.shuffle}")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.rng.bit_generator.state = state["rng"]["shuffle"]
-        self.model.set_rng_states(state["rng"]["model"])
-        if hasattr(self.augment, "set_state") and "augment" in state["rng"]:
-            self.augment.set_state(state["rng"]["augment"])
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        self.history.load_state_dict(state["history"])
-        CallbackList(self.callbacks).load_state_dict(state.get("callbacks", {}))
+        checkpoint.load_trainer_state(self, state)
 
     def save_checkpoint(self, path, metadata: dict | None = None) -> None:
         """Write ``state_dict()`` (plus JSON ``metadata``) to ``path`` atomically; no pickles."""
