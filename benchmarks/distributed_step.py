@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import jimunet as jn  # noqa: E402
 from jimunet.distributed import GradientBuffer  # noqa: E402
 from jimunet.random import batch_shard  # noqa: E402
-from jimunet.recipes import MNISTConfig, build  # noqa: E402
+from jimunet.app.recipes import MNISTConfig, build  # noqa: E402
 
 
 def main():
@@ -169,7 +169,7 @@ def phases(args):
 
 
 def exact(args):
-    from jimunet.train import Trainer
+    from jimunet.training import Trainer
     comm, threads = _start_mpi(args)
     model, loss_fn, opt, x, y = _problem(args)
     trainer = Trainer(model, loss_fn, opt, batch_size=args.batch_size, comm=comm, reduction="exact",

@@ -200,15 +200,13 @@ def test_unexpected_errors_are_one_line_unless_debugging(monkeypatch, capsys):
 
 
 def test_interrupt_and_divergence_exit_codes(monkeypatch, capsys):
-    import jimunet.train
-
     def interrupted(*a, **k):
-        raise jimunet.train.TrainingInterrupted("stopped", 1, 8)
+        raise jn.training.TrainingInterrupted("stopped", 1, 8)
     monkeypatch.setattr(cli_train, "train_mnist", interrupted)
     assert cli.main(["train", "--self-test"]) == 130
 
     def diverged(*a, **k):
-        raise jimunet.train.TrainingDiverged("training diverged at step 3 (epoch 1): the loss is nan", 3, 1)
+        raise jn.training.TrainingDiverged("training diverged at step 3 (epoch 1): the loss is nan", 3, 1)
     monkeypatch.setattr(cli_train, "train_mnist", diverged)
     assert cli.main(["train", "--self-test"]) == 1
     assert "diverged at step 3" in capsys.readouterr().err

@@ -81,7 +81,7 @@ def test_cli_bad_device_name(tmp_path, capsys):
 
 
 def test_a_resumed_run_uses_the_device_given_now(tmp_path):
-    from jimunet.train import load_run_config, train_mnist
+    from jimunet.app.training import load_run_config, train_mnist
     out = tmp_path / "run"
     train_mnist({"self_test": True, "epochs": 1, "out": str(out), "report": False, "progress": False}, echo=False)
     # A checkpoint says nothing about this machine's devices: resuming defaults to the CPU.

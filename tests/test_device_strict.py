@@ -18,7 +18,7 @@ import pytest
 import jimunet as jn
 import strict_xp
 from jimunet import backend, parallel
-from jimunet.train import Trainer, evaluate
+from jimunet.training import Trainer, evaluate
 
 DEVICE = "cuda"
 
@@ -369,7 +369,7 @@ def test_onnx_export_from_the_device_writes_the_cpu_file(tmp_path):
 
 def test_the_resnet_recipe_trains_on_the_device(tmp_path):
     """The application's path (run directory, checkpoint, test evaluation) for the graph model."""
-    from jimunet.train import train_mnist
+    from jimunet.app.training import train_mnist
     results = [train_mnist({"self_test": True, "model": "resnet", "epochs": 1, "device": device,
                             "out": str(tmp_path / device), "report": False, "progress": False}, echo=False)
                for device in ("cpu", DEVICE)]

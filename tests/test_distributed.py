@@ -78,7 +78,7 @@ class _FakeComm:
 
 
 def test_trainer_reduction_is_checked_and_auto_resolves():
-    from jimunet.train import Trainer
+    from jimunet.training import Trainer
     model = jn.models.mnist_cnn(rng=0)
     opt = jn.optim.SGD(model.parameters(), lr=0.1)
     loss = jn.losses.SoftmaxCrossEntropy()
@@ -445,7 +445,7 @@ API_SCRIPT = '''
 import sys
 import numpy as np
 import jimunet as jn
-from jimunet.train import Trainer
+from jimunet.training import Trainer
 
 
 def build():
@@ -512,7 +512,7 @@ EXACT_SCRIPT = """
 import os, sys
 import numpy as np
 import jimunet as jn
-from jimunet.train import Trainer
+from jimunet.training import Trainer
 
 sys.path.insert(0, os.environ["JIMUNET_TESTS"])
 from blas_rounding import rounding_by_shape

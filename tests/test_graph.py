@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 import jimunet as jn
-from jimunet.recipes import MNISTConfig, RESNET_DEFAULTS, build
+from jimunet.app.recipes import MNISTConfig, RESNET_DEFAULTS, build
 from jimunet.serialization import save_npz
-from jimunet.train import Trainer, TrainingInterrupted, train_mnist
+from jimunet.app.training import train_mnist
+from jimunet.training import Trainer, TrainingInterrupted
 
 L = jn.layers
 
@@ -285,7 +286,7 @@ def _tiny_mnist(n_train=200, n_test=50):
     return (images(ytr), ytr), (images(yte), yte)
 
 
-class _StopAfterEpoch(jn.train.Callback):
+class _StopAfterEpoch(jn.training.Callback):
     def on_epoch_end(self, trainer, epoch, record):
         if epoch == 1:
             raise KeyboardInterrupt

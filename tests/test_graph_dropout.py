@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import jimunet as jn
-from jimunet.train import Trainer
+from jimunet.training import Trainer
 
 L = jn.layers
 

@@ -10,7 +10,7 @@ import pytest
 
 import jimunet as jn
 from jimunet import layers as L
-from jimunet.train import Trainer
+from jimunet.training import Trainer
 
 
 def test_shared_dropout_draws_its_own_mask_at_each_node_from_one_stream():

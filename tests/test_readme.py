@@ -38,3 +38,23 @@ def test_readme_graph_example_runs():
     assert isinstance(model, jn.Model)
     assert {"Add", "BatchNorm", "GlobalAvgPool2D"} <= {type(layer).__name__ for layer in model.layers}
     assert model.forward(np.zeros((2, 28, 28, 1), np.float32), training=True).shape == (2, 10)
+
+
+def test_readme_trainer_example_trains_on_arrays_with_a_user_callback(tmp_path, monkeypatch, capsys):
+    import jimunet as jn
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"### Training on your own arrays: `jn.Trainer`.*?```python\n(.*?)```", text, re.S).group(1)
+    monkeypatch.chdir(tmp_path)  # it saves checkpoint.npz into the working directory
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    trainer, history = namespace["trainer"], namespace["history"]
+    assert isinstance(trainer, jn.Trainer) and history is trainer.history
+    assert any(isinstance(cb, jn.training.Callback) for cb in trainer.callbacks)
+    # the user's callback printed every epoch and ended training early, at its target
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch ")]
+    assert len(lines) == len(history.epochs) < 30
+    assert history.epochs[-1]["val_error"] <= 2.0 < min(e["val_error"] for e in history.epochs[:-1])
+    assert (tmp_path / "checkpoint.npz").is_file()
+    resumed = jn.Trainer(trainer.model, trainer.loss_fn, trainer.optimizer, batch_size=32)
+    resumed.load_checkpoint(tmp_path / "checkpoint.npz")
+    assert resumed.epoch == len(history.epochs) and resumed.history.step_loss == history.step_loss

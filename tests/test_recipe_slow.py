@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 import jimunet as jn
-from jimunet.recipes import MNISTConfig
-from jimunet.train import train_mnist
+from jimunet.app.recipes import MNISTConfig
+from jimunet.app.training import train_mnist
 
 
 @pytest.fixture(scope="module")

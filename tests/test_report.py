@@ -119,8 +119,9 @@ def test_confusion_matrix_in_report_equals_independent_and_train_evaluate(mnist_
     np.testing.assert_array_equal(cm, expected)
     assert cm.sum() == len(y) == data["num_test"]
     assert data["accuracy"] == pytest.approx(np.trace(expected) / len(y))
-    # ... and equal to jimunet.train.evaluate's confusion matrix
-    from jimunet.train import evaluate, preprocess
+    # ... and equal to jimunet.training.evaluate's confusion matrix
+    from jimunet.data.images import preprocess
+    from jimunet.training import evaluate
 
     ev = evaluate(model, preprocess(x), y, num_classes=10)
     np.testing.assert_array_equal(cm, ev.confusion)
@@ -148,9 +149,9 @@ def test_confusion_matrix_function():
 
 
 def test_training_run_end_to_end_writes_a_matching_report(tmp_path):
-    """jimunet.train writes the run directory and calls write_report itself (self-test data)."""
-    from jimunet.recipes import MNISTConfig
-    from jimunet.train import train_mnist
+    """jimunet.app.training writes the run directory and calls write_report itself (self-test data)."""
+    from jimunet.app.recipes import MNISTConfig
+    from jimunet.app.training import train_mnist
 
     run = tmp_path / "run"
     res = train_mnist(MNISTConfig(self_test=True, epochs=1, out=str(run), progress=False), echo=False)

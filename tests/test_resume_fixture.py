@@ -20,7 +20,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from jimunet.train import train_mnist
+from jimunet.app.training import train_mnist
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 

@@ -19,9 +19,10 @@ import pytest
 
 import jimunet as jn
 from jimunet.app import cli
-from jimunet.recipes import ConfigError, MNISTConfig
+from jimunet.app.recipes import ConfigError, MNISTConfig
 from jimunet.serialization import CheckpointError, load_npz, save_npz
-from jimunet.train import Callback, TrainingInterrupted, load_run_config, train_mnist
+from jimunet.app.training import load_run_config, train_mnist
+from jimunet.training import Callback, TrainingInterrupted
 
 SRC = pathlib.Path(jn.__file__).resolve().parents[1]
 POSIX = pytest.mark.skipif(sys.platform == "win32", reason="signals and flock are POSIX")

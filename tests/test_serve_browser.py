@@ -15,8 +15,8 @@ import pytest
 from serve_helpers import ROOT, ServeProcess
 
 import jimunet as jn
-from jimunet.recipes import MNISTConfig
-from jimunet.train import train_mnist
+from jimunet.app.recipes import MNISTConfig
+from jimunet.app.training import train_mnist
 
 CHROMIUM = os.environ.get("JIMUNET_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--headless", "--disable-background-networking",

@@ -1,4 +1,4 @@
-"""jimunet.train: the Trainer, fit/evaluate, the MNIST recipe, run directories, resume, Ctrl-C, NaN."""
+"""jimunet.training and jimunet.app.training: the Trainer, fit/evaluate, the MNIST recipe, run directories, resume, Ctrl-C, NaN."""
 import json
 import math
 import sys
@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 import jimunet as jn
-from jimunet.recipes import ConfigError, MNISTConfig, build, fake_data
-from jimunet.train import (Callback, Trainer, TrainingDiverged, TrainingInterrupted, evaluate, fit,
-                           load_run_config, train_mnist)
+from jimunet.app import run_callbacks
+from jimunet.app.recipes import ConfigError, MNISTConfig, build, fake_data
+from jimunet.app.training import load_run_config, train_mnist
+from jimunet.training import Callback, Trainer, TrainingDiverged, TrainingInterrupted, evaluate, fit
 
 METRICS_KEYS = {"format", "version", "status", "test_accuracy", "test_error", "confusion_matrix", "best_epoch",
                 "best_val_error", "epochs_completed", "steps", "epochs", "step_loss", "wall_time_s",
@@ -423,8 +424,7 @@ def test_a_failing_report_never_fails_training(tmp_path, monkeypatch):
     def boom(run_dir):
         raise RuntimeError("plotting exploded")
     fake = types.SimpleNamespace(write_report=boom)
-    monkeypatch.setitem(sys.modules, "jimunet.report", fake)
-    monkeypatch.setattr(jn, "report", fake, raising=False)
+    monkeypatch.setattr(run_callbacks, "report", fake)
     r = train_mnist(MNISTConfig(self_test=True, epochs=1, out=str(tmp_path / "run")), echo=False)
     assert r.test_error == 0.0
     assert "warning: the report could not be written (RuntimeError: plotting exploded)" in \
@@ -434,8 +434,7 @@ def test_a_failing_report_never_fails_training(tmp_path, monkeypatch):
 def test_report_hint_without_matplotlib(tmp_path, monkeypatch):
     called = []
     fake = types.SimpleNamespace(write_report=called.append)
-    monkeypatch.setitem(sys.modules, "jimunet.report", fake)
-    monkeypatch.setattr(jn, "report", fake, raising=False)
+    monkeypatch.setattr(run_callbacks, "report", fake)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     train_mnist(MNISTConfig(self_test=True, epochs=1, out=str(tmp_path / "run")), echo=False)
     assert called == [] and "jimunet[plot]" in (tmp_path / "run" / "train.log").read_text()
@@ -444,8 +443,7 @@ def test_report_hint_without_matplotlib(tmp_path, monkeypatch):
 def test_report_is_written_when_available(tmp_path, monkeypatch):
     called = []
     fake = types.SimpleNamespace(write_report=lambda d: called.append(d) or f"{d}/report.html")
-    monkeypatch.setitem(sys.modules, "jimunet.report", fake)
-    monkeypatch.setattr(jn, "report", fake, raising=False)
+    monkeypatch.setattr(run_callbacks, "report", fake)
     pytest.importorskip("matplotlib")
     train_mnist(MNISTConfig(self_test=True, epochs=1, out=str(tmp_path / "run")), echo=False)
     assert called == [str(tmp_path / "run")]
@@ -459,3 +457,164 @@ def test_config_validation():
     MNISTConfig(train_size=55000).validate()
     with pytest.raises(ConfigError, match="unknown"):
         MNISTConfig.from_dict({"epochz": 3})
+
+
+# -- the Trainer's parts: strategies, callbacks in order, the stop flag ------------------------
+
+def _trainer(callbacks=(), **kw):
+    model = jn.Sequential([jn.layers.Dense(4, 3, rng=0)])
+    return Trainer(model, jn.losses.SoftmaxCrossEntropy(), jn.optim.SGD(model.parameters(), lr=0.1), batch_size=8,
+                   rng=0, progress=False, log=False, callbacks=callbacks, **kw)
+
+
+def _data(n=40):
+    x = np.random.default_rng(1).standard_normal((n, 4)).astype(np.float32)
+    return x, (x[:, 0] > 0).astype(np.int64)
+
+
+def test_the_step_strategy_is_chosen_once_and_can_be_given():
+    from jimunet.training import ExactBlockStep, LocalStep, StepStrategy
+
+    class _Comm:
+        rank, size, local_size = 0, 2, 2
+    t = _trainer()
+    assert isinstance(t.strategy, LocalStep) and t.comm is None and t.reduction is None and t.comm_seconds == 0
+    model = jn.models.mnist_cnn(rng=0)
+    t = Trainer(model, jn.losses.SoftmaxCrossEntropy(), jn.optim.SGD(model.parameters(), lr=0.1), comm=_Comm())
+    assert isinstance(t.strategy, ExactBlockStep) and t.reduction == "exact"
+
+    class Counting(StepStrategy):  # a strategy of one's own: counts the steps, then runs them locally
+        def __init__(self):
+            super().__init__()
+            self.calls, self.inner = 0, LocalStep()
+
+        def run(self, trainer, xb, yb):
+            self.calls += 1
+            return self.inner.run(trainer, xb, yb)
+    counting = Counting()
+    t = _trainer(strategy=counting)
+    t.fit(*_data(), epochs=2)
+    assert counting.calls == t.step == 10
+
+
+def test_callbacks_run_in_the_documented_order():
+    from jimunet.training import DivergenceCheck, History, Log, ProgressBar, StopBetweenSteps
+    calls = []
+
+    class Mine(Callback):
+        def __init__(self, name):
+            self.name = name
+
+        def on_train_begin(self, trainer):
+            calls.append((self.name, "train_begin"))
+
+        def on_epoch_begin(self, trainer, epoch):
+            calls.append((self.name, "epoch_begin", epoch))
+
+        def on_step_end(self, trainer, step, loss):
+            calls.append((self.name, "step", step))
+
+        def on_epoch_steps_end(self, trainer, epoch):
+            calls.append((self.name, "steps_end", epoch))
+
+        def on_epoch_end(self, trainer, epoch, record):
+            assert trainer.history.epochs[-1] is record and trainer.epoch == epoch  # History ran first
+            calls.append((self.name, "epoch_end", epoch))
+
+        def on_train_end(self, trainer):
+            calls.append((self.name, "train_end"))
+
+    a, b = Mine("a"), Mine("b")
+    t = _trainer([a, b])
+    assert [type(cb) for cb in t.callback_list()] == [ProgressBar, DivergenceCheck, History, Log, Mine, Mine,
+                                                      StopBetweenSteps]
+    assert list(t.callback_list())[2] is t.history
+    stop = StopBetweenSteps()
+    assert list(_trainer([stop, a]).callback_list())[4:] == [stop, a]  # given: kept where it was put
+    t.fit(*_data(16), epochs=1)
+    assert calls == [(n, *c) for c in [("train_begin",), ("epoch_begin", 1), ("step", 0), ("step", 1),
+                                       ("steps_end", 1), ("epoch_end", 1), ("train_end",)] for n in "ab"]
+
+
+def test_request_stop_ends_training_after_the_step_as_ctrl_c_would():
+    import signal
+
+    class StopAt(Callback):
+        def __init__(self, step, signum):
+            self.at, self.signum = step, signum
+
+        def on_step_end(self, trainer, step, loss):
+            if step == self.at:
+                trainer.request_stop(self.signum)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        t = _trainer([StopAt(6, signum)])
+        with pytest.raises(TrainingInterrupted) as info:
+            t.fit(*_data(), epochs=3)
+        assert t.step == 7 and info.value.step == 7 and info.value.epochs_completed == 1
+        assert info.value.signum == signum and not t.stop_requested  # the request was taken
+
+
+def test_stop_training_ends_fit_after_the_epoch():
+    class EnoughAfter(Callback):
+        def on_epoch_end(self, trainer, epoch, record):
+            trainer.stop_training = epoch == 2
+    t = _trainer([EnoughAfter()])
+    h = t.fit(*_data(), epochs=5)
+    assert len(h.epochs) == t.epoch == 2
+    t.callbacks = []
+    assert len(t.fit(*_data(), epochs=3).epochs) == 3  # fit starts with the flag down
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_divergence_check_covers_buffers_before_validation_and_checkpoints():
+    from jimunet.training import DivergenceCheck
+    model = jn.Sequential([jn.layers.Dense(4, 3, rng=0), jn.layers.BatchNorm(3)])
+    saved = []
+
+    class PoisonBuffer(Callback):
+        def on_step_end(self, trainer, step, loss):
+            if step == 6:
+                trainer.model.layers[1].running_var.data[0] = np.inf  # no loss shows it in training mode
+
+        def on_epoch_end(self, trainer, epoch, record):
+            saved.append(epoch)  # what a checkpointing callback would write
+    t = Trainer(model, jn.losses.SoftmaxCrossEntropy(), jn.optim.SGD(model.parameters(), lr=0.1), batch_size=8,
+                rng=0, progress=False, log=False, callbacks=[PoisonBuffer()])
+    x, y = _data()
+    with pytest.raises(TrainingDiverged, match=r"at step 9 \(epoch 2\): the weights contain NaN or infinite") as e:
+        t.fit(x, y, epochs=3, x_val=x, y_val=y)
+    assert e.value.epoch == 2 and saved == [1] and t.epoch == 1
+    assert DivergenceCheck in [type(cb) for cb in t.callback_list()]
+
+
+def test_callback_state_goes_into_checkpoints_only_when_there_is_some(tmp_path):
+    class Counter(Callback):
+        def __init__(self):
+            self.steps = 0
+
+        def on_step_end(self, trainer, step, loss):
+            self.steps += 1
+
+        def state_dict(self):
+            return {"steps": self.steps}
+
+        def load_state_dict(self, state):
+            self.steps = int(state["steps"])
+    t = _trainer([Counter(), Callback()])
+    t.fit(*_data(), epochs=2)
+    t.save_checkpoint(tmp_path / "c.npz")
+    again = _trainer([Counter(), Callback()])
+    again.load_checkpoint(tmp_path / "c.npz")
+    assert again.callbacks[0].steps == 10 and again.step == 10
+    assert again.state_dict()["callbacks"] == {"Counter": {"steps": 10}}
+    assert "callbacks" not in _trainer([Callback()]).state_dict()  # the checkpoint format is unchanged
+
+
+def test_one_confusion_matrix_and_one_nan_test():
+    from jimunet.training import confusion_matrix, is_nan_error
+    model = jn.Sequential([jn.layers.Dense(4, 3, rng=0)])
+    x, y = _data()
+    ev = evaluate(model, x, y)
+    pred = model.predict(x).argmax(1)
+    np.testing.assert_array_equal(ev.confusion, confusion_matrix(y, pred, 3))
+    assert is_nan_error(ValueError("Dense: input contains NaN")) and not is_nan_error(ValueError("shape"))

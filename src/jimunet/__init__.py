@@ -22,7 +22,10 @@ from .parallel import get_num_threads, set_num_threads  # noqa: E402
 from .parameter import Parameter  # noqa: E402
 from .random import set_seed  # noqa: E402
 from .serialization import CheckpointError  # noqa: E402
+from . import training  # noqa: E402
+from .training import Trainer, evaluate, fit  # noqa: E402
 
 __all__ = ["backend", "datasets", "distributed", "functional", "init", "layers", "losses", "models", "onnx", "optim",
            "gradcheck", "GradcheckError", "Sequential", "Model", "Input", "Summary", "load", "Parameter", "set_seed",
-           "CheckpointError", "set_num_threads", "get_num_threads", "asarray", "DeviceError"]
+           "CheckpointError", "set_num_threads", "get_num_threads", "asarray", "DeviceError", "training", "Trainer",
+           "fit", "evaluate"]

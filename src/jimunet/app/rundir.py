@@ -6,7 +6,7 @@ Layout (every file is jimunet's; all but ``train.log`` are written atomically)::
                     {"format": "jimunet-run", "version": 1, "status": ..., "jimunet": "0.1.0"}
                     status: "running", then "completed", "interrupted", "diverged" or "failed"
     .jimunet.lock   present while a process holds the run; text: that process's pid and host
-    checkpoint.npz, best.npz, model.npz, metrics.json, train.log, report.html   (see train.py)
+    checkpoint.npz, best.npz, model.npz, metrics.json, train.log, report.html   (see run_callbacks.py)
 
 What is a run directory: one whose ``run.json`` says ``"format": "jimunet-run"``. A directory
 from before the marker existed is accepted for ``--resume`` through its ``checkpoint.npz``
@@ -49,8 +49,10 @@ import time
 import numpy as np
 
 from .._version import __version__
-from ..recipes import ConfigError
 from ..serialization import META_KEY, atomic_writer, temp_file_pattern
+from ..training.checkpoint import CHECKPOINT_FORMAT
+from ..training.errors import Stopped, interrupt_for
+from .recipes import ConfigError
 
 try:
     import fcntl
@@ -58,7 +60,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None
     import msvcrt
 
-__all__ = ["RunDir", "RunDirError", "RunDirBusy", "Stopped", "StopSignals", "EpochFiles", "RunLog", "new_run_dir",
+__all__ = ["RunDir", "RunDirError", "RunDirBusy", "Stopped", "StopSignals", "RunLog", "new_run_dir",
            "portable_config", "write_json_atomic", "set_metrics_status", "MARKER", "LOCK", "RUN_FORMAT",
            "ATOMIC_FILES"]
 
@@ -81,14 +83,6 @@ class RunDirBusy(RunDirError):
     def __init__(self, message, pid=None, host=None):
         super().__init__(message)
         self.pid, self.host = pid, host
-
-
-class Stopped(KeyboardInterrupt):
-    """A stop signal (SIGTERM) arrived; handled wherever Ctrl-C's ``KeyboardInterrupt`` is."""
-
-    def __init__(self, signum: int):
-        self.signum = signum
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
 
 
 def write_json_atomic(path, obj) -> None:
@@ -172,7 +166,6 @@ def _marker(path) -> tuple[str, dict | None]:
 def _is_jimunet_checkpoint(path) -> bool:
     """Whether ``path`` is a jimunet checkpoint (reads only its small JSON member)."""
     try:
-        from ..train import CHECKPOINT_FORMAT  # train.py imports this module
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(z[META_KEY].tobytes())
         return isinstance(meta, dict) and meta.get("format") == CHECKPOINT_FORMAT
@@ -354,44 +347,15 @@ class RunDir:
         return False
 
 
-class EpochFiles:
-    """Trainer callback: checkpoint.npz and metrics.json after every epoch (and before the
-    first, so that a run stopped in epoch 1 can resume), best.npz when validation improves.
-
-    Args: ``run`` (a ``RunDir``), ``config`` (stored in every checkpoint), ``metrics_fn(trainer,
-    status)`` (metrics.json's content), ``model_meta_fn(trainer, **extra)`` (best.npz's metadata).
-    """
-
-    def __init__(self, run, config, metrics_fn, model_meta_fn):
-        self.run, self.config = run, config
-        self.metrics_fn, self.model_meta_fn = metrics_fn, model_meta_fn
-
-    def on_train_begin(self, trainer):
-        if not os.path.exists(self.run.file(CHECKPOINT)):
-            self._save(trainer)
-
-    def on_epoch_end(self, trainer, epoch, record):
-        if trainer.history.best_epoch == epoch:
-            trainer.model.save(self.run.file("best.npz"), self.model_meta_fn(trainer, val_error=record["val_error"]))
-        self._save(trainer)
-
-    def _save(self, trainer):
-        trainer.save_checkpoint(self.run.file(CHECKPOINT), {"config": self.config})
-        write_json_atomic(self.run.file("metrics.json"), self.metrics_fn(trainer, status="running"))
-
-
-def _interrupt(signum: int) -> KeyboardInterrupt:
-    return KeyboardInterrupt() if signum == signal.SIGINT else Stopped(signum)
-
-
 class StopSignals:
     """Ctrl-C (SIGINT) and SIGTERM as requests to stop a run, honoured between training steps.
 
     While ``installed()``, both raise a ``KeyboardInterrupt`` (``Stopped`` for SIGTERM) in the
-    main thread, as Python does for Ctrl-C, except inside ``deferred()``: there a signal is
-    only recorded, and ``check()`` (which the trainer calls after every step and epoch) raises
-    it. So the step in progress finishes (weights, optimizer and worker threads are never left
-    half-way), and a second signal still stops at once.
+    main thread, as Python does for Ctrl-C, except inside ``deferred(to)``: there a signal is
+    only recorded and handed to ``to`` (``Trainer.request_stop``: its ``StopBetweenSteps``
+    callback raises it after the step in progress), and ``check()`` (and leaving ``deferred``)
+    raises one nobody took. So the step in progress finishes (weights, optimizer and worker
+    threads are never left half-way), and a second signal still stops at once.
 
     Only what still has its usual behaviour is taken over: SIGINT with Python's handler (one
     inherited as ignored, as a shell's background job has it, stays ignored) and SIGTERM with
@@ -401,29 +365,33 @@ class StopSignals:
     def __init__(self):
         self.pending: int | None = None
         self._deferring = False
+        self._to = None
 
     def _handler(self, signum, frame):
         if self._deferring and self.pending is None:
             self.pending = signum
+            if self._to is not None:
+                self._to(signum)
             return
-        raise _interrupt(signum)
+        raise interrupt_for(signum)
 
     def check(self) -> None:
         """Raise the signal that arrived since the last check, if one did."""
         if self.pending is not None:
             signum, self.pending = self.pending, None
-            raise _interrupt(signum)
+            raise interrupt_for(signum)
 
     @contextlib.contextmanager
-    def deferred(self):
-        """Record signals instead of raising them; one that arrived is raised on leaving."""
-        self._deferring = True
+    def deferred(self, to=None):
+        """Record signals instead of raising them (and hand each to ``to(signum)`` when given);
+        one that arrived is raised on leaving, unless the block ended by raising."""
+        self._deferring, self._to = True, to
         try:
             yield self
             self._deferring = False
             self.check()
         finally:
-            self._deferring = False
+            self._deferring, self._to = False, None
 
     @contextlib.contextmanager
     def installed(self):

@@ -29,9 +29,9 @@ from ..data.images import ImageTooLarge, as_pixels, digit_from_bytes, preprocess
 from .explain import walk
 from .inspect import conv_blocks
 from ..model import load
-from ..recipes import MNISTConfig
+from .recipes import MNISTConfig
 from ..serialization import CheckpointError
-from ..train import train_mnist
+from .training import train_mnist
 
 MAX_PIXELS = 4096 * 4096          # pixels of one decoded picture (checked from its header)
 INPUT_SHAPE = (28, 28, 1)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ... import datasets
 from ...data.images import preprocess
-from ...train import evaluate
+from ...training import evaluate
 from .errors import DEVICE_HELP, EXIT_OK, add_command, int_at_least, load_model
 
 

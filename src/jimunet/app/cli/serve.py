@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ...train import TrainingInterrupted
+from ...training import TrainingInterrupted
 from ..serve import DigitApp, ServeError, choose_model, require_pillow
 from ..server import run as serve_forever
 from .errors import EXIT_INTERRUPTED, UserError, add_command, int_at_least

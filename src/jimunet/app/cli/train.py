@@ -4,8 +4,9 @@ from __future__ import annotations
 import os
 
 from ... import distributed
-from ...recipes import REDUCTIONS, RESNET_DEFAULTS, ConfigError, MNISTConfig
-from ...train import TrainingDiverged, TrainingInterrupted, load_run_config, train_mnist
+from ...training import TrainingDiverged, TrainingInterrupted
+from ..recipes import REDUCTIONS, RESNET_DEFAULTS, ConfigError, MNISTConfig
+from ..training import load_run_config, train_mnist
 from .errors import EXIT_FAILURE, EXIT_OK, DEVICE_HELP, UserError, add_command, int_at_least, interrupted_exit, \
     positive_float
 

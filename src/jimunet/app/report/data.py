@@ -20,7 +20,7 @@ from ...backend import to_numpy
 from ...data.images import preprocess
 from ...functional.softmax import softmax
 from ...model import load
-from ...recipes import fake_data
+from ..recipes import fake_data
 from ..inspect import model_dtype
 
 MAX_MISTAKES = 16

@@ -5,7 +5,7 @@
 ``fake_data`` is the sample's self-test data.
 
 Example:
-    >>> from jimunet.recipes import MNISTConfig, build
+    >>> from jimunet.app.recipes import MNISTConfig, build
     >>> cfg = MNISTConfig(epochs=1, train_size=3000)
     >>> model, loss_fn, optimizer, schedule = build(cfg, train_size=3000)
     >>> [g["weight_decay"] for g in optimizer.param_groups]
@@ -20,9 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import losses, models, optim
-from .backend import DeviceError, parse_device
-from .layers import Dense
+from .. import losses, models, optim
+from ..backend import DeviceError, parse_device
+from ..data.augment import RandomShift
+from ..layers import Dense
+from ..training.strategies import REDUCTIONS
 
 IMAGE_SIZE = 28
 NUM_CLASSES = 10
@@ -32,7 +34,6 @@ MNIST_TRAIN = 60000
 # training (data, order, initialisation, optimisation) and must match the checkpoint's.
 RESUMABLE_FIELDS = frozenset({"epochs", "data_dir", "out", "threads", "progress", "report", "download", "device",
                               "reduction"})
-REDUCTIONS = ("auto", "exact", "allreduce")
 
 
 class ConfigError(ValueError):
@@ -68,7 +69,7 @@ class MNISTConfig:
         out: run directory (None: ``runs/<YYYYmmdd-HHMMSS>`` under the working directory).
         threads: passed to ``jimunet.set_num_threads`` when that exists.
         progress: show a progress bar (None: only when stderr is a terminal).
-        report: write the ``jimunet.report`` report at the end when available.
+        report: write the ``jimunet report`` report at the end when available.
         download: let ``load_mnist`` download missing files.
         model: ``"cnn"`` (the TF sample's network and schedule) or ``"resnet"``
             (``models.mnist_resnet``: SGD with Nesterov momentum, cosine decay of ``lr`` to 0
@@ -259,5 +260,4 @@ def make_augment(config: MNISTConfig):
     through its own stream (independent of the weights' and the shuffling's)."""
     if not config.shift:
         return None
-    from .data.augment import RandomShift
     return RandomShift(config.shift, rng=np.random.default_rng(np.random.SeedSequence(config.seed).spawn(2)[1]))

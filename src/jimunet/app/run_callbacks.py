@@ -1,0 +1,130 @@
+"""Callbacks of ``jimunet train`` that write its run directory (see ``rundir``) and end a run.
+
+``RunFiles`` is a ``Trainer`` callback (checkpoint.npz, metrics.json and best.npz during
+training) that also answers two events of the run that ``train_mnist`` sends after training:
+``on_test_end(trainer, test)`` (model.npz, the final metrics.json, run.json's status) and
+``on_run_stopped(trainer, status)`` ("diverged" or "interrupted"). ``RunSummary`` and
+``ReportAtEnd`` answer ``on_run_end(trainer, test)``: the closing log lines, then the report.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+import numpy as np
+
+from .._version import __version__
+from ..training import Callback
+from . import report
+from .rundir import CHECKPOINT, set_metrics_status, write_json_atomic
+
+__all__ = ["RunFiles", "RunSummary", "ReportAtEnd", "METRICS_FORMAT", "versions"]
+
+METRICS_FORMAT = "jimunet-metrics"
+UNITS = {"test_accuracy": "fraction", "test_error": "percent", "val_error": "percent", "best_val_error": "percent",
+         "seconds": "s", "wall_time_s": "s"}
+
+
+def versions() -> dict:
+    return {"jimunet": __version__, "numpy": np.__version__, "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+class RunFiles(Callback):
+    """checkpoint.npz and metrics.json after every epoch (and before the first, so that a run
+    stopped in epoch 1 can resume), best.npz when validation improves; model.npz, the final
+    metrics.json and run.json's status when the run ends.
+
+    Args: ``run`` (a ``RunDir``), ``config`` (the portable configuration dict, stored in every
+    checkpoint), ``sizes`` (``{"train": n, "validation": n, "test": n}``), ``source`` (where
+    the images came from, for metrics.json).
+    """
+
+    def __init__(self, run, config: dict, sizes: dict, source: str):
+        self.run, self.config, self.sizes, self.source = run, config, sizes, source
+        self.final_metrics = None
+
+    def model_meta(self, trainer, **extra) -> dict:
+        return {"recipe": "mnist", "config": self.config, "epoch": trainer.epoch, "step": trainer.step,
+                "preprocess": "(pixels - 127.5) / 255", "input_shape": [28, 28, 1],
+                "classes": list(range(10)), **extra}
+
+    def metrics(self, trainer, status, test=None) -> dict:
+        h = trainer.history
+        return {"format": METRICS_FORMAT, "version": 1, "status": status,
+                "test_accuracy": None if test is None else test.accuracy,
+                "test_error": None if test is None else test.error,
+                "confusion_matrix": None if test is None else test.confusion.tolist(),
+                "best_epoch": h.best_epoch, "best_val_error": h.best_val_error,
+                "epochs_completed": trainer.epoch, "steps": trainer.step,
+                "epochs": h.epochs, "step_loss": h.step_loss,
+                "wall_time_s": h.wall_time_s, "images_per_s": h.images_per_s,
+                "data": {**self.sizes, "source": self.source}, "units": UNITS,
+                "versions": versions(), "config": self.config}
+
+    def on_train_begin(self, trainer):
+        if not os.path.exists(self.run.file(CHECKPOINT)):
+            self._save(trainer)
+
+    def on_epoch_end(self, trainer, epoch, record):
+        if trainer.history.best_epoch == epoch:
+            trainer.model.save(self.run.file("best.npz"), self.model_meta(trainer, val_error=record["val_error"]))
+        self._save(trainer)
+
+    def _save(self, trainer):
+        trainer.save_checkpoint(self.run.file(CHECKPOINT), {"config": self.config})
+        write_json_atomic(self.run.file("metrics.json"), self.metrics(trainer, status="running"))
+
+    def on_test_end(self, trainer, test):
+        epochs = trainer.history.epochs
+        trainer.model.save(self.run.file("model.npz"),
+                           self.model_meta(trainer, test_accuracy=test.accuracy, test_error=test.error,
+                                           val_error=epochs[-1]["val_error"] if epochs else None))
+        self.final_metrics = self.metrics(trainer, "completed", test)
+        write_json_atomic(self.run.file("metrics.json"), self.final_metrics)
+        self.run.finish("completed")
+
+    def on_run_stopped(self, trainer, status):
+        """``status`` "diverged" (metrics.json made if missing) or "interrupted"."""
+        make = (lambda: self.metrics(trainer, status)) if status == "diverged" else None
+        set_metrics_status(self.run.file("metrics.json"), status, make)
+        self.run.finish(status)
+
+
+class RunSummary(Callback):
+    """The closing lines of train.log: the test error, the time spent communicating, the files."""
+
+    def __init__(self, run_dir, log, t_start: float):
+        self.run_dir, self.log, self.t_start = run_dir, log, t_start
+
+    def on_run_end(self, trainer, test):
+        h = trainer.history
+        best = f"; best validation error {h.best_val_error:.2f}% at epoch {h.best_epoch}" if h.best_epoch else ""
+        self.log(f"test error {test.error:.2f}% (accuracy {100 * test.accuracy:.2f}%, "
+                 f"{int(test.confusion.sum())} images){best}")
+        if trainer.comm is not None and h.train_seconds > 0:
+            self.log(f"communication: {trainer.comm_seconds:.1f} s of {h.train_seconds:.1f} s of training steps in "
+                     f"this session (waiting for the slowest process included)")
+        self.log(f"wrote {self.run_dir}/: model.npz, best.npz, checkpoint.npz, metrics.json, train.log "
+                 f"({time.perf_counter() - self.t_start:.1f} s in this session)")
+
+
+class ReportAtEnd(Callback):
+    """``jimunet report``'s report.html once the run is complete; never fails the run."""
+
+    def __init__(self, run_dir, log, data_dir=None):
+        self.run_dir, self.log, self.data_dir = run_dir, log, data_dir
+
+    def on_run_end(self, trainer, test):
+        try:
+            import matplotlib  # noqa: F401 - optional
+        except ImportError:
+            self.log("hint: pip install 'jimunet[plot]' (matplotlib) to get plots in a report: jimunet report "
+                     + self.run_dir)
+            return
+        try:
+            out = report.write_report(self.run_dir, **({} if self.data_dir is None else {"data_dir": self.data_dir}))
+            self.log(f"report: {out}" if isinstance(out, (str, os.PathLike)) else f"report written in {self.run_dir}")
+        except Exception as e:  # never fail a finished training because of the report
+            self.log(f"warning: the report could not be written ({type(e).__name__}: {e})")

@@ -1,0 +1,339 @@
+"""``train_mnist``: the TensorFlow sample's recipe (``jimunet train``) on top of the ``Trainer``.
+
+Data split and scaling, a run directory with ``model.npz``, ``best.npz``, ``checkpoint.npz``,
+``metrics.json`` and ``train.log`` (written by the callbacks of ``run_callbacks``), resuming,
+Ctrl-C/SIGTERM handling and data-parallel runs over MPI.
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import shlex
+import signal
+import time
+from collections import namedtuple
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import datasets
+from .._version import __version__
+from ..backend import check_device
+from ..data.images import preprocess
+from ..distributed import BlockLayout
+from ..parallel import set_num_threads, split
+from ..serialization import CheckpointError
+from ..training import CallbackList, History, StopBetweenSteps, Trainer, TrainingDiverged, TrainingInterrupted, evaluate
+from ..training.checkpoint import read_checkpoint_meta
+from .recipes import (RESUMABLE_FIELDS, SELF_TEST_EVAL, SELF_TEST_TRAIN, ConfigError, MNISTConfig, build,
+                      describe_recipe, fake_data, make_augment)
+from .rundir import RunDir, RunLog, StopSignals, new_run_dir, portable_config
+from .run_callbacks import ReportAtEnd, RunFiles, RunSummary
+
+__all__ = ["train_mnist", "TrainResult", "load_run_config", "MNISTData"]
+
+MNISTData = namedtuple("MNISTData", ["train", "validation", "test", "source"])
+MNISTData.__doc__ = """``(x, y)`` pairs of model inputs and int64 labels, and where they came from
+(``"MNIST"`` or ``"self-test fake data"``)."""
+
+
+@dataclass
+class TrainResult:
+    """What ``train_mnist`` returns."""
+
+    run_dir: str
+    model: object
+    history: History
+    test_accuracy: float
+    test_error: float
+    confusion: np.ndarray
+    metrics: dict
+
+
+def train_mnist(config: MNISTConfig | dict | None = None, *, resume=None, callbacks=(), data=None,
+                echo: bool = True, comm=None) -> TrainResult:
+    """Train the TF sample's network on MNIST with its recipe, writing a run directory.
+
+    Args:
+        config: ``MNISTConfig`` (or a dict of its fields); default: the sample's settings.
+            With ``resume``, default: the checkpoint's configuration; a given one must match
+            it except in ``epochs``, ``data_dir``, ``threads``, ``progress``, ``report``,
+            ``download`` (``epochs`` may grow to train longer). The checkpoint's paths are
+            never used: ``data_dir`` is the given one (else ``$JIMUNET_DATA``, else the default).
+        resume: a run directory holding ``checkpoint.npz``: continue it, wherever it has been
+            moved and from any working directory. Resumed training ends bit-identical to an
+            uninterrupted run on the same machine (any thread count).
+        callbacks: extra ``Callback`` objects (after the one that writes the run directory).
+        data: ``((x_train, y_train), (x_test, y_test))`` in ``load_mnist``'s format
+            (uint8 pixels), instead of loading MNIST.
+        echo: print the log lines (they always go to ``train.log``).
+        comm: a ``jimunet.distributed.Communicator``: train data-parallel with every process
+            of the MPI job (each calls ``train_mnist`` with the same arguments). Rank 0 takes
+            the configuration (and the checkpoint, when resuming), gives it to the others, and
+            alone writes the run directory; the others write nothing and return a
+            ``TrainResult`` without test results (``run_dir`` None). The weights are those of
+            a single process: bit-identical with ``config.reduction`` "exact" (the default
+            for the sample network), up to float rounding with "allreduce" (``Trainer``).
+
+    Run directory (``config.out``, default ``runs/<YYYYmmdd-HHMMSS>``):
+        ``run.json`` (marker and status), ``checkpoint.npz`` after every epoch (and the initial
+        state), ``best.npz`` (lowest validation error), ``model.npz`` (final weights),
+        ``metrics.json``, ``train.log``. It must be new, empty or a jimunet run directory, and
+        is locked while the run lasts (``jimunet.app.rundir``). Ctrl-C and SIGTERM stop the
+        run at the end of the step in progress (when called from the main thread).
+
+    Returns:
+        ``TrainResult(run_dir, model, history, test_accuracy, test_error, confusion, metrics)``.
+
+    Raises:
+        ConfigError: impossible settings; ``RunDirError`` (a ConfigError): the directory is
+            not jimunet's, already holds a run, or is in use (``RunDirBusy``).
+        FileNotFoundError / CheckpointError: bad ``resume``.
+        TrainingDiverged: NaN/inf loss (checkpoint.npz keeps the last good epoch).
+        TrainingInterrupted: Ctrl-C or SIGTERM (``signum``); checkpoint.npz holds the last
+            completed epoch.
+        MNISTUnavailableError: MNIST could not be loaded.
+    """
+    if isinstance(config, dict):
+        config = MNISTConfig.from_dict(config)
+    if comm is not None and comm.rank != 0:
+        return _train_mnist_worker(config, list(callbacks), data, comm)
+    config = _settle_config(config, resume)
+    stops = StopSignals()
+    with RunDir.claim(config.out, resume=resume is not None) as run, stops.installed():
+        log = RunLog(run.file("train.log"), echo=echo)
+        try:
+            return _train_mnist(config, run, resume is not None, list(callbacks), data, log, stops, comm)
+        finally:
+            log.close()
+
+
+def _settle_config(config, resume) -> MNISTConfig:
+    """The run's validated configuration, ``out`` its run directory (the resumed one, when resuming)."""
+    if resume is None:
+        config = (config or MNISTConfig()).validate()
+        check_device(config.device)  # before a run directory is made for nothing
+        return config.replace(out=config.out or new_run_dir())
+    run_dir = os.fspath(resume)
+    saved = _read_checkpoint_config(run_dir)
+    if config is None:
+        config = saved
+    diff = [f"{k} (checkpoint {getattr(saved, k)!r}, given {getattr(config, k)!r})"
+            for k in saved.to_dict() if k not in RESUMABLE_FIELDS and getattr(saved, k) != getattr(config, k)]
+    if diff:
+        raise ConfigError(f"cannot resume {run_dir} with different settings: {'; '.join(diff)}")
+    if config.out is not None and not _same_dir(config.out, run_dir):
+        raise ConfigError(f"resume writes into the run directory it resumes ({run_dir}), not {config.out}")
+    config = config.replace(out=run_dir).validate()
+    check_device(config.device)
+    return config
+
+
+def _same_dir(a, b) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _make_trainer(cfg, data, comm, **kwargs) -> Trainer:
+    """The recipe's ``Trainer`` for ``data`` on ``cfg.device``, with ``cfg.threads`` threads."""
+    _apply_threads(cfg.threads, 1 if comm is None else comm.local_size)
+    model, loss_fn, optimizer, schedule = build(cfg, train_size=len(data.train[0]))
+    model.to(cfg.device)  # DeviceError (a ValueError) says what to install or check
+    return Trainer(model, loss_fn, optimizer, batch_size=cfg.batch_size, schedule=schedule, shuffle=cfg.shuffle,
+                   rng=np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(1)[0]),
+                   eval_batch_size=cfg.eval_batch_size, comm=comm, augment=make_augment(cfg),
+                   reduction=cfg.reduction, **kwargs)
+
+
+def _apply_threads(threads, processes_here: int = 1) -> None:
+    if threads is not None:
+        set_num_threads(int(threads))
+    elif processes_here > 1:  # processes on one host share its cores
+        set_num_threads(max(1, (os.cpu_count() or 1) // processes_here))
+
+
+def _train_mnist_worker(config, callbacks, data, comm) -> TrainResult:
+    """``train_mnist`` on a rank other than 0: rank 0's recipe and state, no files, no output."""
+    own = config or MNISTConfig()
+    cfg = MNISTConfig.from_dict(comm.broadcast_json()).replace(data_dir=own.data_dir, threads=own.threads,
+                                                                 download=own.download)
+    data = _load_data(cfg, data)
+    trainer = _make_trainer(cfg, data, comm, progress=False, log=False, callbacks=[StopBetweenSteps(), *callbacks])
+    trainer.sync_from_rank0()
+    stops = StopSignals()
+    # Only rank 0 validates and tests (its numbers are the run's): the others would compute
+    # the same ones, on the same weights, for nothing.
+    try:
+        with stops.installed(), stops.deferred(to=trainer.request_stop):
+            trainer.fit(*data.train, cfg.epochs)
+    except TrainingInterrupted as e:
+        e.all_ranks = trainer.stop_agreed
+        raise
+    return TrainResult(None, trainer.model, trainer.history, None, None, None, None)
+
+
+def _train_mnist(cfg, run, resuming, callbacks, data, log, stops, comm=None) -> TrainResult:
+    t_start = time.perf_counter()
+    log(f"{'resuming' if resuming else 'starting'} run {run.path}  (jimunet {__version__}, numpy {np.__version__}, "
+        f"python {platform.python_version()})")
+    if run.removed:
+        log(f"removed {len(run.removed)} temporary file{'s' if len(run.removed) > 1 else ''} left by a write that "
+            f"was cut short: {', '.join(run.removed)}")
+    data = _load_data(cfg, data)
+    cfg_dict = portable_config(cfg.to_dict())
+    if comm is not None:  # the recipe, once MNIST is here: ranks on this host find it in the cache
+        comm.broadcast_json(cfg_dict)
+    sizes = {"train": len(data.train[0]), "validation": len(data.validation[0]), "test": len(data.test[0])}
+    files = RunFiles(run, cfg_dict, sizes, data.source)
+    trainer = _make_trainer(cfg, data, comm, progress=cfg.progress, log=log,
+                            callbacks=[files, StopBetweenSteps(), *callbacks])
+    if cfg.device != "cpu":
+        log(f"device {trainer.model.device}")
+    if resuming:
+        trainer.load_checkpoint(run.file("checkpoint.npz"))
+        if trainer.epoch > cfg.epochs:
+            raise ConfigError(f"the checkpoint already has {trainer.epoch} epochs; epochs must be >= that, "
+                              f"got {cfg.epochs}")
+        log(f"resumed from checkpoint.npz: {trainer.epoch} epochs ({trainer.step} steps) done")
+    trainer.sync_from_rank0()
+    _log_plan(trainer, cfg, data, log)
+    run_end = CallbackList([files, RunSummary(run.path, log, t_start),
+                            *([ReportAtEnd(run.path, log, cfg.data_dir)] if cfg.report else [])])
+    test = _fit_and_test(trainer, cfg, data, run, log, stops, run_end)
+    run_end.call("on_run_end", trainer, test)
+    return TrainResult(run.path, trainer.model, trainer.history, test.accuracy, test.error, test.confusion,
+                       files.final_metrics)
+
+
+def _log_plan(trainer, cfg, data, log) -> None:
+    """The log lines saying what will be trained, on what, and how."""
+    x = data.train[0]
+    n_params = sum(p.size for p in trainer.model.parameters())
+    source = "" if data.source == "MNIST" else f" ({data.source})"
+    log(f"model mnist_{cfg.model}: {n_params:,} parameters; data: {len(x)} train / {len(data.validation[0])} "
+        f"validation / {len(data.test[0])} test{source}")
+    log(describe_recipe(cfg, trainer.steps_in_epoch(len(x), trainer.epoch)))
+    if trainer.comm is not None:
+        log(_describe_distributed(trainer, cfg.batch_size, x.shape[1:], n_params))
+
+
+def _fit_and_test(trainer, cfg, data, run, log, stops, run_end):
+    """Train, test and write the final files; a divergence or a stop is recorded, then re-raised."""
+    try:
+        with stops.deferred(to=trainer.request_stop):  # Ctrl-C and SIGTERM wait for the end of the step
+            trainer.fit(*data.train, cfg.epochs, *data.validation)
+        test = evaluate(trainer.model, *data.test, cfg.eval_batch_size, num_classes=10)
+        run_end.call("on_test_end", trainer, test)
+        return test
+    except TrainingDiverged as e:
+        e.checkpoint = run.file("checkpoint.npz")
+        done = trainer.history.epochs[-1]["epoch"] if trainer.history.epochs else 0
+        e.args = (f"{e}. Stopped; {e.checkpoint} keeps the last good state "
+                  f"({f'after epoch {done}' if done else 'the initial weights'}).",)
+        log(f"error: {e}", echo=False)  # the caller reports the exception itself
+        run_end.call("on_run_stopped", trainer, "diverged")
+        raise
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM, in an epoch or while testing and saving
+        stop = e if isinstance(e, TrainingInterrupted) else \
+            TrainingInterrupted("", trainer.epoch, trainer.step, signum=getattr(e, "signum", signal.SIGINT))
+        _explain_interruption(stop, run, cfg.epochs)
+        stop.all_ranks = trainer.stop_agreed  # distributed: every process stops at this step
+        log(stop.message)
+        run_end.call("on_run_stopped", trainer, "interrupted")
+        if stop is e:
+            raise
+        raise stop from None
+
+
+def _describe_distributed(trainer, batch, input_shape, n_params) -> str:
+    """The log line saying how the processes of a distributed run share each step."""
+    comm = trainer.comm
+    alone = "" if comm.size > 1 else " (a job of one: start N with mpiexec -n N python -m jimunet train --distributed)"
+    procs = f"{comm.size} MPI process{'es' if comm.size > 1 else ''}"
+    if trainer.reduction == "exact":
+        layout = BlockLayout(batch, comm.size)
+        share = sorted({s.stop - s.start for s in layout.samples})
+        k = trainer.model.per_sample_stages()
+        feats = batch * math.prod(trainer.model.stages_output_shape(input_shape, slice(0, k))) * 4 / 1e6
+        return (f"distributed: {procs}, exact reduction: each runs the first {k} layers on "
+                f"{'-'.join(map(str, share))} images (whole blocks) of every batch of {batch} and the rest of the "
+                f"network on the whole batch; per step one all-gather of {feats:.2f} MB of activations and one of the "
+                f"per-block weight-gradient sums: the weights are bit-identical to one process's; rank 0 writes "
+                f"the run directory{alone}")
+    share = sorted({s.stop - s.start for s in split(batch, comm.size)})  # each rank's comm.shard
+    return (f"distributed: {procs}, each computing {'-'.join(map(str, share))} images of every batch of {batch}; "
+            f"one all-reduce of the gradients ({4 * n_params / 1e6:.1f} MB) per step: the weights equal one "
+            f"process's up to float rounding; rank 0 writes the run directory{alone}")
+
+
+def _explain_interruption(e: TrainingInterrupted, run, epochs: int) -> None:
+    """Fill in ``e``'s run directory, the epochs kept, and a message that says how to resume."""
+    checkpoint = run.file("checkpoint.npz")
+    done = _checkpoint_epochs(checkpoint)
+    e.run_dir, e.epochs_completed = run.path, done
+    how = "interrupted" if e.signum == signal.SIGINT else f"stopped by {signal.Signals(e.signum).name}"
+    if done < epochs:
+        when, lost = f"during epoch {done + 1}", "the partial epoch is discarded"
+    else:
+        when, lost = "after the last epoch", "the test evaluation and model.npz are still to do"
+    e.message = (f"{how} {when}; {checkpoint} holds the state after {done} complete epochs ({lost}). "
+                 f"Resume with:\n    jimunet train --resume {shlex.quote(run.path)}")
+
+
+def _checkpoint_epochs(path) -> int:
+    try:
+        return int(read_checkpoint_meta(path)["state"]["epoch"])
+    except Exception:  # pragma: no cover - the file is written atomically
+        return 0
+
+
+def _load_data(cfg: MNISTConfig, data) -> MNISTData:
+    """The training, validation and test sets of ``cfg`` as model inputs (``data``: MNIST as given)."""
+    if cfg.self_test:
+        xt, yt = fake_data(SELF_TEST_TRAIN)
+        (xv, yv), (xs, ys) = fake_data(SELF_TEST_EVAL), fake_data(SELF_TEST_EVAL)
+        if cfg.train_size is not None:
+            xt, yt = xt[:cfg.train_size], yt[:cfg.train_size]
+        if cfg.test_size is not None:
+            xs, ys = xs[:cfg.test_size], ys[:cfg.test_size]
+        return MNISTData((xt, yt), (xv, yv), (xs, ys), "self-test fake data")
+    if data is None:
+        data = datasets.load_mnist(root=cfg.data_dir, download=cfg.download, progress=True)
+    (x_all, y_all), (x_test, y_test) = data
+    v = cfg.validation_size
+    if v >= len(x_all):
+        raise ConfigError(f"validation_size {v} leaves no training images (the data has {len(x_all)})")
+    n = len(x_all) - v if cfg.train_size is None else cfg.train_size
+    if n > len(x_all) - v:
+        raise ConfigError(f"train_size {n} exceeds the {len(x_all) - v} training images available")
+    t = len(x_test) if cfg.test_size is None else min(cfg.test_size, len(x_test))
+    as_labels = lambda a: np.asarray(a).astype(np.int64)  # noqa: E731
+    return MNISTData((preprocess(x_all[v:v + n]), as_labels(y_all[v:v + n])),
+                     (preprocess(x_all[:v]), as_labels(y_all[:v])),
+                     (preprocess(x_test[:t]), as_labels(y_test[:t])), "MNIST")
+
+
+def _read_checkpoint_config(run_dir) -> MNISTConfig:
+    path = os.path.join(os.fspath(run_dir), "checkpoint.npz")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"cannot resume: {path} does not exist")
+    meta = read_checkpoint_meta(path)
+    try:
+        # Paths in the file are not used (they are no longer written): where the data lives is
+        # the user's say (--data-dir, $JIMUNET_DATA, the default), and a run lives where it is.
+        # The device too is this machine's choice (--device): a GPU run resumes on a CPU.
+        return MNISTConfig.from_dict({**portable_config(meta["metadata"]["config"]), "device": "cpu"})
+    except (KeyError, TypeError, ConfigError) as e:
+        raise CheckpointError(f"{path}: holds no usable jimunet train configuration ({e})") from None
+
+
+def load_run_config(run_dir) -> MNISTConfig:
+    """The configuration stored in ``run_dir/checkpoint.npz`` (to resume with changes).
+
+    Its ``out`` and ``data_dir`` are None: a run directory holds no paths (see ``jimunet.app.rundir``);
+    its ``device`` is ``"cpu"``, whatever device the run used so far.
+    """
+    return _read_checkpoint_config(run_dir)

@@ -1,0 +1,78 @@
+"""Evaluating a classifier: ``evaluate`` → ``Evaluation(accuracy, error, confusion)``, and the
+one ``confusion_matrix`` (the report's numbers and ``metrics.json``'s come from it)."""
+from __future__ import annotations
+
+from collections import namedtuple
+
+import numpy as np
+
+from ..backend import to_numpy
+
+__all__ = ["evaluate", "Evaluation", "confusion_matrix"]
+
+Evaluation = namedtuple("Evaluation", ["accuracy", "error", "confusion"])
+Evaluation.__doc__ = """Result of ``evaluate``: ``accuracy`` as a fraction in [0, 1], ``error`` in
+PERCENT (``100·(1-accuracy)``, the TF sample's error rate), ``confusion`` an int64
+``(classes, classes)`` matrix, rows true class, columns predicted class."""
+
+
+def confusion_matrix(y_true, y_pred, num_classes: int = 10) -> np.ndarray:
+    """Counts ``C[t, p]`` of samples of true class ``t`` predicted as ``p`` (rows: truth).
+
+    Args:
+        y_true, y_pred: integer class ids of equal length, each in ``[0, num_classes)``.
+        num_classes: size of the square matrix.
+
+    Returns:
+        int64 array ``(num_classes, num_classes)``; ``C.sum() == len(y_true)`` and the
+        accuracy is ``trace(C) / C.sum()``.
+
+    Example:
+        >>> confusion_matrix([0, 1, 1, 2], [0, 1, 2, 2], num_classes=3)
+        array([[1, 0, 0],
+               [0, 1, 1],
+               [0, 0, 1]])
+    """
+    t = np.asarray(to_numpy(y_true)).ravel()
+    p = np.asarray(to_numpy(y_pred)).ravel()
+    if t.shape != p.shape:
+        raise ValueError(f"confusion_matrix: y_true has {t.size} labels, y_pred {p.size}")
+    for name, a in (("y_true", t), ("y_pred", p)):
+        if a.size and (a.dtype.kind not in "iu" and not np.all(a == np.round(a))):
+            raise ValueError(f"confusion_matrix: {name} must hold integer class ids")
+        if a.size and (a.min() < 0 or a.max() >= num_classes):
+            raise ValueError(f"confusion_matrix: {name} has ids outside [0, {num_classes})")
+    t, p = t.astype(np.int64), p.astype(np.int64)
+    return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def evaluate(model, x, y, batch_size: int = 100, num_classes: int | None = None) -> Evaluation:
+    """Accuracy, error rate and confusion matrix of ``model`` on ``(x, y)`` (evaluation mode).
+
+    Args:
+        model: anything with ``predict(x, batch_size)`` returning logits ``(N, classes)``.
+        x: inputs, already preprocessed. y: integer labels ``(N,)``.
+        batch_size: images per forward pass (bounds memory; the recipe's 100 keeps its
+            published figures; ``Sequential.predict``'s default 200 is ~7% faster on 2 cores).
+        num_classes: the confusion matrix has at least this many rows and columns (and at
+            least one per model output).
+
+    Returns:
+        ``Evaluation(accuracy, error, confusion)`` — unpacks as a tuple.
+    """
+    y = np.asarray(to_numpy(y)).astype(np.int64)
+    if len(x) != len(y):
+        raise ValueError(f"evaluate: {len(x)} inputs but {len(y)} labels")
+    if len(y) == 0:
+        raise ValueError("evaluate: no samples")
+    logits = to_numpy(model.predict(x, batch_size=batch_size))
+    if logits.ndim != 2:
+        raise ValueError(f"evaluate: expected class scores of shape (N, classes) from the model, got "
+                         f"{logits.shape}; a classifier ends in a Dense layer")
+    k = max(logits.shape[1], num_classes or 0)  # a 20-class model on MNIST: a 20×20 matrix
+    if y.min() < 0 or y.max() >= k:
+        raise ValueError(f"evaluate: labels must lie in 0..{k - 1} (the model has {logits.shape[1]} outputs), "
+                         f"got {int(y.min())}..{int(y.max())}")
+    pred = logits.argmax(axis=1)
+    accuracy = float((pred == y).mean())
+    return Evaluation(accuracy, 100.0 * (1.0 - accuracy), confusion_matrix(y, pred, k))
