@@ -23,7 +23,7 @@ import numpy as np
 from .. import losses, models, optim
 from ..backend import DeviceError, parse_device
 from ..data.augment import RandomShift
-from ..layers import Dense
+from ..layers import Conv2D, Dense
 from ..training.strategies import REDUCTIONS
 
 IMAGE_SIZE = 28
@@ -231,7 +231,7 @@ def _build_resnet(config: MNISTConfig, train_size: int):
     Dense weights (not on BatchNorm's γ/β or biases); ``lr`` decays along a half cosine to 0
     over ``epochs`` epochs."""
     model = models.mnist_resnet(rng=int(config.seed))
-    decayed = [layer.weight for layer in model.layers if type(layer).__name__ in ("Conv2D", "Dense")]
+    decayed = [layer.weight for layer in model.layers if isinstance(layer, (Conv2D, Dense))]
     ids = {id(p) for p in decayed}
     other = [p for p in model.parameters() if id(p) not in ids]
     optimizer = optim.SGD([{"params": decayed, "weight_decay": config.weight_decay},

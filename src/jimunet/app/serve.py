@@ -26,11 +26,12 @@ import numpy as np
 
 from .. import datasets
 from ..data.images import ImageTooLarge, as_pixels, digit_from_bytes, preprocess
+from ..layers import Conv2D
+from ..model import load
+from ..serialization import CheckpointError
 from .explain import walk
 from .inspect import conv_blocks
-from ..model import load
 from .recipes import MNISTConfig
-from ..serialization import CheckpointError
 from .training import train_mnist
 
 MAX_PIXELS = 4096 * 4096          # pixels of one decoded picture (checked from its header)
@@ -111,7 +112,7 @@ class DigitApp:
             with COMPUTE_LOCK:
                 rec = walk(self.model, np.zeros(INPUT_SHAPE, np.uint8))  # shapes and sizes only
             summary = self.model.summary(INPUT_SHAPE)
-            convs = [layer for layer in self.model.layers if type(layer).__name__ == "Conv2D"]
+            convs = [layer for layer in self.model.layers if isinstance(layer, Conv2D)]
             filters = None
             if convs:
                 w = np.asarray(convs[0].weight.data, dtype=np.float64)  # (kh, kw, cin, cout)

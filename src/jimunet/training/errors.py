@@ -71,5 +71,12 @@ def diverged(step: int, epoch: int, what: str, loss=None) -> TrainingDiverged:
 
 
 def state_finite(model) -> bool:
-    """Whether every parameter AND buffer (e.g. BatchNorm's running statistics) of ``model`` is finite."""
-    return all(bool(xp_of(a).isfinite(a).all()) for a in model.state_dict().values())
+    """Whether every parameter AND buffer (e.g. BatchNorm's running statistics) of ``model`` is finite.
+
+    One value is read back from the device, however many arrays the model has (on a GPU every
+    read waits for the device)."""
+    arrays = list(model.state_dict().values())
+    if not arrays:
+        return True
+    xp = xp_of(arrays[0])
+    return bool(xp.stack([xp.isfinite(a).all() for a in arrays]).all())

@@ -13,11 +13,11 @@ import sys
 
 from ... import datasets
 from ...data.images import load_inputs
-from ..explain import explain
-from ..plotting import PlotDependencyError
 from ...model import load
 from ...models import mnist_cnn
 from ...serialization import CheckpointError
+from ..explain import explain
+from ..plotting import PlotDependencyError
 from .errors import EXIT_FAILURE, EXIT_OK, UserError, add_command, model_path_error
 
 

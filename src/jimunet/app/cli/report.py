@@ -1,10 +1,10 @@
 """``jimunet report``: the HTML report of a training run (``write_report``) from the command line."""
 from __future__ import annotations
 
+from ...serialization import CheckpointError
 from ..plotting import PLOT_HINT, PlotDependencyError
 from ..report import write_report
-from ...serialization import CheckpointError
-from .errors import EXIT_FAILURE, EXIT_OK, add_command, UserError
+from .errors import EXIT_FAILURE, EXIT_OK, UserError, add_command
 
 
 def run(args) -> int:

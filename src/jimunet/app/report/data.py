@@ -20,46 +20,15 @@ from ...backend import to_numpy
 from ...data.images import preprocess
 from ...functional.softmax import softmax
 from ...model import load
-from ..recipes import fake_data
+from ...training import confusion_matrix
 from ..inspect import model_dtype
+from ..recipes import fake_data
 
 MAX_MISTAKES = 16
 PREDICT_CHUNK = 1000
 
 
 # -- numbers ------------------------------------------------------------------------------------
-
-# At the merge of issue 20 this definition goes: THE one confusion matrix is
-# jimunet.training.evaluation.confusion_matrix (import it here under this name instead).
-def confusion_matrix(y_true, y_pred, num_classes: int = 10) -> np.ndarray:
-    """Counts ``C[t, p]`` of samples of true class ``t`` predicted as ``p`` (rows: truth).
-
-    Args:
-        y_true, y_pred: integer class ids of equal length, each in ``[0, num_classes)``.
-        num_classes: size of the square matrix.
-
-    Returns:
-        int64 array ``(num_classes, num_classes)``; ``C.sum() == len(y_true)`` and the
-        accuracy is ``trace(C) / C.sum()``.
-
-    Example:
-        >>> confusion_matrix([0, 1, 1, 2], [0, 1, 2, 2], num_classes=3)
-        array([[1, 0, 0],
-               [0, 1, 1],
-               [0, 0, 1]])
-    """
-    t = np.asarray(to_numpy(y_true)).ravel()
-    p = np.asarray(to_numpy(y_pred)).ravel()
-    if t.shape != p.shape:
-        raise ValueError(f"confusion_matrix: y_true has {t.size} labels, y_pred {p.size}")
-    for name, a in (("y_true", t), ("y_pred", p)):
-        if a.size and (a.dtype.kind not in "iu" and not np.all(a == np.round(a))):
-            raise ValueError(f"confusion_matrix: {name} must hold integer class ids")
-        if a.size and (a.min() < 0 or a.max() >= num_classes):
-            raise ValueError(f"confusion_matrix: {name} has ids outside [0, {num_classes})")
-    t, p = t.astype(np.int64), p.astype(np.int64)
-    return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
 
 def _first(d, *keys, default=None):
     """The value of the first of ``keys`` present (and not None) in dict ``d``."""
