@@ -14,7 +14,7 @@ def pair(v, what: str = "value"):
         a, b = v
     except (TypeError, ValueError):
         raise ValueError(f"{what} must be a positive int or a pair of them, got {v!r}") from None
-    if not (isinstance(a, int) and isinstance(b, int)) or isinstance(a, bool) or a < 1 or b < 1:
+    if not (isinstance(a, int) and isinstance(b, int)) or isinstance(a, bool) or isinstance(b, bool) or a < 1 or b < 1:
         raise ValueError(f"{what} must be a positive int or a pair of them, got {v!r}")
     return int(a), int(b)
 

@@ -14,7 +14,7 @@ from ..functional.padding import conv_output_size, normalize_padding, pad_amount
 from ..parallel import batch_blocks, paccumulate_tmatmul, pfor, sum_blocks
 from ..random import resolve_rng
 from . import conv_plans as _plans
-from .base import Layer, check_dtype_arg, register
+from .base import Layer, check_bool, check_dtype_arg, register
 
 
 @dataclass(eq=False)
@@ -150,16 +150,16 @@ class Conv2D(Layer):
         self.kernel_size = pair(kernel_size, "Conv2D kernel_size")
         self.stride = pair(stride, "Conv2D stride")
         self.padding = normalize_padding(padding, "Conv2D padding")
-        self.use_bias = bool(use_bias)
+        self.use_bias = check_bool("Conv2D", "use_bias", use_bias)
         self.algorithm, self.winograd_tile = self._check_algorithm(algorithm, winograd_tile)
         self.weight_init, self.bias_init = _init.get(weight_init), _init.get(bias_init)
-        dtype = check_dtype_arg(dtype)
+        dtype = check_dtype_arg(dtype, "Conv2D")
         rng = resolve_rng(rng)
         kh, kw = self.kernel_size
         self.weight = self._new_parameter(self.weight_init, (kh, kw, self.in_channels, self.out_channels), rng,
                                           dtype, "weight")
         self.bias = self._new_parameter(self.bias_init, (self.out_channels,), rng, dtype, "bias") \
-            if use_bias else None
+            if self.use_bias else None
         self._work = _plans.Workspace()  # persistent scratch and plans, shared by every use
 
     @property
@@ -168,7 +168,7 @@ class Conv2D(Layer):
         return None if self.cache is None else self.cache.algorithm
 
     def _check_algorithm(self, algorithm, tile):
-        if algorithm not in ALGORITHMS:
+        if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
             raise ValueError(f"Conv2D algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, "
                              f"got {algorithm!r}")
         tile = _tile_pair(tile)

@@ -6,7 +6,7 @@ import numpy as np
 from .. import init as _init
 from ..parallel import pmatmul
 from ..random import resolve_rng
-from .base import Layer, check_dtype_arg, register
+from .base import Layer, check_bool, check_dtype_arg, register
 
 
 @register
@@ -37,8 +37,8 @@ class Dense(Layer):
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"Dense: {name} must be a positive int, got {v!r}")
         self.in_features, self.out_features = int(in_features), int(out_features)
-        self.use_bias = bool(use_bias)
-        dtype = check_dtype_arg(dtype)
+        self.use_bias = check_bool("Dense", "use_bias", use_bias)
+        dtype = check_dtype_arg(dtype, "Dense")
         rng = resolve_rng(rng)
         self.weight = self._new_parameter(_init.get(weight_init), (self.in_features, self.out_features), rng,
                                           dtype, "weight")
