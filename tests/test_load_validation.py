@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import jimunet as jn
-from jimunet import model as model_mod
 from jimunet.app import cli
+from jimunet.layers import memory
 from jimunet.layers.base import placeholder_parameters
 from jimunet.model import ActivationLimitError, build_architecture
 from jimunet.serialization import CheckpointError, load_npz, save_npz
@@ -318,7 +318,7 @@ def test_load_bounds_activations_for_the_recorded_or_given_input_shape(tmp_path,
     big = jn.Model(inp, L.Conv2D(1, 64, 3, rng=0)(inp))
     big.save(tmp_path / "g.npz")
     _raises(lambda: jn.load(tmp_path / "g.npz"), "one sample of shape (4096, 4096, 1)", exc=CheckpointError)
-    monkeypatch.setattr(model_mod, "MAX_ACTIVATION_BYTES", 2 ** 40)
+    monkeypatch.setattr(memory, "MAX_ACTIVATION_BYTES", 2 ** 40)
     assert jn.load(tmp_path / "g.npz").summary().output_shape == (4096, 4096, 64)
 
 
@@ -390,3 +390,42 @@ def test_huge_inputs_that_make_batchnorm_buffers_infinite_stop_training_before_a
     assert written == []
     _raises(lambda: t.model.save(tmp_path / "best.npz"), "running_var contains NaN or infinite")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_train_mnist_stops_when_a_batchnorm_buffer_turns_infinite_and_every_file_it_wrote_loads(tmp_path):
+    """``jimunet train --model resnet``'s path: the loss shows nothing (training normalises by the
+    batch), the run ends "diverged" and best.npz / checkpoint.npz hold the last good epoch."""
+    from jimunet.app.recipes import MNISTConfig
+    from jimunet.app.training import train_mnist
+
+    class PoisonBuffer(Callback):
+        def on_step_end(self, trainer, step, loss):
+            if trainer.epoch == 1:  # in epoch 2 (trainer.epoch counts completed epochs)
+                bn = next(layer for layer in trainer.model.layers if isinstance(layer, L.BatchNorm))
+                bn.running_var.data[0] = np.inf
+    run = tmp_path / "run"
+    cfg = MNISTConfig(model="resnet", self_test=True, epochs=3, batch_size=64, out=str(run), report=False)
+    with pytest.raises(TrainingDiverged, match=r"\(epoch 2\): the weights contain NaN or infinite"):
+        train_mnist(cfg, callbacks=[PoisonBuffer()], echo=False)
+    assert json.loads((run / "run.json").read_text())["status"] == "diverged"
+    files = sorted(p.name for p in run.glob("*.npz"))
+    assert "checkpoint.npz" in files and "model.npz" not in files
+    for name in files:
+        if name == "checkpoint.npz":
+            assert load_npz(run / name)[1]["state"]["epoch"] == 1
+        else:
+            assert jn.load(run / name).metadata["epoch"] == 1
+
+
+def test_a_checkpoint_with_a_negative_variance_is_refused_at_resume(tmp_path):
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
+    t = _bn_trainer()
+    t.fit(x, np.arange(16) % 3, epochs=1)
+    path = tmp_path / "checkpoint.npz"
+    t.save_checkpoint(path)
+    arrays, meta = load_npz(path)
+    arrays[meta["state"]["model"]["2.running_var"]["__array__"]][0] = -2.0
+    save_npz(path, arrays, meta)
+    _raises(lambda: _bn_trainer().load_checkpoint(path), "does not fit this model/optimizer",
+            "2.running_var must be >= 0", exc=CheckpointError)

@@ -30,7 +30,8 @@ from collections import Counter
 
 from .layers.base import data_already_checked, from_config
 from .layers.symbolic import Input, SymbolicTensor, shape_str
-from .model import MAX_LAYERS, Network, Summary, activation_elements, register_network
+from .layers.memory import activation_elements
+from .model import MAX_LAYERS, Network, Summary, register_network
 
 MAX_NODES = MAX_LAYERS  # a described graph with more nodes is refused before any layer is built
 

@@ -8,55 +8,18 @@ import numpy as np
 
 from ._version import __version__
 from .backend import to_device, to_numpy, xp_of
-from .functional.padding import pad_amounts
-from .layers import AvgPool2D, BatchNorm, Conv2D, MaxPool2D, ReLU
-from .layers.base import Layer, data_already_checked, from_config, placeholder_parameters
+from .layers import MaxPool2D, ReLU
+from .layers import memory
+from .layers.base import (Layer, check_weight_header, data_already_checked, from_config, json_kind,
+                          placeholder_parameters)
+from .layers.memory import (MAX_ACTIVATION_BYTES, ActivationLimitError,  # noqa: F401 (jimunet.model's API)
+                            activation_elements, check_activation_bytes, check_network_activations,
+                            recorded_input_shape)
 from .layers.symbolic import shape_str
 from .serialization import MAX_META_DEPTH, CheckpointError, NpzReader, json_depth, save_npz
 
 MODEL_FORMAT = "jimunet-model"
 MAX_LAYERS = 10_000  # a file describing more is refused before any layer object is made
-
-# What one sample may need in memory as it passes through a network (its intermediate results
-# and the largest scratch arrays, e.g. a convolution's im2col matrix; see ``activation_elements``).
-# ``jn.load`` refuses a model whose architecture needs more for its input shape, and ``predict``
-# runs as many samples at a time as fit in it. The MNIST network needs ~1.1 MB per sample.
-MAX_ACTIVATION_BYTES = 2 ** 30  # 1 GiB
-
-
-class ActivationLimitError(ValueError):
-    """One sample would need more memory than ``MAX_ACTIVATION_BYTES`` (or the bound given)."""
-
-
-def activation_elements(layer, input_shape, output_shape) -> int:
-    """Values one sample keeps or needs at once in ``layer``: its output, plus the padded input
-    and im2col matrix of a convolution, the padded input of a pooling, BatchNorm's normalised
-    copy (the layers' caches keep them until the next forward pass)."""
-    if isinstance(output_shape, list):  # several outputs of a nested graph
-        out = sum(math.prod(s) for s in output_shape)
-    else:
-        out = math.prod(output_shape)
-    if isinstance(layer, (Conv2D, MaxPool2D, AvgPool2D)) and len(input_shape) == 3:
-        window = layer.kernel_size if isinstance(layer, Conv2D) else layer.pool_size
-        (pt, pb), (pl, pr) = pad_amounts(input_shape[:2], window, layer.stride, layer.padding)
-        padded = (input_shape[0] + pt + pb) * (input_shape[1] + pl + pr) * input_shape[2]
-        cols = math.prod(output_shape[:2]) * math.prod(window) * input_shape[2] if isinstance(layer, Conv2D) else 0
-        return out + padded + cols
-    if isinstance(layer, BatchNorm):
-        return 2 * out
-    if isinstance(layer, Network):
-        try:
-            return layer.summary(input_shape).activation_elements
-        except ValueError:
-            return out
-    return out
-
-
-def _format_bytes(n: int) -> str:
-    for unit, size in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
-        if n >= size:
-            return f"{n / size:,.1f} {unit}"
-    return f"{n} bytes"
 
 _NETWORKS: dict[str, type] = {}  # network classes a file's architecture may name (see ``register_network``)
 
@@ -143,11 +106,11 @@ class Network(Layer):
         """
         if batch_size < 1:
             raise ValueError(f"predict: batch_size must be >= 1, got {batch_size}")
-        limit = MAX_ACTIVATION_BYTES if max_activation_bytes is None else int(max_activation_bytes)
+        limit = memory.MAX_ACTIVATION_BYTES if max_activation_bytes is None else int(max_activation_bytes)
         per_sample = None if not hasattr(x, "shape") else \
             self.activation_bytes(tuple(x.shape[1:]), getattr(x, "dtype", None), quiet=True)
         if per_sample is not None:
-            self.check_activation_bytes(per_sample, tuple(x.shape[1:]), limit, "predict: ")
+            check_activation_bytes(per_sample, tuple(x.shape[1:]), limit, "predict: ")
             batch_size = max(1, min(batch_size, limit // max(per_sample, 1)))
         device = self.device
         if len(x) == 0:
@@ -174,15 +137,6 @@ class Network(Layer):
         if dtype is not None and np.dtype(dtype).kind == "f":
             sizes.append(np.dtype(dtype).itemsize)
         return elements * max(sizes or [4])
-
-    def check_activation_bytes(self, per_sample: int, input_shape, limit: int, where: str = "") -> None:
-        """``ActivationLimitError`` when one sample needs more than ``limit`` bytes."""
-        if per_sample > limit:
-            raise ActivationLimitError(
-                f"{where}one sample of shape {tuple(input_shape)} needs {_format_bytes(per_sample)} "
-                f"({per_sample:,} bytes) of intermediate results in this model, over the bound of "
-                f"{_format_bytes(limit)} ({limit:,} bytes); check its layers' sizes and padding (pass "
-                f"max_activation_bytes=... to allow more)")
 
     # -- state -------------------------------------------------------------------------
 
@@ -455,17 +409,6 @@ class Sequential(Network):
 
 
 
-def check_weight_header(name, shape, dtype, expected_shape, where="load_state_dict: ") -> None:
-    """ValueError unless an array of ``shape`` and ``dtype`` can be the weight ``name``."""
-    if shape is None or dtype is None:
-        raise ValueError(f"{where}{name} should be an array, got {type(shape).__name__}")
-    dtype = np.dtype(dtype)
-    if dtype.kind != "f" or dtype.itemsize not in (4, 8) or dtype.fields is not None:
-        raise ValueError(f"{where}{name} has dtype {dtype}; weights must be float32 or float64")
-    if tuple(shape) != tuple(expected_shape):
-        raise ValueError(f"{where}{name} has shape {tuple(shape)} in the file, {tuple(expected_shape)} in the model")
-
-
 def build_architecture(arch, path):
     """The model (``Sequential`` or ``jn.Model``) a file's architecture describes, with placeholder
     parameters; ``CheckpointError`` naming ``path`` and the field when it cannot be built.
@@ -476,13 +419,13 @@ def build_architecture(arch, path):
     def refuse(why):
         return CheckpointError(f"{path}: cannot rebuild the architecture it describes: {why}")
     if not isinstance(arch, dict):
-        raise refuse(f"the description is {_json_kind(arch)}, not an object")
+        raise refuse(f"the description is {json_kind(arch)}, not an object")
     if json_depth(arch) > MAX_META_DEPTH:
         raise refuse(f"it is nested more than {MAX_META_DEPTH} levels deep")
     kind = arch.get("class", "Sequential")
     if kind not in ("Sequential", *_NETWORKS) or not isinstance(kind, str):
         raise refuse(f"'class' must be one of {['Sequential', *sorted(_NETWORKS)]}, got "
-                     f"{_json_kind(kind) if not isinstance(kind, str) else repr(kind[:80])}")
+                     f"{json_kind(kind) if not isinstance(kind, str) else repr(kind[:80])}")
     for key in ("layers", "nodes"):
         c = arch.get(key)
         if isinstance(c, list) and len(c) > MAX_LAYERS:
@@ -495,24 +438,6 @@ def build_architecture(arch, path):
         raise refuse("it is nested too deeply") from None
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as e:
         raise refuse(str(e) or "malformed") from None
-
-
-def _json_kind(v) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
-            float: "a number", type(None): "null"}.get(type(v), type(v).__name__)
-
-
-def _recorded_input_shape(model, metadata):
-    """The per-sample input shape the file records (a graph's inputs; else ``input_shape`` or
-    ``onnx.input_shape`` in the metadata), or None."""
-    if not isinstance(model, Sequential):
-        return None  # a graph's Input shapes: summary() uses them
-    for source in (metadata, metadata.get("onnx") if isinstance(metadata, dict) else None):
-        shape = source.get("input_shape") if isinstance(source, dict) else None
-        if isinstance(shape, list) and 0 < len(shape) <= 8 and all(
-                isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 2 ** 31 for d in shape):
-            return tuple(shape)
-    return None
 
 
 def load(path, max_bytes: int | None = None, input_shape=None, max_activation_bytes: int | None = None):
@@ -545,9 +470,15 @@ def load(path, max_bytes: int | None = None, input_shape=None, max_activation_by
         meta = reader.meta
         metadata = meta.get("metadata", {})
         if not isinstance(metadata, dict):
-            raise CheckpointError(f"{path}: its metadata is {_json_kind(metadata)}, not an object")
+            raise CheckpointError(f"{path}: its metadata is {json_kind(metadata)}, not an object")
         model = build_architecture(meta.get("architecture"), path)
-        _check_activations(model, path, input_shape or _recorded_input_shape(model, metadata), max_activation_bytes)
+        if input_shape is None and isinstance(model, Sequential):  # a graph records its input shapes itself
+            input_shape = recorded_input_shape(metadata)
+        if input_shape is not None or not isinstance(model, Sequential):  # else predict bounds it
+            try:
+                check_network_activations(model, input_shape, max_activation_bytes)
+            except ActivationLimitError as e:
+                raise CheckpointError(f"{path}: {e}") from None
         named = model.named_parameters() + model.named_buffers()
         stored = {k[len("param/"):]: h for k, h in reader.headers.items() if k.startswith("param/")}
         others = sorted(k for k in reader.headers if not k.startswith("param/"))
@@ -570,24 +501,8 @@ def load(path, max_bytes: int | None = None, input_shape=None, max_activation_by
             weights[name] = w
         problem = model.state_problem(weights)
         if problem:
-            raise CheckpointError(f"{path}: the weight {problem}")
+            raise CheckpointError(f"{path}: the stored {problem}")
         for name, p in named:
             p.assign(weights[name])
     model.metadata = metadata
     return model
-
-
-def _check_activations(model, path, input_shape, limit) -> None:
-    """``CheckpointError`` when one sample of ``input_shape`` (None: a graph's own inputs; a
-    Sequential without a known shape is bounded by ``predict``) needs over ``limit`` bytes."""
-    if input_shape is None and isinstance(model, Sequential):
-        return
-    try:
-        per_sample = model.activation_bytes(input_shape)
-    except ValueError:
-        return  # the model cannot take that shape; whoever gives it one is told why then
-    try:
-        model.check_activation_bytes(per_sample, input_shape or model.summary().input_shape,
-                                     MAX_ACTIVATION_BYTES if limit is None else int(limit))
-    except ActivationLimitError as e:
-        raise CheckpointError(f"{path}: {e}") from None

@@ -78,11 +78,11 @@ def from_config(config: dict, where: str = "layer"):
     """
     if not isinstance(config, dict):
         raise ValueError(f"{where}: a layer description must be an object with 'class' and 'config', got "
-                         f"{_kind(config)}")
+                         f"{json_kind(config)}")
     name = config.get("class")
     cls = _REGISTRY.get(name) if isinstance(name, str) else None
     if cls is None:
-        shown = repr(name) if isinstance(name, str) and len(name) <= 80 else _kind(name)
+        shown = repr(name) if isinstance(name, str) and len(name) <= 80 else json_kind(name)
         raise ValueError(f"{where}: unknown layer {shown}; known layers: {', '.join(sorted(_REGISTRY))}")
     unknown_keys = sorted(set(config) - {"class", "config"})
     if unknown_keys:
@@ -90,7 +90,7 @@ def from_config(config: dict, where: str = "layer"):
                          "'class' and 'config'")
     args = config.get("config", {})
     if not isinstance(args, dict):
-        raise ValueError(f"{where} ({name}): 'config' must be an object of constructor arguments, got {_kind(args)}")
+        raise ValueError(f"{where} ({name}): 'config' must be an object of constructor arguments, got {json_kind(args)}")
     params = inspect.signature(cls.__init__).parameters
     takes = [p for p in list(params)[1:] if params[p].kind in (params[p].POSITIONAL_OR_KEYWORD, params[p].KEYWORD_ONLY)]
     extra = sorted(str(k)[:40] for k in args if k not in takes)
@@ -108,7 +108,7 @@ def from_config(config: dict, where: str = "layer"):
         raise ValueError(f"{where} ({name}): invalid arguments {_short(args)} ({e})") from None
 
 
-def _kind(v) -> str:
+def json_kind(v) -> str:
     """A value's JSON kind for messages (never the value itself, which may be huge)."""
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
             float: "a number", type(None): "null"}.get(type(v), type(v).__name__)
@@ -304,3 +304,14 @@ def check_dtype_arg(dtype, layer: str = "") -> np.dtype:
     if dt.kind != "f" or dt.itemsize not in (4, 8) or dt.byteorder not in ("=", "|", "<" if np.little_endian else ">"):
         raise ValueError(f"{where}dtype must be a floating-point type (float32 or float64), got {dt}")
     return dt
+
+
+def check_weight_header(name, shape, dtype, expected_shape, where="load_state_dict: ") -> None:
+    """ValueError unless an array of ``shape`` and ``dtype`` can be the weight ``name``."""
+    if shape is None or dtype is None:
+        raise ValueError(f"{where}{name} should be an array, got {type(shape).__name__}")
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f" or dtype.itemsize not in (4, 8) or dtype.fields is not None:
+        raise ValueError(f"{where}{name} has dtype {dtype}; weights must be float32 or float64")
+    if tuple(shape) != tuple(expected_shape):
+        raise ValueError(f"{where}{name} has shape {tuple(shape)} in the file, {tuple(expected_shape)} in the model")
