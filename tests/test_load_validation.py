@@ -68,6 +68,15 @@ def _raises(fn, *substrings, exc=ValueError):
     (lambda: L.Concatenate(axis="1"), ["Concatenate", "axis", "'1'"]),
     (lambda: L.Concatenate(axis=1.0), ["Concatenate", "axis", "1.0"]),
     (lambda: L.Dropout(float("nan")), ["Dropout", "rate", "nan"]),
+    # sizes NumPy could not even index: refused by name instead of "Maximum allowed dimension exceeded"
+    (lambda: L.Conv2D(1, 2, 10 ** 30), ["Conv2D kernel_size", "at most 2,147,483,647"]),
+    (lambda: L.Conv2D(1, 2, 3, stride=(10 ** 30, 1)), ["Conv2D stride", "at most 2,147,483,647"]),
+    (lambda: L.Conv2D(1, 2, 3, padding=2 ** 62), ["Conv2D padding", "from 0 to 2,147,483,647"]),
+    (lambda: L.Conv2D(2 ** 31, 2, 3), ["Conv2D", "in_channels", "at most 2,147,483,647"]),
+    (lambda: L.Dense(3, 10 ** 30), ["Dense", "out_features", "at most"]),
+    (lambda: L.BatchNorm(2 ** 40), ["BatchNorm", "num_features", "at most"]),
+    (lambda: L.Conv2D(2 ** 30, 2 ** 30, 2 ** 15), ["Conv2D", "weight would be of shape", "at most 1,099,511,627,776"]),
+    (lambda: jn.Input((2 ** 40, 1)), ["Input", "shape", "1 to 8 positive ints"]),
 ])
 def test_constructors_refuse_bad_hyper_parameters(fn, substrings):
     _raises(fn, *substrings)
@@ -167,7 +176,7 @@ def test_a_leaky_relu_with_a_bad_alpha_in_a_file_is_refused(tmp_path, alpha):
     ({"layers": [{"class": "Dense", "config": {"in_features": 3, "out_features": 2, "bogus": 1}}]},
      "unknown argument(s) ['bogus']"),
     ({"layers": [{"class": "Dense", "config": {"in_features": "3", "out_features": 2}}]},
-     "layer 0: Dense: in_features must be a positive int, got '3'"),
+     "layer 0: Dense: in_features must be a positive int (at most 2,147,483,647), got '3'"),
     ({"layers": [{"class": ["Dense"]}]}, "layer 0: unknown layer a list"),
     ({"layers": [{"class": "ReLU", "config": {}, "extra": 1}]}, "unexpected field(s) ['extra']"),
     ({"layers": "Dense"}, "'layers' must be a list"),

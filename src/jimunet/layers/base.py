@@ -248,9 +248,16 @@ class Layer:
 
     # -- helpers shared by subclasses -------------------------------------------------
 
-    @staticmethod
-    def _new_parameter(init, shape, rng, dtype, name) -> Parameter:
+    #: Values one parameter may hold (2**40: 4 TiB in float32); more is refused by name, not
+    #: left to fail inside NumPy. A file is bounded far lower by ``jn.load``'s ``max_bytes``.
+    MAX_PARAMETER_SIZE = 2 ** 40
+
+    def _new_parameter(self, init, shape, rng, dtype, name) -> Parameter:
         """``Parameter(init(shape, rng, dtype), name)``, or a placeholder while a file is loaded."""
+        size = math.prod(shape)
+        if size > self.MAX_PARAMETER_SIZE:
+            raise ValueError(f"{type(self).__name__}: its {name} would be of shape {tuple(shape)}, {size:,} values; "
+                             f"at most {self.MAX_PARAMETER_SIZE:,} are possible")
         if building_placeholders():
             return Parameter.placeholder(shape, dtype, name)
         return Parameter(init(shape, rng, dtype), name)

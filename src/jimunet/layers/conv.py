@@ -10,7 +10,7 @@ from .. import init as _init
 from ..backend import xp_of
 from ..functional import winograd as _wg
 from ..functional.im2col import im2col_copy
-from ..functional.padding import conv_output_size, normalize_padding, pad_amounts, pair
+from ..functional.padding import MAX_SIZE, conv_output_size, normalize_padding, pad_amounts, pair
 from ..parallel import batch_blocks, paccumulate_tmatmul, pfor, sum_blocks
 from ..random import resolve_rng
 from . import conv_plans as _plans
@@ -144,8 +144,8 @@ class Conv2D(Layer):
                  use_bias: bool = True, weight_init="glorot_uniform", bias_init="zeros", rng=None,
                  dtype=np.float32, algorithm: str = "auto", winograd_tile=None):
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"Conv2D: {name} must be a positive int, got {v!r}")
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not 1 <= v <= MAX_SIZE:
+                raise ValueError(f"Conv2D: {name} must be a positive int (at most {MAX_SIZE:,}), got {v!r}")
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size = pair(kernel_size, "Conv2D kernel_size")
         self.stride = pair(stride, "Conv2D stride")

@@ -81,7 +81,7 @@ def check_network_activations(model, input_shape=None, limit: int | None = None)
     the model cannot take that shape (whoever gives it one is told why then)."""
     try:
         per_sample = model.activation_bytes(input_shape)
-    except ValueError:
+    except (ValueError, TypeError):
         return
     check_activation_bytes(per_sample, input_shape or model.summary().input_shape,
                            MAX_ACTIVATION_BYTES if limit is None else int(limit))

@@ -7,6 +7,7 @@ import numpy as np
 
 from .. import init as _init
 from ..backend import xp_of
+from ..functional.padding import MAX_SIZE
 from .base import Layer, check_dtype_arg, check_number, register
 
 
@@ -56,8 +57,10 @@ class BatchNorm(Layer):
     """
 
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5, dtype=np.float32):
-        if not isinstance(num_features, (int, np.integer)) or isinstance(num_features, bool) or num_features < 1:
-            raise ValueError(f"BatchNorm: num_features must be a positive int, got {num_features!r}")
+        if not isinstance(num_features, (int, np.integer)) or isinstance(num_features, bool) or \
+                not 1 <= num_features <= MAX_SIZE:
+            raise ValueError(f"BatchNorm: num_features must be a positive int (at most {MAX_SIZE:,}), got "
+                             f"{num_features!r}")
         momentum = check_number("BatchNorm", "momentum", momentum, 0, 1, low_open=True)
         eps = check_number("BatchNorm", "eps", eps, 0, 1e10, low_open=True)
         self.num_features, self.momentum, self.eps = int(num_features), float(momentum), float(eps)
