@@ -175,7 +175,7 @@ def referenced_arrays(meta) -> set:
     return names
 
 
-def _depth(tree) -> int:
+def json_depth(tree) -> int:
     """Nesting depth of a JSON value, without recursion (a crafted file may nest deeply)."""
     deepest, stack = 0, [(tree, 1)]
     while stack:
@@ -259,7 +259,7 @@ class NpzReader:
         except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, KeyError,
                 NotImplementedError, RuntimeError) as e:  # RuntimeError: encrypted entries
             self.close()
-            raise CheckpointError(f"{self.path}: not a readable jimunet .npz file ({type(e).__name__}: {e}); "
+            raise CheckpointError(f"{self.path}: not a readable jimunet .npz file ({_reason(e)}); "
                                   "it may be truncated or corrupt") from None
         if kind is not None and self.meta.get("format") != kind:
             self.close()
@@ -284,7 +284,7 @@ class NpzReader:
         if not isinstance(meta, dict):
             raise CheckpointError(f"{self.path}: its JSON description is a {type(meta).__name__}, not an object; "
                                   "not a jimunet file")
-        if _depth(meta) > MAX_META_DEPTH:
+        if json_depth(meta) > MAX_META_DEPTH:
             raise CheckpointError(f"{self.path}: its JSON description is nested more than "
                                   f"{MAX_META_DEPTH} levels deep")
         return meta
@@ -326,7 +326,7 @@ class NpzReader:
         try:
             return self._read(name, self.headers[name])
         except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError, RuntimeError) as e:
-            raise CheckpointError(f"{self.path}: not a readable jimunet .npz file ({type(e).__name__}: {e}); "
+            raise CheckpointError(f"{self.path}: not a readable jimunet .npz file ({_reason(e)}); "
                                   "it may be truncated or corrupt") from None
 
     def close(self) -> None:
@@ -339,6 +339,15 @@ class NpzReader:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _reason(e: BaseException) -> str:
+    """A reading error in words (the library's message; no exception class names)."""
+    if isinstance(e, KeyError):
+        return f"no entry {e.args[0]!r}" if e.args else "an entry is missing"
+    if isinstance(e, RuntimeError) and "encrypt" in str(e).lower():
+        return "an encrypted entry"
+    return str(e) or {zipfile.BadZipFile: "not a zip file", EOFError: "ends early"}.get(type(e), "unreadable")
 
 
 def load_npz(path, kind: str | None = None, expected=None, max_bytes: int | None = None):

@@ -119,7 +119,8 @@ def load_model(path, mnist_classifier: bool = True, device: str = "cpu"):
     problem = model_path_error(path)
     if problem:
         raise UserError(problem)
-    model = load(path)  # CheckpointError → usage error in main
+    # CheckpointError → usage error in main; the memory a 28x28x1 image needs is bounded at load
+    model = load(path, input_shape=(28, 28, 1) if mnist_classifier else None)
     if mnist_classifier:
         check_classifier(model, path)
     return model.to(device)  # DeviceError → usage error in main

@@ -63,7 +63,7 @@ def _model(model_path):
               "so the prediction is meaningless")
         return mnist_cnn(rng=0)
     try:
-        model = load(model_path)
+        model = load(model_path, input_shape=(28, 28, 1))  # explain runs 28x28x1 images: bound their memory
     except (OSError, CheckpointError) as e:
         raise UserError(f"cannot load {model_path}: {e}") from None
     print(f"model    {model_path}")
