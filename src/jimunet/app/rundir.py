@@ -1,6 +1,8 @@
 """Run directories of ``jimunet train``: recognising one, holding it, cleaning it, ending a run.
 
-Layout (every file is jimunet's; all but ``train.log`` are written atomically)::
+Layout (every file is jimunet's; all but ``train.log`` are written atomically, so a full disk
+leaves the previous version whole and ``WriteError`` names the file; ``train.log`` is appended
+line by line, and a line that cannot be written names it too)::
 
     run.json        the marker, written before anything else:
                     {"format": "jimunet-run", "version": 1, "status": ..., "jimunet": "0.1.0"}
@@ -69,7 +71,7 @@ LOCK = ".jimunet.lock"
 RUN_FORMAT = "jimunet-run"
 CHECKPOINT = "checkpoint.npz"
 # The files a run writes through atomic_writer: their leftover temporaries are removed.
-ATOMIC_FILES = (CHECKPOINT, "best.npz", "model.npz", "metrics.json", MARKER)
+ATOMIC_FILES = (CHECKPOINT, "best.npz", "model.npz", "metrics.json", MARKER, "report.html", "report.json")
 _TEMP_PATTERNS = tuple(temp_file_pattern(name) for name in ATOMIC_FILES)
 
 
