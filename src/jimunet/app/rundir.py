@@ -71,7 +71,7 @@ LOCK = ".jimunet.lock"
 RUN_FORMAT = "jimunet-run"
 CHECKPOINT = "checkpoint.npz"
 # The files a run writes through atomic_writer: their leftover temporaries are removed.
-ATOMIC_FILES = (CHECKPOINT, "best.npz", "model.npz", "metrics.json", MARKER, "report.html", "report.json")
+ATOMIC_FILES = (CHECKPOINT, "best.npz", "model.npz", "metrics.json", MARKER)
 _TEMP_PATTERNS = tuple(temp_file_pattern(name) for name in ATOMIC_FILES)
 
 
