@@ -31,7 +31,7 @@ from ..functional.softmax import softmax
 from ..layers import Add, BatchNorm, Concatenate, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU
 from .inspect import (POOLS, _block_details, _conv_algorithm, _run_step, as_single_image, kind_of, model_dtype,
                       steps)
-from ..serialization import atomic_writer, temp_file_pattern
+from ..serialization import WriteError, atomic_writer, temp_file_pattern
 from .plotting import draw_channel_grid, grid_columns, new_figure, require_matplotlib, save_figure, shape_str
 
 __all__ = ["explain", "walk", "Explanation", "OutputDirError", "MARKER"]
@@ -315,7 +315,10 @@ def _claim(out_dir, written: list, names: list) -> None:
     if foreign:
         raise OutputDirError(f"{out_dir} holds {', '.join(foreign)}, which jimunet explain did not write; it is "
                              f"not overwritten. Choose a new or empty directory for --out")
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise WriteError(out_dir, e) from None
     leftovers = [temp_file_pattern(n) for n in names]
     for entry in os.listdir(out_dir):  # temporary files of an earlier explain that was cut short
         if any(p.fullmatch(entry) for p in leftovers):

@@ -17,7 +17,7 @@ import json
 import os
 import time
 
-from ...serialization import atomic_writer
+from ...serialization import WriteError, atomic_writer
 from ..plotting import PLOT_HINT, PlotDependencyError, require_matplotlib
 from . import data as _data
 from .data import MAX_MISTAKES, confusion_matrix
@@ -112,7 +112,10 @@ def write_report(run_dir, data=None, out=None, weights=None, data_dir=None, num_
 
     out = os.fspath(out) if out is not None else os.path.join(run.run_dir, "report.html")
     _refuse_foreign(out)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    except OSError as e:
+        raise WriteError(out, e) from None
     with atomic_writer(out) as f:  # a full disk leaves the previous report whole (WriteError names the file)
         f.write("\n".join(parts).encode("utf-8"))
     return out
