@@ -32,6 +32,20 @@ class CheckpointError(ValueError):
     """A file that is not a valid jimunet ``.npz`` (corrupt, truncated, or of another kind)."""
 
 
+class WriteError(OSError):
+    """A file could not be written (a full disk, no permission, a missing directory): says which
+    file and why in one line; ``path``, ``errno`` and ``strerror`` as for any OSError. What
+    ``atomic_writer`` raises, so the file keeps its previous contents. ``note``: a sentence the
+    message ends with (what the failure means for the caller)."""
+
+    def __init__(self, path, cause: OSError, note: str = ""):
+        super().__init__(cause.errno, cause.strerror or str(cause), os.fspath(path))
+        self.path, self.note = os.fspath(path), note
+
+    def __str__(self):
+        return f"cannot write {self.path}: {self.strerror}" + (f"; {self.note}" if self.note else "")
+
+
 class NpyHeaderError(ValueError):
     """An .npy header that jimunet refuses (objects, non-numeric dtypes, impossible sizes)."""
 
@@ -89,7 +103,9 @@ def atomic_writer(path):
     """Open a temporary file next to ``path``; on success fsync it and move it into place.
 
     Readers therefore see either the old file or the complete new one, never a
-    partial write, even if the process dies. On error the temporary file is removed.
+    partial write, even if the process dies. On error the temporary file is removed, and
+    an OSError (a full disk, no permission, a missing directory) becomes ``WriteError``,
+    which names ``path``.
 
     Example:
         >>> with atomic_writer("/tmp/x.bin") as f:   # doctest: +SKIP
@@ -97,7 +113,10 @@ def atomic_writer(path):
     """
     path = pathlib.Path(path)
     # Same directory, so os.replace is a rename within one file system.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=_TEMP_SUFFIX)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=_TEMP_SUFFIX)
+    except OSError as e:
+        raise WriteError(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -105,9 +124,11 @@ def atomic_writer(path):
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise WriteError(path, e) from None
         raise
     # Persist the rename itself; not possible (nor needed) on every platform.
     with contextlib.suppress(OSError, AttributeError):

@@ -85,6 +85,17 @@ def positive_float(s):
     return v
 
 
+def non_negative_float(s):
+    """An argparse type: a finite number >= 0."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {s}")
+    return v
+
+
 # -- model files --------------------------------------------------------------------------
 
 def model_path_error(path) -> str | None:
