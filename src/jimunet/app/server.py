@@ -380,6 +380,7 @@ class Server(ThreadingHTTPServer):
         try:
             request.setblocking(False)
             request.send(head + body)
+            request.recv(1 << 16)  # what the client already sent: closing with it unread would reset the answer
         except OSError:
             pass
         self.shutdown_request(request)
