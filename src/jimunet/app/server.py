@@ -16,7 +16,7 @@ API (JSON answers; errors are ``{"error": "..."}`` with a 4xx/5xx status):
 * ``GET /api/mnist?index=I`` / ``GET /api/mnist?mistake=1``: an MNIST test image (its pixels
   and label), or a random one this model gets wrong. MNIST is loaded on first use.
 
-Limits (each checked against a running server in tests/test_serve.py): a body of at most
+Limits (each checked against a running server in tests/test_serve_hostile.py): a body of at most
 ``MAX_BODY`` bytes; a whole request (request line, headers, body; or the wait for the next
 request on a kept-alive connection) within ``REQUEST_DEADLINE`` seconds, else 408 and the
 connection is closed; an answer sent within ``SEND_TIMEOUT``; at most ``MAX_CONNECTIONS``
@@ -152,9 +152,12 @@ class Handler(BaseHTTPRequestHandler):
         if self.got_bytes:
             self.send_error(HTTPStatus.REQUEST_TIMEOUT, f"the request was not complete within "
                                                         f"{self.server.request_deadline:g} seconds")
+            try:  # what the client sent meanwhile: closing with it unread would reset the answer
+                self.connection.setblocking(False)
+                self.connection.recv(1 << 16)
+            except OSError:
+                pass
 
-    def log_error(self, format, *args):
-        self.log_message(format, *args)
     def log_request(self, code="-", size="-"):
         if isinstance(code, HTTPStatus):
             code = code.value
