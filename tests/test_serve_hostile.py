@@ -386,3 +386,14 @@ def test_a_model_with_two_outputs_is_refused_at_start(tmp_path):
                         test_set=(np.stack([digit(s) for s in range(4)]), np.arange(4)))
     assert 0 <= ok.predict(digit(1).astype(np.float32))["top"] <= 9
     assert ok.random_mistake()["index"] in range(4)
+
+
+def test_a_model_whose_one_image_needs_too_much_memory_is_refused_at_start(tmp_path):
+    """A saved Conv2D with padding=100000 is a small file whose 28x28 image would need ~1.8 TB:
+    serve refuses it when it loads the model, not with a 500 at the first request."""
+    model = jn.Sequential([jn.layers.Conv2D(1, 2, 3, padding=100_000, rng=0), jn.layers.GlobalAvgPool2D(),
+                           jn.layers.Dense(2, 10, rng=0)])
+    path = tmp_path / "pad.npz"
+    model.save(path)
+    with pytest.raises(serve.ServeError, match=r"cannot load the model .*over the bound of 1\.0 GiB"):
+        serve.DigitApp.from_file(path)

@@ -119,7 +119,7 @@ class DigitApp:
         if not os.path.isfile(path):
             raise ServeError(f"{path}: no such model file")
         try:
-            model = load(path)
+            model = load(path, input_shape=INPUT_SHAPE)  # bounds one image's activations at load
         except (CheckpointError, OSError) as e:
             raise ServeError(f"{path}: cannot load the model ({e})") from None
         return cls(model, model_path=str(path), **kw)
