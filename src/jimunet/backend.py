@@ -71,7 +71,7 @@ def check_device(device) -> str:
     try:
         count = _cupy.cuda.runtime.getDeviceCount()
     except Exception as e:  # no driver, no GPU, a CUDA version the driver does not support
-        raise DeviceError(f"device {device!r}: CuPy is installed but cannot use a GPU ({type(e).__name__}: {e}); "
+        raise DeviceError(f"device {device!r}: CuPy is installed but cannot use a GPU ({str(e) or 'no details'}); "
                           f"check nvidia-smi, and that the CuPy build matches the driver's CUDA: "
                           f"{GPU_INSTALL_HINT}") from None
     if index >= count:

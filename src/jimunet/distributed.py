@@ -292,7 +292,7 @@ def init(timeout: float | None = None) -> Communicator:
     try:
         return Communicator(MPI.COMM_WORLD, MPI, limit)
     except Exception as e:  # MPI_Init failed (e.g. no launcher it can reach)
-        raise DistributedError(f"MPI could not start ({type(e).__name__}: {e}); {INSTALL_HINT}") from None
+        raise DistributedError(f"MPI could not start ({str(e) or 'no details'}); {INSTALL_HINT}") from None
 
 
 class BlockLayout:

@@ -134,4 +134,4 @@ class ReportAtEnd(Callback):
                       f"{self.run_dir}")
             raise
         except Exception as e:  # never fail a finished training because of a figure
-            self.log(f"warning: the report could not be written ({type(e).__name__}: {e})")
+            self.log(f"warning: the report could not be written ({str(e) or 'no details'})")

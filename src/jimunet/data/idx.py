@@ -117,7 +117,7 @@ def _maybe_gunzip(raw: bytes, name: str) -> bytes:
     try:
         return gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as exc:
-        raise IDXFormatError(f"{name}: corrupt gzip data ({type(exc).__name__}: {exc})") from exc
+        raise IDXFormatError(f"{name}: corrupt gzip data ({str(exc) or 'truncated'})") from exc
 
 
 def read_idx_bytes(path: PathLike) -> bytes:

