@@ -90,9 +90,13 @@ def test_trainer_reduction_is_checked_and_auto_resolves():
     inp = jn.Input((28, 28, 1))
     graph = jn.Model(inp, jn.layers.Dense(784, 10)(jn.layers.Flatten()(inp)))
     g_opt = jn.optim.SGD(graph.parameters(), lr=0.1)
-    assert Trainer(graph, loss, g_opt, batch_size=64, comm=_FakeComm()).reduction == "allreduce"
-    with pytest.raises(ValueError, match="reduction='exact' cannot be used: it needs a Sequential model"):
-        Trainer(graph, loss, g_opt, batch_size=64, comm=_FakeComm(), reduction="exact")
+    # graph models split into stages too (issue #21; test_distributed_bn.py)
+    assert Trainer(graph, loss, g_opt, batch_size=64, comm=_FakeComm()).reduction == "exact"
+
+    class NotANetwork:  # a model without stages
+        device = "cpu"
+    with pytest.raises(ValueError, match="reduction='exact' cannot be used: it needs a Sequential or jn.Model"):
+        Trainer(NotANetwork(), loss, g_opt, batch_size=64, comm=_FakeComm(), reduction="exact")
     nine = _FakeComm()
     nine.size = 9
     assert Trainer(model, loss, opt, batch_size=64, comm=nine).reduction == "allreduce"
