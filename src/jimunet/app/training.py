@@ -75,7 +75,7 @@ def train_mnist(config: MNISTConfig | dict | None = None, *, resume=None, callba
             alone writes the run directory; the others write nothing and return a
             ``TrainResult`` without test results (``run_dir`` None). The weights are those of
             a single process: bit-identical with ``config.reduction`` "exact" (the default
-            for the sample network), up to float rounding with "allreduce" (``Trainer``).
+            for both recipes), up to float rounding with "allreduce" (``Trainer``).
 
     Run directory (``config.out``, default ``runs/<YYYYmmdd-HHMMSS>``):
         ``run.json`` (marker and status), ``checkpoint.npz`` after every epoch (and the initial
