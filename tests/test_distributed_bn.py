@@ -231,3 +231,39 @@ def test_the_resnet_recipe_on_two_processes_is_what_the_log_says(mpi, tmp_path):
     _assert_identical_weights(_weights(tmp_path / "many" / "model.npz"), _weights(one / "model.npz"))
     m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, tmp_path / "many"))
     assert m2["step_loss"] == m1["step_loss"]
+
+
+NAN_SCRIPT = '''
+import numpy as np
+import jimunet as jn
+from jimunet.training import Trainer, TrainingDiverged
+
+L = jn.layers
+model = jn.Sequential([L.Dense(2, 2, rng=0), L.BatchNorm(2), L.Dense(2, 3, rng=0)])
+model.layers[0].weight.data[...] = np.eye(2)  # BatchNorm needs dX here: its backward exchanges sums
+model.layers[2].weight.data[...] = 0
+model.layers[2].weight.data[0, 0] = 1e38  # class 0's logit: 1e38 x the normalised first feature
+opt = jn.optim.SGD(model.parameters(), lr=0.01)
+comm = jn.distributed.init()
+trainer = Trainer(model, jn.losses.SoftmaxCrossEntropy(), opt, batch_size=20, rng=1, progress=False, log=False,
+                  comm=comm, reduction="allreduce", shuffle=False)
+trainer.sync_from_rank0()
+x = np.zeros((20, 2), np.float32)
+x[-1, 0] = 1.0  # one outlier, in the last rank's slice: x̂ = sqrt(19), logit inf, loss NaN there only
+try:
+    trainer.fit(x, np.ones(20, np.int64), epochs=1)
+except TrainingDiverged as e:
+    print(f"rank {comm.rank}: {e}", flush=True)
+'''
+
+
+def test_a_loss_that_overflows_on_one_rank_ends_every_rank_with_allreduce(mpi, tmp_path):
+    # The rank whose loss is NaN skips backward; the others' BatchNorm backward would wait for
+    # it in an exchange forever (measured: hung until killed). Now the ranks agree first.
+    script = tmp_path / "nan.py"
+    script.write_text(NAN_SCRIPT)
+    p = mpi.start_script(2, [script])
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    for rank in (0, 1):
+        assert f"rank {rank}: training diverged at step 0" in out and "on 1 of 2 processes" in out, out

@@ -250,7 +250,7 @@ class BatchSync:
     one process's numbers: bit-identical. Otherwise (the all-reduce), ``add`` sums a few
     numbers per process (per-channel sums), in rank order on every process, so every process
     gets the same sums, equal to one process's up to float rounding. ``seconds``: the time
-    spent in these exchanges (waiting for the slowest rank included).
+    spent in these exchanges (waiting for the slowest rank included); ``exchanges``: how many.
     """
 
     def __init__(self, comm: Communicator, shares, exact: bool):
@@ -258,11 +258,13 @@ class BatchSync:
         self.rows = self.shares[comm.rank]  # this process's samples
         self.total = self.shares[-1].stop  # samples in the whole batch
         self.seconds = 0.0
+        self.exchanges = 0  # collective calls made (the same on every rank)
 
     def _allgather(self, send, recv, counts):
         t0 = time.perf_counter()
         self.comm.allgather_(send, recv, counts)
         self.seconds += time.perf_counter() - t0
+        self.exchanges += 1
         return recv
 
     def gather(self, x: np.ndarray) -> np.ndarray:

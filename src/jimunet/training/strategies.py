@@ -114,6 +114,7 @@ class LocalStep(StepStrategy):
 
 class _Distributed(StepStrategy):
     stops_between_epochs = False  # distributed runs stop only where every process agrees: at a step
+    _exchange = None  # the step's BatchSync while it runs
 
     def __init__(self, comm):
         super().__init__()
@@ -135,12 +136,13 @@ class _Distributed(StepStrategy):
 
     def run(self, trainer, xb, yb) -> float:
         # BatchNorm layers of a process's share get the whole batch's statistics through this
-        sync = BatchSync(self.comm, self._shares(len(xb)), exact=self.reduction == "exact")
+        self._exchange = sync = BatchSync(self.comm, self._shares(len(xb)), exact=self.reduction == "exact")
         try:
             with synced_batch(sync):
                 return self._run(trainer, xb, yb)
         finally:
             self.comm_seconds += sync.seconds
+            self._exchange = None
 
     def _shares(self, n: int):
         """Every rank's samples of a batch of ``n``, in rank order."""
@@ -177,7 +179,12 @@ class AllReduceStep(_Distributed):
             if not is_nan_error(e) or not _finite(xb[part]):
                 raise
         local = float(trainer.loss_fn.forward(logits, yb[part])) if logits is not None else math.nan
-        if math.isfinite(local):
+        bad = not math.isfinite(local)
+        exchange = self._exchange
+        if exchange is not None and exchange.exchanges:
+            # BatchNorm's backward exchanges its sums too: every rank runs it, or none does
+            bad = bool(exchange.add(np.array([1.0 if bad else 0.0]))[0] > 0)
+        if not bad:
             # d(mean over the global batch)/d(logits) = (softmax - onehot) / n: the loss's
             # own gradient is the mean over our m samples, so scale it by m / n.
             grad = trainer.loss_fn.backward()
