@@ -66,6 +66,8 @@ class BatchNorm(Layer):
         (True, array([0.5, 0.5, 0.5], dtype=float32))
     """
 
+    per_sample = True  # its batch statistics come from the whole batch through ``parallel.batch_sync``
+
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5, dtype=np.float32):
         if not isinstance(num_features, (int, np.integer)) or isinstance(num_features, bool) or num_features < 1:
             raise ValueError(f"BatchNorm: num_features must be a positive int, got {num_features!r}")
@@ -110,14 +112,9 @@ class BatchNorm(Layer):
     def flops(self, input_shape):
         return 2 * int(np.prod(input_shape))  # one multiply-add per value once folded
 
-    per_sample = True  # its batch statistics come from the whole batch through ``parallel.batch_sync``
-
     def _statistics(self, x2, dtype, m: int):
         """Mean, biased variance, 1/sqrt(var + eps) and x̂ of the (rows, C) array ``x2`` (one
         process's arithmetic: the exact reduction runs this very code on the gathered batch)."""
-        if m < 2:
-            raise ValueError(f"{self.describe()}: training needs more than one value per channel to "
-                             f"estimate a variance, got {m}")
         xp = xp_of(x2)
         mean = x2.mean(axis=0, dtype=dtype)
         xc = x2 - mean
@@ -130,9 +127,6 @@ class BatchNorm(Layer):
     def _summed_statistics(self, x2, dtype, m: int, sync):
         """``_statistics`` of the whole batch from this process's rows ``x2``, with the per-channel
         sums added over the processes (the all-reduce's exchange; float rounding may differ)."""
-        if m < 2:
-            raise ValueError(f"{self.describe()}: training needs more than one value per channel to "
-                             f"estimate a variance, got {m}")
         xp = xp_of(x2)
         mean = sync.add(x2.sum(axis=0, dtype=dtype)) / m
         xc = x2 - mean
@@ -146,17 +140,20 @@ class BatchNorm(Layer):
         """Batch statistics (of the whole batch also when this is one process's share of it),
         the running estimates moved, and the cache; returns x̂ of ``x2``'s rows."""
         sync = batch_sync(x.shape[0])
+        per = x2.shape[0] // max(1, x.shape[0])  # values per channel of one sample
+        m = x2.shape[0] if sync is None else sync.total * per  # ... of the whole batch
+        if m < 2:
+            raise ValueError(f"{self.describe()}: training needs more than one value per channel to "
+                             f"estimate a variance, got input of shape {tuple(x.shape)}"
+                             f"{'' if sync is None else f' (of a batch of {sync.total})'}")
         xhat_all = None
         if sync is None:
-            m = x2.shape[0]
             mean, var, inv, xhat = self._statistics(x2, dtype, m)
         elif sync.exact:
             whole = sync.gather(x).reshape(-1, self.num_features)
-            m, per = whole.shape[0], x2.shape[0] // x.shape[0]  # per: rows of one sample
             mean, var, inv, xhat_all = self._statistics(whole, dtype, m)
             xhat = xhat_all[sync.rows.start * per:sync.rows.stop * per]
         else:
-            m = sync.total * (x2.shape[0] // x.shape[0])
             mean, var, inv, xhat = self._summed_statistics(x2, dtype, m, sync)
         mom = self.momentum
         rm, rv = self.running_mean.data, self.running_var.data
@@ -174,9 +171,6 @@ class BatchNorm(Layer):
         x2 = x.reshape(-1, self.num_features)
         dtype = np.result_type(x.dtype, self.weight.data.dtype)
         if training:
-            if x2.shape[0] < 2 and batch_sync(x.shape[0]) is None:
-                raise ValueError(f"{self.describe()}: training needs more than one value per channel to "
-                                 f"estimate a variance, got input of shape {tuple(x.shape)}")
             xhat = self._train_forward(x, x2, dtype)
         else:
             inv = 1.0 / xp.sqrt(self.running_var.data.astype(dtype) + self.eps)
