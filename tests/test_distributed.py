@@ -8,7 +8,8 @@ test ends, however it ends.
 
 Two ways to share a step, two promises (``Trainer``'s ``reduction``):
 
-- "exact" (the default for ``Sequential`` models, up to 8 processes): every process computes
+- "exact" (the default for ``Sequential`` and ``jn.Model`` networks, up to 8 processes; for
+  BatchNorm see test_distributed_bn.py): every process computes
   whole blocks of the batch (the blocks one process cuts it into, so every GEMM has the shape
   it has in one process), the head runs on the whole batch everywhere, and per-block sums are
   added in one process's order. The tests demand BIT-IDENTICAL weights and losses, also on a

@@ -66,6 +66,16 @@ def test_a_graph_splits_where_one_tensor_carries_everything():
         np.testing.assert_array_equal(b.grad, a)
     with pytest.raises(ValueError, match="stages 0:5 do not start and end where one tensor"):
         model.forward(x, stages=slice(0, 5))  # inside a residual block: two tensors cross
+    fresh = jn.models.mnist_resnet(rng=0)
+    cuts = []
+    for n in range(len(steps) + 1):  # between the residual blocks (and inside the stem and head)
+        try:
+            h = fresh.forward(fresh.forward(x, stages=slice(0, n)), stages=slice(n, None))
+        except ValueError:
+            continue
+        cuts.append(n)
+        np.testing.assert_array_equal(h, fresh.forward(x))
+    assert cuts == [0, 1, 2, 3, 11, 12, 20, 21, 27, 28, 29, 30]
 
 
 class _WholeBatch:

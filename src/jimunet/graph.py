@@ -263,17 +263,26 @@ class Model(Network):
     def _cut(self, n: int):
         """The one tensor through which nodes ``n:`` depend on the input and nodes ``:n`` (the
         input for ``n == 0``, the output after the last node), or None when there is not one."""
-        k, nodes = len(self._input_shapes), self._nodes
-        if k != 1 or not self._single_out:
-            return None
-        if n == 0:
-            return 0
-        if n == len(nodes):
-            return self._output_ids[0]
-        if self._output_ids[0] < k + n:
-            return None
-        crossing = {t for _, ins, _ in nodes[n:] for t in ins if t < k + n}
-        return crossing.pop() if len(crossing) == 1 else None
+        cuts = getattr(self, "_cuts", None)  # the graph never changes: found once, in one sweep
+        if cuts is None:
+            k, nodes, out = len(self._input_shapes), self._nodes, self._output_ids[0]
+            cuts = [None] * (len(nodes) + 1)
+            if k == 1 and self._single_out:
+                last, ends = {}, [[] for _ in nodes]  # tensor -> the last node reading it, and back
+                for i, (_, ins, _) in enumerate(nodes):
+                    for t in ins:
+                        last[t] = i
+                for t, i in last.items():
+                    ends[i].append(t)
+                live = {0}  # tensors made before position n and read at or after it
+                cuts[0], cuts[-1] = 0, out
+                for pos in range(1, len(nodes)):
+                    if last.get(k + pos - 1, -1) >= pos:
+                        live.add(k + pos - 1)
+                    live.difference_update(ends[pos - 1])
+                    cuts[pos] = next(iter(live)) if len(live) == 1 and out >= k + pos else None
+            self._cuts = cuts
+        return cuts[n]
 
     def _stage_bounds(self, stages: slice):
         a, b, step = stages.indices(len(self._nodes))
