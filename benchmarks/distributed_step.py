@@ -6,7 +6,8 @@ Run under MPI (each rank takes its slice of the global batch, as ``jimunet train
     mpiexec -n 2 --oversubscribe python benchmarks/distributed_step.py --steps 30
 
 ``--reduction allreduce`` (default here), per step, on every rank: ``compute`` (forward and
-backward of its slice, including the dropout draw), ``wait`` (a barrier: the time it waits
+backward of its slice, including the dropout draw and BatchNorm's exchange of per-channel
+sums), ``wait`` (a barrier: the time it waits
 for the slowest rank, i.e. load imbalance and noise from other jobs), ``allreduce`` (the one
 MPI_Allreduce of the flat gradient buffer, the ranks already in step), ``update`` (the SGD
 step). Then ``--reduce-only`` more all-reduces alone, back to back, measure the pure
@@ -39,7 +40,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
 import jimunet as jn  # noqa: E402
-from jimunet.distributed import GradientBuffer  # noqa: E402
+from jimunet.distributed import BatchSync, GradientBuffer  # noqa: E402
+from jimunet.parallel import split, synced_batch  # noqa: E402
 from jimunet.random import batch_shard  # noqa: E402
 from jimunet.app.recipes import MNISTConfig, build  # noqa: E402
 
@@ -53,6 +55,7 @@ def main():
     ap.add_argument("--threads", type=int, default=None, help="threads per rank (default: cores / ranks here)")
     ap.add_argument("--json", default=None, help="write rank 0's results here")
     ap.add_argument("--reduction", choices=("allreduce", "exact"), default="allreduce")
+    ap.add_argument("--model", choices=("cnn", "resnet"), default="cnn", help="the recipe's network (default cnn)")
     ap.add_argument("--phases", action="store_true", help="time one process's trunk, head and update (no MPI)")
     args = ap.parse_args()
     if args.phases:
@@ -68,12 +71,14 @@ def main():
     times = {k: [] for k in ("compute", "wait", "allreduce", "update")}
     for step in range(args.warmup + args.steps):
         t0 = time.perf_counter()
-        with batch_shard(part.start, part.stop, args.batch_size):
-            logits = model.forward(x[part], training=True)
-        loss_fn.forward(logits, y[part])
-        g = loss_fn.backward()
-        g *= g.dtype.type(m / args.batch_size)
-        model.backward(g, input_grad=False)
+        sync = BatchSync(comm, split(args.batch_size, comm.size), exact=False)  # BatchNorm's per-channel sums
+        with synced_batch(sync):
+            with batch_shard(part.start, part.stop, args.batch_size):
+                logits = model.forward(x[part], training=True)
+            loss_fn.forward(logits, y[part])
+            g = loss_fn.backward()
+            g *= g.dtype.type(m / args.batch_size)
+            model.backward(g, input_grad=False)
         t1 = time.perf_counter()
         comm.barrier()
         t2 = time.perf_counter()
@@ -122,7 +127,7 @@ def _start_mpi(args):
 
 def _problem(args):
     """The recipe's model, loss and optimizer, and one random global batch."""
-    model, loss_fn, opt, _ = build(MNISTConfig(), train_size=55000)
+    model, loss_fn, opt, _ = build(MNISTConfig(model=args.model), train_size=55000)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch_size, 28, 28, 1)).astype(np.float32)
     return model, loss_fn, opt, x, rng.integers(0, 10, args.batch_size)

@@ -8,7 +8,8 @@ test ends, however it ends.
 
 Two ways to share a step, two promises (``Trainer``'s ``reduction``):
 
-- "exact" (the default for ``Sequential`` models, up to 8 processes): every process computes
+- "exact" (the default for ``Sequential`` and ``jn.Model`` networks, up to 8 processes; for
+  BatchNorm see test_distributed_bn.py): every process computes
   whole blocks of the batch (the blocks one process cuts it into, so every GEMM has the shape
   it has in one process), the head runs on the whole batch everywhere, and per-block sums are
   added in one process's order. The tests demand BIT-IDENTICAL weights and losses, also on a
@@ -90,9 +91,13 @@ def test_trainer_reduction_is_checked_and_auto_resolves():
     inp = jn.Input((28, 28, 1))
     graph = jn.Model(inp, jn.layers.Dense(784, 10)(jn.layers.Flatten()(inp)))
     g_opt = jn.optim.SGD(graph.parameters(), lr=0.1)
-    assert Trainer(graph, loss, g_opt, batch_size=64, comm=_FakeComm()).reduction == "allreduce"
-    with pytest.raises(ValueError, match="reduction='exact' cannot be used: it needs a Sequential model"):
-        Trainer(graph, loss, g_opt, batch_size=64, comm=_FakeComm(), reduction="exact")
+    # graph models split into stages too (issue #21; test_distributed_bn.py)
+    assert Trainer(graph, loss, g_opt, batch_size=64, comm=_FakeComm()).reduction == "exact"
+
+    class NotANetwork:  # a model without stages
+        device = "cpu"
+    with pytest.raises(ValueError, match="reduction='exact' cannot be used: it needs a Sequential or jn.Model"):
+        Trainer(NotANetwork(), loss, g_opt, batch_size=64, comm=_FakeComm(), reduction="exact")
     nine = _FakeComm()
     nine.size = 9
     assert Trainer(model, loss, opt, batch_size=64, comm=nine).reduction == "allreduce"

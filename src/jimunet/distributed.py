@@ -41,9 +41,9 @@ import numpy as np
 from .parallel import BLOCKS, add_blocks_in_order, split
 from .serialization import pack, unpack
 
-__all__ = ["init", "Communicator", "GradientBuffer", "BlockLayout", "gather_block_sums", "DistributedError",
-           "DistributedTimeout", "INSTALL_HINT", "launched_by_mpiexec", "DEFAULT_TIMEOUT_S", "TIMEOUT_ENV",
-           "timeout_from_env"]
+__all__ = ["init", "Communicator", "GradientBuffer", "BlockLayout", "BatchSync", "gather_block_sums",
+           "DistributedError", "DistributedTimeout", "INSTALL_HINT", "launched_by_mpiexec", "DEFAULT_TIMEOUT_S",
+           "TIMEOUT_ENV", "timeout_from_env"]
 
 INSTALL_HINT = ("pip install 'jimunet[mpi]' (mpi4py and the Open MPI wheel, which provides mpiexec), then start "
                 "every process with: mpiexec -n N python -m jimunet train --distributed")
@@ -354,6 +354,55 @@ def gather_block_sums(comm: Communicator, layout: BlockLayout, pending, extra: n
         add_blocks_in_order(sums)
         finish(*(f[0] for f in sums))
     return np.stack(extras)
+
+
+class BatchSync:
+    """What the processes of a data-parallel step exchange for the layers that need statistics
+    of the whole batch (``BatchNorm``), handed to them through ``parallel.synced_batch``.
+
+    ``shares[r]``: the samples of the batch that rank ``r`` computes (contiguous, in rank
+    order). With ``exact`` (the exact reduction), ``gather`` gives every process the whole
+    batch's array, so such a layer computes its statistics with one process's arithmetic on
+    one process's numbers: bit-identical. Otherwise (the all-reduce), ``add`` sums a few
+    numbers per process (per-channel sums), in rank order on every process, so every process
+    gets the same sums, equal to one process's up to float rounding. ``seconds``: the time
+    spent in these exchanges (waiting for the slowest rank included); ``exchanges``: how many.
+    """
+
+    def __init__(self, comm: Communicator, shares, exact: bool):
+        self.comm, self.shares, self.exact = comm, list(shares), bool(exact)
+        self.rows = self.shares[comm.rank]  # this process's samples
+        self.total = self.shares[-1].stop  # samples in the whole batch
+        self.seconds = 0.0
+        self.exchanges = 0  # collective calls made (the same on every rank)
+
+    def _allgather(self, send, recv, counts):
+        t0 = time.perf_counter()
+        self.comm.allgather_(send, recv, counts)
+        self.seconds += time.perf_counter() - t0
+        self.exchanges += 1
+        return recv
+
+    def gather(self, x: np.ndarray) -> np.ndarray:
+        """The whole batch's array, of which ``x`` (first axis: samples) is this process's share."""
+        mine = self.rows.stop - self.rows.start
+        if x.shape[0] != mine:
+            raise DistributedError(f"a layer gathered {x.shape[0]} samples, but this process's share of the "
+                                   f"batch has {mine}")
+        per = int(np.prod(x.shape[1:], dtype=np.int64))
+        full = np.empty((self.total, *x.shape[1:]), x.dtype)
+        return self._allgather(np.ascontiguousarray(x).reshape(-1), full.reshape(-1),
+                               [(s.stop - s.start) * per for s in self.shares])
+
+    def add(self, v: np.ndarray) -> np.ndarray:
+        """The sum over the processes of ``v`` (the same shape on each), added in rank order."""
+        flat = np.ascontiguousarray(v).reshape(-1)
+        parts = np.empty((self.comm.size, flat.size), flat.dtype)
+        self._allgather(flat, parts.reshape(-1), [flat.size] * self.comm.size)
+        total = parts[0].copy()
+        for p in parts[1:]:
+            total += p
+        return total.reshape(np.shape(v))
 
 
 class GradientBuffer:

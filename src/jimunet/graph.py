@@ -192,43 +192,61 @@ class Model(Network):
     def cache(self, caches):
         self._caches = None if caches is None else list(caches)
 
-    def forward(self, x, training: bool = False):
-        xs = self._as_list(x, "input arrays")
-        for a in xs:
-            self._check_input(a)  # dtype and NaN, once per input; layers check shapes
-        k = len(xs)
-        vals = xs + [None] * len(self._nodes)
-        last = self._caches or [None] * len(self._nodes)
-        caches = []  # a new list: a network used at several nodes of a graph keeps one per node
+    def forward(self, x, training: bool = False, stages: slice = slice(None)):
+        """The output for ``x``. ``stages``: run only these nodes of the run order, at cuts that
+        one tensor crosses (see ``per_sample_stages``): from such a cut ``x`` is that tensor, and
+        up to one the result is that tensor."""
+        a, b = self._stage_bounds(stages)
+        k = len(self._input_shapes)
+        vals = [None] * (k + len(self._nodes))
+        if a == 0:
+            xs = self._as_list(x, "input arrays")
+            for arr in xs:
+                self._check_input(arr)  # dtype and NaN, once per input; layers check shapes
+            vals[:k] = xs
+        else:
+            vals[self._cut(a)] = x
+        # a new list: a network used at several nodes of a graph keeps one per node
+        caches = list(self._caches or [None] * len(self._nodes))
         with data_already_checked():
-            for i, (li, ins, multi) in enumerate(self._nodes):
+            for i in range(a, b):
+                li, ins, multi = self._nodes[i]
                 layer = self.layers[li]
                 arg = [vals[t] for t in ins] if multi else vals[ins[0]]
-                layer.cache = last[i]  # the cache this call replaces (its buffers may be reused)
+                layer.cache = caches[i]  # the cache this call replaces (its buffers may be reused)
                 vals[k + i] = layer.forward(arg, training=training)
-                caches.append(layer.cache)
+                caches[i] = layer.cache
         self._caches = caches
+        if b < len(self._nodes):
+            return vals[self._cut(b)]
         outs = [vals[i] for i in self._output_ids]
         return outs[0] if self._single_out else outs
 
-    def backward(self, grad, input_grad: bool = True):
-        """Back-propagate ``grad`` (a list for several outputs); ``input_grad=False`` skips dX of the inputs."""
+    def backward(self, grad, input_grad: bool = True, stages: slice = slice(None)):
+        """Back-propagate ``grad`` (a list for several outputs); ``input_grad=False`` skips dX of the inputs.
+        ``stages``: only these nodes, as in ``forward`` (``grad`` is then the cut tensor's, if not the end)."""
         if self._caches is None:
             raise RuntimeError(f"{self.describe()}: backward() called before forward(x, training=...)")
-        grads = [grad] if self._single_out else list(grad)
-        if len(grads) != len(self._output_ids):
-            raise ValueError(f"{self.describe()}: expected {len(self._output_ids)} output gradients, got {len(grads)}")
+        a, b = self._stage_bounds(stages)
         k = len(self._input_shapes)
         acc = [None] * (k + len(self._nodes))
 
         def add(t, g):  # never in place: g may be a view of an array someone else holds
             acc[t] = g if acc[t] is None else acc[t] + g
-        for t, g in zip(self._output_ids, grads):
-            add(t, g)
-        for i in range(len(self._nodes) - 1, -1, -1):
+        if b == len(self._nodes):
+            grads = [grad] if self._single_out else list(grad)
+            if len(grads) != len(self._output_ids):
+                raise ValueError(f"{self.describe()}: expected {len(self._output_ids)} output gradients, got "
+                                 f"{len(grads)}")
+            for t, g in zip(self._output_ids, grads):
+                add(t, g)
+        else:
+            add(self._cut(b), grad)
+        start = self._cut(a) if a else None  # the tensor the first of these nodes read
+        for i in range(b - 1, a - 1, -1):
             li, ins, multi = self._nodes[i]
             g, acc[k + i] = acc[k + i], None
-            need = input_grad or any(t >= k for t in ins)
+            need = input_grad or any(t >= k and t != start for t in ins)
             layer = self.layers[li]
             layer.cache = self._caches[i]
             dx = layer.backward(g, input_grad=need)
@@ -237,7 +255,66 @@ class Model(Network):
                     add(t, d)
         if not input_grad:
             return None
+        if a:
+            return acc[start]
         return acc[0] if self._single_in else acc[:k]
+
+    # -- stages: where a data-parallel step may split the graph ---------------------------
+
+    def _cut(self, n: int):
+        """The one tensor through which nodes ``n:`` depend on the input and nodes ``:n`` (the
+        input for ``n == 0``, the output after the last node), or None when there is not one."""
+        cuts = getattr(self, "_cuts", None)  # the graph never changes: found once, in one sweep
+        if cuts is None:
+            k, nodes, out = len(self._input_shapes), self._nodes, self._output_ids[0]
+            cuts = [None] * (len(nodes) + 1)
+            if k == 1 and self._single_out:
+                last, ends = {}, [[] for _ in nodes]  # tensor -> the last node reading it, and back
+                for i, (_, ins, _) in enumerate(nodes):
+                    for t in ins:
+                        last[t] = i
+                for t, i in last.items():
+                    ends[i].append(t)
+                live = {0}  # tensors made before position n and read at or after it
+                cuts[0], cuts[-1] = 0, out
+                for pos in range(1, len(nodes)):
+                    if last.get(k + pos - 1, -1) >= pos:
+                        live.add(k + pos - 1)
+                    live.difference_update(ends[pos - 1])
+                    cuts[pos] = next(iter(live)) if len(live) == 1 and out >= k + pos else None
+            self._cuts = cuts
+        return cuts[n]
+
+    def _stage_bounds(self, stages: slice):
+        a, b, step = stages.indices(len(self._nodes))
+        b = max(a, b)
+        if (a, b) == (0, len(self._nodes)):
+            return a, b
+        if step != 1 or self._cut(a) is None or self._cut(b) is None:
+            raise ValueError(f"{self.describe()}: stages {a}:{b} do not start and end where one tensor "
+                             f"carries everything the other nodes need")
+        return a, b
+
+    def per_sample_stages(self) -> int:
+        """How many nodes, from the input on in run order, are layers that compute each sample on
+        its own (``Layer.per_sample``) and end where one tensor carries all the rest needs. A
+        data-parallel process runs these on its share of the batch alone (``ExactBlockStep``)."""
+        n = 0
+        while n < len(self._nodes) and self.layers[self._nodes[n][0]].per_sample:
+            n += 1
+        while n > 0 and self._cut(n) is None:
+            n -= 1
+        return n
+
+    def stages_output_shape(self, input_shape, stages: slice) -> tuple:
+        """The per-sample shape of the tensor after nodes ``stages`` (starting at the input)."""
+        a, b = self._stage_bounds(stages)
+        if a != 0:
+            raise ValueError(f"{self.describe()}: stages_output_shape starts at the input, not at node {a}")
+        t, k = self._cut(b), len(self._input_shapes)
+        if t is None or t < k:
+            return tuple(input_shape)
+        return tuple(self.summary(input_shape).rows[t - k]["output_shape"])
 
     # -- shapes -------------------------------------------------------------------------
 

@@ -240,6 +240,34 @@ def defer_block_sums():
         _deferred.reset(token)
 
 
+# The batch statistics' exchange of the data-parallel step in progress (see ``synced_batch``).
+_batch_sync: contextvars.ContextVar = contextvars.ContextVar("jimunet_batch_sync", default=None)
+
+
+@contextmanager
+def synced_batch(sync):
+    """Inside, a layer that needs statistics of the whole batch (``BatchNorm``) and computes
+    one process's share of it (within ``jimunet.random.batch_shard``) gets ``sync`` from
+    ``batch_sync``: the object through which the processes of a data-parallel step exchange
+    what such a layer needs (``jimunet.distributed.BatchSync``)."""
+    token = _batch_sync.set(sync)
+    try:
+        yield sync
+    finally:
+        _batch_sync.reset(token)
+
+
+def batch_sync(n: int):
+    """The ``synced_batch`` exchange when a batch of ``n`` samples is this process's share of a
+    data-parallel step's batch (inside ``synced_batch`` and a ``batch_shard`` of ``n`` rows),
+    else None: the batch is then the whole batch, as in one process."""
+    sync = _batch_sync.get()
+    shard = current_batch_shard()
+    if sync is None or shard is None or shard[1] - shard[0] != n:
+        return None
+    return sync
+
+
 def has_nan(x) -> bool:
     """Whether ``x`` holds a NaN. Each thread sums its block (one cheap pass, no
     temporary); only a non-finite sum calls for the exact elementwise look."""
@@ -328,4 +356,4 @@ def paccumulate_tmatmul(a, b, out, blocks: int = BLOCKS, b_sum_out=None, parts=N
 
 
 __all__ = ["set_num_threads", "get_num_threads", "pfor", "split", "BLOCKS", "batch_blocks", "pmatmul",
-           "paccumulate_tmatmul", "sum_blocks", "add_blocks_in_order", "defer_block_sums"]
+           "paccumulate_tmatmul", "sum_blocks", "add_blocks_in_order", "defer_block_sums", "synced_batch", "batch_sync"]

@@ -22,6 +22,7 @@ from .._version import __version__
 from ..backend import check_device
 from ..data.images import preprocess
 from ..distributed import BlockLayout
+from ..layers import BatchNorm
 from ..parallel import set_num_threads, split
 from ..serialization import CheckpointError
 from ..training import CallbackList, History, StopBetweenSteps, Trainer, TrainingDiverged, TrainingInterrupted, evaluate
@@ -75,7 +76,7 @@ def train_mnist(config: MNISTConfig | dict | None = None, *, resume=None, callba
             alone writes the run directory; the others write nothing and return a
             ``TrainResult`` without test results (``run_dir`` None). The weights are those of
             a single process: bit-identical with ``config.reduction`` "exact" (the default
-            for the sample network), up to float rounding with "allreduce" (``Trainer``).
+            for both recipes), up to float rounding with "allreduce" (``Trainer``).
 
     Run directory (``config.out``, default ``runs/<YYYYmmdd-HHMMSS>``):
         ``run.json`` (marker and status), ``checkpoint.npz`` after every epoch (and the initial
@@ -270,6 +271,14 @@ def _fit_and_test(trainer, cfg, data, run, log, stops, run_end):
         raise stop from None
 
 
+def _batchnorm_gather_mb(model, input_shape, k: int, batch: int) -> float:
+    """MB a step's BatchNorm layers among the first ``k`` stages all-gather (input, then gradient)."""
+    layers = [layer for _, layer, _ in model.graph_steps()] if hasattr(model, "graph_steps") else model.layers
+    rows = model.summary(input_shape).rows
+    return sum(2 * batch * math.prod(r["output_shape"]) * 4 / 1e6
+               for layer, r in zip(layers[:k], rows[:k]) if isinstance(layer, BatchNorm))
+
+
 def _describe_distributed(trainer, batch, input_shape, n_params) -> str:
     """The log line saying how the processes of a distributed run share each step."""
     comm = trainer.comm
@@ -278,16 +287,21 @@ def _describe_distributed(trainer, batch, input_shape, n_params) -> str:
     if trainer.reduction == "exact":
         layout = BlockLayout(batch, comm.size)
         share = sorted({s.stop - s.start for s in layout.samples})
-        k = trainer.model.per_sample_stages()
-        feats = batch * math.prod(trainer.model.stages_output_shape(input_shape, slice(0, k))) * 4 / 1e6
+        model = trainer.model
+        k = model.per_sample_stages()
+        feats = batch * math.prod(model.stages_output_shape(input_shape, slice(0, k))) * 4 / 1e6
+        bn = _batchnorm_gather_mb(model, input_shape, k, batch)
+        bn = f", all-gathers of {bn:.2f} MB for the BatchNorm layers' batch statistics" if bn else ""
         return (f"distributed: {procs}, exact reduction: each runs the first {k} layers on "
                 f"{'-'.join(map(str, share))} images (whole blocks) of every batch of {batch} and the rest of the "
-                f"network on the whole batch; per step one all-gather of {feats:.2f} MB of activations and one of the "
-                f"per-block weight-gradient sums: the weights are bit-identical to one process's; rank 0 writes "
-                f"the run directory{alone}")
+                f"network on the whole batch; per step one all-gather of {feats:.2f} MB of activations{bn} and one "
+                f"of the per-block weight-gradient sums: the weights are bit-identical to one process's; rank 0 "
+                f"writes the run directory{alone}")
     share = sorted({s.stop - s.start for s in split(batch, comm.size)})  # each rank's comm.shard
+    bn = any(isinstance(layer, BatchNorm) for layer in trainer.model.layers)
+    bn = " and BatchNorm's per-channel sums" if bn else ""
     return (f"distributed: {procs}, each computing {'-'.join(map(str, share))} images of every batch of {batch}; "
-            f"one all-reduce of the gradients ({4 * n_params / 1e6:.1f} MB) per step: the weights equal one "
+            f"one all-reduce of the gradients ({4 * n_params / 1e6:.1f} MB){bn} per step: the weights equal one "
             f"process's up to float rounding; rank 0 writes the run directory{alone}")
 
 

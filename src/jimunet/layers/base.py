@@ -154,8 +154,10 @@ class Layer:
 
     #: True for layers that compute each sample on its own, in the blocks
     #: ``jimunet.parallel.batch_blocks`` gives, and reduce over the batch only through
-    #: ``jimunet.parallel.sum_blocks``: such layers can run on one process's share of a
-    #: batch and still give exactly what one process computes (``jimunet.distributed``).
+    #: ``jimunet.parallel.sum_blocks`` (or, for statistics of the whole batch, through
+    #: ``jimunet.parallel.batch_sync``, as ``BatchNorm``): such layers can run on one
+    #: process's share of a batch and still give exactly what one process computes
+    #: (``jimunet.distributed``).
     per_sample = False
 
     #: True for layers that merge several inputs: ``forward`` takes a list of arrays and

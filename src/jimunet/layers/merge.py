@@ -16,6 +16,7 @@ class _Merge(Layer):
     """``cache``: the inputs' shapes, in order."""
 
     multi_input = True  # forward takes a list, backward returns one
+    per_sample = True  # each sample's output is made of that sample's inputs alone
 
     def _check_inputs(self, xs):
         if not isinstance(xs, (list, tuple)) or len(xs) < 2:

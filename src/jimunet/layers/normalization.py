@@ -8,15 +8,19 @@ import numpy as np
 from .. import init as _init
 from ..backend import xp_of
 from ..functional.padding import MAX_SIZE
+from ..parallel import batch_sync
 from .base import Layer, check_dtype_arg, check_number, register
 
 
 class BatchNormCache(NamedTuple):
     """What ``BatchNorm.backward`` needs from its forward call."""
     training: bool  # batch statistics (True) or the running ones
-    xhat: object  # the normalised input, (m, C)
+    xhat: object  # the normalised input, (rows, C): this call's rows
     inv: object  # 1/sqrt(var + eps) per channel
     shape: tuple  # the input's shape
+    m: int = 0  # values per channel in the whole batch (training)
+    sync: object = None  # the data-parallel exchange (``parallel.batch_sync``); None in one process
+    xhat_all: object = None  # with an exact exchange: the whole batch's x̂, for backward's sums
 
 
 @register
@@ -34,6 +38,13 @@ class BatchNorm(Layer):
     Backward in training, with ``x̂ = (x - μ_B)/sqrt(σ²_B + eps)``: ``dβ = Σ dy``,
     ``dγ = Σ dy·x̂`` and ``dx = γ/(m·sqrt(σ²_B + eps))·(m·dy - dβ - x̂·dγ)``; in evaluation
     the statistics are constants, so ``dx = γ·dy/sqrt(running_var + eps)``.
+
+    Data-parallel training (``jimunet.distributed``): a process that computes its share of a
+    batch gets the statistics of the WHOLE batch, as one process would (``per_sample``): in
+    the exact reduction every process gathers the whole batch's input (forward) and output
+    gradient (backward) and computes the sums exactly as one process does, so the result is
+    bit-identical; in the all-reduce the processes add their per-channel sums (Σx, then
+    Σ(x-μ)², and Σdy, Σdy·x̂ for backward), equal to one process's up to float rounding.
 
     ``running_mean`` and ``running_var`` are buffers: saved with the model and in
     checkpoints (``buffers()``), but not ``parameters()``, so no optimizer or weight decay
@@ -55,6 +66,8 @@ class BatchNorm(Layer):
         >>> bool(abs(y.mean()) < 1e-6), bn.running_mean.data.round(1)
         (True, array([0.5, 0.5, 0.5], dtype=float32))
     """
+
+    per_sample = True  # its batch statistics come from the whole batch through ``parallel.batch_sync``
 
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5, dtype=np.float32):
         if not isinstance(num_features, (int, np.integer)) or isinstance(num_features, bool) or \
@@ -106,31 +119,66 @@ class BatchNorm(Layer):
     def flops(self, input_shape):
         return 2 * int(np.prod(input_shape))  # one multiply-add per value once folded
 
+    def _statistics(self, x2, dtype, m: int):
+        """Mean, biased variance, 1/sqrt(var + eps) and x̂ of the (rows, C) array ``x2`` (one
+        process's arithmetic: the exact reduction runs this very code on the gathered batch)."""
+        xp = xp_of(x2)
+        mean = x2.mean(axis=0, dtype=dtype)
+        xc = x2 - mean
+        var = xp.einsum("ij,ij->j", xc, xc) / m  # biased: the normalisation uses it
+        inv = 1.0 / xp.sqrt(var + self.eps)
+        xhat = xc
+        xhat *= inv
+        return mean, var, inv, xhat
+
+    def _summed_statistics(self, x2, dtype, m: int, sync):
+        """``_statistics`` of the whole batch from this process's rows ``x2``, with the per-channel
+        sums added over the processes (the all-reduce's exchange; float rounding may differ)."""
+        xp = xp_of(x2)
+        mean = sync.add(x2.sum(axis=0, dtype=dtype)) / m
+        xc = x2 - mean
+        var = sync.add(xp.einsum("ij,ij->j", xc, xc)) / m
+        inv = 1.0 / xp.sqrt(var + self.eps)
+        xhat = xc
+        xhat *= inv
+        return mean, var, inv, xhat
+
+    def _train_forward(self, x, x2, dtype):
+        """Batch statistics (of the whole batch also when this is one process's share of it),
+        the running estimates moved, and the cache; returns x̂ of ``x2``'s rows."""
+        sync = batch_sync(x.shape[0])
+        per = x2.shape[0] // max(1, x.shape[0])  # values per channel of one sample
+        m = x2.shape[0] if sync is None else sync.total * per  # ... of the whole batch
+        if m < 2:
+            raise ValueError(f"{self.describe()}: training needs more than one value per channel to "
+                             f"estimate a variance, got input of shape {tuple(x.shape)}"
+                             f"{'' if sync is None else f' (of a batch of {sync.total})'}")
+        xhat_all = None
+        if sync is None:
+            mean, var, inv, xhat = self._statistics(x2, dtype, m)
+        elif sync.exact:
+            whole = sync.gather(x).reshape(-1, self.num_features)
+            mean, var, inv, xhat_all = self._statistics(whole, dtype, m)
+            xhat = xhat_all[sync.rows.start * per:sync.rows.stop * per]
+        else:
+            mean, var, inv, xhat = self._summed_statistics(x2, dtype, m, sync)
+        mom = self.momentum
+        rm, rv = self.running_mean.data, self.running_var.data
+        rm[...] = (1 - mom) * rm + mom * mean
+        rv[...] = (1 - mom) * rv + mom * (var * (m / (m - 1)))  # unbiased for the running estimate
+        self.cache = BatchNormCache(True, xhat, inv, x.shape, m, sync, xhat_all)
+        return xhat
+
     def forward(self, x, training: bool = False):
         self._check_input(x, None, self.num_features, "NHWC batch or (batch, features) array")
         if x.ndim not in (2, 4):
             raise ValueError(f"{self.describe()}: expected a 4-D NHWC batch or a 2-D (batch, features) array, "
                              f"got shape {tuple(x.shape)}")
         xp = xp_of(x)
-        c = self.num_features
-        x2 = x.reshape(-1, c)
-        m = x2.shape[0]
+        x2 = x.reshape(-1, self.num_features)
         dtype = np.result_type(x.dtype, self.weight.data.dtype)
         if training:
-            if m < 2:
-                raise ValueError(f"{self.describe()}: training needs more than one value per channel to "
-                                 f"estimate a variance, got input of shape {tuple(x.shape)}")
-            mean = x2.mean(axis=0, dtype=dtype)
-            xc = x2 - mean
-            var = xp.einsum("ij,ij->j", xc, xc) / m  # biased: the normalisation uses it
-            inv = 1.0 / xp.sqrt(var + self.eps)
-            xhat = xc
-            xhat *= inv
-            mom = self.momentum
-            rm, rv = self.running_mean.data, self.running_var.data
-            rm[...] = (1 - mom) * rm + mom * mean
-            rv[...] = (1 - mom) * rv + mom * (var * (m / (m - 1)))  # unbiased for the running estimate
-            self.cache = BatchNormCache(True, xhat, inv, x.shape)
+            xhat = self._train_forward(x, x2, dtype)
         else:
             inv = 1.0 / xp.sqrt(self.running_var.data.astype(dtype) + self.eps)
             xhat = (x2 - self.running_mean.data) * inv
@@ -139,25 +187,39 @@ class BatchNorm(Layer):
         y += self.bias.data
         return y.reshape(x.shape)
 
+    def _grad_sums(self, grad, dy, input_grad: bool):
+        """``(Σdy, Σdy·x̂)`` per channel over the whole batch, after adding the parameters'
+        share of them to their gradients (None for the sums where ``input_grad`` is False)."""
+        xp = xp_of(grad)
+        c = self.cache
+        if c.sync is not None and c.sync.exact and c.training:  # the whole batch's sums, as one process
+            dy_all = c.sync.gather(grad).reshape(-1, self.num_features)
+            dbeta = dy_all.sum(axis=0)
+            dgamma = xp.einsum("ij,ij->j", dy_all, c.xhat_all)
+        else:
+            dbeta = dy.sum(axis=0)
+            dgamma = xp.einsum("ij,ij->j", dy, c.xhat)
+        self.bias.grad += dbeta  # the all-reduce adds the other processes' shares to these
+        self.weight.grad += dgamma
+        if c.sync is not None and not c.sync.exact and c.training and input_grad:
+            dbeta, dgamma = c.sync.add(xp.stack([dbeta, dgamma]))
+        return dbeta, dgamma
+
     def backward(self, grad, input_grad: bool = True):
         if self.cache is None:
             raise self._no_forward()
-        training, xhat, inv, shape = self.cache
+        training, xhat, inv, shape = self.cache[:4]
         self._check_grad(grad, shape)
-        xp = xp_of(grad)
         dy = grad.reshape(-1, self.num_features)
-        dbeta = dy.sum(axis=0)
-        dgamma = xp.einsum("ij,ij->j", dy, xhat)
-        self.bias.grad += dbeta
-        self.weight.grad += dgamma
+        dbeta, dgamma = self._grad_sums(grad, dy, input_grad)
         if not input_grad:
             return None
         scale = self.weight.data * inv
         if not training:
             return (dy * scale).reshape(shape)
-        m = dy.shape[0]
+        m = self.cache.m
         dx = xhat * (dgamma / m)
         dx += dbeta / m
-        xp.subtract(dy, dx, out=dx)
+        xp_of(grad).subtract(dy, dx, out=dx)
         dx *= scale
         return dx.reshape(shape)

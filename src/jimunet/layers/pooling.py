@@ -219,6 +219,8 @@ class GlobalAvgPool2D(Layer):
         array([[3., 4.]])
     """
 
+    per_sample = True  # each sample's mean over its own pixels
+
     def output_shape(self, input_shape):
         if len(input_shape) != 3:
             raise ValueError(f"{self.describe()}: expected per-sample input (height, width, channels), "

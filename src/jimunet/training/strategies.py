@@ -9,16 +9,20 @@ CPU only. ``select_strategy`` is the choice the ``Trainer``'s ``comm``/``reducti
 
 - ``"exact"`` (``ExactBlockStep``): each rank takes whole blocks of the batch
   (``distributed.BlockLayout``) through the layers that treat samples on their own (a
-  ``Sequential``'s convolutions, pooling, activations, up to the first other layer); one
-  all-gather joins their outputs, the rest of the network (the fully connected head) runs on
-  the whole batch on every rank, and one all-gather of the convolutions' per-block
-  weight-gradient sums lets every rank add them in one process's order: the weights are
-  BIT-IDENTICAL to one process's, on any CPU, for up to 8 ranks.
+  ``Sequential``'s or a ``jn.Model``'s convolutions, pooling, activations, merges, BatchNorm,
+  up to the first other layer, at a point one tensor crosses); one all-gather joins their
+  outputs, the rest of the network (the fully connected head) runs on the whole batch on
+  every rank, and one all-gather of the convolutions' per-block weight-gradient sums lets
+  every rank add them in one process's order. A BatchNorm layer among the first layers
+  all-gathers its input (forward) and output gradient (backward) and computes its batch
+  sums on the whole batch as one process does. The weights and BatchNorm's running
+  statistics are BIT-IDENTICAL to one process's, on any CPU, for up to 8 ranks.
 - ``"allreduce"`` (``AllReduceStep``): each rank runs the whole network on its slice and one
-  all-reduce sums the gradients: scales to any number of ranks, matches one process to float
-  rounding only.
-- ``"auto"``: ``"exact"`` where it applies (a ``Sequential`` model, at most 8 ranks), else
-  ``"allreduce"``.
+  all-reduce sums the gradients; BatchNorm layers add their per-channel sums over the ranks
+  (a few numbers per layer), so they normalise with the whole batch's statistics: scales to
+  any number of ranks, matches one process to float rounding only.
+- ``"auto"``: ``"exact"`` where it applies (a ``Sequential`` or ``jn.Model``, at most 8 ranks),
+  else ``"allreduce"``.
 
 A strategy's ``run(trainer, xb, yb)`` does forward, loss, backward and the optimizer step and
 returns the loss (with the weight-decay term); the learning rate is already set. A new way to
@@ -32,8 +36,8 @@ import time
 import numpy as np
 
 from ..backend import xp_of
-from ..distributed import BlockLayout, DistributedError, GradientBuffer, gather_block_sums
-from ..parallel import defer_block_sums
+from ..distributed import BatchSync, BlockLayout, DistributedError, GradientBuffer, gather_block_sums
+from ..parallel import defer_block_sums, split, synced_batch
 from ..random import batch_shard
 from .errors import WEIGHTS_NOT_FINITE, diverged, is_nan_error, state_finite
 
@@ -110,6 +114,7 @@ class LocalStep(StepStrategy):
 
 class _Distributed(StepStrategy):
     stops_between_epochs = False  # distributed runs stop only where every process agrees: at a step
+    _exchange = None  # the step's BatchSync while it runs
 
     def __init__(self, comm):
         super().__init__()
@@ -128,6 +133,23 @@ class _Distributed(StepStrategy):
         out = fn(*args)
         self.comm_seconds += time.perf_counter() - t0
         return out
+
+    def run(self, trainer, xb, yb) -> float:
+        # BatchNorm layers of a process's share get the whole batch's statistics through this
+        self._exchange = sync = BatchSync(self.comm, self._shares(len(xb)), exact=self.reduction == "exact")
+        try:
+            with synced_batch(sync):
+                return self._run(trainer, xb, yb)
+        finally:
+            self.comm_seconds += sync.seconds
+            self._exchange = None
+
+    def _shares(self, n: int):
+        """Every rank's samples of a batch of ``n``, in rank order."""
+        raise NotImplementedError
+
+    def _run(self, trainer, xb, yb) -> float:
+        raise NotImplementedError
 
 
 class AllReduceStep(_Distributed):
@@ -157,7 +179,12 @@ class AllReduceStep(_Distributed):
             if not is_nan_error(e) or not _finite(xb[part]):
                 raise
         local = float(trainer.loss_fn.forward(logits, yb[part])) if logits is not None else math.nan
-        if math.isfinite(local):
+        bad = not math.isfinite(local)
+        exchange = self._exchange
+        if exchange is not None and exchange.exchanges:
+            # BatchNorm's backward exchanges its sums too: every rank runs it, or none does
+            bad = bool(exchange.add(np.array([1.0 if bad else 0.0]))[0] > 0)
+        if not bad:
             # d(mean over the global batch)/d(logits) = (softmax - onehot) / n: the loss's
             # own gradient is the mean over our m samples, so scale it by m / n.
             grad = trainer.loss_fn.backward()
@@ -165,7 +192,10 @@ class AllReduceStep(_Distributed):
             model.backward(grad, input_grad=False)
         return local
 
-    def run(self, trainer, xb, yb) -> float:
+    def _shares(self, n: int):
+        return split(n, self.comm.size)  # comm.shard(n) of every rank
+
+    def _run(self, trainer, xb, yb) -> float:
         n = len(xb)
         part = self.comm.shard(n)
         if self._grads is None:
@@ -224,7 +254,10 @@ class ExactBlockStep(_Distributed):
                     [(s.stop - s.start) * local[0].size for s in layout.samples])
         return feats
 
-    def run(self, trainer, xb, yb) -> float:
+    def _shares(self, n: int):
+        return BlockLayout(n, self.comm.size).samples
+
+    def _run(self, trainer, xb, yb) -> float:
         n, model = len(xb), trainer.model
         layout = BlockLayout(n, self.comm.size)
         part = layout.samples[self.comm.rank]
@@ -268,7 +301,7 @@ def select_strategy(model, batch_size: int, comm=None, reduction: str = "auto") 
         return AllReduceStep(comm)
     why = None
     if not hasattr(model, "per_sample_stages"):
-        why = f"it needs a Sequential model, not a {type(model).__name__}"
+        why = f"it needs a Sequential or jn.Model network, not a {type(model).__name__}"
     else:
         try:
             BlockLayout(batch_size, comm.size)

@@ -152,8 +152,9 @@ def register(subparsers):
                    "MPI job: mpiexec -n N python -m jimunet train --distributed ... (pip install 'jimunet[mpi]'); "
                    "--batch-size stays the global batch, rank 0 writes the run directory")
     t.add_argument("--reduction", choices=REDUCTIONS, default=None, help="with --distributed: "
-                   "exact: each process takes whole blocks of every batch through the convolutional layers and "
-                   "the fully connected head runs on the whole batch everywhere, so the weights are bit-identical "
+                   "exact: each process takes whole blocks of every batch through the convolutional layers (BatchNorm "
+                   "layers gather the whole batch for their statistics) and the fully connected head runs on the "
+                   "whole batch everywhere, so the weights are bit-identical "
                    "to one process's (up to 8 processes); allreduce: each process runs the whole network on its "
                    "slice and one all-reduce sums the gradients (any number of processes, equal to one process "
                    "up to float rounding); auto (default): exact where it applies")
