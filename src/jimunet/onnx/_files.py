@@ -148,7 +148,8 @@ def _check_covered(full, ranges, source):
         gap = offset - end
         if gap < 0:
             raise ONNXError(f"{source}: weight {name!r} overlaps another tensor in the external file "
-                            f"{os.path.basename(full)!r} (it starts at byte {offset:,}, the previous one ends at {end:,})")
+                            f"{os.path.basename(full)!r} (it starts at byte {offset:,}, the previous one ends at "
+                            f"{end:,})")
         if gap >= MAX_ALIGNMENT_GAP:
             raise ONNXError(f"{source}: weight {name!r} starts {gap:,} bytes after the previous tensor in the external "
                             f"file {os.path.basename(full)!r}; jimunet accepts only alignment gaps under "
