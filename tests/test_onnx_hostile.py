@@ -261,7 +261,7 @@ def test_layer_arguments_are_checked_by_the_constructors_load_uses():
                    ["N", 2, 8, 8], ["N", 0, 6, 6])
     with pytest.raises(ONNXError) as e:
         jn.onnx.from_onnx(proto)
-    assert "node #0 (Conv): Conv2D: out_channels must be a positive int, got 0" in _one_line_error(e)
+    assert re.search(r"node #0 \(Conv\): Conv2D: out_channels must be a positive int.*, got 0", _one_line_error(e))
 
 
 def test_cli_writes_only_what_jn_load_reads(tmp_path, capsys, monkeypatch):
@@ -274,7 +274,7 @@ def test_cli_writes_only_what_jn_load_reads(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(cmd, "load", refuse)
     assert main(["import", str(path), str(tmp_path / "out.npz")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.endswith("out.npz not written: jn.load would refuse the model (it: a check jn.load makes)"), err
+    assert err.endswith("out.npz not written: jn.load would refuse the model: a check jn.load makes"), err
     assert os.listdir(tmp_path) == ["m.onnx"]  # nor a temporary file
     monkeypatch.undo()
     assert main(["import", str(path), str(tmp_path / "out.npz")]) == 0

@@ -38,8 +38,8 @@ def _save_checked(model, out):
     except OSError as e:
         raise UserError(f"cannot write {out}: {e.strerror or e}") from None
     except ValueError as e:  # what jn.load (or save) refuses
-        raise UserError(f"{out} not written: jn.load would refuse the model "
-                        f"({str(e).replace(tmp, 'it')})") from None
+        why = str(e)[len(tmp) + 2:] if str(e).startswith(f"{tmp}: ") else str(e)
+        raise UserError(f"{out} not written: jn.load would refuse the model: {why.replace(tmp, out)}") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
