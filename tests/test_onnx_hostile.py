@@ -256,6 +256,21 @@ def test_a_chain_longer_than_load_builds_is_refused():
     assert f"would be layer 10,001; jimunet models have at most {MAX_LAYERS:,} layers" in _one_line_error(e)
 
 
+def test_a_graph_of_too_many_nodes_is_refused_before_it_is_parsed(tmp_path):
+    # 1,000,000 Relus (a 26 MB file) took 1.2 GB and 22 s to reach the layer limit; parsing alone
+    # takes ~17 times the bytes of such tiny nodes, so they are counted in the wire format first.
+    from jimunet.onnx._files import MAX_NODES
+    n = MAX_NODES + 1
+    nodes = [helper.make_node("Relu", ["x" if i == 0 else f"t{i}"], [f"t{i + 1}" if i < n - 1 else "y"])
+             for i in range(n)]
+    proto = _model(nodes, [], ["N", 4], ["N", 4])
+    onnx.save(proto, str(tmp_path / "chain.onnx"))
+    for load in (lambda: jn.onnx.load(tmp_path / "chain.onnx"), lambda: jn.onnx.from_onnx(proto)):
+        with pytest.raises(ONNXError) as e:
+            load()
+        assert f"the graph has {n:,} nodes; jimunet imports at most {MAX_NODES:,}" in _one_line_error(e)
+
+
 def test_layer_arguments_are_checked_by_the_constructors_load_uses():
     proto = _model([helper.make_node("Conv", ["x", "w"], ["y"])], [_init("w", np.ones((0, 2, 3, 3), np.float32))],
                    ["N", 2, 8, 8], ["N", 0, 6, 6])

@@ -18,10 +18,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from ..model import MAX_LAYERS
 from ..serialization import MAX_LOAD_BYTES
 from ._errors import ONNXError
 
 MAX_ALIGNMENT_GAP = 65536    # bytes an exporter may leave between tensors in one file (to align them)
+MAX_NODES = 4 * MAX_LAYERS   # nodes (and initializers, value_info) of a graph: a layer takes a few at most
+_GRAPH_LISTS = {1: "nodes", 5: "initializers", 13: "value_info entries"}  # GraphProto's field numbers
 _STUB_ABOVE = 4096           # tensors with more data than this are stand-ins in the checked skeleton
 
 
@@ -49,6 +52,7 @@ def read_model_file(path, max_bytes=None):
         raise over_budget(f"{path}: the file has", size, limit)
     with open(path, "rb") as f:
         data = f.read(limit + 1)
+    check_counts(_graph_counts(data), path)
     proto = onnx.ModelProto()
     try:
         proto.ParseFromString(data)
@@ -56,6 +60,63 @@ def read_model_file(path, max_bytes=None):
         why = str(e).strip().splitlines()[0][:200] if str(e).strip() else "it cannot be parsed"
         raise ONNXError(f"{path}: not a readable ONNX file ({why}); it may be truncated or corrupt") from None
     return proto, len(data)
+
+
+def check_counts(counts, source):
+    """``ONNXError`` when a graph lists more than ``MAX_NODES`` of anything in ``counts`` ({what: n})."""
+    for what, n in counts.items():
+        if n > MAX_NODES:
+            raise ONNXError(f"{source}: the graph has {n:,} {what}; jimunet imports at most {MAX_NODES:,} "
+                            f"(its models have at most {MAX_LAYERS:,} layers)")
+
+
+def _varint(data, i):
+    value = shift = 0
+    while shift < 64:
+        b = data[i]
+        value |= (b & 0x7F) << shift
+        i += 1
+        if not b & 0x80:
+            return value, i
+        shift += 7
+    raise ValueError("varint too long")
+
+
+def _messages(data, start, end):
+    """``(field number, start, end)`` of the length-delimited fields in ``data[start:end]`` (protobuf's
+    wire format); ValueError where it is not well formed."""
+    i = start
+    while i < end:
+        key, i = _varint(data, i)
+        wire = key & 7
+        if wire == 0:
+            i = _varint(data, i)[1]
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+        elif wire == 2:
+            n, i = _varint(data, i)
+            if i + n > end:
+                raise ValueError("truncated")
+            yield key >> 3, i, i + n
+            i += n
+        else:
+            raise ValueError(f"wire type {wire}")
+
+
+def _graph_counts(data):
+    """How many nodes, initializers and value_info a serialized ModelProto's graph lists, counted
+    from the wire format before it is parsed: parsing tiny nodes takes ~17 times their bytes.
+    ``{}`` for bytes that are not well formed (the parser then says why)."""
+    counts = dict.fromkeys(_GRAPH_LISTS.values(), 0)
+    try:
+        for field, start, end in _messages(data, 0, len(data)):
+            if field == 7:  # ModelProto.graph
+                for inner, _, _ in _messages(data, start, end):
+                    if inner in _GRAPH_LISTS:
+                        counts[_GRAPH_LISTS[inner]] += 1
+    except (ValueError, IndexError):
+        return {}
+    return counts
 
 
 # -- external data ---------------------------------------------------------------------------

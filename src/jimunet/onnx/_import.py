@@ -23,7 +23,8 @@ from ..layers.base import placeholder_parameters
 from ..model import MAX_LAYERS, Sequential, build_architecture
 from . import layout as L
 from ._errors import ONNXError
-from ._files import byte_limit, check_skeleton, external_tensors, over_budget, read_external, read_model_file
+from ._files import (byte_limit, check_counts, check_skeleton, external_tensors, over_budget, read_external,
+                     read_model_file)
 from ._ops import Attrs, OpConverters, _label, _static_dims
 
 SUPPORTED_OPS = ("Conv", "MaxPool", "AveragePool", "Gemm", "MatMul (+ Add as its bias)", "Relu", "LeakyRelu",
@@ -55,6 +56,9 @@ def from_onnx(proto, dtype="float32", base_dir=None, source="the ONNX model", ma
     if not proto.HasField("graph") or not proto.graph.node:
         raise ONNXError(f"{source}: not an ONNX model (it holds no graph nodes); it may be truncated or "
                         "not an .onnx file")
+    g = proto.graph
+    check_counts({"nodes": len(g.node), "initializers": len(g.initializer), "value_info entries": len(g.value_info)},
+                 source)
     embedded = proto.ByteSize() if file_bytes is None else file_bytes
     if embedded > limit:
         raise over_budget(f"{source}: the model has", embedded, limit)
