@@ -183,13 +183,13 @@ def test_external_data_from_hidden_files_is_refused(tmp_path, location, make):
 
 def test_max_bytes_bounds_the_file_and_the_weights(tmp_path):
     path = tmp_path / "m.onnx"
-    onnx.save(_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [_init("w", np.ones((100, 10), np.float32))],
-                     ["N", 100], ["N", 10]), str(path))
-    assert jn.onnx.load(path).layers[0].weight.data.shape == (100, 10)
-    with pytest.raises(ONNXError, match=r"the file has 4,\d+ bytes, over the limit of 4,000 bytes \(pass max_bytes"):
-        jn.onnx.load(path, max_bytes=4000)
-    with pytest.raises(ONNXError, match=r"its weights as float64 take 8,000 bytes, over the limit of 7,999 bytes"):
-        jn.onnx.load(path, max_bytes=7999, dtype="float64")
+    onnx.save(_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [_init("w", np.ones((1000, 10), np.float32))],
+                     ["N", 1000], ["N", 10]), str(path))
+    assert jn.onnx.load(path).layers[0].weight.data.shape == (1000, 10)
+    with pytest.raises(ONNXError, match=r"the file has 40,\d+ bytes, over the limit of 40,000 bytes \(pass max_bytes"):
+        jn.onnx.load(path, max_bytes=40_000)
+    with pytest.raises(ONNXError, match=r"its weights as float64 take 80,000 bytes, over the limit of 79,999 bytes"):
+        jn.onnx.load(path, max_bytes=79_999, dtype="float64")
     with pytest.raises(ONNXError, match="max_bytes must be a non-negative int"):
         jn.onnx.load(path, max_bytes="big")
 
@@ -269,6 +269,39 @@ def test_a_graph_of_too_many_nodes_is_refused_before_it_is_parsed(tmp_path):
         with pytest.raises(ONNXError) as e:
             load()
         assert f"the graph has {n:,} nodes; jimunet imports at most {MAX_NODES:,}" in _one_line_error(e)
+
+
+def _field(number, payload):
+    """A length-delimited protobuf field."""
+    n, size = len(payload), bytearray()
+    while True:
+        size.append((n & 0x7F) | (0x80 if n >> 7 else 0))
+        n >>= 7
+        if not n:
+            return bytes([number << 3 | 2]) + bytes(size) + payload
+
+
+def test_files_that_parse_into_far_more_memory_are_refused_before_parsing(tmp_path):
+    # 1,000,001 empty dims in a 2 MB file parse into ~230 MB; a packed list of 1-byte ints into
+    # 8 bytes each (100 MB of them took 2.4 GB and imported).
+    from jimunet.onnx._files import MAX_MESSAGES
+    vi = helper.make_tensor_value_info("x", TensorProto.FLOAT, None)
+    vi.type.tensor_type.shape.dim.extend([onnx.TensorShapeProto.Dimension()] * (MAX_MESSAGES + 1))
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [vi],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=8),
+              str(tmp_path / "dims.onnx"))
+    msg, peak = _import_in_subprocess(tmp_path / "dims.onnx")
+    assert f"holds more than {MAX_MESSAGES:,} protobuf messages" in msg, msg
+    assert peak < PEAK_MB, f"peak RSS {peak:.0f} MB"
+
+    proto = _model([helper.make_node("Relu", ["x"], ["y"])], [], ["N", 4], ["N", 4])
+    tensor = _field(1, b"\x01" * 2_000_000) + b"\x10\x01" + _field(8, b"w")  # dims: 2,000,000 packed 1s
+    data = proto.SerializeToString() + _field(7, _field(5, tensor))  # a 2nd ModelProto.graph, merged
+    (tmp_path / "packed.onnx").write_bytes(data)
+    with pytest.raises(ONNXError) as e:
+        jn.onnx.load(tmp_path / "packed.onnx", max_bytes=20_000_000)
+    assert "parsing it would take more than 20,000,000 bytes" in _one_line_error(e)
 
 
 def test_layer_arguments_are_checked_by_the_constructors_load_uses():

@@ -52,7 +52,11 @@ def read_model_file(path, max_bytes=None):
         raise over_budget(f"{path}: the file has", size, limit)
     with open(path, "rb") as f:
         data = f.read(limit + 1)
-    check_counts(_graph_counts(data), path)
+    cost, counts = parse_cost(data, limit)
+    check_counts(counts, path)
+    if cost > limit:
+        raise ONNXError(f"{path}: parsing it would take more than {limit:,} bytes (it holds very many small "
+                        "messages or numbers); pass max_bytes=... to import a model this large")
     proto = onnx.ModelProto()
     try:
         proto.ParseFromString(data)
@@ -64,8 +68,11 @@ def read_model_file(path, max_bytes=None):
 
 def check_counts(counts, source):
     """``ONNXError`` when a graph lists more than ``MAX_NODES`` of anything in ``counts`` ({what: n})."""
+    if counts.get("messages", 0) > MAX_MESSAGES:
+        raise ONNXError(f"{source}: the file holds more than {MAX_MESSAGES:,} protobuf messages; jimunet imports "
+                        f"graphs of at most {MAX_NODES:,} nodes")
     for what, n in counts.items():
-        if n > MAX_NODES:
+        if what != "messages" and n > MAX_NODES:
             raise ONNXError(f"{source}: the graph has {n:,} {what}; jimunet imports at most {MAX_NODES:,} "
                             f"(its models have at most {MAX_LAYERS:,} layers)")
 
@@ -82,41 +89,73 @@ def _varint(data, i):
     raise ValueError("varint too long")
 
 
-def _messages(data, start, end):
-    """``(field number, start, end)`` of the length-delimited fields in ``data[start:end]`` (protobuf's
-    wire format); ValueError where it is not well formed."""
+def _fields(data, start, end):
+    """``(field number, wire type, start, end)`` of each field in ``data[start:end]`` (protobuf's wire
+    format; ``start:end`` is the payload of a length-delimited field); ValueError where malformed."""
     i = start
     while i < end:
         key, i = _varint(data, i)
-        wire = key & 7
+        wire, begin = key & 7, i
         if wire == 0:
             i = _varint(data, i)[1]
         elif wire in (1, 5):
             i += 8 if wire == 1 else 4
         elif wire == 2:
-            n, i = _varint(data, i)
-            if i + n > end:
-                raise ValueError("truncated")
-            yield key >> 3, i, i + n
-            i += n
+            n, begin = _varint(data, i)
+            i = begin + n
         else:
             raise ValueError(f"wire type {wire}")
+        if i > end:
+            raise ValueError("truncated")
+        yield key >> 3, wire, begin, i
 
 
-def _graph_counts(data):
-    """How many nodes, initializers and value_info a serialized ModelProto's graph lists, counted
-    from the wire format before it is parsed: parsing tiny nodes takes ~17 times their bytes.
-    ``{}`` for bytes that are not well formed (the parser then says why)."""
+_MESSAGE_BYTES = 256   # what the parser allocates per message, about (1,000,000 small nodes: ~430 MB)
+MAX_MESSAGES = 1_000_000  # messages in one file (a graph of MAX_NODES nodes needs a few hundred thousand)
+_VARINT_TYPES = {3, 4, 5, 8, 13, 14, 17, 18}  # int64, uint64, int32, bool, uint32, enum, sint32, sint64
+_MAX_DEPTH = 100       # protobuf's own nesting limit
+
+
+def parse_cost(data, limit):
+    """``(bytes the parser would allocate, about; {what: count} of the graph's lists})`` of a serialized
+    ModelProto, from its wire format and ONNX's schema, before it is parsed: a file of tiny
+    messages or packed small ints takes many times its size once parsed. The scan stops once
+    the estimate passes ``limit``. ``(0, {})`` for bytes that are not well formed (the parser
+    then says why)."""
     counts = dict.fromkeys(_GRAPH_LISTS.values(), 0)
+    cost = messages = 0
+
+    def walk(start, end, descriptor, depth):
+        nonlocal cost, messages
+        if depth > _MAX_DEPTH:
+            raise ValueError("nested too deeply")
+        for number, wire, begin, stop in _fields(data, start, end):
+            fd = descriptor.fields_by_number.get(number) if descriptor is not None else None
+            if wire != 2 or fd is None:
+                cost += 8 if wire != 2 else stop - begin
+            elif fd.type == fd.TYPE_MESSAGE:
+                cost += _MESSAGE_BYTES
+                messages += 1
+                if messages > MAX_MESSAGES:
+                    counts["messages"] = messages
+                    return
+                if descriptor is onnx.GraphProto.DESCRIPTOR and number in _GRAPH_LISTS:
+                    counts[_GRAPH_LISTS[number]] += 1
+                    if counts[_GRAPH_LISTS[number]] > MAX_NODES:
+                        return  # check_counts says so
+                walk(begin, stop, fd.message_type, depth + 1)
+            else:  # bytes, a string, or packed numbers (a varint of 1 byte becomes 8, in an array grown by doubling)
+                cost += (stop - begin) * (16 if fd.type in _VARINT_TYPES else 1)
+            if cost > limit or messages > MAX_MESSAGES:
+                return
+
     try:
-        for field, start, end in _messages(data, 0, len(data)):
-            if field == 7:  # ModelProto.graph
-                for inner, _, _ in _messages(data, start, end):
-                    if inner in _GRAPH_LISTS:
-                        counts[_GRAPH_LISTS[inner]] += 1
+        walk(0, len(data), onnx.ModelProto.DESCRIPTOR, 0)
     except (ValueError, IndexError):
-        return {}
-    return counts
+        return 0, {}
+    finally:
+        walk = None  # noqa: F841 - the recursive closure refers to itself: break the cycle that would keep data
+    return cost, counts
 
 
 # -- external data ---------------------------------------------------------------------------
@@ -251,7 +290,9 @@ def _copy_fields(dst, src, skip):
 
 
 def _stand_in(t):
-    """A one-element tensor of ``t``'s name and type, or ``t`` itself when it is small or odd."""
+    """A one-element tensor of ``t``'s name and type, or ``t`` itself when it is small or odd. (The
+    importer checks a large tensor's data against its shape when it reads it: ``numpy_helper``
+    refuses a mismatch; one no node reads is never read.)"""
     if t.data_location != TensorProto.EXTERNAL and t.ByteSize() <= _STUB_ABOVE:
         return t
     try:

@@ -225,7 +225,8 @@ class _Importer(OpConverters):
                             f"{helper.tensor_dtype_to_string(t.elem_type)}; jimunet models take float tensors")
         dims = _static_dims(self.input)
         if dims is None or len(dims) not in (2, 3, 4) or any(d is None or d < 1 for d in dims[1:]):
-            raise ONNXError(f"{self.source}: the input {self.input.name!r} has shape {dims}; jimunet needs "
+            shown = "unknown" if dims is None else f"{dims[:8]}"[:-1] + (", ...]" if len(dims) > 8 else "]")
+            raise ONNXError(f"{self.source}: the input {self.input.name[:80]!r} has shape {shown}; jimunet needs "
                             "(batch, features), (batch, d1, d2) or a 4-D image batch with fixed sizes after "
                             "the batch axis")
         sample = math.prod(dims[1:]) * self.dtype.itemsize
