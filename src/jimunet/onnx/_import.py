@@ -38,12 +38,20 @@ MAX_DIM = 2 ** 31  # largest size of an input axis (as jn.load reads a recorded 
 def load(path, dtype="float32", max_bytes=None):
     path = os.fspath(path)
     proto, size = read_model_file(path, max_bytes)
-    return from_onnx(proto, dtype=dtype, base_dir=os.path.dirname(os.path.abspath(path)), source=path,
-                     max_bytes=max_bytes, file_bytes=size)
+    importer = _importer(proto, dtype=dtype, base_dir=os.path.dirname(os.path.abspath(path)), source=path,
+                         max_bytes=max_bytes, file_bytes=size)
+    del proto  # the importer lets go of it once it has the weights: it is not kept beside the model
+    importer.owned = True
+    return importer.build()
 
 
-def from_onnx(proto, dtype="float32", base_dir=None, source="the ONNX model", max_bytes=None, file_bytes=None):
+def from_onnx(proto, dtype="float32", base_dir=None, source="the ONNX model", max_bytes=None):
     """The model ``proto`` describes; ``proto`` is only read (its external data too, never written)."""
+    return _importer(proto, dtype, base_dir, source, max_bytes).build()
+
+
+def _importer(proto, dtype="float32", base_dir=None, source="the ONNX model", max_bytes=None, file_bytes=None):
+    """The ``_Importer`` of ``proto``, after the checks that need no walk (sizes, files, ONNX's checker)."""
     if not isinstance(proto, onnx.ModelProto):
         raise ONNXError(f"expected an onnx.ModelProto, got {type(proto).__name__}")
     try:
@@ -64,7 +72,7 @@ def from_onnx(proto, dtype="float32", base_dir=None, source="the ONNX model", ma
         raise over_budget(f"{source}: the model has", embedded, limit)
     found = external_tensors(proto, base_dir, source, embedded, limit)
     check_skeleton(proto, source)
-    return _Importer(proto, dtype, source, read_external(found), limit).build()
+    return _Importer(proto, dtype, source, read_external(found), limit)
 
 
 # -- the walk --------------------------------------------------------------------------------
@@ -73,6 +81,7 @@ class _Importer(OpConverters):
     def __init__(self, proto, dtype, source, external, limit):
         self.proto, self.graph, self.dtype, self.source = proto, proto.graph, dtype, source
         self.external, self.limit = external, limit   # {initializer name: array}, the byte budget
+        self.owned = False  # whether build() may let go of the proto before it builds the model
         self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
         if self.opset is None or self.opset < _MIN_OPSET:
             raise ONNXError(f"{source}: needs the default ONNX opset {_MIN_OPSET} or newer, "
@@ -218,6 +227,17 @@ class _Importer(OpConverters):
     # building ---------------------------------------------------------------------------
 
     def build(self):
+        """The model: the graph walked into layers and weights, then built as ``jn.load`` builds one."""
+        input_shape, metadata = self.walk()
+        if self.owned:  # nothing refers to the proto any more: its memory returns before the model is built
+            self.proto = self.graph = self.consts = self.input = self.output = None
+            self.external = {}
+        model = self.finish(input_shape)
+        model.metadata = metadata
+        return model
+
+    def walk(self):
+        """``(per-sample input shape, metadata)``, with ``self.layers`` and ``self.state`` filled in."""
         chain = self.chain()
         t = self.input.type.tensor_type
         if t.elem_type not in _FLOAT_INPUTS:
@@ -266,17 +286,15 @@ class _Importer(OpConverters):
                             "Gemm/MatMul after it can absorb the reordering")
         self.check_declared_shapes()
         self.adopt_jimunet_config()
-        model = self.finish(jn_input_shape)
         layout = "features"
         if len(dims) == 4:
             layout = "as in the graph" if self.in_view is None else \
                 {L.NCHW: "NCHW", L.NHWC: "NHWC"}.get(self.in_view, f"jimunet's NHWC axes {list(self.in_view)}")
-        model.metadata = {"onnx": {
+        return jn_input_shape, {"onnx": {
             "source": os.path.basename(self.source), "producer": f"{self.proto.producer_name} "
             f"{self.proto.producer_version}".strip(), "opset": self.opset,
             "input_layout": layout, "onnx_input_shape": dims[1:], "input_shape": list(jn_input_shape),
             "dropped_final_op": self.dropped}}
-        return model
 
     def finish(self, input_shape):
         """The model, built the way ``jn.load`` builds a file's: from the architecture's description

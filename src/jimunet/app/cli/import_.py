@@ -21,9 +21,14 @@ def _check_paths(args):
     refuse_overwrite(args.out, args.force)
 
 
-def _save_checked(model, out):
-    """Write ``model`` to ``out`` only after ``jn.load`` has read it back: jimunet never writes a
-    model it cannot load (the file is checked under a temporary name next to ``out``)."""
+def _import_checked(onnx_path, out):
+    """The model of ``onnx_path`` as ``jn.load`` reads it back from ``out``, written only after that
+    read: jimunet never writes a model it cannot load (the file is checked under a temporary
+    name next to ``out``; the imported model is let go before it is read back)."""
+    try:
+        model = load_onnx(onnx_path)
+    except (ImportError, ValueError) as e:  # ONNXError is a ValueError
+        raise UserError(str(e)) from None
     directory = os.path.dirname(os.path.abspath(out))
     try:
         os.makedirs(directory, exist_ok=True)
@@ -33,8 +38,10 @@ def _save_checked(model, out):
         raise UserError(f"cannot write {out}: {e.strerror or e}") from None
     try:
         model.save(tmp, metadata=model.metadata)
-        load(tmp)
+        model = None
+        model = load(tmp)
         os.replace(tmp, out)
+        return model
     except OSError as e:
         raise UserError(f"cannot write {out}: {e.strerror or e}") from None
     except ValueError as e:  # what jn.load (or save) refuses
@@ -48,12 +55,8 @@ def _save_checked(model, out):
 def run(args) -> int:
     """Convert ``args.onnx`` to the jimunet model ``args.out``; print its summary and notes."""
     _check_paths(args)
-    try:
-        model = load_onnx(args.onnx)
-    except (ImportError, ValueError) as e:  # ONNXError is a ValueError
-        raise UserError(str(e)) from None
+    model = _import_checked(args.onnx, args.out)
     info = model.metadata["onnx"]
-    _save_checked(model, args.out)
     print(model.summary(info["input_shape"]))
     if info["input_shape"] != info["onnx_input_shape"]:
         print(f"note: the ONNX model takes {info['input_layout']} input {tuple(info['onnx_input_shape'])}; like "
