@@ -423,6 +423,21 @@ def test_fuzzed_attributes_of_every_op_get_one_line_errors():
     assert tried > 300
 
 
+@pytest.mark.parametrize("architecture", [
+    "[" * 200_000 + "]" * 200_000,                                          # RecursionError before
+    '{"layers": [{"class": "LeakyReLU", "config": "a string"}]}',           # AttributeError before
+    '{"layers": [{"class": "LeakyReLU", "config": {"alpha": 1' + "0" * 400 + '}}]}',
+    '{"layers": [{"class": "LeakyReLU", "config": {"alpha": NaN}}]}', '"x"', '{"layers": "x"}',
+])
+def test_odd_metadata_of_a_jimunet_export_is_ignored(architecture):
+    # The architecture a jimunet export records is only a hint (exact float parameters, "same"
+    # padding); the graph defines the model.
+    proto = _model([helper.make_node("LeakyRelu", ["x"], ["y"], alpha=0.5)], [], ["N", 4], ["N", 4])
+    proto.producer_name = "jimunet"
+    proto.metadata_props.add(key="architecture", value=architecture)
+    assert jn.onnx.from_onnx(proto).layers[0].alpha == 0.5
+
+
 def test_cli_import_to_an_empty_or_directory_name(tmp_path, capsys):
     path = tmp_path / "m.onnx"
     onnx.save(_model([helper.make_node("Relu", ["x"], ["y"])], [], ["N", 4], ["N", 4]), str(path))

@@ -355,18 +355,22 @@ class _Importer(OpConverters):
     # jimunet's own exports carry their architecture: restore details the graph cannot say --
 
     def adopt_jimunet_config(self):
+        """Details a jimunet export records in its metadata (a hint only: anything odd in it is ignored;
+        what is adopted is checked again by the layers' constructors in ``finish``)."""
         if self.proto.producer_name != "jimunet":
             return
         props = {p.key: p.value for p in self.proto.metadata_props}
         try:
             arch = json.loads(props.get("architecture", "null"))["layers"]
-        except (TypeError, KeyError, ValueError):
+        except (TypeError, KeyError, ValueError, RecursionError):
             return
         if not isinstance(arch, list) or [c.get("class") if isinstance(c, dict) else None for c in arch] != \
                 [type(layer).__name__ for layer in self.layers]:
             return
         for layer, hw, cfg in zip(self.layers, self.in_shapes, arch):
             c = cfg.get("config", {})
+            if not isinstance(c, dict):
+                continue
             if isinstance(layer, (Conv2D, MaxPool2D, AvgPool2D)) and c.get("padding") == "same":
                 window = layer.kernel_size if isinstance(layer, Conv2D) else layer.pool_size
                 if pad_amounts(hw[:2], window, layer.stride, "same") == \
@@ -376,6 +380,6 @@ class _Importer(OpConverters):
                 layer.count_include_pad = bool(c.get("count_include_pad", True))  # no effect without padding
             for attr, key in ((Dropout, "rate"), (LeakyReLU, "alpha")):
                 v = c.get(key)
-                if isinstance(layer, attr) and isinstance(v, (int, float)) and \
+                if isinstance(layer, attr) and isinstance(v, float) and math.isfinite(v) and abs(v) < 1e30 and \
                         np.float32(v) == np.float32(getattr(layer, key)):
-                    setattr(layer, key, float(v))  # ONNX stored it as float32
+                    setattr(layer, key, v)  # ONNX stored it as float32
