@@ -377,6 +377,16 @@ def _with_attr(proto, name, attr_type, **fields):
      r"weight 'w' holds NaN or infinity, or values beyond float32's range"),
     (_model([helper.make_node("Relu", ["x"], ["y"])], [], ["N", 2 ** 31 + 1], ["N", 2 ** 31 + 1]),
      r"one sample takes 8,589,934,596 bytes as float32"),
+    (helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g", [helper.make_tensor_sequence_value_info("x", 1, ["N", 4])],
+        [helper.make_tensor_value_info("y", 1, ["N", 4])]), opset_imports=[helper.make_opsetid("", 21)], ir_version=8),
+     r"the input 'x' is a sequence, not a tensor"),
+    (helper.make_model(helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [helper.make_tensor_value_info("x", 1, ["N", 4])],
+        [helper.make_tensor_value_info("y", 1, ["N", 3])], sparse_initializer=[helper.make_sparse_tensor(
+            _init("w", np.ones(1, np.float32)), _init("i", np.zeros(1, np.int64)), [4, 3])]),
+        opset_imports=[helper.make_opsetid("", 21)], ir_version=8),
+     r"node #0 \(MatMul\): its input 'w' is a sparse initializer; jimunet reads dense initializers only"),
 ])
 def test_odd_attributes_and_constants_get_one_line_errors(proto, pattern):
     with pytest.raises(ONNXError) as e:

@@ -161,6 +161,7 @@ class _Importer(OpConverters):
             for t in n.input:
                 if t and t not in self.consts:
                     users[t].append((i, n))
+        sparse_names = {s.values.name for s in self.graph.sparse_initializer}
         chain, t = [], self.input.name
         while True:
             nxt = users.get(t, [])
@@ -180,6 +181,10 @@ class _Importer(OpConverters):
             if n.domain not in ("", "ai.onnx"):
                 raise ONNXError(f"{_label(n, i)}: op from domain {n.domain!r}; jimunet runs only standard "
                                 f"ONNX ops: {', '.join(SUPPORTED_OPS)}")
+            sparse = [x for x in n.input if x in sparse_names]
+            if sparse:
+                raise ONNXError(f"{_label(n, i)}: its input {sparse[0][:80]!r} is a sparse initializer; jimunet reads "
+                                "dense initializers only")
             if sum(x == t for x in n.input) > 1 or any(x and x != t and x not in self.consts for x in n.input):
                 raise ONNXError(f"{_label(n, i)}: combines two computed tensors (a branch or skip connection); "
                                 "jimunet models are one chain of layers")
@@ -239,10 +244,18 @@ class _Importer(OpConverters):
     def walk(self):
         """``(per-sample input shape, metadata)``, with ``self.layers`` and ``self.state`` filled in."""
         chain = self.chain()
+        if self.input.type.WhichOneof("value") != "tensor_type":
+            kind = (self.input.type.WhichOneof("value") or "no type").replace("_type", "").replace("_", " ")
+            raise ONNXError(f"{self.source}: the input {self.input.name[:80]!r} is a {kind}, not a tensor; jimunet "
+                            "models take one float tensor")
         t = self.input.type.tensor_type
         if t.elem_type not in _FLOAT_INPUTS:
-            raise ONNXError(f"{self.source}: the input {self.input.name!r} has element type "
-                            f"{helper.tensor_dtype_to_string(t.elem_type)}; jimunet models take float tensors")
+            try:
+                name = helper.tensor_dtype_to_string(t.elem_type)
+            except (KeyError, ValueError):
+                name = f"number {t.elem_type}"
+            raise ONNXError(f"{self.source}: the input {self.input.name[:80]!r} has element type {name}; jimunet "
+                            "models take float tensors")
         dims = _static_dims(self.input)
         if dims is None or len(dims) not in (2, 3, 4) or any(d is None or d < 1 for d in dims[1:]):
             shown = "unknown" if dims is None else f"{dims[:8]}"[:-1] + (", ...]" if len(dims) > 8 else "]")

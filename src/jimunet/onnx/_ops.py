@@ -73,7 +73,8 @@ class Attrs:
 
 
 def _label(node, index):
-    return f"node {node.name!r} ({node.op_type})" if node.name else f"node #{index} ({node.op_type})"
+    op = node.op_type[:40]
+    return f"node {node.name[:80]!r} ({op})" if node.name else f"node #{index} ({op})"
 
 
 def _static_dims(value_info):
