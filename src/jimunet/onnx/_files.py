@@ -72,9 +72,9 @@ def check_counts(counts, source):
         raise ONNXError(f"{source}: the file holds more than {MAX_MESSAGES:,} protobuf messages; jimunet imports "
                         f"graphs of at most {MAX_NODES:,} nodes")
     for what, n in counts.items():
-        if what != "messages" and n > MAX_NODES:
-            raise ONNXError(f"{source}: the graph has {n:,} {what}; jimunet imports at most {MAX_NODES:,} "
-                            f"(its models have at most {MAX_LAYERS:,} layers)")
+        if what != "messages" and n > MAX_NODES:  # (counting stops there)
+            raise ONNXError(f"{source}: the graph has more than {MAX_NODES:,} {what}; jimunet imports at most "
+                            f"{MAX_NODES:,} (its models have at most {MAX_LAYERS:,} layers)")
 
 
 def _varint(data, i):
