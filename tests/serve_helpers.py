@@ -53,10 +53,11 @@ def request(url, method="GET", path="/", body=None, headers=None, timeout=60):
 
 
 class ThreadServer:
-    """A ``jimunet.app.server`` server on a free localhost port, serving from a daemon thread."""
+    """A ``jimunet.app.server`` server on a free localhost port, serving from a daemon thread;
+    ``limits``: ``max_connections``, ``request_deadline``, ``send_timeout`` (``make_server``)."""
 
-    def __init__(self, app):
-        self.server = make_server(app, "127.0.0.1", 0)
+    def __init__(self, app, **limits):
+        self.server = make_server(app, "127.0.0.1", 0, **limits)
         self.url = self.server.url
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
                                        daemon=True)

@@ -64,6 +64,17 @@ def test_resnet_self_test_from_the_command_line(tmp_path):
     assert m["config"]["model"] == "resnet" and m["config"]["lr"] == 0.2 and m["config"]["shift"] == 2
     assert m["config"]["batch_size"] == 32  # a flag given wins over the recipe's default
     assert isinstance(jn.load(out / "model.npz"), jn.Model)
+    assert "epoch   1/1" in r.stdout and m["config"]["epochs"] == 1  # a self-test is one epoch, as --help says
+
+
+def test_self_test_epochs_given_win_for_either_model(monkeypatch):
+    seen = []
+    monkeypatch.setattr(cli_train, "train_mnist", lambda config, **kw: seen.append(config))
+    for model in ("cnn", "resnet"):
+        assert cli.main(["train", "--self-test", "--model", model]) == 0
+        assert cli.main(["train", "--self-test", "--model", model, "--epochs", "3"]) == 0
+        assert cli.main(["train", "--model", model]) == 0
+    assert [c.epochs for c in seen] == [1, 3, 10, 1, 3, 10]
 
 
 def one_line_error(r, prog):

@@ -211,3 +211,68 @@ def test_conv_algorithm_and_multiplication_counts_are_shown():
     forced = jn.Sequential([jn.layers.Conv2D(1, 4, 3, algorithm="winograd", winograd_tile=2, rng=0)])
     recs, text = _run(forced, _digit())
     assert recs[0]["details"]["algorithm"] == "winograd" and "winograd F(2x2, 3x3): 16 products" in text
+
+
+def _explain_cli(*argv):
+    args = _parser().parse_args(["explain", *map(str, argv)])
+    return args.func(args)
+
+
+def test_out_never_overwrites_a_file_jimunet_did_not_write(tmp_path, capsys):
+    np.save(tmp_path / "d.npy", _digit())
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    (pics / "input.png").write_bytes(b"my holiday photo")
+    (pics / "layer-00-Conv2D.png").write_bytes(b"my drawing")
+    assert _explain_cli(tmp_path / "d.npy", "--out", pics) == 2
+    err = capsys.readouterr().err
+    assert "is not a directory jimunet explain wrote" in err and "none of your files is overwritten" in err
+    assert sorted(p.name for p in pics.iterdir()) == ["input.png", "layer-00-Conv2D.png"]
+    assert (pics / "input.png").read_bytes() == b"my holiday photo"
+    assert (pics / "layer-00-Conv2D.png").read_bytes() == b"my drawing"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")  # a directory of the user's, whatever is in it
+    assert _explain_cli(tmp_path / "d.npy", "--out", other) == 2
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+    a_file = tmp_path / "file"
+    a_file.write_text("mine")
+    assert _explain_cli(tmp_path / "d.npy", "--out", a_file) == 2 and a_file.read_text() == "mine"
+
+
+def test_out_replaces_its_own_pngs_only(tmp_path, capsys):
+    np.save(tmp_path / "d.npy", _digit())
+    out = tmp_path / "ex"
+    assert _explain_cli(tmp_path / "d.npy", "--out", out) == 0  # new: made
+    first = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert "explain.json" in first and "input.png" in first and "layer-00-Conv2D.png" in first
+    assert _explain_cli(tmp_path / "d.npy", "--out", out) == 0  # its own: replaced
+    assert {p.name for p in out.iterdir()} == set(first)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _explain_cli(tmp_path / "d.npy", "--out", empty) == 0
+    # a file put into explain's directory under a name explain did not write there is refused too
+    small = tmp_path / "small"
+    explain(_small_stack(), _digit(), out_dir=small, file=None)  # 4 layers: layer-00 .. layer-03
+    (small / "layer-04-ReLU.png").write_bytes(b"mine")
+    capsys.readouterr()
+    assert _explain_cli(tmp_path / "d.npy", "--out", small) == 2  # mnist_cnn writes layer-04-ReLU.png
+    assert "holds layer-04-ReLU.png, which jimunet explain did not write" in capsys.readouterr().err
+    assert (small / "layer-04-ReLU.png").read_bytes() == b"mine"
+
+
+def test_out_on_a_full_disk_keeps_the_previous_pngs_and_names_the_file(tmp_path, monkeypatch, capsys):
+    from full_disk import full_disk
+
+    np.save(tmp_path / "d.npy", _digit())
+    out = tmp_path / "ex"
+    assert _explain_cli(tmp_path / "d.npy", "--out", out) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    full_disk(monkeypatch, out, 2000, only="layer-03-Conv2D.png")
+    from jimunet.app import cli
+    capsys.readouterr()
+    assert cli.main(["explain", str(tmp_path / "d.npy"), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"jimunet explain: error: cannot write {out / 'layer-03-Conv2D.png'}: No space left on device"]
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert after.keys() == before.keys() and after["layer-03-Conv2D.png"] == before["layer-03-Conv2D.png"]

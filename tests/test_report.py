@@ -281,3 +281,70 @@ def test_loss_axis_leaves_out_the_initial_spike():
     assert clipped == 0 and high >= 11.0
     assert report.loss_axis_range([]) == (0.0, 1.0, 0)
     assert report.loss_axis_range([2.0, 2.0])[2] == 0
+
+
+def _small_run(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    _small_model().save(run / "model.npz")
+    (run / "metrics.json").write_text(json.dumps(_metrics(epochs=2)))
+    x, y = _test_data(30)
+    monkeypatch.setattr(report_data, "_load_test_data", lambda data_dir, config: (x, y, "30 test images"))
+    return run
+
+
+def _files(d):
+    return {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}
+
+
+@pytest.mark.parametrize("only, room", [("report.html", 20_000), (None, 3_000), (None, 0)])
+def test_a_full_disk_leaves_every_previous_file_whole_and_names_the_one_it_could_not_write(
+        tmp_path, monkeypatch, capsys, only, room):
+    from full_disk import full_disk
+    from jimunet.app import cli
+
+    run = _small_run(tmp_path, monkeypatch)
+    assert cli.main(["report", str(run)]) == 0
+    before = _files(run)
+    assert len(before["report.html"]) > 20_000
+    cut = full_disk(monkeypatch, run, room, only)
+    capsys.readouterr()
+    assert cli.main(["report", str(run)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert cut and len(err) == 1, err
+    m = re.fullmatch(r"jimunet report: error: cannot write (.+): No space left on device", err[0])
+    assert m, err
+    name = m.group(1).rsplit("/", 1)[-1]
+    assert m.group(1) == str(run / name) and name == (only or name) and name in before
+    after = _files(run)
+    assert after[name] == before[name]  # the file it could not write is the previous one, whole
+    assert after.keys() == before.keys()  # no temporary file left over
+    assert after["report.html"] == before["report.html"]  # the page never goes before its figures
+
+
+def test_report_out_never_overwrites_a_file_jimunet_did_not_write(tmp_path, monkeypatch, capsys):
+    from jimunet.app import cli
+
+    run = _small_run(tmp_path, monkeypatch)
+    mine = tmp_path / "notes.html"
+    mine.write_text("<p>my notes</p>")
+    assert cli.main(["report", str(run), "--out", str(mine)]) == 2
+    assert "notes.html exists and is not a report jimunet wrote; it is not overwritten" in capsys.readouterr().err
+    assert mine.read_text() == "<p>my notes</p>" and not (run / "report.json").exists()
+    assert cli.main(["report", str(run), "--out", str(tmp_path / "r.html")]) == 0
+    assert cli.main(["report", str(run), "--out", str(tmp_path / "r.html")]) == 0  # its own report: replaced
+
+
+def test_a_report_that_cannot_be_written_at_the_end_of_training_is_an_error_naming_it(tmp_path, monkeypatch, capsys):
+    from full_disk import full_disk
+    from jimunet.app import cli
+
+    run = tmp_path / "run"
+    run.mkdir()
+    full_disk(monkeypatch, run, 1000, only="report.html")
+    assert cli.main(["train", "--self-test", "--threads", "1", "--out", str(run)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"jimunet train: error: cannot write {run / 'report.html'}: No space left on device; the run is "
+                   f"complete (model.npz, metrics.json); write its report later with: jimunet report {run}"]
+    assert not (run / "report.html").exists() and not list(run.glob(".report.html.*"))
+    assert json.loads((run / "run.json").read_text())["status"] == "completed" and (run / "model.npz").exists()

@@ -517,3 +517,40 @@ def test_framework_modules_never_import_the_application():
             "assert not [m for m in sys.modules if m.startswith('jimunet.app')], sorted(sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+# -- a full disk ---------------------------------------------------------------------------
+
+def test_a_full_disk_during_training_names_the_file_and_ends_the_run(tmp_path, monkeypatch, capsys):
+    from full_disk import full_disk
+
+    run = tmp_path / "run"
+    run.mkdir()
+    full_disk(monkeypatch, run, 5000, only="checkpoint.npz")
+    assert cli.main(["train", "--self-test", "--no-report", "--threads", "1", "--out", str(run)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"jimunet train: error: cannot write {run / 'checkpoint.npz'}: No space left on device"]
+    assert json.loads((run / "run.json").read_text())["status"] == "failed"
+    assert sorted(p.name for p in run.iterdir()) == ["run.json", "train.log"]  # no lock, no temporary file
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full (a device that is always full)")
+def test_a_log_line_that_cannot_be_written_names_the_log(tmp_path, capsys):
+    from jimunet.app.rundir import RunLog
+    from jimunet.serialization import WriteError
+
+    log = RunLog("/dev/full", echo=False)
+    with pytest.raises(WriteError, match="^cannot write /dev/full: No space left on device$") as info:
+        log("a line")
+    assert isinstance(info.value, OSError) and info.value.path == "/dev/full"
+    log("the lines after it go to the screen only")  # the log is given up: no second error
+    log.close()
+    # train.log of a run, on a full device: the run ends at once, naming it
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"format": "jimunet-run", "version": 1, "status": "failed"}))
+    (run / "train.log").symlink_to("/dev/full")
+    assert cli.main(["train", "--self-test", "--no-report", "--threads", "1", "--out", str(run)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"jimunet train: error: cannot write {run / 'train.log'}: No space left on device"]
+    assert json.loads((run / "run.json").read_text())["status"] == "failed" and not (run / ".jimunet.lock").exists()

@@ -13,6 +13,14 @@ exactly those, on the job ``mpiexec`` started (``MPI.COMM_WORLD``):
   every rank (a nested dict of arrays and JSON values; no pickles);
 - ``broadcast_json(obj)``: rank 0's settings, to check that every rank runs the same recipe.
 
+Waiting: every collective is started nonblocking and waited for by ``Communicator._wait``,
+which polls it with pauses that grow with the time already waited (up to 10 ms), so a rank
+that waits for a slow or paused one uses next to no CPU (a blocking MPI call spins). After
+``timeout`` seconds of silence (``JIMUNET_MPI_TIMEOUT``, default ``DEFAULT_TIMEOUT_S``; 0:
+no limit) the waiting rank asks the others who is there (a roll call on a separate
+communicator, answered by every rank that is waiting too) and raises ``DistributedTimeout``
+naming the ranks that did not answer; ``jimunet train`` then ends the job.
+
 mpi4py is imported only by ``init()``, so ``import jimunet`` never needs MPI.
 
 Example (run with ``mpiexec -n 2 python script.py``)::
@@ -26,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -33,14 +42,48 @@ from .parallel import BLOCKS, add_blocks_in_order, split
 from .serialization import pack, unpack
 
 __all__ = ["init", "Communicator", "GradientBuffer", "BlockLayout", "gather_block_sums", "DistributedError",
-           "INSTALL_HINT", "launched_by_mpiexec"]
+           "DistributedTimeout", "INSTALL_HINT", "launched_by_mpiexec", "DEFAULT_TIMEOUT_S", "TIMEOUT_ENV",
+           "timeout_from_env"]
 
 INSTALL_HINT = ("pip install 'jimunet[mpi]' (mpi4py and the Open MPI wheel, which provides mpiexec), then start "
                 "every process with: mpiexec -n N python -m jimunet train --distributed")
 
 
+DEFAULT_TIMEOUT_S = 300.0  # a rank silent for this long in a collective ends the job
+TIMEOUT_ENV = "JIMUNET_MPI_TIMEOUT"
+_SPIN_S = 0.001  # poll without pausing this long first: ranks in step meet within it
+_MAX_PAUSE_S = 0.01  # the longest pause between two polls
+_ROLL_CALL_EVERY_S = 0.1  # how often a waiting rank looks for another rank's roll call
+_ASK, _ANSWER = 1, 2  # the roll call's tags
+
+
 class DistributedError(RuntimeError):
     """MPI is missing or unusable, or the ranks of a job disagree."""
+
+
+class DistributedTimeout(DistributedError):
+    """A collective did not complete within the communicator's ``timeout``; ``silent``: the
+    ranks that did not answer the roll call (paused, hung, or busy for longer than that)."""
+
+    def __init__(self, message, silent=()):
+        super().__init__(message)
+        self.silent = list(silent)
+
+
+def timeout_from_env(default: float = DEFAULT_TIMEOUT_S) -> float | None:
+    """``JIMUNET_MPI_TIMEOUT`` in seconds (None: no limit, for 0), else ``default``; DistributedError if it is not
+    a number >= 0."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise DistributedError(f"{TIMEOUT_ENV} must be a number of seconds >= 0 (0: wait without limit), "
+                               f"got {text!r}")
+    return value or None
 
 
 def launched_by_mpiexec() -> int:
@@ -58,6 +101,8 @@ def launched_by_mpiexec() -> int:
 
 
 def _mpi():
+    # Open MPI: a process waiting inside MPI itself (MPI_Init, MPI_Finalize) yields its core.
+    os.environ.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
     try:
         from mpi4py import MPI
     except ImportError as e:
@@ -72,12 +117,17 @@ class Communicator:
     """The processes of one MPI job: ``rank`` (0-based), ``size``, ``local_size`` (on this host).
 
     Build with ``init()``. Every collective method must be called by every rank in the same
-    order, as with any MPI program.
+    order, as with any MPI program. ``timeout``: seconds a collective may wait for the other
+    ranks before ``DistributedTimeout`` (None: no limit); see the module docstring.
     """
 
-    def __init__(self, mpi_comm, MPI):
+    def __init__(self, mpi_comm, MPI, timeout: float | None = DEFAULT_TIMEOUT_S):
         self._comm, self._MPI = mpi_comm, MPI
         self.rank, self.size = mpi_comm.Get_rank(), mpi_comm.Get_size()
+        self.timeout = timeout
+        self._calls = 0  # collectives started, the same count on every rank in step
+        self._roll = mpi_comm.Dup() if self.size > 1 else None  # the roll call's own channel
+        self._answers: list = []  # send requests of roll-call answers
         try:
             node = mpi_comm.Split_type(MPI.COMM_TYPE_SHARED)
             self.local_size = node.Get_size()
@@ -92,6 +142,69 @@ class Communicator:
         """This rank's contiguous share of ``range(n)`` (shares differ in length by at most one)."""
         return slice(n * self.rank // self.size, n * (self.rank + 1) // self.size)
 
+    # -- waiting ---------------------------------------------------------------------------
+
+    def _wait(self, request, what: str) -> None:
+        """Wait for the nonblocking collective ``request`` without spinning; DistributedTimeout
+        after ``timeout`` seconds (naming the ranks that do not answer a roll call)."""
+        self._calls += 1
+        if request.Test():
+            return
+        start = time.monotonic()
+        next_look = start + _ROLL_CALL_EVERY_S
+        while not request.Test():
+            now = time.monotonic()
+            waited = now - start
+            if waited < _SPIN_S:
+                continue
+            # Pauses grow with the wait (1% of it): a peer that arrives after t seconds finds
+            # this rank at most t/100 later; a paused peer costs this rank ~100 polls a second.
+            time.sleep(min(_MAX_PAUSE_S, max(2e-5, waited / 100)))
+            if now >= next_look:
+                next_look = now + _ROLL_CALL_EVERY_S
+                self._answer_roll_calls()
+                if self.timeout is not None and waited > self.timeout:
+                    self._roll_call(what, waited)
+
+    def _answer_roll_calls(self) -> None:
+        """Tell every rank that asked (``_roll_call``) that this one is here, and in which collective."""
+        if self._roll is None:
+            return
+        status = self._MPI.Status()
+        while self._roll.Iprobe(source=self._MPI.ANY_SOURCE, tag=_ASK, status=status):
+            asker = status.Get_source()
+            self._roll.Recv(np.empty(1, np.int64), source=asker, tag=_ASK)
+            self._answers.append(self._roll.Isend(np.array([self._calls], np.int64), dest=asker, tag=_ANSWER))
+        self._answers = [r for r in self._answers if not r.Test()]
+
+    def _roll_call(self, what: str, waited: float) -> None:
+        """Ask every other rank who is there, wait a little for the answers and raise DistributedTimeout."""
+        others = [r for r in range(self.size) if r != self.rank]
+        asks = [self._roll.Isend(np.array([self._calls], np.int64), dest=r, tag=_ASK) for r in others]
+        got = {r: np.zeros(1, np.int64) for r in others}
+        pending = {r: self._roll.Irecv(got[r], source=r, tag=_ANSWER) for r in others}
+        end = time.monotonic() + min(10.0, max(1.0, self.timeout / 10))
+        while pending and time.monotonic() < end:
+            self._answer_roll_calls()  # another rank may be calling the roll at the same time
+            pending = {r: q for r, q in pending.items() if not q.Test()}
+            time.sleep(0.01)
+        silent = sorted(pending)
+        for q in pending.values():
+            q.Cancel()
+        del asks  # small messages: sent eagerly, nothing waits for them
+        here = f"rank {self.rank} of {self.size} waited {waited:.0f} s in the {what} (collective {self._calls})"
+        if silent:
+            names = ", ".join(map(str, silent))
+            raise DistributedTimeout(
+                f"{here} for rank{'s' if len(silent) > 1 else ''} {names}, which did not answer: paused (SIGSTOP), "
+                f"hung, or busy for longer than the time limit of {self.timeout:g} s (set it with --mpi-timeout "
+                f"SECONDS or {TIMEOUT_ENV}; 0: no limit)", silent)
+        where = ", ".join(f"rank {r} in collective {int(got[r][0])}" for r in others)
+        raise DistributedTimeout(f"{here}; every rank answered ({where}) but the collective did not complete: "
+                                 f"the ranks are not running the same program")
+
+    # -- the collectives -------------------------------------------------------------------
+
     def allreduce_(self, buf: np.ndarray, op: str = "sum") -> np.ndarray:
         """Reduce ``buf`` (a contiguous NumPy array) over all ranks in place (``op``: "sum",
         "max" or "min"); returns it."""
@@ -100,7 +213,7 @@ class Communicator:
         ops = {"sum": self._MPI.SUM, "max": self._MPI.MAX, "min": self._MPI.MIN}
         if op not in ops:
             raise ValueError(f"allreduce_: op must be one of {sorted(ops)}, got {op!r}")
-        self._comm.Allreduce(self._MPI.IN_PLACE, buf, op=ops[op])
+        self._wait(self._comm.Iallreduce(self._MPI.IN_PLACE, buf, op=ops[op]), "all-reduce")
         return buf
 
     def allgather_(self, send: np.ndarray, recv: np.ndarray, counts) -> np.ndarray:
@@ -111,19 +224,20 @@ class Communicator:
             raise ValueError(f"allgather_: rank {self.rank} sends {send.size} {send.dtype} elements into "
                              f"{recv.size} {recv.dtype}, expected {counts[self.rank]} of {sum(counts)}")
         displs = np.cumsum([0] + counts[:-1]).tolist()
-        self._comm.Allgatherv(np.ascontiguousarray(send), [recv, (counts, displs)])
+        send = np.ascontiguousarray(send)
+        self._wait(self._comm.Iallgatherv(send, [recv, (counts, displs)]), "all-gather")
         return recv
 
     def broadcast_array(self, buf: np.ndarray, root: int = 0) -> np.ndarray:
         """Overwrite ``buf`` on every rank with ``root``'s (same shape and dtype everywhere)."""
-        self._comm.Bcast(buf, root=root)
+        self._wait(self._comm.Ibcast(buf, root=root), f"broadcast from rank {root}")
         return buf
 
     def _broadcast_bytes(self, data: bytes | None, root: int = 0) -> bytes:
         n = np.array([len(data) if self.rank == root else 0], np.int64)
-        self._comm.Bcast(n, root=root)
+        self.broadcast_array(n, root)
         buf = np.frombuffer(data, np.uint8).copy() if self.rank == root else np.empty(int(n[0]), np.uint8)
-        self._comm.Bcast(buf, root=root)
+        self.broadcast_array(buf, root)
         return buf.tobytes()
 
     def broadcast_json(self, obj=None, root: int = 0):
@@ -155,7 +269,7 @@ class Communicator:
         return unpack(skeleton, arrays)
 
     def barrier(self) -> None:
-        self._comm.Barrier()
+        self._wait(self._comm.Ibarrier(), "barrier")
 
     def abort(self, code: int = 1) -> None:
         """End every process of the job (what a failing rank does so that no rank waits forever)."""
@@ -164,16 +278,19 @@ class Communicator:
         self._comm.Abort(int(code))
 
 
-def init() -> Communicator:
+def init(timeout: float | None = None) -> Communicator:
     """The communicator of the job this process belongs to (``MPI.COMM_WORLD``).
 
     Start the processes with ``mpiexec -n N python ...``; a process started without
-    ``mpiexec`` is a job of one. Raises ``DistributedError`` (saying what to install) when
-    mpi4py or its MPI library is missing.
+    ``mpiexec`` is a job of one. ``timeout``: seconds a collective may wait for the other
+    ranks (default: ``JIMUNET_MPI_TIMEOUT``, else ``DEFAULT_TIMEOUT_S``; 0 or None in the
+    variable: no limit). Raises ``DistributedError`` (saying what to install) when mpi4py or
+    its MPI library is missing.
     """
+    limit = timeout_from_env() if timeout is None else (float(timeout) or None)
     MPI = _mpi()
     try:
-        return Communicator(MPI.COMM_WORLD, MPI)
+        return Communicator(MPI.COMM_WORLD, MPI, limit)
     except Exception as e:  # MPI_Init failed (e.g. no launcher it can reach)
         raise DistributedError(f"MPI could not start ({type(e).__name__}: {e}); {INSTALL_HINT}") from None
 

@@ -30,6 +30,7 @@ from collections import Counter
 
 from .layers.base import data_already_checked, from_config
 from .layers.symbolic import Input, SymbolicTensor, shape_str
+from .layers.memory import activation_elements
 from .model import MAX_LAYERS, Network, Summary, register_network
 
 MAX_NODES = MAX_LAYERS  # a described graph with more nodes is refused before any layer is built
@@ -247,7 +248,13 @@ class Model(Network):
         if input_shape is None:
             shapes = list(self._input_shapes)
         else:
-            shapes = [input_shape] if self._single_in else list(input_shape)
+            shapes = [input_shape] if self._single_in else input_shape
+            if not isinstance(shapes, (list, tuple)) or not all(
+                    isinstance(s, (list, tuple)) and all(d is None or hasattr(d, "__index__") for d in s) for s in shapes):
+                raise ValueError(f"{self.describe()}: expected " + (
+                    "a per-sample input shape such as (28, 28, 1)" if self._single_in else
+                    f"a list of {len(self._input_shapes)} per-sample input shapes (the model takes a list of "
+                    f"inputs)") + f", got {input_shape!r}"[:200])
             shapes = [tuple(s)[1:] if tuple(s) and tuple(s)[0] is None else tuple(s) for s in shapes]
             if len(shapes) != len(self._input_shapes):
                 raise ValueError(f"{self.describe()}: expected {len(self._input_shapes)} input shapes, got {len(shapes)}")
@@ -264,7 +271,7 @@ class Model(Network):
             rows.append({"name": self._tensor_names[k + i], "layer": layer.describe(), "output_shape": out,
                          "inputs": [self._tensor_names[t] for t in ins], "shared": li in seen,
                          "params": 0 if li in seen else sum(p.size for p in layer.parameters()),
-                         "flops": int(layer.flops(arg))})
+                         "flops": int(layer.flops(arg)), "activations": activation_elements(layer, arg, out)})
             seen.add(li)
             vals[k + i] = out
         s = GraphSummary(shapes[0], rows)
@@ -302,10 +309,14 @@ class Model(Network):
         if len(specs) > MAX_LAYERS or len(nodes) > MAX_NODES:
             raise ValueError(f"the graph has {len(specs):,} layers and {len(nodes):,} nodes; at most "
                              f"{MAX_LAYERS:,} layers and {MAX_NODES:,} nodes are built")
+        for key in ("single_input", "single_output"):
+            if not isinstance(config.get(key, True), bool):
+                raise ValueError(f"the graph's {key!r} must be true or false, got {config[key]!r}"[:200])
         names = []
         for i, spec in enumerate(inputs):
-            if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-                raise ValueError(f"graph input {i} must be an object with a string 'name' and a 'shape'")
+            if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or \
+                    not isinstance(spec.get("shape"), list):
+                raise ValueError(f"graph input {i} must be an object with a string 'name' and a list 'shape'")
             names.append(spec["name"])
         for i, n in enumerate(nodes):
             if not isinstance(n, dict) or not isinstance(n.get("name"), str) or \
@@ -351,7 +362,7 @@ class Model(Network):
         if len(order) != len(nodes):
             cyc = sorted(name for name, w in waiting.items() if w)
             raise ValueError(f"the graph has a cycle through node(s) {cyc[:10]}{' ...' if len(cyc) > 10 else ''}")
-        layers = [from_config(s) for s in specs]
+        layers = [from_config(s, where=f"graph layer {i}") for i, s in enumerate(specs)]
         tensors = {spec["name"]: Input(spec.get("shape"), name=spec["name"]) for spec in inputs}
         for n in order:
             layer = layers[n["layer"]]

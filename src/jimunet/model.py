@@ -2,15 +2,21 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 
 from ._version import __version__
 from .backend import to_device, to_numpy, xp_of
 from .layers import MaxPool2D, ReLU
-from .layers.base import Layer, data_already_checked, from_config, placeholder_parameters
+from .layers import memory
+from .layers.base import (Layer, check_weight_header, data_already_checked, from_config, json_kind,
+                          placeholder_parameters)
+from .layers.memory import (MAX_ACTIVATION_BYTES, ActivationLimitError,  # noqa: F401 (jimunet.model's API)
+                            activation_elements, check_activation_bytes, check_network_activations,
+                            recorded_input_shape)
 from .layers.symbolic import shape_str
-from .serialization import CheckpointError, NpzReader, save_npz
+from .serialization import MAX_META_DEPTH, CheckpointError, NpzReader, json_depth, save_npz
 
 MODEL_FORMAT = "jimunet-model"
 MAX_LAYERS = 10_000  # a file describing more is refused before any layer object is made
@@ -42,6 +48,12 @@ class Summary:
     @property
     def output_shape(self):
         return self.rows[-1]["output_shape"] if self.rows else self.input_shape
+
+    @property
+    def activation_elements(self) -> int:
+        """Values one sample needs in memory on its way through (input, outputs and scratch)."""
+        shapes = getattr(self, "input_shapes", [self.input_shape])
+        return sum(math.prod(s) for s in shapes) + sum(r.get("activations", 0) for r in self.rows)
 
     def __str__(self):
         head = ("#", "layer", "output shape", "params", "FLOPs")
@@ -76,12 +88,17 @@ class Network(Layer):
     def flops(self, input_shape):
         return self.summary(input_shape).total_flops
 
-    def predict(self, x, batch_size: int = 200):
+    def predict(self, x, batch_size: int = 200, max_activation_bytes: int | None = None):
         """Outputs for ``x`` in evaluation mode, ``batch_size`` samples at a time (bounded memory).
 
         The default, 200, was the fastest of the chunks tried (100 to 300) for the MNIST model
         on 2 cores: 1.05-1.14x the speed of 100 in an alternating A/B (1.03-1.06x with AVX2
         kernels), for a peak of 183 MB instead of 127 MB. Larger chunks were slower again.
+
+        Memory stays bounded whatever the architecture: a chunk holds at most as many samples
+        as fit in ``max_activation_bytes`` (default ``MAX_ACTIVATION_BYTES``, 1 GiB) by the
+        architecture's own count (``activation_bytes``), and ``ActivationLimitError`` (a
+        ValueError) refuses, before anything is allocated, a model whose single sample needs more.
 
         An empty batch gives ``(0, *output_shape)`` in the dtype a forward pass would give: the
         per-sample shape is known from ``x.shape[1:]`` even without samples. ``x`` may live on
@@ -89,6 +106,12 @@ class Network(Layer):
         """
         if batch_size < 1:
             raise ValueError(f"predict: batch_size must be >= 1, got {batch_size}")
+        limit = memory.MAX_ACTIVATION_BYTES if max_activation_bytes is None else int(max_activation_bytes)
+        per_sample = None if not hasattr(x, "shape") else \
+            self.activation_bytes(tuple(x.shape[1:]), getattr(x, "dtype", None), quiet=True)
+        if per_sample is not None:
+            check_activation_bytes(per_sample, tuple(x.shape[1:]), limit, "predict: ")
+            batch_size = max(1, min(batch_size, limit // max(per_sample, 1)))
         device = self.device
         if len(x) == 0:
             # Shape and dtype of the output as one sample would give them (an empty batch
@@ -98,6 +121,22 @@ class Network(Layer):
         outs = [self.forward(to_device(x[i:i + batch_size], device), training=False)
                 for i in range(0, len(x), batch_size)]
         return xp_of(outs[0]).concatenate(outs)
+
+    def activation_bytes(self, input_shape, dtype=None, quiet: bool = False):
+        """Bytes one sample of per-sample ``input_shape`` needs on its way through the network
+        (``activation_elements`` of every layer, in the wider of ``dtype`` and the weights'),
+        from the architecture alone; None with ``quiet`` when the shape does not fit (the
+        forward pass then says why), else that ValueError."""
+        try:
+            elements = self.summary(input_shape).activation_elements
+        except (ValueError, TypeError):
+            if quiet:
+                return None
+            raise
+        sizes = [np.dtype(p.data.dtype).itemsize for p in self.parameters()]
+        if dtype is not None and np.dtype(dtype).kind == "f":
+            sizes.append(np.dtype(dtype).itemsize)
+        return elements * max(sizes or [4])
 
     # -- state -------------------------------------------------------------------------
 
@@ -129,7 +168,8 @@ class Network(Layer):
         """Copy weights in, checking names, shapes, dtypes and values first so nothing is half-loaded.
 
         Raises ValueError for a missing or unexpected name, a shape that differs from the
-        model's, an array that is not float32/float64, or a NaN/infinite weight.
+        model's, an array that is not float32/float64, a NaN/infinite weight, or a buffer its
+        layer refuses (e.g. a negative BatchNorm ``running_var``).
         """
         named = self.named_parameters() + self.named_buffers()
         if not isinstance(state, dict):
@@ -142,11 +182,39 @@ class Network(Layer):
         for name, p in named:
             check_weight_header(name, getattr(state[name], "shape", None), getattr(state[name], "dtype", None),
                                 p.data.shape)
-        for name, p in named:
-            if not bool(xp_of(state[name]).isfinite(state[name]).all()):
-                raise ValueError(f"load_state_dict: {name} contains NaN or infinite values")
+        problem = self.state_problem(state)
+        if problem:
+            raise ValueError(f"load_state_dict: {problem}")
         for name, p in named:
             p.assign(state[name])
+
+    def named_buffer_owners(self):
+        """``[(name, layer, local name)]`` for every buffer: the layer that keeps it and judges it."""
+        out = []
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Network):
+                out += [(f"{i}.{n}", owner, local) for n, owner, local in layer.named_buffer_owners()]
+            else:
+                out += [(f"{i}.{n}", layer, n) for n, _ in _named(layer, "buffers")]
+        return out
+
+    def state_problem(self, state=None) -> str | None:
+        """Why ``state`` (default: the model's own) could not be loaded into this model, None if it
+        could: a NaN or infinite value, or a buffer its layer refuses (``Layer.buffer_problem``).
+        ``load_state_dict`` and ``jn.load`` refuse such a state, and ``save`` never writes one."""
+        state = self.state_dict() if state is None else state
+        arrays = list(state.values())
+        if arrays:
+            xp = xp_of(arrays[0])
+            if not bool(xp.stack([xp.isfinite(a).all() for a in arrays]).all()):  # one read from a device
+                bad = next(n for n, a in state.items() if not bool(xp_of(a).isfinite(a).all()))
+                return f"{bad} contains NaN or infinite values"
+        for name, layer, local in self.named_buffer_owners():
+            if name in state:
+                why = layer.buffer_problem(local, state[name])
+                if why:
+                    return f"{name} {why}"
+        return None
 
     def rng_states(self) -> dict:
         """Bit-generator states of layers that draw random numbers (e.g. Dropout), by index
@@ -177,7 +245,14 @@ class Network(Layer):
         Args:
             path: file to write.
             metadata: optional JSON-able dict stored alongside (e.g. training config).
+
+        Raises ValueError, writing nothing, when the state is one ``jn.load`` would refuse
+        (NaN or infinite values, a negative BatchNorm variance: ``state_problem``).
         """
+        problem = self.state_problem()
+        if problem:
+            raise ValueError(f"cannot save {path}: {problem}; jn.load would refuse the file (did training "
+                             "diverge? a lower learning rate may help)")
         meta = {"format": MODEL_FORMAT, "version": 1, "jimunet": __version__,
                 "architecture": self.get_config(), "metadata": metadata or {}}
         save_npz(path, {f"param/{k}": to_numpy(v) for k, v in self.state_dict().items()}, meta)  # host arrays
@@ -309,7 +384,8 @@ class Sequential(Network):
             except ValueError as e:
                 raise ValueError(f"layer {i} ({layer.describe()}) cannot take input {shape_str(shape)}: {e}") from None
             rows.append({"layer": layer.describe(), "output_shape": out,
-                         "params": sum(p.size for p in layer.parameters()), "flops": int(layer.flops(shape))})
+                         "params": sum(p.size for p in layer.parameters()), "flops": int(layer.flops(shape)),
+                         "activations": activation_elements(layer, shape, out)})
             shape = out
         return Summary(start, rows)
 
@@ -319,61 +395,90 @@ class Sequential(Network):
 
     @classmethod
     def from_config(cls, config: dict) -> "Sequential":
-        return cls([from_config(c) for c in config["layers"]], fuse=config.get("fuse", True))
+        """Rebuild from ``get_config()``; ValueError naming the field or layer for a malformed one."""
+        if not isinstance(config, dict):
+            raise ValueError(f"a Sequential's description must be an object, got {type(config).__name__}")
+        layers, fuse = config.get("layers"), config.get("fuse", True)
+        if not isinstance(layers, list):
+            raise ValueError(f"'layers' must be a list of layer descriptions, got {type(layers).__name__}")
+        if len(layers) > MAX_LAYERS:
+            raise ValueError(f"'layers' lists {len(layers):,} layers; at most {MAX_LAYERS:,} are built")
+        if not isinstance(fuse, bool):
+            raise ValueError(f"'fuse' must be true or false, got {fuse!r}"[:200])
+        return cls([from_config(c, where=f"layer {i}") for i, c in enumerate(layers)], fuse=fuse)
 
-
-
-def check_weight_header(name, shape, dtype, expected_shape, where="load_state_dict: ") -> None:
-    """ValueError unless an array of ``shape`` and ``dtype`` can be the weight ``name``."""
-    if shape is None or dtype is None:
-        raise ValueError(f"{where}{name} should be an array, got {type(shape).__name__}")
-    dtype = np.dtype(dtype)
-    if dtype.kind != "f" or dtype.itemsize not in (4, 8) or dtype.fields is not None:
-        raise ValueError(f"{where}{name} has dtype {dtype}; weights must be float32 or float64")
-    if tuple(shape) != tuple(expected_shape):
-        raise ValueError(f"{where}{name} has shape {tuple(shape)} in the file, {tuple(expected_shape)} in the model")
 
 
 def build_architecture(arch, path):
     """The model (``Sequential`` or ``jn.Model``) a file's architecture describes, with placeholder
-    parameters; ``CheckpointError`` naming ``path`` when it cannot be built."""
+    parameters; ``CheckpointError`` naming ``path`` and the field when it cannot be built.
+
+    Every importer builds through here (``jn.load``, ``jimunet.onnx``), so a description is
+    checked the same way whatever file it came from: its nesting and size first, then each
+    layer's arguments by the layer's own constructor."""
+    def refuse(why):
+        return CheckpointError(f"{path}: cannot rebuild the architecture it describes: {why}")
     if not isinstance(arch, dict):
-        raise CheckpointError(f"{path}: cannot rebuild the architecture it describes (the description is "
-                              f"{type(arch).__name__}, not an object)")
-    graph = arch.get("class") == "Model"
-    counts = [arch.get(k) for k in (("layers", "nodes") if graph else ("layers",))]
-    for c in counts:
+        raise refuse(f"the description is {json_kind(arch)}, not an object")
+    if json_depth(arch) > MAX_META_DEPTH:
+        raise refuse(f"it is nested more than {MAX_META_DEPTH} levels deep")
+    kind = arch.get("class", "Sequential")
+    if kind not in ("Sequential", *_NETWORKS) or not isinstance(kind, str):
+        raise refuse(f"'class' must be one of {['Sequential', *sorted(_NETWORKS)]}, got "
+                     f"{json_kind(kind) if not isinstance(kind, str) else repr(kind[:80])}")
+    for key in ("layers", "nodes"):
+        c = arch.get(key)
         if isinstance(c, list) and len(c) > MAX_LAYERS:
-            raise CheckpointError(f"{path}: describes {len(c):,} {'nodes' if c is arch.get('nodes') else 'layers'}; "
-                                  f"at most {MAX_LAYERS:,} are built")
+            raise refuse(f"it describes {len(c):,} {key}; at most {MAX_LAYERS:,} are built")
     try:
         with placeholder_parameters():
-            return (_NETWORKS["Model"] if graph else Sequential).from_config(arch)
-    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:
-        raise CheckpointError(f"{path}: cannot rebuild the architecture it describes "
-                              f"({type(e).__name__}: {e})") from None
+            return (_NETWORKS[kind] if kind in _NETWORKS else Sequential).from_config(
+                {k: v for k, v in arch.items() if k != "class" or kind != "Sequential"})
+    except RecursionError:
+        raise refuse("it is nested too deeply") from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as e:
+        raise refuse(str(e) or "malformed") from None
 
 
-def load(path, max_bytes: int | None = None):
+def load(path, max_bytes: int | None = None, input_shape=None, max_activation_bytes: int | None = None):
     """Rebuild a ``Sequential`` or a graph ``jn.Model`` saved with ``model.save(path)``.
 
     The file is untrusted: its architecture is built with placeholder parameters (no
-    memory, no random draws: loading leaves ``jn.set_seed``'s Generator alone), the stored
-    arrays' names, shapes and dtypes are checked against it from the .npy headers, and
-    only then is any weight read; every weight must be finite.
+    memory, no random draws: loading leaves ``jn.set_seed``'s Generator alone), every layer's
+    arguments are checked by its constructor, the stored arrays' names, shapes and dtypes are
+    checked against it from the .npy headers, and only then is any weight read; every weight
+    must be finite and every buffer one its layer accepts (a BatchNorm variance is >= 0).
+
+    The memory one sample needs on its way through the model is bounded too, from the
+    architecture alone, for the input shape the model is for (``input_shape``, else the one the
+    file records: a graph's inputs or the metadata's ``input_shape``): at most
+    ``max_activation_bytes`` (default ``MAX_ACTIVATION_BYTES``, 1 GiB). ``predict`` bounds the
+    same for whatever shape it is given.
 
     Args:
         path: a file written by ``Sequential.save``.
         max_bytes: bound on the weights' total size (default
             ``jimunet.serialization.MAX_LOAD_BYTES``, 1 GiB).
+        input_shape: the per-sample shape the model will be given, e.g. ``(28, 28, 1)``.
+        max_activation_bytes: bound on one sample's intermediate results (see above).
 
     Raises ``CheckpointError`` (a ValueError) for a corrupt file, a file of another kind,
-    weights that do not fit the described architecture, or weights that are not finite
-    float32/float64 values.
+    an architecture that cannot be built, weights that do not fit the described architecture,
+    weights that are not finite float32/float64 values, or a model over the activation bound.
     """
     with NpzReader(path, kind=MODEL_FORMAT) as reader:
         meta = reader.meta
+        metadata = meta.get("metadata", {})
+        if not isinstance(metadata, dict):
+            raise CheckpointError(f"{path}: its metadata is {json_kind(metadata)}, not an object")
         model = build_architecture(meta.get("architecture"), path)
+        if input_shape is None and isinstance(model, Sequential):  # a graph records its input shapes itself
+            input_shape = recorded_input_shape(metadata)
+        if input_shape is not None or not isinstance(model, Sequential):  # else predict bounds it
+            try:
+                check_network_activations(model, input_shape, max_activation_bytes)
+            except ActivationLimitError as e:
+                raise CheckpointError(f"{path}: {e}") from None
         named = model.named_parameters() + model.named_buffers()
         stored = {k[len("param/"):]: h for k, h in reader.headers.items() if k.startswith("param/")}
         others = sorted(k for k in reader.headers if not k.startswith("param/"))
@@ -381,19 +486,23 @@ def load(path, max_bytes: int | None = None):
         extra = sorted(set(stored) - {n for n, _ in named})
         if missing or extra or others:
             raise CheckpointError(f"{path}: the stored weights do not match this model, the architecture the file "
-                                  f"describes (missing {missing}, unexpected {extra + others})")
+                                  f"describes (missing {missing[:10]}, unexpected {(extra + others)[:10]})")
         try:
             for name, p in named:
                 check_weight_header(name, stored[name].shape, stored[name].dtype, p.data.shape, where="the weight ")
         except ValueError as e:
             raise CheckpointError(f"{path}: {e}") from None
         reader.check_size(max_bytes)
+        weights = {}
         for name, p in named:
             w = reader.read(f"param/{name}")
             if not np.isfinite(w).all():
                 raise CheckpointError(f"{path}: the weight {name} {w.shape} contains NaN or infinite values")
-            p.assign(w)
-    model.metadata = meta.get("metadata", {})
-    if not isinstance(model.metadata, dict):
-        raise CheckpointError(f"{path}: its metadata is a {type(model.metadata).__name__}, not an object")
+            weights[name] = w
+        problem = model.state_problem(weights)
+        if problem:
+            raise CheckpointError(f"{path}: the stored {problem}")
+        for name, p in named:
+            p.assign(weights[name])
+    model.metadata = metadata
     return model

@@ -32,6 +32,20 @@ class CheckpointError(ValueError):
     """A file that is not a valid jimunet ``.npz`` (corrupt, truncated, or of another kind)."""
 
 
+class WriteError(OSError):
+    """A file could not be written (a full disk, no permission, a missing directory): says which
+    file and why in one line; ``path``, ``errno`` and ``strerror`` as for any OSError. What
+    ``atomic_writer`` raises, so the file keeps its previous contents. ``note``: a sentence the
+    message ends with (what the failure means for the caller)."""
+
+    def __init__(self, path, cause: OSError, note: str = ""):
+        super().__init__(cause.errno, cause.strerror or str(cause), os.fspath(path))
+        self.path, self.note = os.fspath(path), note
+
+    def __str__(self):
+        return f"cannot write {self.path}: {self.strerror}" + (f"; {self.note}" if self.note else "")
+
+
 class NpyHeaderError(ValueError):
     """An .npy header that jimunet refuses (objects, non-numeric dtypes, impossible sizes)."""
 
@@ -89,7 +103,9 @@ def atomic_writer(path):
     """Open a temporary file next to ``path``; on success fsync it and move it into place.
 
     Readers therefore see either the old file or the complete new one, never a
-    partial write, even if the process dies. On error the temporary file is removed.
+    partial write, even if the process dies. On error the temporary file is removed, and
+    an OSError (a full disk, no permission, a missing directory) becomes ``WriteError``,
+    which names ``path``.
 
     Example:
         >>> with atomic_writer("/tmp/x.bin") as f:   # doctest: +SKIP
@@ -97,7 +113,10 @@ def atomic_writer(path):
     """
     path = pathlib.Path(path)
     # Same directory, so os.replace is a rename within one file system.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=_TEMP_SUFFIX)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=_TEMP_SUFFIX)
+    except OSError as e:
+        raise WriteError(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -105,9 +124,11 @@ def atomic_writer(path):
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise WriteError(path, e) from None
         raise
     # Persist the rename itself; not possible (nor needed) on every platform.
     with contextlib.suppress(OSError, AttributeError):
@@ -175,7 +196,7 @@ def referenced_arrays(meta) -> set:
     return names
 
 
-def _depth(tree) -> int:
+def json_depth(tree) -> int:
     """Nesting depth of a JSON value, without recursion (a crafted file may nest deeply)."""
     deepest, stack = 0, [(tree, 1)]
     while stack:
@@ -259,7 +280,7 @@ class NpzReader:
         except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, KeyError,
                 NotImplementedError, RuntimeError) as e:  # RuntimeError: encrypted entries
             self.close()
-            raise CheckpointError(f"{self.path}: not a readable jimunet .npz file ({type(e).__name__}: {e}); "
+            raise CheckpointError(f"{self.path}: not a readable jimunet .npz file ({_reason(e)}); "
                                   "it may be truncated or corrupt") from None
         if kind is not None and self.meta.get("format") != kind:
             self.close()
@@ -284,7 +305,7 @@ class NpzReader:
         if not isinstance(meta, dict):
             raise CheckpointError(f"{self.path}: its JSON description is a {type(meta).__name__}, not an object; "
                                   "not a jimunet file")
-        if _depth(meta) > MAX_META_DEPTH:
+        if json_depth(meta) > MAX_META_DEPTH:
             raise CheckpointError(f"{self.path}: its JSON description is nested more than "
                                   f"{MAX_META_DEPTH} levels deep")
         return meta
@@ -326,7 +347,7 @@ class NpzReader:
         try:
             return self._read(name, self.headers[name])
         except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError, RuntimeError) as e:
-            raise CheckpointError(f"{self.path}: not a readable jimunet .npz file ({type(e).__name__}: {e}); "
+            raise CheckpointError(f"{self.path}: not a readable jimunet .npz file ({_reason(e)}); "
                                   "it may be truncated or corrupt") from None
 
     def close(self) -> None:
@@ -339,6 +360,15 @@ class NpzReader:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _reason(e: BaseException) -> str:
+    """A reading error in words (the library's message; no exception class names)."""
+    if isinstance(e, KeyError):
+        return f"no entry {e.args[0]!r}" if e.args else "an entry is missing"
+    if isinstance(e, RuntimeError) and "encrypt" in str(e).lower():
+        return "an encrypted entry"
+    return str(e) or {zipfile.BadZipFile: "not a zip file", EOFError: "ends early"}.get(type(e), "unreadable")
 
 
 def load_npz(path, kind: str | None = None, expected=None, max_bytes: int | None = None):

@@ -10,9 +10,15 @@ output; then the softmax top-3. With ``out_dir`` it also draws every intermediat
 
 The command line (``jimunet explain``) is built on ``explain``; this module has no
 command-line code.
+
+The output directory follows the run directories' rule: jimunet writes only into a new or
+empty directory, or one that ``explain`` wrote before (it holds ``explain.json``, which lists
+the files explain wrote there), and replaces only files it wrote; anything else is refused
+(``OutputDirError``) before any file is written. Every PNG is written atomically.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -25,9 +31,17 @@ from ..functional.softmax import softmax
 from ..layers import Add, BatchNorm, Concatenate, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU
 from .inspect import (POOLS, _block_details, _conv_algorithm, _run_step, as_single_image, kind_of, model_dtype,
                       steps)
+from ..serialization import WriteError, atomic_writer, temp_file_pattern
 from .plotting import draw_channel_grid, grid_columns, new_figure, require_matplotlib, save_figure, shape_str
 
-__all__ = ["explain", "walk", "Explanation"]
+__all__ = ["explain", "walk", "Explanation", "OutputDirError", "MARKER"]
+
+MARKER = "explain.json"  # what marks a directory explain wrote, and lists the files it wrote there
+_FORMAT = "jimunet-explain"
+
+
+class OutputDirError(ValueError):
+    """An ``out_dir`` that explain may not write into: it holds files jimunet did not write."""
 
 
 class Explanation(list):
@@ -197,7 +211,9 @@ def explain(model, image, out_dir=None, file=_STDOUT, class_names=None, dpi: int
         out_dir: if given, write ``input.png`` and one PNG per layer (``layer-00-Conv2D.png``,
             ...) there: feature maps as grids of channels, vectors as bar plots. Needs
             matplotlib (``pip install 'jimunet[plot]'``); raises ``PlotDependencyError``
-            before doing anything if it is missing.
+            before doing anything if it is missing. It must be new, empty, or a directory
+            explain wrote (``explain.json``), else ``OutputDirError`` (before anything is
+            written); only files explain wrote there are replaced.
         file: where the text goes (default ``sys.stdout``; ``None``: print nothing).
         class_names: labels for the top-3 (default: the class indices).
         dpi: resolution of the PNGs.
@@ -220,12 +236,14 @@ def explain(model, image, out_dir=None, file=_STDOUT, class_names=None, dpi: int
     """
     if out_dir is not None:
         require_matplotlib("explain --out (saving the intermediate images)")
-        os.makedirs(out_dir, exist_ok=True)
+        written = _own_files(out_dir)  # refuses a directory that is not explain's before anything is written
     if file is _STDOUT:
         file = sys.stdout
     say = (lambda s="": print(s, file=file)) if file is not None else (lambda s="": None)
 
     result = walk(model, image)
+    if out_dir is not None:
+        _claim(out_dir, written, ["input.png"] + [_png_name(rec) for rec in result])
     inp = result.input_record
     scaled = " (pixels 0..255 scaled by (x - 127.5) / 255)" if inp["scaled"] else ""
     say(f"{model.describe() if hasattr(model, 'describe') else type(model).__name__}: one image, "
@@ -245,7 +263,7 @@ def explain(model, image, out_dir=None, file=_STDOUT, class_names=None, dpi: int
         for line in _describe_lines(rec, layer):
             say(" " * (width + 3) + line)
         if out_dir is not None:
-            p = os.path.join(out_dir, f"layer-{i:02d}-{rec['kind']}.png")
+            p = os.path.join(out_dir, _png_name(rec))
             _plot_output(rec, layer, y, p, dpi, last=i == len(result) - 1, class_names=class_names)
             rec["png"] = p
 
@@ -257,6 +275,60 @@ def explain(model, image, out_dir=None, file=_STDOUT, class_names=None, dpi: int
         for k, p in result.top:
             say(f"         {names[k]:>5}  {p:7.2%}")
     return result
+
+
+# -- the output directory ---------------------------------------------------------------------
+
+def _png_name(rec) -> str:
+    return f"layer-{rec['index']:02d}-{rec['kind']}.png"
+
+
+def _own_files(out_dir) -> list:
+    """The files explain wrote in ``out_dir`` before (``[]`` for a new or empty directory); raises
+    ``OutputDirError`` for a directory explain did not write or for a file in the way."""
+    out_dir = os.fspath(out_dir)
+    if not os.path.lexists(out_dir):
+        return []
+    if not os.path.isdir(out_dir):
+        raise OutputDirError(f"{out_dir} exists and is not a directory; choose a new or empty directory for --out")
+    entries = sorted(os.listdir(out_dir))
+    if not entries:
+        return []
+    try:
+        with open(os.path.join(out_dir, MARKER), "rb") as f:
+            marker = json.loads(f.read(1 << 20))
+        if isinstance(marker, dict) and marker.get("format") == _FORMAT and \
+                all(isinstance(n, str) for n in marker.get("files", ())):
+            return list(marker.get("files", ()))
+    except (OSError, ValueError, RecursionError):
+        pass
+    shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+    raise OutputDirError(f"{out_dir} is not empty ({shown}) and is not a directory jimunet explain wrote (no "
+                         f"{MARKER} of its own); jimunet writes only into a new or empty directory or one of its "
+                         f"own, so that none of your files is overwritten. Choose a new or empty directory for --out")
+
+
+def _claim(out_dir, written: list, names: list) -> None:
+    """Refuse a file in the way (one explain did not write); then record ``names`` in the marker."""
+    out_dir = os.fspath(out_dir)
+    foreign = [n for n in names if n not in written and os.path.lexists(os.path.join(out_dir, n))]
+    if foreign:
+        raise OutputDirError(f"{out_dir} holds {', '.join(foreign)}, which jimunet explain did not write; it is "
+                             f"not overwritten. Choose a new or empty directory for --out")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise WriteError(out_dir, e) from None
+    leftovers = [temp_file_pattern(n) for n in names]
+    for entry in os.listdir(out_dir):  # temporary files of an earlier explain that was cut short
+        if any(p.fullmatch(entry) for p in leftovers):
+            try:
+                os.unlink(os.path.join(out_dir, entry))
+            except OSError:
+                pass
+    files = sorted(set(written) | set(names))
+    with atomic_writer(os.path.join(out_dir, MARKER)) as f:
+        f.write((json.dumps({"format": _FORMAT, "version": 1, "files": files}, indent=1) + "\n").encode())
 
 
 # -- explain's figures ------------------------------------------------------------------------

@@ -8,8 +8,11 @@ install hint. Figures are pyplot-free ``matplotlib.figure.Figure`` objects on an
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
+
+from ..serialization import atomic_writer
 
 __all__ = ["PLOT_HINT", "PlotDependencyError", "require_matplotlib", "new_figure", "save_figure", "mosaic",
            "grid_columns", "color_scale", "draw_channel_grid", "shape_str"]
@@ -49,8 +52,13 @@ def new_figure(figsize, dpi: int = 100):
 
 
 def save_figure(fig, path, dpi: int = 100):
-    """Save at exactly ``figsize × dpi`` pixels (no bbox cropping) and return the size."""
-    fig.savefig(path, dpi=dpi, facecolor="white")
+    """Save at exactly ``figsize × dpi`` pixels (no bbox cropping) and return the size.
+
+    Written atomically (``atomic_writer``): ``path`` keeps its previous contents if the write
+    fails (``WriteError`` names it).
+    """
+    with atomic_writer(path) as f:
+        fig.savefig(f, dpi=dpi, facecolor="white", format=os.path.splitext(os.fspath(path))[1][1:] or "png")
     w, h = fig.get_size_inches()
     return int(round(w * dpi)), int(round(h * dpi))
 

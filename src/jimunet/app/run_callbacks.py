@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from .._version import __version__
+from ..serialization import WriteError
 from ..training import Callback
 from . import report
 from .rundir import CHECKPOINT, set_metrics_status, write_json_atomic
@@ -111,7 +112,9 @@ class RunSummary(Callback):
 
 
 class ReportAtEnd(Callback):
-    """``jimunet report``'s report.html once the run is complete; never fails the run."""
+    """``jimunet report``'s report.html once the run is complete. A report that cannot be drawn is
+    a warning; one that cannot be written (a full disk) raises ``WriteError``: the run is complete,
+    but ``jimunet train`` exits with an error naming the file (the previous one stays whole)."""
 
     def __init__(self, run_dir, log, data_dir=None):
         self.run_dir, self.log, self.data_dir = run_dir, log, data_dir
@@ -126,5 +129,9 @@ class ReportAtEnd(Callback):
         try:
             out = report.write_report(self.run_dir, **({} if self.data_dir is None else {"data_dir": self.data_dir}))
             self.log(f"report: {out}" if isinstance(out, (str, os.PathLike)) else f"report written in {self.run_dir}")
-        except Exception as e:  # never fail a finished training because of the report
+        except WriteError as e:
+            e.note = (f"the run is complete (model.npz, metrics.json); write its report later with: jimunet report "
+                      f"{self.run_dir}")
+            raise
+        except Exception as e:  # never fail a finished training because of a figure
             self.log(f"warning: the report could not be written ({type(e).__name__}: {e})")

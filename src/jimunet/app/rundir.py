@@ -1,6 +1,8 @@
 """Run directories of ``jimunet train``: recognising one, holding it, cleaning it, ending a run.
 
-Layout (every file is jimunet's; all but ``train.log`` are written atomically)::
+Layout (every file is jimunet's; all but ``train.log`` are written atomically, so a full disk
+leaves the previous version whole and ``WriteError`` names the file; ``train.log`` is appended
+line by line, and a line that cannot be written names it too)::
 
     run.json        the marker, written before anything else:
                     {"format": "jimunet-run", "version": 1, "status": ..., "jimunet": "0.1.0"}
@@ -49,7 +51,7 @@ import time
 import numpy as np
 
 from .._version import __version__
-from ..serialization import META_KEY, atomic_writer, temp_file_pattern
+from ..serialization import META_KEY, WriteError, atomic_writer, temp_file_pattern
 from ..training.checkpoint import CHECKPOINT_FORMAT
 from ..training.errors import Stopped, interrupt_for
 from .recipes import ConfigError
@@ -92,21 +94,43 @@ def write_json_atomic(path, obj) -> None:
 
 
 class RunLog:
-    """Prints each line to stdout and appends it to a log file (``train.log``)."""
+    """Prints each line to stdout and appends it to a log file (``train.log``).
+
+    The log is the one file of a run that is appended to, not replaced: each line is written
+    and flushed whole, and a line that cannot be written (a full disk) raises ``WriteError``
+    naming the file (the lines before it stay; the last one may be cut short). After that
+    the file is given up, so the lines that report the failure still reach the screen.
+    """
 
     def __init__(self, path=None, echo: bool = True):
         self.path, self.echo = path, echo
-        self._f = open(path, "a", buffering=1) if path else None
+        try:
+            self._f = open(path, "a", buffering=1, encoding="utf-8") if path else None
+        except OSError as e:
+            raise WriteError(path, e) from None
 
     def __call__(self, msg: str = "", echo: bool | None = None) -> None:
         if self.echo if echo is None else echo:
             print(msg, flush=True)
         if self._f is not None:
-            self._f.write(msg + "\n")
+            try:
+                self._f.write(msg + "\n")
+            except OSError as e:
+                self._give_up()
+                raise WriteError(self.path, e) from None
+
+    def _give_up(self):
+        f, self._f = self._f, None
+        with contextlib.suppress(OSError):
+            f.close()
 
     def close(self):
         if self._f is not None:
-            self._f.close()
+            try:
+                self._f.close()
+            except OSError as e:  # the last buffered line could not be written
+                self._f = None
+                raise WriteError(self.path, e) from None
             self._f = None
 
 

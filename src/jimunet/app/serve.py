@@ -19,8 +19,6 @@ import json
 import os
 import random
 import threading
-from email.parser import BytesParser
-from email.policy import HTTP
 
 import numpy as np
 
@@ -35,12 +33,14 @@ from .recipes import MNISTConfig
 from .training import train_mnist
 
 MAX_PIXELS = 4096 * 4096          # pixels of one decoded picture (checked from its header)
+MAX_PARTS = 16                    # parts read from a multipart/form-data body (curl -F sends one)
+MAX_PART_HEADER = 8192            # bytes of one part's headers
 INPUT_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
 
 COMPUTE_LOCK = threading.Lock()   # see the module docstring: one jimunet computation at a time
-# A picture near MAX_PIXELS takes a few hundred MB while it is decoded and normalised: only a
-# couple at a time, so a burst of large uploads cannot exhaust memory.
+# A picture near MAX_PIXELS takes up to about 100 MB while it is decoded (jimunet.data.images):
+# only a couple at a time, so a burst of large uploads stays near 200 MB.
 DECODE_SLOTS = threading.BoundedSemaphore(2)
 
 
@@ -69,6 +69,29 @@ def _block_json(rec) -> dict:
     return {k: rec[k] for k in keep}
 
 
+def _check_servable(model, model_path) -> None:
+    """``ServeError`` unless ``model`` takes one 28x28x1 image and gives one output of 10 scores, as
+    the page's every request needs (checked by running it once, as ``predict`` and the page do)."""
+    try:
+        out = model.output_shape(INPUT_SHAPE)
+    except (ValueError, AttributeError, TypeError) as e:
+        raise ServeError(f"{model_path}: the model cannot take 28x28x1 images ({e})") from None
+    if isinstance(out, list):
+        raise ServeError(f"{model_path}: the model has {len(out)} outputs; serve needs a model with one output "
+                         f"of 10 class scores")
+    if tuple(out) != (NUM_CLASSES,):
+        raise ServeError(f"{model_path}: the model's output has shape {tuple(out)}; serve needs 10 class scores")
+    try:
+        with COMPUTE_LOCK:
+            walk(model, np.zeros(INPUT_SHAPE, np.uint8))
+            y = model.predict(preprocess(np.zeros((2, *INPUT_SHAPE), np.uint8)), batch_size=1)
+    except (ValueError, TypeError, ArithmeticError, MemoryError) as e:
+        raise ServeError(f"{model_path}: the model does not run on a 28x28x1 image ({str(e)[:300]})") from None
+    if not hasattr(y, "shape") or tuple(y.shape) != (2, NUM_CLASSES):
+        raise ServeError(f"{model_path}: the model gives {getattr(y, 'shape', type(y).__name__)} for two images; "
+                         f"serve needs 10 class scores per image")
+
+
 class DigitApp:
     """What the server answers, independent of HTTP (so it is testable without sockets).
 
@@ -81,12 +104,7 @@ class DigitApp:
 
     def __init__(self, model, model_path: str = "(in memory)", data_dir=None, download: bool = True,
                  test_set=None):
-        try:
-            out = tuple(model.summary(INPUT_SHAPE).output_shape)
-        except (ValueError, AttributeError) as e:
-            raise ServeError(f"{model_path}: the model cannot take 28x28x1 images ({e})") from None
-        if out != (NUM_CLASSES,):
-            raise ServeError(f"{model_path}: the model's output has shape {out}; serve needs 10 class scores")
+        _check_servable(model, model_path)
         self.model, self.model_path = model, str(model_path)
         self.data_dir, self.download = data_dir, download
         self._test_set = None if test_set is None else (np.asarray(test_set[0]), np.asarray(test_set[1]))
@@ -101,7 +119,7 @@ class DigitApp:
         if not os.path.isfile(path):
             raise ServeError(f"{path}: no such model file")
         try:
-            model = load(path)
+            model = load(path, input_shape=INPUT_SHAPE)  # bounds one image's activations at load
         except (CheckpointError, OSError) as e:
             raise ServeError(f"{path}: cannot load the model ({e})") from None
         return cls(model, model_path=str(path), **kw)
@@ -181,8 +199,12 @@ class DigitApp:
     def _pixels_from_json(self, body: bytes) -> tuple:
         try:
             doc = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as e:
-            raise ApiError(400, f"the body is not valid JSON ({type(e).__name__}: {str(e)[:120]})") from None
+        except RecursionError:
+            raise ApiError(400, "the body is not valid JSON (nested too deeply)") from None
+        except UnicodeDecodeError:
+            raise ApiError(400, "the body is not valid JSON (not UTF-8 text)") from None
+        except ValueError as e:
+            raise ApiError(400, f"the body is not valid JSON ({str(e)[:120]})") from None
         if not isinstance(doc, dict) or "pixels" not in doc:
             raise ApiError(400, 'expected a JSON object {"pixels": 28x28 array of 0..255 (white digit on black), '
                                 '"activations": true|false}')
@@ -242,17 +264,70 @@ class DigitApp:
         return dict(self.test_image(i), predicted=int(pred[i]), mistakes=int(len(wrong)))
 
 
+def _boundary(content_type: str) -> bytes:
+    """The ``boundary`` parameter of a multipart Content-Type (RFC 2046: 1 to 70 characters)."""
+    for param in content_type.split(";")[1:]:
+        key, sep, value = param.partition("=")
+        if sep and key.strip().lower() == "boundary":
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            if 1 <= len(value) <= 70 and value.isascii() and value.isprintable() and not value.endswith(" "):
+                return value.encode("ascii")
+            break
+    raise ApiError(400, "malformed multipart/form-data: the Content-Type needs a boundary=... of 1 to 70 "
+                        "characters")
+
+
+def _part_content(body: bytes, start: int, end: int) -> bytes:
+    """The content of the part ``body[start:end]`` (headers, a blank line, the content)."""
+    if start == end:
+        return b""
+    if body.startswith(b"\r\n", start):  # no headers
+        return body[start + 2:end]
+    stop = body.find(b"\r\n\r\n", start, min(end, start + MAX_PART_HEADER))
+    if stop < 0:
+        raise ApiError(400, f"malformed multipart/form-data body: a part's headers do not end with a blank line "
+                            f"within {MAX_PART_HEADER:,} bytes")
+    for line in body[start:stop].split(b"\r\n"):
+        name, _, value = line.decode("latin-1").partition(":")
+        name, value = name.strip().lower(), value.strip().lower()
+        if name == "content-type" and value.startswith("multipart/"):
+            raise ApiError(400, "a multipart/form-data part that is itself multipart is not accepted: send the "
+                                "picture as one file part")
+        if name == "content-transfer-encoding" and value not in ("binary", "8bit", "7bit"):
+            raise ApiError(400, f"Content-Transfer-Encoding {value[:40]!r} is not accepted: send the file's bytes "
+                                f"as they are")
+    return body[stop + 4:end]
+
+
 def _first_file_part(body: bytes, content_type: str) -> bytes:
-    """The content of the first part of a ``multipart/form-data`` body (e.g. ``curl -F f=@d.png``)."""
-    msg = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n"
-                                              + body)
-    if not msg.is_multipart():
-        raise ApiError(400, "malformed multipart/form-data body (no boundary or no parts)")
-    for part in msg.iter_parts():
-        data = part.get_payload(decode=True)
+    """The content of the first non-empty part of a ``multipart/form-data`` body (``curl -F
+    f=@d.png`` sends one part), reading at most ``MAX_PARTS`` parts and no nested ones."""
+    delim = b"--" + _boundary(content_type)
+    sep = b"\r\n" + delim
+    if body.startswith(delim):
+        pos = len(delim)
+    else:  # a preamble before the first boundary is ignored (RFC 2046)
+        pos = body.find(sep)
+        if pos < 0:
+            raise ApiError(400, "malformed multipart/form-data body: the boundary of its Content-Type is not in it")
+        pos += len(sep)
+    for _ in range(MAX_PARTS):
+        if body.startswith(b"--", pos):  # the closing boundary
+            raise ApiError(400, "the multipart/form-data body holds no file")
+        eol = body.find(b"\r\n", pos, pos + 1024)  # the rest of the boundary line (RFC 2046: blanks only)
+        if eol < 0:
+            raise ApiError(400, "malformed multipart/form-data body: a boundary line does not end")
+        end = body.find(sep, eol + 2)
+        if end < 0:
+            raise ApiError(400, "malformed multipart/form-data body: a part has no closing boundary")
+        data = _part_content(body, eol + 2, end)
         if data:
             return data
-    raise ApiError(400, "the multipart/form-data body holds no file")
+        pos = end + len(sep)
+    raise ApiError(400, f"the multipart/form-data body has more than {MAX_PARTS} parts and none of the first "
+                        f"{MAX_PARTS} holds a file; send one file")
 
 
 def require_pillow() -> None:

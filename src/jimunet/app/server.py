@@ -15,16 +15,30 @@ API (JSON answers; errors are ``{"error": "..."}`` with a 4xx/5xx status):
   scaling), ``blocks`` and, with activations, ``feature_maps`` (channels × height × width).
 * ``GET /api/mnist?index=I`` / ``GET /api/mnist?mistake=1``: an MNIST test image (its pixels
   and label), or a random one this model gets wrong. MNIST is loaded on first use.
+
+Limits (each checked against a running server in tests/test_serve_hostile.py): a body of at most
+``MAX_BODY`` bytes; a whole request (request line, headers, body; or the wait for the next
+request on a kept-alive connection) within ``REQUEST_DEADLINE`` seconds, else 408 and the
+connection is closed; an answer sent within ``SEND_TIMEOUT``; at most ``MAX_CONNECTIONS``
+connections served at once (one thread each), more are answered 503 and closed at once. Errors
+are logged as one line; no answer or log line carries a traceback.
+
+Why ``http.server`` and not an ASGI server: jimunet's core needs only NumPy, and this page needs
+nothing but the standard library and Pillow; the few things a server must bound are bounded here
+and tested against a running server, so the ``serve`` extra stays one package (Pillow).
 """
 from __future__ import annotations
 
+import ctypes
+import io
+import ipaddress
 import json
 import os
 import signal
 import socket
 import sys
 import threading
-import traceback
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -33,8 +47,9 @@ from urllib.parse import parse_qs, urlsplit
 from .serve import ApiError, DigitApp, ServeError
 
 MAX_BODY = 4 * 1024 * 1024        # bytes in one request body (a 280×280 PNG is ~10 kB)
-REQUEST_TIMEOUT = 15.0            # seconds a client may stall while sending its request
-ALL_INTERFACES = ("0.0.0.0", "::", "")
+REQUEST_DEADLINE = 30.0           # seconds for one whole request, from its first byte awaited to its body's last
+SEND_TIMEOUT = 30.0               # seconds to send one answer to a client that reads slowly
+MAX_CONNECTIONS = 32              # connections served at once (a thread each); more get 503 and are closed
 
 _STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".css": "text/css; charset=utf-8", ".png": "image/png", ".svg": "image/svg+xml"}
@@ -72,15 +87,77 @@ def _flag(query, name) -> bool | None:
     raise ApiError(400, f"{name} must be 1 or 0 (true/false), got {values[-1]!r}")
 
 
+class _DeadlineReader(io.RawIOBase):
+    """The connection's bytes; every read waits only until ``handler.deadline`` (a whole-request
+    deadline, where a socket timeout would restart with each byte a slow client sends)."""
+
+    def __init__(self, sock, handler):
+        self._sock, self._handler = sock, handler
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        left = self._handler.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        self._sock.settimeout(left)
+        n = self._sock.recv_into(b)
+        if n:
+            self._handler.got_bytes = True
+        return n
+
+
 class Handler(BaseHTTPRequestHandler):
     """Routes requests to ``server.app`` (a ``DigitApp``); every answer is JSON or a static file."""
 
     server_version = "jimunet-serve"
-    timeout = REQUEST_TIMEOUT  # a stalled client costs one thread for this long, then is dropped
     _GET = ("/api/model", "/api/mnist")
     _POST = ("/api/predict",)
 
     # -- plumbing --
+    def setup(self):
+        super().setup()
+        self.deadline, self.got_bytes = time.monotonic() + self.server.request_deadline, False
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, self))
+
+    def handle_one_request(self):
+        """``BaseHTTPRequestHandler.handle_one_request`` under the whole-request deadline."""
+        self.deadline, self.got_bytes = time.monotonic() + self.server.request_deadline, False
+        self.command, self.request_version, self.requestline = "", "HTTP/1.0", ""
+        try:
+            self.raw_requestline = self.rfile.readline(65537)
+            if len(self.raw_requestline) > 65536:
+                self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
+                return
+            if not self.raw_requestline:
+                self.close_connection = True
+                return
+            if not self.parse_request():
+                return
+            method = getattr(self, "do_" + self.command, None)
+            if method is None:
+                self.send_error(HTTPStatus.NOT_IMPLEMENTED, f"Unsupported method ({self.command!r})")
+                return
+            method()
+            self.wfile.flush()
+        except TimeoutError:
+            self._timed_out()
+        except (ConnectionError, OSError):  # the client went away: nobody to answer
+            self.close_connection = True
+
+    def _timed_out(self):
+        """408 to a client that began a request and did not finish it in time; silence to an idle one."""
+        self.close_connection = True
+        if self.got_bytes:
+            self.send_error(HTTPStatus.REQUEST_TIMEOUT, f"the request was not complete within "
+                                                        f"{self.server.request_deadline:g} seconds")
+            try:  # what the client sent meanwhile: closing with it unread would reset the answer
+                self.connection.setblocking(False)
+                self.connection.recv(1 << 16)
+            except OSError:
+                pass
+
     def log_request(self, code="-", size="-"):
         if isinstance(code, HTTPStatus):
             code = code.value
@@ -98,6 +175,7 @@ class Handler(BaseHTTPRequestHandler):
             pass
 
     def _send(self, status: int, body: bytes, ctype: str, extra=()):
+        self.connection.settimeout(self.server.send_timeout)  # for the whole answer (sendall)
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -174,12 +252,16 @@ class Handler(BaseHTTPRequestHandler):
             answer = self._answer(method)
         except ApiError as e:
             answer = (e.status, _json_bytes({"error": str(e)}), JSON_TYPE, e.headers)
-        except (TimeoutError, ConnectionError):  # the client stalled or went away: nobody to answer
+        except TimeoutError:  # the body did not arrive in time
+            self._timed_out()
+            return
+        except ConnectionError:  # the client went away: nobody to answer
             self.close_connection = True
             return
-        except Exception as e:  # a bug, not bad input: say so, keep serving
-            traceback.print_exc(file=sys.stderr)
-            answer = (500, _json_bytes({"error": f"internal error: {type(e).__name__}: {e}"}), JSON_TYPE, ())
+        except Exception as e:  # a bug, not bad input: say so in one line, keep serving
+            self.log_message("internal error answering %s %s: %s", method, self.path[:200], str(e)[:300])
+            answer = (500, _json_bytes({"error": "internal error; the server's log has a line about it"}),
+                      JSON_TYPE, ())
         try:
             self._send(*answer)
         except OSError:  # the client hung up before reading the answer
@@ -225,42 +307,131 @@ class Handler(BaseHTTPRequestHandler):
         return self.server.app.test_image(index)
 
 
+def _bind_address(host: str, port: int):
+    """``(family, numeric address)`` that ``host`` (an address in any spelling, or a name) binds to."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    except UnicodeError:
+        raise socket.gaierror(socket.EAI_NONAME, "not an address or a host name") from None
+    family, _, _, _, addr = infos[0]
+    return family, addr[0]
+
+
+def exposure_warning(address: str) -> str | None:
+    """The warning for a bound ``address`` that other machines can reach (None for loopback)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return f"warning: listening on {address}: other machines may reach the page"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return None
+    if ip.is_unspecified:
+        return (f"warning: listening on all interfaces ({address}): anyone who can reach this machine can use "
+                f"the page; the default --host 127.0.0.1 keeps it local")
+    return (f"warning: listening on {address}, which is not a loopback address: other machines can reach the "
+            f"page; the default --host 127.0.0.1 keeps it local")
+
+
 class Server(ThreadingHTTPServer):
-    """One thread per connection (daemon threads: a stuck client never holds up shutdown)."""
+    """One thread per connection, at most ``max_connections`` at once (daemon threads: a stuck
+    client never holds up shutdown); more connections are answered 503 and closed at once."""
 
     daemon_threads = True
     request_queue_size = 64
 
-    def __init__(self, app: DigitApp, host: str = "127.0.0.1", port: int = 8000):
-        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    def __init__(self, app: DigitApp, host: str = "127.0.0.1", port: int = 8000, *,
+                 max_connections: int = MAX_CONNECTIONS, request_deadline: float = REQUEST_DEADLINE,
+                 send_timeout: float = SEND_TIMEOUT):
+        self.address_family, address = _bind_address(host, port)
         self.app = app
         self.static = _static_files()
-        super().__init__((host, port), Handler)
+        self.max_connections, self.request_deadline, self.send_timeout = max_connections, request_deadline, send_timeout
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._last_busy_log = 0.0
+        super().__init__((address, port), Handler)
 
     @property
     def url(self) -> str:
+        """The URL of the address actually bound (``0.0.0.0`` when every interface listens)."""
         host, port = self.server_address[:2]
-        if host in ALL_INTERFACES:
-            host = "127.0.0.1" if self.address_family == socket.AF_INET else "::1"
         return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: give its slot back
+            self._slots.release()
+            raise
 
-def make_server(app: DigitApp, host: str = "127.0.0.1", port: int = 8000) -> Server:
-    """A bound (not yet serving) server; ``ServeError`` if the address cannot be used."""
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse(self, request):
+        """503 to a connection over the limit, written without waiting, then closed."""
+        body = _json_bytes({"error": f"the server is busy: {self.max_connections} connections are open, the most "
+                                     f"it serves at once; try again shortly"})
+        head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: {JSON_TYPE}\r\nContent-Length: {len(body)}"
+                f"\r\nRetry-After: 5\r\nConnection: close\r\n\r\n").encode("ascii")
+        try:
+            request.setblocking(False)
+            request.send(head + body)
+            request.recv(1 << 16)  # what the client already sent: closing with it unread would reset the answer
+        except OSError:
+            pass
+        self.shutdown_request(request)
+        now = time.monotonic()
+        if now - self._last_busy_log > 10:
+            self._last_busy_log = now
+            print(f"jimunet serve: {self.max_connections} connections open, the most served at once; "
+                  f"answering 503 to more", file=sys.stderr, flush=True)
+
+    def handle_error(self, request, client_address):
+        """One line, not a traceback, for anything a handler let escape."""
+        e = sys.exc_info()[1]
+        print(f"jimunet serve: error with the connection from {client_address[0]}: {str(e)[:300]}",
+              file=sys.stderr, flush=True)
+
+
+def make_server(app: DigitApp, host: str = "127.0.0.1", port: int = 8000, **limits) -> Server:
+    """A bound (not yet serving) server; ``ServeError`` if the address cannot be used.
+
+    ``limits``: ``max_connections``, ``request_deadline``, ``send_timeout`` (see ``Server``)."""
     try:
-        return Server(app, host, port)
+        return Server(app, host, port, **limits)
     except OSError as e:
         hint = "; pick another with --port" if e.errno in (98, 48, 10048) else ""
         raise ServeError(f"cannot listen on {host}:{port}: {e.strerror or e}{hint}") from None
 
 
+def return_freed_memory() -> bool:
+    """Make glibc give large freed blocks (over 4 MiB) back to the system at once (True if it could).
+
+    By default glibc raises its mmap threshold after the first large block is freed, so later
+    ones (a decoded picture, in a handler thread's arena) stay in the process for reuse and the
+    resident size stays at its peak for good; with a fixed threshold each is unmapped when freed.
+    """
+    try:
+        return bool(ctypes.CDLL(None).mallopt(-3, 4 << 20))  # M_MMAP_THRESHOLD (glibc only)
+    except (OSError, AttributeError, TypeError):
+        return False
+
+
 def run(app: DigitApp, host: str = "127.0.0.1", port: int = 8000, out=None) -> int:
     """Serve until Ctrl-C or SIGTERM; returns 0 after a clean stop."""
     out = out or sys.stdout
-    if host in ALL_INTERFACES:
-        print(f"warning: listening on all interfaces ({host or '0.0.0.0'}): anyone who can reach this machine "
-              f"can use the page; the default --host 127.0.0.1 keeps it local", file=sys.stderr)
+    return_freed_memory()
     server = make_server(app, host, port)
+    warning = exposure_warning(server.server_address[0])
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     print(f"jimunet serve: {app.model_path} at {server.url}  (Ctrl-C to stop)", file=out, flush=True)
 
     def stop(signum, frame):
@@ -279,4 +450,5 @@ def run(app: DigitApp, host: str = "127.0.0.1", port: int = 8000, out=None) -> i
     return 0
 
 
-__all__ = ["Server", "Handler", "make_server", "run", "MAX_BODY", "REQUEST_TIMEOUT"]
+__all__ = ["Server", "Handler", "make_server", "run", "exposure_warning", "MAX_BODY", "REQUEST_DEADLINE",
+           "SEND_TIMEOUT", "MAX_CONNECTIONS"]

@@ -26,12 +26,13 @@ from ..parallel import set_num_threads, split
 from ..serialization import CheckpointError
 from ..training import CallbackList, History, StopBetweenSteps, Trainer, TrainingDiverged, TrainingInterrupted, evaluate
 from ..training.checkpoint import read_checkpoint_meta
+from ..training.strategies import select_strategy
 from .recipes import (RESUMABLE_FIELDS, SELF_TEST_EVAL, SELF_TEST_TRAIN, ConfigError, MNISTConfig, build,
                       describe_recipe, fake_data, make_augment)
 from .rundir import RunDir, RunLog, StopSignals, new_run_dir, portable_config
 from .run_callbacks import ReportAtEnd, RunFiles, RunSummary
 
-__all__ = ["train_mnist", "TrainResult", "load_run_config", "MNISTData"]
+__all__ = ["train_mnist", "TrainResult", "load_run_config", "MNISTData", "distributed_problem"]
 
 MNISTData = namedtuple("MNISTData", ["train", "validation", "test", "source"])
 MNISTData.__doc__ = """``(x, y)`` pairs of model inputs and int64 labels, and where they came from
@@ -155,11 +156,32 @@ def _apply_threads(threads, processes_here: int = 1) -> None:
         set_num_threads(max(1, (os.cpu_count() or 1) // processes_here))
 
 
+def distributed_problem(cfg: MNISTConfig, comm) -> str | None:
+    """Why the processes of ``comm`` cannot train ``cfg`` together (None when they can), found without
+    writing anything: a batch smaller than the number of processes, a device other than the CPU, a
+    reduction the model does not allow."""
+    if cfg.batch_size < comm.size:
+        return (f"--batch-size {cfg.batch_size} is smaller than the {comm.size} processes of the job; each process "
+                f"needs at least one image of every batch: use --batch-size {comm.size} or more, or fewer processes")
+    if cfg.device != "cpu":
+        return f"distributed training runs on the CPU (NumPy arrays), not on --device {cfg.device}"
+    model = build(cfg, train_size=cfg.train_size or cfg.batch_size)[0]
+    try:
+        select_strategy(model, cfg.batch_size, comm, cfg.reduction)
+    except ValueError as e:
+        return str(e).removeprefix("Trainer: ")
+    return None
+
+
 def _train_mnist_worker(config, callbacks, data, comm) -> TrainResult:
     """``train_mnist`` on a rank other than 0: rank 0's recipe and state, no files, no output."""
     own = config or MNISTConfig()
-    cfg = MNISTConfig.from_dict(comm.broadcast_json()).replace(data_dir=own.data_dir, threads=own.threads,
-                                                                 download=own.download)
+    limit, comm.timeout = comm.timeout, None  # rank 0 may be downloading MNIST meanwhile: no time limit
+    try:
+        recipe = comm.broadcast_json()
+    finally:
+        comm.timeout = limit
+    cfg = MNISTConfig.from_dict(recipe).replace(data_dir=own.data_dir, threads=own.threads, download=own.download)
     data = _load_data(cfg, data)
     trainer = _make_trainer(cfg, data, comm, progress=False, log=False, callbacks=[StopBetweenSteps(), *callbacks])
     trainer.sync_from_rank0()

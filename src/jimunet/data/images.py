@@ -147,10 +147,18 @@ def normalize_digit(gray, name: str = "image") -> np.ndarray:
 
 # Largest picture decoded: 2**24 pixels (16.8 megapixels, e.g. 4096×4096). A digit needs a
 # few thousand pixels; this still takes a 12-megapixel phone photo (4032×3024) or an A4 page
-# scanned at 300 dpi (8.7 MP) uncropped, while decoding stays under about half a gigabyte
-# (the float32 RGBA copy of the alpha path takes 16 bytes a pixel). Pillow's own limit is
-# 179 MP, and a 168 KB PNG can declare 144 MP.
+# scanned at 300 dpi (8.7 MP) uncropped. Pillow's own limit is 179 MP, and a 168 KB PNG can
+# declare 144 MP.
 MAX_IMAGE_PIXELS = 2 ** 24
+# Memory: Pillow holds the decoded picture at most 4 bytes a pixel in every mode it decodes to
+# (RGBA, RGB, CMYK, I, F; I;16 takes 2, L 1): at most 64 MiB. Everything after that works on
+# tiles of about TILE×TILE pixels, and a picture over REDUCED_PIXELS is averaged over f×f
+# blocks tile by tile (JPEG: decoded at 1/2, 1/4 or 1/8 scale already), so the grey image that
+# ``normalize_digit`` sees has at most about a megapixel (4 MiB of float32). One picture
+# therefore costs at most about 100 MB however it is encoded (measured at 4096×4096: float TIFF
+# 98 MB, RGBA PNG 89 MB, 16-bit PNG 62 MB, JPEG 21 MB; before, 280-720 MB).
+REDUCED_PIXELS = 2 ** 20
+TILE = 512
 
 
 def _raw_mode(im) -> str:
@@ -173,22 +181,18 @@ def _white_level(im) -> float:
     return 255.0
 
 
-def _scaled_gray(im, white: float, path: str) -> np.ndarray:
-    """Grey levels of a one-channel image of more than 8 bits, scaled to 0..255."""
-    a = np.asarray(im, dtype=np.float64)
-    if im.mode == "F":  # floats carry no bit depth: the same rule as float .npy inputs
-        if not np.isfinite(a).all():
-            raise ValueError(f"{path}: contains NaN or infinite pixel values")
-        lo, hi = float(a.min()), float(a.max())
+def _scaled_gray(a: np.ndarray, lo: float, hi: float, mode: str, white: float, path: str) -> np.ndarray:
+    """Grey levels (float64 ``a``; ``lo``..``hi`` the picture's range) of more than 8 bits, scaled to 0..255."""
+    if mode == "F":  # floats carry no bit depth: the same rule as float .npy inputs
         if lo >= 0.0 and hi <= 1.0:
             return (a * 255.0).astype(np.float32)
         if lo >= 0.0 and hi <= 255.0:
             return a.astype(np.float32)
         raise ValueError(f"{path}: floating-point pixels must lie in [0, 1] or [0, 255], got {lo:g}..{hi:g}")
-    if a.size and a.min() < 0:
-        raise ValueError(f"{path}: negative pixel values ({a.min():g}); expected grey levels 0 and up")
+    if lo < 0:
+        raise ValueError(f"{path}: negative pixel values ({lo:g}); expected grey levels 0 and up")
     if not white:  # 32-bit ints: tools mostly store 16-bit data this way; else the full range
-        white = 65535.0 if a.size == 0 or a.max() <= 65535 else float(2 ** 31 - 1)
+        white = 65535.0 if hi <= 65535 else float(2 ** 31 - 1)
     return (a * (255.0 / white)).astype(np.float32)
 
 
@@ -196,16 +200,100 @@ class ImageTooLarge(ValueError):
     """An image with more pixels than accepted (``MAX_IMAGE_PIXELS``, or a caller's lower bound)."""
 
 
+def _reduction(w: int, h: int) -> int:
+    """The block side ``f``: the picture averaged over f×f blocks has at most ``REDUCED_PIXELS``."""
+    f = 1
+    while -(-w // f) * -(-h // f) > REDUCED_PIXELS:
+        f += 1
+    return f
+
+
+def _tiles(im, f: int):
+    """``(row, col, tile)``: the picture in tiles of whole f×f blocks; row/col count blocks."""
+    w, h = im.size
+    step = f * max(1, TILE // f)
+    for y in range(0, h, step):
+        for x in range(0, w, step):
+            yield y // f, x // f, im.crop((x, y, min(x + step, w), min(y + step, h)))
+
+
+def _block_mean(a: np.ndarray, f: int, counts: np.ndarray) -> np.ndarray:
+    """``a`` averaged over f×f blocks (partial blocks at the edges over what they hold)."""
+    if f == 1:
+        return a
+    s = np.add.reduceat(np.asarray(a, np.float64), np.arange(0, a.shape[0], f), axis=0)
+    s = np.add.reduceat(s, np.arange(0, a.shape[1], f), axis=1)
+    return s / counts[:s.shape[0], :s.shape[1]]
+
+
+def _alpha_background(im) -> float:
+    """255 when the opaque pixels (the ink) are mostly dark, else 0: what transparency stands for."""
+    hist = np.zeros(256, np.int64)
+    for _, _, tile in _tiles(im, 1):
+        rgba = tile.convert("RGBA")
+        opaque = np.asarray(rgba.getchannel("A")) >= 128  # alpha / 255 > 0.5
+        hist += np.bincount(np.asarray(rgba.convert("L"))[opaque], minlength=256)
+    n = int(hist.sum())
+    if not n:
+        return 0.0
+    cum = np.cumsum(hist)  # the median of the opaque grey levels, as np.median takes it
+    median = (int(np.searchsorted(cum, (n - 1) // 2 + 1)) + int(np.searchsorted(cum, n // 2 + 1))) / 2.0
+    return 255.0 if median < 127.5 else 0.0
+
+
+def _decoded_gray(im, f: int, white: float, path: str) -> np.ndarray:
+    """A loaded picture as float32 grey levels 0..255 (alpha resolved), averaged over f×f blocks."""
+    w, h = im.size
+    rows, cols = np.minimum(f, h - np.arange(0, h, f)), np.minimum(f, w - np.arange(0, w, f))
+    counts = np.outer(rows, cols).astype(np.float64)
+    wide = im.mode in ("I", "F") or im.mode.startswith("I;16")
+    alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+    bg = _alpha_background(im) if alpha else 0.0
+    out = np.empty((len(rows), len(cols)), np.float64 if (wide or f > 1) else np.float32)
+    lo, hi = np.inf, -np.inf
+    for r, c, tile in _tiles(im, f):
+        if wide:
+            g = np.asarray(tile, dtype=np.float64)
+            if im.mode == "F" and not np.isfinite(g).all():
+                raise ValueError(f"{path}: contains NaN or infinite pixel values")
+            if g.size:
+                lo, hi = min(lo, float(g.min())), max(hi, float(g.max()))
+        elif alpha:
+            rgba = tile.convert("RGBA")
+            a = np.asarray(rgba.getchannel("A"), np.float32) / 255.0
+            g = np.asarray(rgba.convert("L"), np.float32) * a + bg * (1.0 - a)
+        else:
+            g = np.asarray(tile.convert("L"), np.float32)
+        g = _block_mean(g, f, counts[r:, c:])
+        out[r:r + g.shape[0], c:c + g.shape[1]] = g
+    if wide:
+        return _scaled_gray(out, lo, hi, im.mode, white, path)
+    return out.astype(np.float32, copy=False)
+
+
+def _oriented(gray: np.ndarray, orientation) -> np.ndarray:
+    """``gray`` turned as the EXIF orientation tag says (what ``ImageOps.exif_transpose`` does)."""
+    Image, _ = _require_pillow()
+    t = Image.Transpose
+    method = {2: t.FLIP_LEFT_RIGHT, 3: t.ROTATE_180, 4: t.FLIP_TOP_BOTTOM, 5: t.TRANSPOSE, 6: t.ROTATE_270,
+              7: t.TRANSVERSE, 8: t.ROTATE_90}.get(orientation)
+    if method is None:
+        return gray
+    return np.asarray(Image.fromarray(gray).transpose(method), np.float32)
+
+
 def _open_gray(source, name=None, max_pixels=None) -> np.ndarray:
     """Read an image (a path or a binary file object) as float32 grey levels 0..255, alpha resolved.
 
     Images of more than 8 bits (16-bit greyscale, 32-bit int or float) are scaled by their
     own white level, so a 16-bit picture gives the same grey levels as its 8-bit version.
+    A picture of more than ``REDUCED_PIXELS`` comes back averaged over f×f blocks (at most
+    about a megapixel); memory stays bounded as described at ``REDUCED_PIXELS``.
 
     Raises ImageTooLarge for an image over ``max_pixels`` (at most ``MAX_IMAGE_PIXELS``),
     from its header, before it is decoded.
     """
-    Image, ImageOps = _require_pillow()
+    Image, _ = _require_pillow()
     path = name or os.fspath(source)
     limit = MAX_IMAGE_PIXELS if max_pixels is None else min(max_pixels, MAX_IMAGE_PIXELS)
     try:
@@ -219,20 +307,14 @@ def _open_gray(source, name=None, max_pixels=None) -> np.ndarray:
                 raise ImageTooLarge(f"{path}: the image is {w}x{h} ({w * h / 1e6:.1f} megapixels); at most "
                                     f"{at_most} are read (a digit needs far fewer: crop or scale it down)")
             white = _white_level(im)
-            im = ImageOps.exif_transpose(im)
+            f = _reduction(w, h)
+            if f > 1 and im.format == "JPEG":  # the decoder scales by 1/2, 1/4 or 1/8 while decoding
+                im.draft(im.mode, (-(-w // f), -(-h // f)))
+                f = _reduction(*im.size)
             im.load()
-            if im.mode in ("I", "F") or im.mode.startswith("I;16"):
-                return _scaled_gray(im, white, path)
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                im = im.convert("RGBA")
-                rgba = np.asarray(im, np.float32)
-                alpha = rgba[..., 3] / 255.0
-                lum = np.asarray(im.convert("L"), np.float32)
-                # Transparent pixels are background: paint them with the opposite of the ink.
-                ink = lum[alpha > 0.5]
-                bg = 255.0 if (ink.size and float(np.median(ink)) < 127.5) else 0.0
-                return lum * alpha + bg * (1.0 - alpha)
-            return np.asarray(im.convert("L"), np.float32)
+            gray = _decoded_gray(im, f, white, path)
+            orientation = im.getexif().get(0x0112)  # after load: a PNG may keep its EXIF after the pixels
+        return _oriented(gray, orientation)
     except (FileNotFoundError, ImageTooLarge):
         raise
     except Image.DecompressionBombError as e:  # over Pillow's own limit, refused by Image.open
@@ -241,9 +323,9 @@ def _open_gray(source, name=None, max_pixels=None) -> np.ndarray:
     except ValueError as e:
         if str(e).startswith(path):  # ours, already clear
             raise
-        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+        raise ValueError(f"{path}: not a readable image ({e})") from None
     except Exception as e:  # Pillow raises UnidentifiedImageError, OSError, SyntaxError, ...
-        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+        raise ValueError(f"{path}: not a readable image ({e})") from None
 
 
 def digit_from_bytes(data: bytes, name: str = "image", max_pixels=None) -> np.ndarray:
@@ -302,7 +384,7 @@ def _load_npy(path: str) -> np.ndarray:
                              f"data), the file holds {size - offset:,} bytes after the header")
         x = np.load(path, allow_pickle=False)
     except Exception as e:
-        raise ValueError(f"{path}: not a readable .npy array ({type(e).__name__}: {e})") from None
+        raise ValueError(f"{path}: not a readable .npy array ({e})") from None
     return as_pixels(x, name=path)
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 from ..backend import xp_of
 
 
+MAX_SIZE = 2 ** 31 - 1  # any one size, stride or padding: beyond it index arithmetic overflows
+
+
 def pair(v, what: str = "value"):
     """``v`` as a pair of positive ints (an int ``k`` means ``(k, k)``)."""
     if isinstance(v, bool):
@@ -14,8 +17,9 @@ def pair(v, what: str = "value"):
         a, b = v
     except (TypeError, ValueError):
         raise ValueError(f"{what} must be a positive int or a pair of them, got {v!r}") from None
-    if not (isinstance(a, int) and isinstance(b, int)) or isinstance(a, bool) or a < 1 or b < 1:
-        raise ValueError(f"{what} must be a positive int or a pair of them, got {v!r}")
+    if not (isinstance(a, int) and isinstance(b, int)) or isinstance(a, bool) or isinstance(b, bool) or \
+            not (1 <= a <= MAX_SIZE and 1 <= b <= MAX_SIZE):
+        raise ValueError(f"{what} must be a positive int or a pair of them (at most {MAX_SIZE:,}), got {v!r}")
     return int(a), int(b)
 
 
@@ -37,11 +41,12 @@ def normalize_padding(padding, what: str = "padding"):
         padding = (padding[0][0], padding[1][0])  # the ((top, bottom), (left, right)) form get_config writes
     try:
         ph, pw = padding
-        ok = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (ph, pw))
+        ok = all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_SIZE for v in (ph, pw))
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise ValueError(f'{what} must be "same", "valid", an int or a pair of ints >= 0, got {original!r}')
+        raise ValueError(f'{what} must be "same", "valid", an int or a pair of ints from 0 to {MAX_SIZE:,}, got '
+                         f'{original!r}')
     return ((ph, ph), (pw, pw))
 
 

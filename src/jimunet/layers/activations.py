@@ -5,7 +5,7 @@ import math
 
 from ..backend import xp_of
 from ..parallel import pfor
-from .base import Layer, register
+from .base import Layer, check_number, register
 
 
 class _Elementwise(Layer):
@@ -58,11 +58,11 @@ class LeakyReLU(_Elementwise):
     """``x`` where positive, ``alpha·x`` elsewhere.
 
     Args:
-        alpha: slope for negative inputs (default 0.01, as PyTorch).
+        alpha: slope for negative inputs (default 0.01, as PyTorch); a finite number.
     """
 
     def __init__(self, alpha: float = 0.01):
-        self.alpha = float(alpha)
+        self.alpha = check_number("LeakyReLU", "alpha", alpha)
 
     def describe(self):
         return f"LeakyReLU(alpha={self.alpha})"

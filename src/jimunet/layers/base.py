@@ -12,6 +12,8 @@ and puts it back before that node runs (see ``jimunet.graph``).
 """
 from __future__ import annotations
 
+import inspect
+import math
 import threading
 from contextlib import contextmanager
 
@@ -67,13 +69,84 @@ def register(cls):
     return cls
 
 
-def from_config(config: dict):
-    """Build a layer from ``{"class": name, "config": {...}}``."""
+def from_config(config: dict, where: str = "layer"):
+    """Build a layer from ``{"class": name, "config": {...}}``.
+
+    The description is untrusted (it may come from a file): anything but an object naming a
+    registered layer, with a ``config`` object of arguments that layer takes, is a ValueError
+    naming ``where``, the layer and the argument; the constructor then validates the values.
+    """
+    if not isinstance(config, dict):
+        raise ValueError(f"{where}: a layer description must be an object with 'class' and 'config', got "
+                         f"{json_kind(config)}")
+    name = config.get("class")
+    cls = _REGISTRY.get(name) if isinstance(name, str) else None
+    if cls is None:
+        shown = repr(name) if isinstance(name, str) and len(name) <= 80 else json_kind(name)
+        raise ValueError(f"{where}: unknown layer {shown}; known layers: {', '.join(sorted(_REGISTRY))}")
+    unknown_keys = sorted(set(config) - {"class", "config"})
+    if unknown_keys:
+        raise ValueError(f"{where} ({name}): unexpected field(s) {unknown_keys}; a layer description has "
+                         "'class' and 'config'")
+    args = config.get("config", {})
+    if not isinstance(args, dict):
+        raise ValueError(f"{where} ({name}): 'config' must be an object of constructor arguments, got {json_kind(args)}")
+    params = inspect.signature(cls.__init__).parameters
+    takes = [p for p in list(params)[1:] if params[p].kind in (params[p].POSITIONAL_OR_KEYWORD, params[p].KEYWORD_ONLY)]
+    extra = sorted(str(k)[:40] for k in args if k not in takes)
+    if extra:
+        raise ValueError(f"{where} ({name}): unknown argument(s) {extra}; {name} takes "
+                         f"{', '.join(takes) or 'no arguments'}")
+    missing = [p for p in takes if params[p].default is params[p].empty and p not in args]
+    if missing:
+        raise ValueError(f"{where} ({name}): missing argument(s) {missing}")
     try:
-        cls = _REGISTRY[config["class"]]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown layer description {config!r}; known layers: {sorted(_REGISTRY)}") from None
-    return cls(**config.get("config", {}))
+        return cls(**args)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    except (TypeError, OverflowError, AttributeError) as e:  # a value of a type the constructor does not expect
+        raise ValueError(f"{where} ({name}): invalid arguments {_short(args)} ({e})") from None
+
+
+def json_kind(v) -> str:
+    """A value's JSON kind for messages (never the value itself, which may be huge)."""
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}.get(type(v), type(v).__name__)
+
+
+def _short(v, limit: int = 120) -> str:
+    r = repr(v)
+    return r if len(r) <= limit else r[:limit] + "..."
+
+
+# -- argument checks shared by the layers' constructors ----------------------------------
+# One message form: "<Layer>: <argument> must be <what is expected>, got <value>".
+
+def check_bool(layer: str, name: str, v) -> bool:
+    """``v`` as a bool; ValueError unless it is one (a file's ``"false"`` must not mean True)."""
+    if not isinstance(v, (bool, np.bool_)):
+        raise ValueError(f"{layer}: {name} must be true or false, got {_short(v)}")
+    return bool(v)
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_number(layer: str, name: str, v, low=-_F32_MAX, high=_F32_MAX, low_open=False, high_open=False) -> float:
+    """``v`` as a float in the interval given (by default: finite in float32, the weights' usual
+    precision); ValueError naming ``layer`` and ``name`` otherwise."""
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+    if ok:
+        try:
+            f = float(v)
+        except OverflowError:
+            ok = False
+        else:
+            ok = math.isfinite(f) and (f > low if low_open else f >= low) and (f < high if high_open else f <= high)
+    if not ok:
+        raise ValueError(f"{layer}: {name} must be a finite number in {interval}, got {_short(v)}")
+    return f
 
 
 class Layer:
@@ -119,6 +192,12 @@ class Layer:
     def buffers(self) -> list:
         """State saved with the model but never trained (e.g. BatchNorm's running statistics)."""
         return []
+
+    def buffer_problem(self, name: str, value) -> str | None:
+        """Why ``value`` cannot be this layer's buffer ``name`` (None when it can). ``load_state_dict``
+        and ``jn.load`` ask before anything is assigned, ``save`` before anything is written; NaN
+        and infinities are refused for every parameter and buffer before this is asked."""
+        return None
 
     def zero_grad(self) -> None:
         for p in self.parameters():
@@ -169,9 +248,16 @@ class Layer:
 
     # -- helpers shared by subclasses -------------------------------------------------
 
-    @staticmethod
-    def _new_parameter(init, shape, rng, dtype, name) -> Parameter:
+    #: Values one parameter may hold (2**40: 4 TiB in float32); more is refused by name, not
+    #: left to fail inside NumPy. A file is bounded far lower by ``jn.load``'s ``max_bytes``.
+    MAX_PARAMETER_SIZE = 2 ** 40
+
+    def _new_parameter(self, init, shape, rng, dtype, name) -> Parameter:
         """``Parameter(init(shape, rng, dtype), name)``, or a placeholder while a file is loaded."""
+        size = math.prod(shape)
+        if size > self.MAX_PARAMETER_SIZE:
+            raise ValueError(f"{type(self).__name__}: its {name} would be of shape {tuple(shape)}, {size:,} values; "
+                             f"at most {self.MAX_PARAMETER_SIZE:,} are possible")
         if building_placeholders():
             return Parameter.placeholder(shape, dtype, name)
         return Parameter(init(shape, rng, dtype), name)
@@ -214,8 +300,25 @@ class Layer:
         return RuntimeError(f"{self.describe()}: backward() called before forward(x, training=...)")
 
 
-def check_dtype_arg(dtype) -> np.dtype:
-    dt = np.dtype(dtype)
-    if dt.kind != "f":
-        raise ValueError(f"dtype must be a floating-point type (float32 or float64), got {dt}")
+def check_dtype_arg(dtype, layer: str = "") -> np.dtype:
+    """``dtype`` as a NumPy dtype: float32 or float64 (what ``jn.load`` reads back)."""
+    where = f"{layer}: " if layer else ""
+    try:
+        dt = np.dtype(dtype)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}dtype must be a floating-point type (float32 or float64), got "
+                         f"{_short(dtype)}") from None
+    if dt.kind != "f" or dt.itemsize not in (4, 8) or dt.byteorder not in ("=", "|", "<" if np.little_endian else ">"):
+        raise ValueError(f"{where}dtype must be a floating-point type (float32 or float64), got {dt}")
     return dt
+
+
+def check_weight_header(name, shape, dtype, expected_shape, where="load_state_dict: ") -> None:
+    """ValueError unless an array of ``shape`` and ``dtype`` can be the weight ``name``."""
+    if shape is None or dtype is None:
+        raise ValueError(f"{where}{name} should be an array, got {type(shape).__name__}")
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f" or dtype.itemsize not in (4, 8) or dtype.fields is not None:
+        raise ValueError(f"{where}{name} has dtype {dtype}; weights must be float32 or float64")
+    if tuple(shape) != tuple(expected_shape):
+        raise ValueError(f"{where}{name} has shape {tuple(shape)} in the file, {tuple(expected_shape)} in the model")

@@ -10,11 +10,11 @@ from .. import init as _init
 from ..backend import xp_of
 from ..functional import winograd as _wg
 from ..functional.im2col import im2col_copy
-from ..functional.padding import conv_output_size, normalize_padding, pad_amounts, pair
+from ..functional.padding import MAX_SIZE, conv_output_size, normalize_padding, pad_amounts, pair
 from ..parallel import batch_blocks, paccumulate_tmatmul, pfor, sum_blocks
 from ..random import resolve_rng
 from . import conv_plans as _plans
-from .base import Layer, check_dtype_arg, register
+from .base import Layer, check_bool, check_dtype_arg, register
 
 
 @dataclass(eq=False)
@@ -144,22 +144,22 @@ class Conv2D(Layer):
                  use_bias: bool = True, weight_init="glorot_uniform", bias_init="zeros", rng=None,
                  dtype=np.float32, algorithm: str = "auto", winograd_tile=None):
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"Conv2D: {name} must be a positive int, got {v!r}")
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not 1 <= v <= MAX_SIZE:
+                raise ValueError(f"Conv2D: {name} must be a positive int (at most {MAX_SIZE:,}), got {v!r}")
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size = pair(kernel_size, "Conv2D kernel_size")
         self.stride = pair(stride, "Conv2D stride")
         self.padding = normalize_padding(padding, "Conv2D padding")
-        self.use_bias = bool(use_bias)
+        self.use_bias = check_bool("Conv2D", "use_bias", use_bias)
         self.algorithm, self.winograd_tile = self._check_algorithm(algorithm, winograd_tile)
         self.weight_init, self.bias_init = _init.get(weight_init), _init.get(bias_init)
-        dtype = check_dtype_arg(dtype)
+        dtype = check_dtype_arg(dtype, "Conv2D")
         rng = resolve_rng(rng)
         kh, kw = self.kernel_size
         self.weight = self._new_parameter(self.weight_init, (kh, kw, self.in_channels, self.out_channels), rng,
                                           dtype, "weight")
         self.bias = self._new_parameter(self.bias_init, (self.out_channels,), rng, dtype, "bias") \
-            if use_bias else None
+            if self.use_bias else None
         self._work = _plans.Workspace()  # persistent scratch and plans, shared by every use
 
     @property
@@ -168,7 +168,7 @@ class Conv2D(Layer):
         return None if self.cache is None else self.cache.algorithm
 
     def _check_algorithm(self, algorithm, tile):
-        if algorithm not in ALGORITHMS:
+        if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
             raise ValueError(f"Conv2D algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, "
                              f"got {algorithm!r}")
         tile = _tile_pair(tile)

@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 
 from .. import init as _init
+from ..functional.padding import MAX_SIZE
 from ..parallel import pmatmul
 from ..random import resolve_rng
-from .base import Layer, check_dtype_arg, register
+from .base import Layer, check_bool, check_dtype_arg, register
 
 
 @register
@@ -34,11 +35,11 @@ class Dense(Layer):
     def __init__(self, in_features: int, out_features: int, use_bias: bool = True,
                  weight_init="glorot_uniform", bias_init="zeros", rng=None, dtype=np.float32):
         for name, v in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"Dense: {name} must be a positive int, got {v!r}")
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not 1 <= v <= MAX_SIZE:
+                raise ValueError(f"Dense: {name} must be a positive int (at most {MAX_SIZE:,}), got {v!r}")
         self.in_features, self.out_features = int(in_features), int(out_features)
-        self.use_bias = bool(use_bias)
-        dtype = check_dtype_arg(dtype)
+        self.use_bias = check_bool("Dense", "use_bias", use_bias)
+        dtype = check_dtype_arg(dtype, "Dense")
         rng = resolve_rng(rng)
         self.weight = self._new_parameter(_init.get(weight_init), (self.in_features, self.out_features), rng,
                                           dtype, "weight")

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 from ..backend import uniform
 from ..random import current_batch_shard, resolve_rng, spawn_rng
-from .base import Layer, building_placeholders, register
+from .base import Layer, building_placeholders, check_number, register
 
 
 class DropoutCache(NamedTuple):
@@ -45,9 +45,7 @@ class Dropout(Layer):
     per_sample = True
 
     def __init__(self, rate: float, rng=None):
-        if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0.0 <= rate < 1.0:
-            raise ValueError(f"Dropout: rate must be a number in [0, 1), got {rate!r}")
-        self.rate = float(rate)
+        self.rate = check_number("Dropout", "rate", rate, 0, 1, high_open=True)
         # Its own stream, so adding or removing other random layers leaves these masks alone.
         # A layer rebuilt from a file draws nothing at load time (loading leaves the default
         # Generator alone); it spawns its stream when first used.

@@ -7,7 +7,8 @@ import numpy as np
 
 from .. import init as _init
 from ..backend import xp_of
-from .base import Layer, check_dtype_arg, register
+from ..functional.padding import MAX_SIZE
+from .base import Layer, check_dtype_arg, check_number, register
 
 
 class BatchNormCache(NamedTuple):
@@ -56,14 +57,14 @@ class BatchNorm(Layer):
     """
 
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5, dtype=np.float32):
-        if not isinstance(num_features, (int, np.integer)) or isinstance(num_features, bool) or num_features < 1:
-            raise ValueError(f"BatchNorm: num_features must be a positive int, got {num_features!r}")
-        for name, v, ok in (("momentum", momentum, lambda v: 0 < v <= 1), ("eps", eps, lambda v: v > 0)):
-            if not isinstance(v, (int, float, np.floating)) or isinstance(v, bool) or not np.isfinite(v) or not ok(v):
-                raise ValueError(f"BatchNorm: {name} must be a number in {'(0, 1]' if name == 'momentum' else '(0, inf)'}"
-                                 f", got {v!r}")
+        if not isinstance(num_features, (int, np.integer)) or isinstance(num_features, bool) or \
+                not 1 <= num_features <= MAX_SIZE:
+            raise ValueError(f"BatchNorm: num_features must be a positive int (at most {MAX_SIZE:,}), got "
+                             f"{num_features!r}")
+        momentum = check_number("BatchNorm", "momentum", momentum, 0, 1, low_open=True)
+        eps = check_number("BatchNorm", "eps", eps, 0, 1e10, low_open=True)
         self.num_features, self.momentum, self.eps = int(num_features), float(momentum), float(eps)
-        dtype = check_dtype_arg(dtype)
+        dtype = check_dtype_arg(dtype, "BatchNorm")
         c = (self.num_features,)
         self.weight = self._new_parameter(_init.constant(1.0), c, None, dtype, "weight")
         self.bias = self._new_parameter(_init.zeros(), c, None, dtype, "bias")
@@ -79,6 +80,12 @@ class BatchNorm(Layer):
     def buffers(self):
         """State that is saved but not trained: ``[running_mean, running_var]``."""
         return [self.running_mean, self.running_var]
+
+    def buffer_problem(self, name, value):
+        """``running_var`` is a variance: no entry may be negative (its square root divides)."""
+        if name == "running_var" and value.size and bool((value < 0).any()):
+            return f"must be >= 0 (a variance), got a minimum of {float(value.min()):g}"
+        return None
 
     def astype(self, dtype):
         super().astype(dtype)

@@ -8,7 +8,7 @@ import numpy as np
 from ..backend import xp_of
 from ..functional.padding import conv_output_size, normalize_padding, pad_amounts, pad_nhwc, pair
 from ..parallel import pfor
-from .base import Layer, register
+from .base import Layer, check_bool, register
 from .conv import _fmt_pad
 
 
@@ -167,7 +167,7 @@ class AvgPool2D(_Pool2D):
 
     def __init__(self, pool_size=2, stride=None, padding="valid", count_include_pad: bool = True):
         super().__init__(pool_size, stride, padding)
-        self.count_include_pad = bool(count_include_pad)
+        self.count_include_pad = check_bool(type(self).__name__, "count_include_pad", count_include_pad)
 
     def get_config(self):
         return {**super().get_config(), "count_include_pad": self.count_include_pad}

@@ -11,6 +11,8 @@ import itertools
 
 import numpy as np
 
+from ..functional.padding import MAX_SIZE
+
 _names = itertools.count()
 
 
@@ -56,12 +58,12 @@ def Input(shape, name: str | None = None) -> SymbolicTensor:  # noqa: N802 - Ker
     """A model input of per-sample ``shape`` (no batch axis), e.g. ``jn.Input((28, 28, 1))``."""
     try:
         dims = tuple(shape)
-        ok = len(dims) > 0 and all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0
-                                   for d in dims)
+        ok = 0 < len(dims) <= 8 and all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and
+                                        0 < d <= MAX_SIZE for d in dims)
     except TypeError:
         ok = False
     if not ok:
-        raise ValueError(f"Input: shape must be a non-empty tuple of positive ints (per sample, no batch axis), "
+        raise ValueError(f"Input: shape must be a tuple of 1 to 8 positive ints (per sample, no batch axis), "
                          f"got {shape!r}")
     if name is not None and not isinstance(name, str):
         raise ValueError(f"Input: name must be a string, got {type(name).__name__}")

@@ -2,6 +2,8 @@
 that state and JSON metadata in one ``.npz``, no pickles."""
 from __future__ import annotations
 
+import numpy as np
+
 from .._version import __version__
 from ..backend import to_numpy
 from ..serialization import CheckpointError, load_npz, pack, referenced_arrays, save_npz, unpack
@@ -49,9 +51,21 @@ def load_trainer_state(trainer, state: dict) -> None:
 
 
 def save_checkpoint(trainer, path, metadata: dict | None = None) -> None:
-    """Write ``trainer.state_dict()`` (plus JSON ``metadata``) to ``path`` atomically."""
+    """Write ``trainer.state_dict()`` (plus JSON ``metadata``) to ``path`` atomically.
+
+    Raises ValueError, writing nothing (an earlier checkpoint stays as it was), when the state
+    is one ``load_checkpoint`` would refuse: NaN or infinite weights, buffers or optimizer
+    state, or a buffer its layer refuses (``Network.state_problem``)."""
+    problem = trainer.model.state_problem()
     arrays = {}
     tree = pack(trainer.state_dict(), arrays)
+    if problem is None:
+        bad = next((k for k, a in arrays.items() if k.startswith("optimizer/") and a.dtype.kind == "f"
+                    and not np.isfinite(a).all()), None)
+        problem = bad and f"the optimizer state {bad[len('optimizer/'):]} contains NaN or infinite values"
+    if problem:
+        raise ValueError(f"cannot save the checkpoint {path}: {problem}; it could not be loaded (did training "
+                         "diverge? a lower learning rate may help)")
     meta = {"format": CHECKPOINT_FORMAT, "version": 1, "jimunet": __version__,
             "architecture": trainer.model.get_config(), "state": tree, "metadata": metadata or {}}
     save_npz(path, arrays, meta)
@@ -66,8 +80,15 @@ def load_checkpoint(trainer, path) -> dict:
     try:
         trainer.load_state_dict(unpack(meta["state"], arrays))
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: does not fit this model/optimizer ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: does not fit this model/optimizer ({_reason(e)})") from None
     return meta.get("metadata", {})
+
+
+def _reason(e: BaseException) -> str:
+    """What went wrong, in words: a missing entry is named as such, never by exception class."""
+    if isinstance(e, KeyError):
+        return f"it lacks the entry {e.args[0]!r}" if e.args else "an entry is missing"
+    return str(e) or "malformed"
 
 
 def read_checkpoint_meta(path) -> dict:

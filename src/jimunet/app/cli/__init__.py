@@ -1,7 +1,8 @@
 """Command line: ``jimunet train | evaluate | predict | export | import | serve | report | explain``.
 
 Run ``jimunet --help`` or ``python -m jimunet --help``. Exit codes: 0 success, 1 failure
-(training diverged, data unavailable, unexpected error), 2 bad usage (arguments, missing
+(training diverged, data unavailable, a file that could not be written (full disk), unexpected
+error), 2 bad usage (arguments, missing
 or corrupt files, a run directory that is not jimunet's or is in use), 130 interrupted
 (Ctrl-C), 143 stopped by SIGTERM (``train`` saves and exits as on Ctrl-C). Errors are one
 line, ``jimunet <cmd>: error: ...``; set ``JIMUNET_DEBUG=1`` to see tracebacks of unexpected errors.
@@ -12,14 +13,18 @@ Each command is one module here with ``register(subparsers)`` (its arguments, th
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import traceback
 
 from ..._version import __version__
 from ...backend import DeviceError
-from ...serialization import CheckpointError
+from ...serialization import CheckpointError, WriteError
 from . import evaluate, explain, export, import_, predict, report, serve, train
 from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UserError, debug, interrupted_exit  # noqa: F401
+
+# a file that could not be written because of the path the user gave (exit 2, not 1)
+_BAD_PATH = (errno.ENOENT, errno.ENOTDIR, errno.EISDIR)
 
 # the order of ``jimunet --help``
 COMMANDS = (train, evaluate, predict, export, import_, serve, report, explain)
@@ -72,6 +77,9 @@ def _dispatch(args) -> tuple[int, bool]:
     try:
         code = args.func(args)
         return (EXIT_OK if code is None else int(code)), False
+    except WriteError as e:  # a full disk, a read-only directory: the file keeps its previous contents
+        print(f"{args.prog}: error: {e}", file=sys.stderr)
+        return (EXIT_USAGE if e.errno in _BAD_PATH else EXIT_FAILURE), True
     except (CheckpointError, DeviceError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
         print(f"{args.prog}: error: {e}", file=sys.stderr)
         return EXIT_USAGE, True

@@ -85,6 +85,17 @@ def positive_float(s):
     return v
 
 
+def non_negative_float(s):
+    """An argparse type: a finite number >= 0."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {s}")
+    return v
+
+
 # -- model files --------------------------------------------------------------------------
 
 def model_path_error(path) -> str | None:
@@ -119,7 +130,8 @@ def load_model(path, mnist_classifier: bool = True, device: str = "cpu"):
     problem = model_path_error(path)
     if problem:
         raise UserError(problem)
-    model = load(path)  # CheckpointError → usage error in main
+    # CheckpointError → usage error in main; the memory a 28x28x1 image needs is bounded at load
+    model = load(path, input_shape=(28, 28, 1) if mnist_classifier else None)
     if mnist_classifier:
         check_classifier(model, path)
     return model.to(device)  # DeviceError → usage error in main

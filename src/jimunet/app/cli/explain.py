@@ -16,7 +16,7 @@ from ...data.images import load_inputs
 from ...model import load
 from ...models import mnist_cnn
 from ...serialization import CheckpointError
-from ..explain import explain
+from ..explain import MARKER, OutputDirError, explain
 from ..plotting import PlotDependencyError
 from .errors import EXIT_FAILURE, EXIT_OK, UserError, add_command, model_path_error
 
@@ -28,13 +28,15 @@ def run(args) -> int:
     image, label = _image(args, image_file)
     try:
         res = explain(model, image, out_dir=args.out, file=sys.stdout)
+    except OutputDirError as e:
+        raise UserError(str(e)) from None
     except (PlotDependencyError, ValueError) as e:
         raise UserError(str(e), EXIT_FAILURE) from None
     if label is not None and res.top:
         print(f"         predicted {res.top[0][0]}, true label {label}: "
               f"{'right' if res.top[0][0] == label else 'WRONG'}")
     if args.out:
-        print(f"wrote    {len(res) + 1} PNGs to {args.out}")
+        print(f"wrote    {len(res) + 1} PNGs and {MARKER} to {args.out}")
     return EXIT_OK
 
 
@@ -63,7 +65,7 @@ def _model(model_path):
               "so the prediction is meaningless")
         return mnist_cnn(rng=0)
     try:
-        model = load(model_path)
+        model = load(model_path, input_shape=(28, 28, 1))  # explain runs 28x28x1 images: bound their memory
     except (OSError, CheckpointError) as e:
         raise UserError(f"cannot load {model_path}: {e}") from None
     print(f"model    {model_path}")
@@ -107,7 +109,8 @@ def register(subparsers):
                         "(28x28 or 28x28x1, white digit on black, uint8 0..255 or floats in [0, 1] or [0, 255])")
     p.add_argument("--index", type=int, default=None, metavar="I", help="use MNIST test image I")
     p.add_argument("--out", default=None, metavar="DIR", help="also save every intermediate as a PNG in DIR "
-                                                              "(needs matplotlib)")
+                   "(needs matplotlib): a new or empty directory, or one jimunet explain wrote (its PNGs are "
+                   "replaced; no other file is ever overwritten)")
     p.add_argument("--data-dir", default=None, metavar="D", help="MNIST cache directory (default: "
                                                                  "$JIMUNET_DATA or ~/.cache/jimunet/mnist)")
     return p

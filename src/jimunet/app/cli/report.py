@@ -13,6 +13,8 @@ def run(args) -> int:
         path = write_report(args.run_dir, out=args.out, data_dir=args.data_dir)
     except PlotDependencyError as e:
         raise UserError(str(e), EXIT_FAILURE) from None
+    except FileExistsError as e:  # --out names a file jimunet did not write
+        raise UserError(str(e)) from None
     except (FileNotFoundError, NotADirectoryError, CheckpointError) as e:  # bad usage, as in jimunet's other commands
         raise UserError(str(e)) from None
     except ValueError as e:
@@ -33,7 +35,8 @@ def register(subparsers):
                     "timings. One self-contained file (images embedded). Needs matplotlib: "
                     f"{PLOT_HINT}")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a training run directory (runs/<timestamp>/)")
-    p.add_argument("--out", default=None, metavar="FILE", help="where to write the HTML (default RUN_DIR/report.html)")
+    p.add_argument("--out", default=None, metavar="FILE", help="where to write the HTML (default RUN_DIR/report.html); an existing "
+                   "file is replaced only if it is a jimunet report")
     p.add_argument("--data-dir", default=None, metavar="D", help="MNIST cache directory (default: "
                                                                  "$JIMUNET_DATA or ~/.cache/jimunet/mnist)")
     return p

@@ -6,9 +6,9 @@ import os
 from ... import distributed
 from ...training import TrainingDiverged, TrainingInterrupted
 from ..recipes import REDUCTIONS, RESNET_DEFAULTS, ConfigError, MNISTConfig
-from ..training import load_run_config, train_mnist
+from ..training import distributed_problem, load_run_config, train_mnist
 from .errors import EXIT_FAILURE, EXIT_OK, DEVICE_HELP, UserError, add_command, int_at_least, interrupted_exit, \
-    positive_float
+    non_negative_float, positive_float
 
 _TRAIN_FLAGS = ("epochs", "batch_size", "lr", "seed", "train_size", "data_dir", "threads", "shift", "device",
                 "reduction")
@@ -18,6 +18,8 @@ def run(args) -> int:
     """Train with the recipe and the flags given; resume a run with ``--resume``."""
     comm = _distributed(args)
     given = _given_settings(args)
+    if args.self_test and args.resume is None and "epochs" not in given:
+        given["epochs"] = 1  # the sample's self-test runs one epoch, whichever model
     if args.model == "resnet":
         given = {**RESNET_DEFAULTS, **given}
     if comm is not None:
@@ -29,9 +31,9 @@ def run(args) -> int:
             raise UserError(f"--resume {args.resume}: no such run directory")
         config = load_run_config(args.resume).replace(**given)
     else:
-        if args.self_test and "epochs" not in given:
-            given["epochs"] = 1  # the sample's self-test runs one epoch
         config = MNISTConfig(**given)
+    if comm is not None:
+        _refuse_what_cannot_run(args, comm, config)
     try:
         train_mnist(config, resume=args.resume, comm=comm)
     except ConfigError as e:
@@ -43,6 +45,21 @@ def run(args) -> int:
         args.all_ranks_stopped = getattr(e, "all_ranks", False)
         return interrupted_exit(e)  # the message with the resume command is already printed
     return EXIT_OK
+
+
+def _refuse_what_cannot_run(args, comm, config) -> None:
+    """Stop every rank of a distributed run with rank 0's usage error (a recipe the job's processes
+    cannot run, e.g. a batch smaller than the number of processes) before anything is written."""
+    problem = None
+    if comm.rank == 0:
+        try:
+            problem = distributed_problem(config.validate(), comm)
+        except ConfigError as e:
+            problem = str(e)
+    problem = comm.broadcast_json(problem)
+    if problem:
+        args.all_ranks_stopped = True  # every rank stops here: none waits for another
+        raise UserError(problem, show=comm.rank == 0)
 
 
 def _given_settings(args) -> dict:
@@ -61,6 +78,9 @@ def _given_settings(args) -> dict:
     if args.reduction is not None and not args.distributed:
         raise UserError("--reduction chooses how the processes of a --distributed run combine their work; "
                         "add --distributed (and start the processes with mpiexec -n N)")
+    if args.mpi_timeout is not None and not args.distributed:
+        raise UserError("--mpi-timeout limits how long the processes of a --distributed run wait for each other; "
+                        "add --distributed (and start the processes with mpiexec -n N)")
     return given
 
 
@@ -73,7 +93,7 @@ def _distributed(args):
                             f"would train alone; add --distributed to train one model with all of them")
         return None
     try:
-        comm = distributed.init()
+        comm = distributed.init(timeout=args.mpi_timeout)
     except distributed.DistributedError as e:
         raise UserError(f"--distributed: {e}") from None
     args.comm = comm  # an error on one rank ends the whole job (main): the others must not wait
@@ -137,4 +157,8 @@ def register(subparsers):
                    "to one process's (up to 8 processes); allreduce: each process runs the whole network on its "
                    "slice and one all-reduce sums the gradients (any number of processes, equal to one process "
                    "up to float rounding); auto (default): exact where it applies")
+    t.add_argument("--mpi-timeout", type=non_negative_float, default=None, metavar="SECONDS",
+                   help="with --distributed: end the job, naming the silent process, when the processes have waited "
+                   f"this long for one of them (paused, hung); 0: no limit (default ${distributed.TIMEOUT_ENV}, "
+                   f"else {distributed.DEFAULT_TIMEOUT_S:g}). Waiting processes sleep, they do not spin")
     return t

@@ -17,6 +17,7 @@ import json
 import os
 import time
 
+from ...serialization import WriteError, atomic_writer
 from ..plotting import PLOT_HINT, PlotDependencyError, require_matplotlib
 from . import data as _data
 from .data import MAX_MISTAKES, confusion_matrix
@@ -41,6 +42,23 @@ def _report_data(run, data_name, y, res, figures, m_acc):
     }
 
 
+_MARK = b'<script type="application/json" id="report-data">'
+
+
+def _refuse_foreign(out) -> None:
+    """FileExistsError if ``out`` exists and is not a report jimunet wrote (it would be overwritten)."""
+    if not os.path.lexists(out):
+        return
+    try:
+        with open(out, "rb") as f:
+            ours = os.path.isfile(out) and _MARK in f.read(64 << 20)
+    except OSError:
+        ours = False
+    if not ours:
+        raise FileExistsError(f"{out} exists and is not a report jimunet wrote; it is not overwritten. Choose "
+                              f"another file for --out (or remove it)")
+
+
 def write_report(run_dir, data=None, out=None, weights=None, data_dir=None, num_mistakes: int = MAX_MISTAKES):
     """Write ``report.html`` (self-contained) and its PNG figures for a training run.
 
@@ -49,8 +67,9 @@ def write_report(run_dir, data=None, out=None, weights=None, data_dir=None, num_
             ``metrics.json``; missing metrics are shown as n/a).
         data: ``(x_test, y_test)`` to evaluate on (uint8 ``(N, 28, 28, 1)`` images are scaled
             as in training; floats are used as they are). Default: the MNIST test set.
-        out: path of the HTML file (default ``run_dir/report.html``). Figures and
-            ``report.json`` always go into ``run_dir``.
+        out: path of the HTML file (default ``run_dir/report.html``); an existing file is
+            replaced only if it is a report jimunet wrote (else ``FileExistsError``). Figures
+            and ``report.json`` always go into ``run_dir``.
         weights: file in ``run_dir`` to report on (default ``model.npz``, else ``best.npz``).
         data_dir: MNIST cache directory when ``data`` is None.
         num_mistakes: how many of the most confident mistakes to show (at most 16).
@@ -58,9 +77,13 @@ def write_report(run_dir, data=None, out=None, weights=None, data_dir=None, num_
     Returns:
         The path of ``report.html``.
 
+    Every file is written atomically: a write that fails (a full disk) leaves the previous
+    version whole and raises ``WriteError`` (an OSError) naming the file.
+
     Raises:
         PlotDependencyError: matplotlib is not installed (message: ``pip install 'jimunet[plot]'``).
         FileNotFoundError: no weights in ``run_dir``.
+        WriteError: a file could not be written.
 
     Example:
         >>> from jimunet.app.report import write_report
@@ -68,6 +91,8 @@ def write_report(run_dir, data=None, out=None, weights=None, data_dir=None, num_
         'runs/20240101-120000/report.html'
     """
     require_matplotlib("jimunet report")
+    if out is not None:
+        _refuse_foreign(os.fspath(out))  # before any work
     t_start = time.perf_counter()
     run = _data.read_run(run_dir, weights)
     x, y, data_name = _data.read_data(data, data_dir, run.config)
@@ -77,8 +102,8 @@ def write_report(run_dir, data=None, out=None, weights=None, data_dir=None, num_
                                          epochs, l2)
     m_acc, m_err = _data.metrics_test_rates(run.metrics)
     report_data = _report_data(run, data_name, y, res, figures, m_acc)
-    with open(os.path.join(run.run_dir, "report.json"), "w", encoding="utf-8") as f:
-        json.dump(report_data, f, indent=1)
+    with atomic_writer(os.path.join(run.run_dir, "report.json")) as f:
+        f.write(json.dumps(report_data, indent=1).encode())
 
     parts = page_parts(run, res, report_data, y, epochs, feature_figs, first_conv(run.model), l2, m_err)
     report_data["report_seconds"] = time.perf_counter() - t_start
@@ -86,7 +111,11 @@ def write_report(run_dir, data=None, out=None, weights=None, data_dir=None, num_
     parts.append("</body></html>")
 
     out = os.fspath(out) if out is not None else os.path.join(run.run_dir, "report.html")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w", encoding="utf-8") as f:
-        f.write("\n".join(parts))
+    _refuse_foreign(out)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    except OSError as e:
+        raise WriteError(out, e) from None
+    with atomic_writer(out) as f:  # a full disk leaves the previous report whole (WriteError names the file)
+        f.write("\n".join(parts).encode("utf-8"))
     return out
