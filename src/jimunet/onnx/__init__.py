@@ -64,17 +64,18 @@ def export(model, path, input_shape=(28, 28, 1), *, layout: str = "NHWC", softma
     return proto
 
 
-def from_onnx(proto, *, dtype="float32", base_dir=None, max_bytes=None):
+def from_onnx(proto, *, dtype="float32", base_dir=None, max_bytes=None, max_activation_bytes=None):
     """A jimunet ``Sequential`` from an ``onnx.ModelProto`` (see ``load``; ``proto`` is not changed).
 
     ``base_dir`` is the directory external-data files are read from (only files inside it).
     """
     _require_onnx()
     from ._import import from_onnx as build
-    return build(proto, dtype=dtype, base_dir=base_dir, max_bytes=max_bytes)
+    return build(proto, dtype=dtype, base_dir=base_dir, max_bytes=max_bytes,
+                 max_activation_bytes=max_activation_bytes)
 
 
-def load(path, *, dtype="float32", max_bytes=None):
+def load(path, *, dtype="float32", max_bytes=None, max_activation_bytes=None):
     """Build a jimunet ``Sequential`` from an ONNX file (e.g. one written by ``torch.onnx.export``).
 
     The graph must be one chain from its input to its output of: Conv, MaxPool, AveragePool,
@@ -91,11 +92,14 @@ def load(path, *, dtype="float32", max_bytes=None):
     The file is untrusted, and checked as ``jn.load`` checks a saved model: the file, its
     external data and the weights it makes are bounded by ``max_bytes`` (default
     ``jimunet.serialization.MAX_LOAD_BYTES``, 1 GiB; also one input sample), from the declared
-    sizes before anything is read; the model is built as ``jn.load`` builds one (each layer's
+    sizes before anything is read (so is what parsing it would take: at most 1,000,000 protobuf
+    messages, 40,000 nodes, counted in the file's bytes); the model is built as ``jn.load`` builds one (each layer's
     arguments checked by its constructor, at most ``MAX_LAYERS`` layers, finite weights in
-    ``dtype``). External data is read only from regular, non-hidden files inside the model's
-    directory, whose length the tensors they hold cover exactly. ``Identity`` nodes of weights
-    (PyTorch's exporter shares equal weights that way) are weights.
+    ``dtype``, one input sample's intermediate results at most ``max_activation_bytes``,
+    default ``MAX_ACTIVATION_BYTES``, 1 GiB). External data is read only from regular,
+    non-hidden files inside the model's directory, whose length the tensors they hold cover
+    exactly. ``Identity`` nodes of weights (PyTorch's exporter shares equal weights that way)
+    are weights.
 
     Raises ``ONNXError`` naming the node, its op and what is supported, for anything jimunet
     cannot run exactly (dilations, groups, ceil_mode that changes sizes, asymmetric padding
@@ -106,7 +110,7 @@ def load(path, *, dtype="float32", max_bytes=None):
     """
     _require_onnx()
     from ._import import load as read
-    return read(path, dtype=dtype, max_bytes=max_bytes)
+    return read(path, dtype=dtype, max_bytes=max_bytes, max_activation_bytes=max_activation_bytes)
 
 
 __all__ = ["export", "load", "to_onnx", "from_onnx", "ONNXError", "DEFAULT_OPSET"]

@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..functional.padding import pad_amounts
 from ..layers import AvgPool2D, Conv2D, Dropout, LeakyReLU, MaxPool2D
 from ..layers.base import placeholder_parameters
+from ..layers.memory import check_network_activations
 from ..model import MAX_LAYERS, Sequential, build_architecture
 from . import layout as L
 from ._errors import ONNXError
@@ -35,19 +36,20 @@ _MIN_OPSET = 7
 MAX_DIM = 2 ** 31  # largest size of an input axis (as jn.load reads a recorded input shape)
 
 
-def load(path, dtype="float32", max_bytes=None):
+def load(path, dtype="float32", max_bytes=None, max_activation_bytes=None):
     path = os.fspath(path)
     proto, size = read_model_file(path, max_bytes)
     importer = _importer(proto, dtype=dtype, base_dir=os.path.dirname(os.path.abspath(path)), source=path,
                          max_bytes=max_bytes, file_bytes=size)
     del proto  # the importer lets go of it once it has the weights: it is not kept beside the model
     importer.owned = True
-    return importer.build()
+    return importer.build(max_activation_bytes)
 
 
-def from_onnx(proto, dtype="float32", base_dir=None, source="the ONNX model", max_bytes=None):
+def from_onnx(proto, dtype="float32", base_dir=None, source="the ONNX model", max_bytes=None,
+              max_activation_bytes=None):
     """The model ``proto`` describes; ``proto`` is only read (its external data too, never written)."""
-    return _importer(proto, dtype, base_dir, source, max_bytes).build()
+    return _importer(proto, dtype, base_dir, source, max_bytes).build(max_activation_bytes)
 
 
 def _importer(proto, dtype="float32", base_dir=None, source="the ONNX model", max_bytes=None, file_bytes=None):
@@ -231,13 +233,13 @@ class _Importer(OpConverters):
 
     # building ---------------------------------------------------------------------------
 
-    def build(self):
+    def build(self, max_activation_bytes=None):
         """The model: the graph walked into layers and weights, then built as ``jn.load`` builds one."""
         input_shape, metadata = self.walk()
         if self.owned:  # nothing refers to the proto any more: its memory returns before the model is built
             self.proto = self.graph = self.consts = self.input = self.output = None
             self.external = {}
-        model = self.finish(input_shape)
+        model = self.finish(input_shape, max_activation_bytes)
         model.metadata = metadata
         return model
 
@@ -309,15 +311,17 @@ class _Importer(OpConverters):
             "input_layout": layout, "onnx_input_shape": dims[1:], "input_shape": list(jn_input_shape),
             "dropped_final_op": self.dropped}}
 
-    def finish(self, input_shape):
+    def finish(self, input_shape, max_activation_bytes=None):
         """The model, built the way ``jn.load`` builds a file's: from the architecture's description
-        (each layer's arguments checked by its constructor, the layer count bounded), then
-        ``load_state_dict`` (names, shapes, dtypes, finite values), within the byte budget."""
+        (each layer's arguments checked by its constructor, the layer count bounded), its memory
+        per sample of ``input_shape`` bounded, then ``load_state_dict`` (names, shapes, dtypes,
+        finite values, buffers), within the byte budget."""
         total = sum(a.size for a in self.state.values()) * self.dtype.itemsize
         if total > self.limit:
             raise over_budget(f"{self.source}: its weights as {self.dtype} take", total, self.limit)
         try:
             model = build_architecture(Sequential(self.layers).get_config(), self.source)
+            check_network_activations(model, input_shape, max_activation_bytes)
             model.load_state_dict(self.state)
             model.summary(input_shape)
         except ValueError as e:  # a CheckpointError, or a value a layer refuses
