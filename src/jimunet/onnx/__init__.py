@@ -10,12 +10,10 @@ Example:
 """
 from __future__ import annotations
 
+from ._errors import ONNXError
+
 DEFAULT_OPSET = 21
 MIN_OPSET = 13
-
-
-class ONNXError(ValueError):
-    """An ONNX file jimunet cannot read or run (corrupt, unsupported op or attribute, bad shapes)."""
 
 
 def _require_onnx():
@@ -66,17 +64,18 @@ def export(model, path, input_shape=(28, 28, 1), *, layout: str = "NHWC", softma
     return proto
 
 
-def from_onnx(proto, *, dtype="float32", base_dir=None):
-    """A jimunet ``Sequential`` from an ``onnx.ModelProto`` (see ``load``).
+def from_onnx(proto, *, dtype="float32", base_dir=None, max_bytes=None, max_activation_bytes=None):
+    """A jimunet ``Sequential`` from an ``onnx.ModelProto`` (see ``load``; ``proto`` is not changed).
 
     ``base_dir`` is the directory external-data files are read from (only files inside it).
     """
     _require_onnx()
     from ._import import from_onnx as build
-    return build(proto, dtype=dtype, base_dir=base_dir)
+    return build(proto, dtype=dtype, base_dir=base_dir, max_bytes=max_bytes,
+                 max_activation_bytes=max_activation_bytes)
 
 
-def load(path, *, dtype="float32"):
+def load(path, *, dtype="float32", max_bytes=None, max_activation_bytes=None):
     """Build a jimunet ``Sequential`` from an ONNX file (e.g. one written by ``torch.onnx.export``).
 
     The graph must be one chain from its input to its output of: Conv, MaxPool, AveragePool,
@@ -90,15 +89,28 @@ def load(path, *, dtype="float32"):
     input is NCHW ``(N, C, H, W)`` becomes one that takes ``x.transpose(0, 2, 3, 1)``.
     ``model.metadata["onnx"]`` records the source layout and shapes.
 
+    The file is untrusted, and checked as ``jn.load`` checks a saved model: the file, its
+    external data and the weights it makes are bounded by ``max_bytes`` (default
+    ``jimunet.serialization.MAX_LOAD_BYTES``, 1 GiB; also one input sample), from the declared
+    sizes before anything is read (so is what parsing it would take: at most 1,000,000 protobuf
+    messages, 40,000 nodes, counted in the file's bytes); the model is built as ``jn.load`` builds one (each layer's
+    arguments checked by its constructor, at most ``MAX_LAYERS`` layers, finite weights in
+    ``dtype``, one input sample's intermediate results at most ``max_activation_bytes``,
+    default ``MAX_ACTIVATION_BYTES``, 1 GiB). External data is read only from regular,
+    non-hidden files inside the model's directory, whose length the tensors they hold cover
+    exactly. ``Identity`` nodes of weights (PyTorch's exporter shares equal weights that way)
+    are weights.
+
     Raises ``ONNXError`` naming the node, its op and what is supported, for anything jimunet
     cannot run exactly (dilations, groups, ceil_mode that changes sizes, asymmetric padding
     that is not TensorFlow's "same", a branch, an unknown op), and for corrupt files,
-    non-float or non-finite weights, shapes that do not chain, and external-data references
-    to missing files or to files outside the model's directory.
+    attributes or constants of the wrong type or shape, non-float or non-finite weights,
+    shapes that do not chain, models over the bounds above, and external-data references to
+    missing, hidden or mismatched files or to files outside the model's directory.
     """
     _require_onnx()
     from ._import import load as read
-    return read(path, dtype=dtype)
+    return read(path, dtype=dtype, max_bytes=max_bytes, max_activation_bytes=max_activation_bytes)
 
 
 __all__ = ["export", "load", "to_onnx", "from_onnx", "ONNXError", "DEFAULT_OPSET"]

@@ -13,19 +13,68 @@ from onnx import helper
 
 from ..functional.padding import pad_amounts
 from ..layers import AvgPool2D, Conv2D, Dense, Dropout, Flatten, LeakyReLU, MaxPool2D, ReLU, Sigmoid, Tanh
-from . import ONNXError, layout as L
+from . import layout as L
+from ._errors import ONNXError
 
 
-def _attrs(node):
-    out = {}
-    for a in node.attribute:
-        v = helper.get_attribute_value(a)
-        out[a.name] = v.decode() if isinstance(v, bytes) else v
-    return out
+class Attrs:
+    """A node's attributes, each read with the type and length its op needs.
+
+    ``Attrs(node, label).ints("strides", [1, 1], 2)``: the value, or the default when absent;
+    ``ONNXError`` naming the node and attribute when it has another type (e.g. a float for an
+    int, a tensor, a list of the wrong length) or cannot be decoded.
+    """
+
+    def __init__(self, node, label):
+        self.label, self.values = label, {}
+        for a in node.attribute:
+            try:
+                v = helper.get_attribute_value(a)
+                v = v.decode() if isinstance(v, bytes) else v
+            except (ValueError, TypeError, UnicodeDecodeError):
+                raise ONNXError(f"{label}: attribute {a.name[:80]!r} cannot be read (type {a.type})") from None
+            self.values[a.name] = v
+
+    def __contains__(self, name):
+        return name in self.values
+
+    def raw(self, name, default=None):
+        return self.values.get(name, default)
+
+    def _bad(self, name, expected):
+        v = self.values[name]
+        shown = repr(v)[:80] if isinstance(v, (int, float, str, list)) else f"a {type(v).__name__}"
+        return ONNXError(f"{self.label}: attribute {name!r} must be {expected}, got {shown}")
+
+    def int(self, name, default):
+        v = self.values.get(name, default)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise self._bad(name, "an int")
+        return v
+
+    def ints(self, name, default, length=None):
+        v = self.values.get(name, default)
+        if not isinstance(v, (list, tuple)) or any(isinstance(i, bool) or not isinstance(i, int) for i in v) or \
+                (length is not None and len(v) != length):
+            raise self._bad(name, "a list of ints" if length is None else f"a list of {length} ints")
+        return [int(i) for i in v]
+
+    def float(self, name, default):
+        v = self.values.get(name, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise self._bad(name, "a float")
+        return float(v)
+
+    def str(self, name, default):
+        v = self.values.get(name, default)
+        if not isinstance(v, str):
+            raise self._bad(name, "a string")
+        return v
 
 
 def _label(node, index):
-    return f"node {node.name!r} ({node.op_type})" if node.name else f"node #{index} ({node.op_type})"
+    op = node.op_type[:40]
+    return f"node {node.name[:80]!r} ({op})" if node.name else f"node #{index} ({op})"
 
 
 def _static_dims(value_info):
@@ -38,7 +87,8 @@ def _static_dims(value_info):
 
 class OpConverters:
     """Checks of the current tensor and the ``op_*`` converters; mixed into ``_import._Importer``,
-    which provides ``add``, ``weight``, ``const``, ``shape``, ``view``, ``input`` and ``onnx_shape``."""
+    which provides ``add``, ``weight``, ``finite``, ``const``, ``perm``, ``shape``, ``view``, ``input``
+    and ``onnx_shape``."""
 
     def need_nchw(self, label):
         if len(self.shape) != 3:
@@ -56,18 +106,18 @@ class OpConverters:
 
     def window(self, label, kernel, a):
         """jimunet padding (``"valid"``, ``"same"`` or a pair) and strides of a Conv/pool node's attributes."""
-        strides = tuple(int(s) for s in a.get("strides", [1, 1]))
-        if len(strides) != 2 or min(strides) < 1:
+        strides = tuple(a.ints("strides", [1, 1], 2))
+        if min(strides) < 1:
             raise ONNXError(f"{label}: strides {list(strides)}; expected two positive ints")
-        dil = [int(d) for d in a.get("dilations", [1, 1])]
+        dil = a.ints("dilations", [1, 1], 2)
         if any(d != 1 for d in dil):
             raise ONNXError(f"{label}: dilations {dil}; jimunet supports only dilations [1, 1]")
         hw = self.shape[:2]
         same = pad_amounts(hw, kernel, strides, "same")
-        auto = a.get("auto_pad", "NOTSET")
+        auto = a.str("auto_pad", "NOTSET")
         if auto == "NOTSET":
-            raw = [int(p) for p in a.get("pads", [0, 0, 0, 0])]
-            if len(raw) != 4 or min(raw) < 0:
+            raw = a.ints("pads", [0, 0, 0, 0], 4)
+            if min(raw) < 0:
                 raise ONNXError(f"{label}: pads {raw}; expected four non-negative ints [top, left, bottom, right]")
             pads = L.pads_from_onnx(raw)
         elif auto == "VALID":
@@ -77,8 +127,8 @@ class OpConverters:
         elif auto == "SAME_LOWER":
             pads = tuple((b, t) for t, b in same)
         else:
-            raise ONNXError(f"{label}: auto_pad={auto!r}; supported: NOTSET, VALID, SAME_UPPER, SAME_LOWER")
-        if int(a.get("ceil_mode", 0)):
+            raise ONNXError(f"{label}: auto_pad={auto[:40]!r}; supported: NOTSET, VALID, SAME_UPPER, SAME_LOWER")
+        if a.int("ceil_mode", 0):
             for n, (p0, p1), k, s in zip(hw, pads, kernel, strides):
                 if (n + p0 + p1 - k) % s:
                     raise ONNXError(f"{label}: ceil_mode=1 rounds this output size up; jimunet's pools round "
@@ -93,46 +143,49 @@ class OpConverters:
                         f"not TensorFlow's 'same' for a {hw[0]}x{hw[1]} input; jimunet supports symmetric "
                         "padding and 'same' (the smaller half before)")
 
+    def scalar(self, name, label, what, kinds):
+        """The one value of constant input ``name`` (a Dropout ratio, training_mode)."""
+        v = np.asarray(self.const(name, label))
+        if v.size != 1 or v.dtype.kind not in kinds:
+            raise ONNXError(f"{label}: its {what} input {name!r} must be a single "
+                            f"{'boolean' if kinds == 'b' else 'number'}, got {v.dtype} of shape {list(v.shape)}")
+        return v.reshape(()).item()
+
     # ops: each takes (node, label, chain, k) and returns the index of the next chain node --
 
     def op_Conv(self, node, label, chain, k):
         self.need_nchw(label)
-        a = _attrs(node)
+        a = Attrs(node, label)
         w = self.weight(node.input[1], label, 4)
         o, c_in, kh, kw = w.shape
-        if int(a.get("group", 1)) != 1:
-            raise ONNXError(f"{label}: group={a['group']} (a grouped or depthwise convolution); jimunet's Conv2D "
-                            "supports group=1 only")
+        if a.int("group", 1) != 1:
+            raise ONNXError(f"{label}: group={a.raw('group')} (a grouped or depthwise convolution); jimunet's "
+                            "Conv2D supports group=1 only")
         if c_in != self.shape[2]:
             raise ONNXError(f"{label}: its weight {node.input[1]!r} expects {c_in} input channels, but its input "
                             f"has {self.shape[2]}: the shapes do not chain")
-        if "kernel_shape" in a and list(a["kernel_shape"]) != [kh, kw]:
-            raise ONNXError(f"{label}: kernel_shape {list(a['kernel_shape'])} disagrees with its weight's "
-                            f"{[kh, kw]}")
+        if "kernel_shape" in a and a.ints("kernel_shape", None) != [kh, kw]:
+            raise ONNXError(f"{label}: kernel_shape {a.raw('kernel_shape')} disagrees with its weight's {[kh, kw]}")
         padding, strides = self.window(label, (kh, kw), a)
         bias = None
         if len(node.input) > 2 and node.input[2]:
             bias = self.weight(node.input[2], label, 1)
             if bias.shape != (o,):
                 raise ONNXError(f"{label}: bias {node.input[2]!r} has shape {list(bias.shape)}, expected [{o}]")
-        layer = self.add(lambda: Conv2D(c_in, o, (kh, kw), stride=strides, padding=padding,
-                                        use_bias=bias is not None, weight_init="zeros", rng=0,
-                                        dtype=self.dtype), label)
-        layer.weight.data[...] = L.conv_weight_from_onnx(w)
-        if bias is not None:
-            layer.bias.data[...] = bias
+        self.add(lambda: Conv2D(c_in, o, (kh, kw), stride=strides, padding=padding, use_bias=bias is not None,
+                                dtype=self.dtype), label, weight=L.conv_weight_from_onnx(w), bias=bias)
         return k + 1
 
     def _pool(self, node, label, k, cls):
         self.need_nchw(label)
-        a = _attrs(node)
-        kernel = tuple(int(v) for v in a.get("kernel_shape", []))
+        a = Attrs(node, label)
+        kernel = tuple(a.ints("kernel_shape", [], 2) if "kernel_shape" in a else ())
         if len(kernel) != 2 or min(kernel) < 1:
             raise ONNXError(f"{label}: kernel_shape {list(kernel)}; expected two positive ints")
         padding, strides = self.window(label, kernel, a)
         kwargs = {}
         if cls is AvgPool2D:
-            include = bool(int(a.get("count_include_pad", 0)))
+            include = bool(a.int("count_include_pad", 0))
             if padding == "same" and include:
                 raise ONNXError(f"{label}: count_include_pad=1 with asymmetric ('same') padding; jimunet's "
                                 "'same' average pool divides by the real cells under each window only")
@@ -154,16 +207,12 @@ class OpConverters:
                             f"{self.shape[0]}: the shapes do not chain")
         w = L.dense_rows_from_onnx(w, self.order)
         self.order = None
-        layer = self.add(lambda: Dense(n_in, n_out, use_bias=bias is not None, weight_init="zeros", rng=0,
-                                       dtype=self.dtype), label)
-        layer.weight.data[...] = w
-        if bias is not None:
-            layer.bias.data[...] = bias
+        self.add(lambda: Dense(n_in, n_out, use_bias=bias is not None, dtype=self.dtype), label, weight=w, bias=bias)
 
     def _bias(self, name, label, n_out, scale=1.0):
         b = self.const(name, label)
-        if b.dtype.kind != "f" or not np.all(np.isfinite(b)):
-            raise ONNXError(f"{label}: bias {name!r} must hold finite floats (dtype {b.dtype})")
+        if b.dtype.kind != "f":
+            raise ONNXError(f"{label}: bias {name!r} must hold floats, got dtype {b.dtype}")
         if b.size == 1:
             b = np.full(n_out, b.item())
         elif b.shape in ((n_out,), (1, n_out)):
@@ -171,20 +220,25 @@ class OpConverters:
         else:
             raise ONNXError(f"{label}: bias {name!r} of shape {list(b.shape)} is not one value per each of "
                             f"the {n_out} outputs")
-        return b.astype(np.float64) * scale
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self.finite(b.astype(np.float64) * scale, label, f"bias {name!r}" + (
+                f" times beta={scale:g}" if scale != 1.0 else ""))
 
     def op_Gemm(self, node, label, chain, k):
         self.need_flat(label)
-        a = _attrs(node)
-        if int(a.get("transA", 0)):
+        a = Attrs(node, label)
+        if a.int("transA", 0):
             raise ONNXError(f"{label}: transA=1 transposes the batch; jimunet supports transA=0")
         w = self.weight(node.input[1], label, 2)
-        if int(a.get("transB", 0)):
+        if a.int("transB", 0):
             w = w.T
-        w = w * float(a.get("alpha", 1.0))
+        alpha = a.float("alpha", 1.0)
+        if alpha != 1.0:
+            with np.errstate(over="ignore", invalid="ignore"):
+                w = self.finite(w * alpha, label, f"weight {node.input[1]!r} times alpha={alpha:g}")
         bias = None
         if len(node.input) > 2 and node.input[2]:
-            bias = self._bias(node.input[2], label, w.shape[1], float(a.get("beta", 1.0)))
+            bias = self._bias(node.input[2], label, w.shape[1], a.float("beta", 1.0))
         self._dense(label, w, bias)
         return k + 1
 
@@ -208,7 +262,7 @@ class OpConverters:
         return k + 1
 
     def op_LeakyRelu(self, node, label, chain, k):
-        alpha = float(_attrs(node).get("alpha", 0.01))
+        alpha = Attrs(node, label).float("alpha", 0.01)
         self.add(lambda: LeakyReLU(alpha), label)
         return k + 1
 
@@ -224,12 +278,14 @@ class OpConverters:
         return k + 1
 
     def op_Dropout(self, node, label, chain, k):
-        a = _attrs(node)
+        a = Attrs(node, label)
         if self.opset < 12:
-            ratio = float(a.get("ratio", 0.5))
+            ratio = a.float("ratio", 0.5)
         else:
-            ratio = float(self.const(node.input[1], label)) if len(node.input) > 1 and node.input[1] else 0.5
-            if len(node.input) > 2 and node.input[2] and bool(self.const(node.input[2], label)):
+            ratio = 0.5
+            if len(node.input) > 1 and node.input[1]:
+                ratio = float(self.scalar(node.input[1], label, "ratio", "f"))
+            if len(node.input) > 2 and node.input[2] and self.scalar(node.input[2], label, "training_mode", "b"):
                 raise ONNXError(f"{label}: training_mode=True drops values at inference; jimunet's Dropout is "
                                 "the identity at inference")
         if not 0.0 <= ratio < 1.0:
@@ -246,7 +302,7 @@ class OpConverters:
 
     def op_Flatten(self, node, label, chain, k):
         rank = len(self.shape) + 1
-        axis = int(_attrs(node).get("axis", 1))
+        axis = Attrs(node, label).int("axis", 1)
         if axis < 0:
             axis += rank
         if axis != 1:
@@ -255,28 +311,32 @@ class OpConverters:
         return k + 1
 
     def op_Reshape(self, node, label, chain, k):
-        target = [int(v) for v in np.asarray(self.const(node.input[1], label)).ravel()]
+        shape = np.asarray(self.const(node.input[1], label))
+        if shape.dtype.kind not in "iu" or shape.ndim != 1:
+            raise ONNXError(f"{label}: its shape input {node.input[1]!r} must be a 1-D int64 tensor, got "
+                            f"{shape.dtype} of shape {list(shape.shape)}")
+        target = [int(v) for v in shape[:8]]
         n = math.prod(self.shape)
         dims = _static_dims(self.input)
         batch = dims[0] if dims else None
-        keep = not int(_attrs(node).get("allowzero", 0))
-        first_ok = len(target) == 2 and (target[0] == -1 or (target[0] == 0 and keep) or
-                                         (batch is not None and target[0] == batch))
+        keep = not Attrs(node, label).int("allowzero", 0)
+        first_ok = len(shape) == 2 and (target[0] == -1 or (target[0] == 0 and keep) or
+                                        (batch is not None and target[0] == batch))
         if first_ok and (target[1] == n or (target[1] == -1 and target[0] != -1)):
             self._flatten(label)
             return k + 1
-        raise ONNXError(f"{label}: Reshape to {target}; jimunet supports Reshape only as a flatten to "
-                        f"(batch, {n}) (e.g. torch.flatten(x, 1) or nn.Flatten())")
+        raise ONNXError(f"{label}: Reshape to {target}{' ...' if len(shape) > 8 else ''}; jimunet supports "
+                        f"Reshape only as a flatten to (batch, {n}) (e.g. torch.flatten(x, 1) or nn.Flatten())")
 
     def op_Transpose(self, node, label, chain, k):
         rank = len(self.shape) + 1
-        perm = self.perm(node, chain[k][0], rank)
+        perm = self.perm(node, label, rank)
         if rank > 2:
             self.view = L.compose(self.view, perm)
         return k + 1
 
     def op_Softmax(self, node, label, chain, k):
-        axis = int(_attrs(node).get("axis", -1 if self.opset >= 13 else 1))
+        axis = Attrs(node, label).int("axis", -1 if self.opset >= 13 else 1)
         if k != len(chain) - 1 or len(self.shape) != 1 or axis not in (1, -1):
             raise ONNXError(f"{label}: jimunet supports {node.op_type} only as the last node, over the classes "
                             "of a (batch, classes) tensor")

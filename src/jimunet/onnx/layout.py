@@ -7,8 +7,8 @@ Flatten in the order of whatever tensor it is given.
 
 A 4-D ONNX tensor is described by its *view* of the jimunet activation it holds: the axis
 permutation ``v`` with ``onnx_tensor = jimunet_tensor.transpose(v)``. NCHW is ``(0, 3, 1, 2)``,
-NHWC is ``(0, 1, 2, 3)``. A flattened ONNX tensor is described by an index array ``order``
-with ``onnx_flat = jimunet_flat[:, order]``.
+NHWC is ``(0, 1, 2, 3)``. A flattened ONNX tensor is described by how its features are
+ordered (``flatten_order``), a few ints however large the tensor.
 """
 from __future__ import annotations
 
@@ -56,21 +56,33 @@ def view_before(perm, wanted) -> tuple:
 
 
 def flatten_order(jn_shape, view):
-    """``order`` with ``flatten(onnx_tensor) = flatten(jimunet_tensor)[:, order]``.
+    """How ``flatten(onnx_tensor)`` orders ``flatten(jimunet_tensor)``'s features, or None when alike.
 
     ``jn_shape`` is jimunet's per-sample shape, ``view`` the full-rank view (batch first).
-    Returns None when the two flatten orders agree.
+    The order is returned as ``(jn_shape, sample_view)``, a description of a few ints: no
+    index array is made, so a declared shape of any size costs nothing (``dense_rows_from_onnx``
+    applies it to the weights that read the flat tensor). The two flatten orders agree when
+    the axes of more than one element come in the same order in both views.
     """
-    sample_view = [v - 1 for v in view[1:]]
-    order = np.arange(int(np.prod(jn_shape, dtype=np.int64))).reshape(jn_shape).transpose(sample_view).ravel()
-    return None if np.array_equal(order, np.arange(order.size)) else order
+    jn_shape = tuple(int(d) for d in jn_shape)
+    sample_view = tuple(v - 1 for v in view[1:])
+    moved = [a for a in sample_view if jn_shape[a] != 1]
+    return None if moved == sorted(moved) else (jn_shape, sample_view)
 
 
 def dense_rows_from_onnx(w_in_out: np.ndarray, order) -> np.ndarray:
-    """Rows of an ONNX ``(in, out)`` weight that reads ``onnx_flat``, rearranged to read
-    ``jimunet_flat``: since ``onnx_flat[i] = jimunet_flat[order[i]]``, row ``i`` moves to ``order[i]``."""
+    """Rows of an ONNX ``(in, out)`` weight that reads ``onnx_flat``, rearranged to read ``jimunet_flat``.
+
+    ``order`` is ``flatten_order``'s: row ``i`` of ``w_in_out`` is the feature at ONNX position
+    ``i`` of the per-sample tensor of shape ``jn_shape`` transposed by ``sample_view``. Viewed as
+    that transposed shape plus the output axis, the weight is transposed back, one copy of the
+    weight and no index arrays. ``in`` must be ``prod(jn_shape)``.
+    """
     if order is None:
         return w_in_out
-    out = np.empty_like(w_in_out)
-    out[order] = w_in_out
-    return out
+    jn_shape, sample_view = order
+    n_in, n_out = w_in_out.shape
+    onnx_shape = [jn_shape[a] for a in sample_view]
+    back = [int(j) for j in np.argsort(sample_view)] + [len(sample_view)]
+    rows = np.asarray(w_in_out).reshape(*onnx_shape, n_out).transpose(back)
+    return np.ascontiguousarray(rows).reshape(n_in, n_out)
