@@ -526,3 +526,33 @@ def test_adam_load_state_dict_checks_betas_and_eps():
     sd["param_groups"][0]["betas"] = [0.5, 0.75]  # what JSON makes of the tuple
     opt.load_state_dict(sd)
     assert opt.param_groups[0]["betas"] == (0.5, 0.75)
+
+
+def test_sgd_updates_a_weight_stored_in_fortran_order_as_one_in_c_order():
+    """reshape(-1) of a Fortran-order array is a copy: an update of it would be lost silently."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 3))
+    c, f = jn.Parameter(w.copy()), jn.Parameter(np.asfortranarray(w))
+    for p in (c, f):
+        p.grad[...] = np.arange(12.0).reshape(4, 3)
+        opt = jn.optim.SGD([p], lr=0.1, momentum=0.9)
+        opt.step()
+        opt.step()
+    assert f.data.flags.f_contiguous
+    np.testing.assert_array_equal(f.data, c.data)
+    assert not np.array_equal(c.data, w)
+
+
+def test_sgd_refuses_a_weight_whose_gradient_is_laid_out_otherwise():
+    p = jn.Parameter(np.zeros((4, 3)))
+    p.data = np.asfortranarray(p.data)  # grad stays in C order: the flat views would not line up
+    p.grad[...] = 1.0
+    with pytest.raises(ValueError, match="not stored contiguously"):
+        jn.optim.SGD([p], lr=0.1).step()
+
+
+def test_a_loaded_weight_is_in_c_order(tmp_path):
+    model = jn.Sequential([jn.layers.Dense(4, 3, rng=0)])
+    model.layers[0].weight.data = np.asfortranarray(model.layers[0].weight.data)
+    model.save(tmp_path / "m.npz")
+    assert jn.load(tmp_path / "m.npz").layers[0].weight.data.flags.c_contiguous

@@ -243,8 +243,9 @@ class SGD(Optimizer):
                     first = buf is None
                     if first:
                         buf = st["momentum_buffer"] = xp_of(p.data).empty_like(p.data)
-                pfor(lambda sl: self._update(p.data.reshape(-1)[sl], p.grad.reshape(-1)[sl],
-                                             None if buf is None else buf.reshape(-1)[sl], g, first),
+                data, grad = _flat(p.data, p.data, p), _flat(p.grad, p.data, p)
+                flat_buf = None if buf is None else _flat(buf, p.data, p)
+                pfor(lambda sl: self._update(data[sl], grad[sl], None if buf is None else flat_buf[sl], g, first),
                      p.data.size, p.data.size, like=p.data)
 
     @staticmethod
@@ -316,6 +317,20 @@ class Adam(Optimizer):
                 p.data -= (lr / (1 - b1 ** t)) * m / denom
 
     state_spec = {"step": "count", "exp_avg": "array", "exp_avg_sq": "array"}
+
+
+def _flat(a, data, p):
+    """``a`` (a parameter's data, gradient or state) as a 1-D view in memory order, element for
+    element in the order of ``data``'s, so an update of the view is an update of ``a``.
+
+    (``reshape(-1)`` of a Fortran-order array is a copy: the step would be lost silently.)
+    """
+    flat = a.reshape(-1, order="A")
+    if a.strides != data.strides or not xp_of(a).may_share_memory(flat, a):
+        raise ValueError(f"SGD: parameter {p.name or ''} of shape {tuple(a.shape)} is not stored contiguously, "
+                         f"or its gradient is laid out otherwise than its data; give it a C-order array "
+                         f"(np.ascontiguousarray) and a gradient like it (np.zeros_like)")
+    return flat
 
 
 # -- learning-rate schedules: callables mapping the global step (0-based) to a rate ---------

@@ -55,7 +55,8 @@ class Parameter:
         """
         xp = xp_of(self.data)
         if self.is_placeholder:
-            self.data = np.array(value, dtype=self.data.dtype)  # placeholders exist only on the host
+            # placeholders exist only on the host; C order, as every array jimunet makes
+            self.data = np.array(value, dtype=self.data.dtype, order="C")
             self.grad = np.zeros_like(self.data)
         else:
             self.data[...] = xp.asarray(value)
