@@ -425,7 +425,9 @@ def test_a_rank_that_fails_ends_the_job_naming_it(mpi, tmp_path):
     args = ["--distributed", "--self-test", "--no-report", "--out", tmp_path / "run"]
     r = mpi.run((1, [*args, "--seed", "1"]), (1, [*args, "--seed", "2"]), timeout=120)
     assert r.returncode != 0
-    line = [s for s in r.stderr.splitlines() if s.startswith("jimunet train [rank 1 of 2]: error:")]
+    # mpiexec forwards every rank's stderr into one pipe: another rank's unfinished line (a space)
+    # may stand before this one, so it is looked for within lines
+    line = [s for s in r.stderr.splitlines() if "jimunet train [rank 1 of 2]: error:" in s]
     assert line and "other settings than rank 0 (seed 2 here, 1 on rank 0)" in line[0], r.stderr
     assert "Traceback" not in r.stderr
 
