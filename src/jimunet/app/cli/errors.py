@@ -74,12 +74,16 @@ def int_at_least(lo):
     return parse
 
 
-def positive_float(s):
-    """An argparse type: a finite number > 0."""
+def _number(s) -> float:
     try:
-        v = float(s)
+        return float(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+
+
+def positive_float(s):
+    """An argparse type: a finite number > 0."""
+    v = _number(s)
     if not v > 0 or v == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {s}")
     return v
@@ -87,10 +91,7 @@ def positive_float(s):
 
 def non_negative_float(s):
     """An argparse type: a finite number >= 0."""
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    v = _number(s)
     if not v >= 0 or v == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a number >= 0, got {s}")
     return v
