@@ -45,6 +45,16 @@ def xp_of(*arrays):
     return np
 
 
+def all_finite(arrays) -> bool:
+    """Whether every value of every array (on one device) is finite. One value is read back from
+    the device however many arrays there are: on a GPU every read waits for the device."""
+    arrays = list(arrays)
+    if not arrays:
+        return True
+    xp = xp_of(arrays[0])
+    return bool(xp.stack([xp.isfinite(a).all() for a in arrays]).all())
+
+
 def parse_device(device) -> tuple[str, int]:
     """``("cpu", 0)`` or ``("cuda", N)`` for a device name; DeviceError for anything else."""
     name = str(device).strip().lower() if isinstance(device, str) else None

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from ._version import __version__
-from .backend import to_device, to_numpy, xp_of
+from .backend import all_finite, to_device, to_numpy, xp_of
 from .layers import MaxPool2D, ReLU
 from .layers import memory
 from .layers.base import (Layer, check_weight_header, data_already_checked, from_config, json_kind,
@@ -203,12 +203,9 @@ class Network(Layer):
         could: a NaN or infinite value, or a buffer its layer refuses (``Layer.buffer_problem``).
         ``load_state_dict`` and ``jn.load`` refuse such a state, and ``save`` never writes one."""
         state = self.state_dict() if state is None else state
-        arrays = list(state.values())
-        if arrays:
-            xp = xp_of(arrays[0])
-            if not bool(xp.stack([xp.isfinite(a).all() for a in arrays]).all()):  # one read from a device
-                bad = next(n for n, a in state.items() if not bool(xp_of(a).isfinite(a).all()))
-                return f"{bad} contains NaN or infinite values"
+        if not all_finite(state.values()):
+            bad = next(n for n, a in state.items() if not all_finite([a]))
+            return f"{bad} contains NaN or infinite values"
         for name, layer, local in self.named_buffer_owners():
             if name in state:
                 why = layer.buffer_problem(local, state[name])

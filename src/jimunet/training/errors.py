@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import signal
 
-from ..backend import xp_of
+from ..backend import all_finite
 
 __all__ = ["TrainingDiverged", "TrainingInterrupted", "Stopped", "is_nan_error", "diverged", "interrupt_for",
            "state_finite", "WEIGHTS_NOT_FINITE"]
@@ -71,12 +71,6 @@ def diverged(step: int, epoch: int, what: str, loss=None) -> TrainingDiverged:
 
 
 def state_finite(model) -> bool:
-    """Whether every parameter AND buffer (e.g. BatchNorm's running statistics) of ``model`` is finite.
-
-    One value is read back from the device, however many arrays the model has (on a GPU every
-    read waits for the device)."""
-    arrays = list(model.state_dict().values())
-    if not arrays:
-        return True
-    xp = xp_of(arrays[0])
-    return bool(xp.stack([xp.isfinite(a).all() for a in arrays]).all())
+    """Whether every parameter AND buffer (e.g. BatchNorm's running statistics) of ``model`` is
+    finite (one value read back from a device)."""
+    return all_finite(model.state_dict().values())

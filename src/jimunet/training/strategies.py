@@ -35,7 +35,7 @@ import time
 
 import numpy as np
 
-from ..backend import xp_of
+from ..backend import all_finite, xp_of
 from ..distributed import BatchSync, BlockLayout, DistributedError, GradientBuffer, gather_block_sums
 from ..parallel import defer_block_sums, split, synced_batch
 from ..random import batch_shard
@@ -57,10 +57,6 @@ def weight_decay_penalty(optimizer) -> float:
             squares = xp.stack([xp.vdot(p.data.ravel(), p.data.ravel()) for p in g["params"]])
             total += 0.5 * wd * float(squares.astype(np.float64).sum())
     return total
-
-
-def _finite(x) -> bool:
-    return bool(xp_of(x).isfinite(x).all())
 
 
 class StepStrategy:
@@ -100,7 +96,7 @@ class LocalStep(StepStrategy):
                 # weights, or activations that overflowed float range (inf - inf), went bad.
                 if not state_finite(model):
                     raise diverged(trainer.step, trainer.epoch + 1, WEIGHTS_NOT_FINITE)
-                if is_nan_error(e) and _finite(xb):
+                if is_nan_error(e) and all_finite([xb]):
                     raise diverged(trainer.step, trainer.epoch + 1, f"the activations overflowed to NaN ({e})")
                 raise
             loss = float(loss_fn.forward(logits, yb)) + weight_decay_penalty(trainer.optimizer)
@@ -176,7 +172,7 @@ class AllReduceStep(_Distributed):
         except ValueError as e:
             if not state_finite(model):  # the weights are the same on every rank: all stop here
                 raise diverged(trainer.step, trainer.epoch + 1, WEIGHTS_NOT_FINITE)
-            if not is_nan_error(e) or not _finite(xb[part]):
+            if not is_nan_error(e) or not all_finite([xb[part]]):
                 raise
         local = float(trainer.loss_fn.forward(logits, yb[part])) if logits is not None else math.nan
         bad = not math.isfinite(local)
@@ -243,7 +239,7 @@ class ExactBlockStep(_Distributed):
                 local = model.forward(xb[part], training=True, stages=slice(0, k))
         except ValueError as e:
             # Overflowed activations: NaN goes to every rank, whose loss then says so.
-            if not is_nan_error(e) or not _finite(xb[part]):
+            if not is_nan_error(e) or not all_finite([xb[part]]):
                 raise
         if local is None:
             shape = model.stages_output_shape(xb.shape[1:], slice(0, k))
