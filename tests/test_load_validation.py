@@ -364,12 +364,18 @@ def _bn_trainer(callbacks=()):
                    rng=0, progress=False, log=False, callbacks=list(callbacks))
 
 
-def test_save_checkpoint_refuses_non_finite_buffers_and_optimizer_state(tmp_path):
+def _bn_checkpoint(tmp_path):
+    """A BatchNorm model's trainer after one epoch, and the checkpoint it saved."""
     x = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
     t = _bn_trainer()
     t.fit(x, np.arange(16) % 3, epochs=1)
     path = tmp_path / "checkpoint.npz"
     t.save_checkpoint(path)
+    return t, path
+
+
+def test_save_checkpoint_refuses_non_finite_buffers_and_optimizer_state(tmp_path):
+    t, path = _bn_checkpoint(tmp_path)
     before = path.read_bytes()
     t.model.layers[2].running_var.data[1] = np.inf
     _raises(lambda: t.save_checkpoint(path), "cannot save the checkpoint", "2.running_var contains NaN")
@@ -428,11 +434,7 @@ def test_train_mnist_stops_when_a_batchnorm_buffer_turns_infinite_and_every_file
 
 
 def test_a_checkpoint_with_a_negative_variance_is_refused_at_resume(tmp_path):
-    x = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
-    t = _bn_trainer()
-    t.fit(x, np.arange(16) % 3, epochs=1)
-    path = tmp_path / "checkpoint.npz"
-    t.save_checkpoint(path)
+    t, path = _bn_checkpoint(tmp_path)
     arrays, meta = load_npz(path)
     arrays[meta["state"]["model"]["2.running_var"]["__array__"]][0] = -2.0
     save_npz(path, arrays, meta)
