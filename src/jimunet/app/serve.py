@@ -22,19 +22,23 @@ import threading
 
 import numpy as np
 
-from .. import datasets
+from .. import data, datasets
 from ..data.images import ImageTooLarge, as_pixels, digit_from_bytes, preprocess
-from ..layers import Conv2D
+from ..layers import Conv2D, ReLU
+from ..layers.memory import check_network_activations
 from ..model import load
 from ..serialization import CheckpointError
+from . import serve_grads
+from .backward import BackwardUnsupported
 from .explain import walk
-from .inspect import conv_blocks
+from .inspect import conv_blocks, trace
+from .multipart import ApiError
+from .multipart import first_file_part
+from .picture import model_info, picture_from_bytes, pixels_from_array, scale
 from .recipes import MNISTConfig
 from .training import train_mnist
 
 MAX_PIXELS = 4096 * 4096          # pixels of one decoded picture (checked from its header)
-MAX_PARTS = 16                    # parts read from a multipart/form-data body (curl -F sends one)
-MAX_PART_HEADER = 8192            # bytes of one part's headers
 INPUT_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
 
@@ -46,14 +50,6 @@ DECODE_SLOTS = threading.BoundedSemaphore(2)
 
 class ServeError(Exception):
     """A problem the user can fix (no model, a port in use, a model that does not fit)."""
-
-
-class ApiError(Exception):
-    """An answer other than 200: ``status`` and a message for ``{"error": ...}``."""
-
-    def __init__(self, status: int, message: str, headers=()):
-        super().__init__(message)
-        self.status, self.headers = int(status), list(headers)
 
 
 # -- the application: model, data, answers ------------------------------------------------
@@ -69,34 +65,49 @@ def _block_json(rec) -> dict:
     return {k: rec[k] for k in keep}
 
 
-def _check_servable(model, model_path) -> None:
-    """``ServeError`` unless ``model`` takes one 28x28x1 image and gives one output of 10 scores, as
-    the page's every request needs (checked by running it once, as ``predict`` and the page do)."""
+def _check_servable(model, model_path, shape=INPUT_SHAPE, classes=NUM_CLASSES) -> None:
+    """``ServeError`` unless ``model`` takes one ``shape`` image and gives one output of ``classes``
+    scores, as the page's every request needs (checked by running it once, as ``predict`` and the
+    page do)."""
+    hw = "x".join(map(str, shape))
     try:
-        out = model.output_shape(INPUT_SHAPE)
+        out = model.output_shape(shape)
     except (ValueError, AttributeError, TypeError) as e:
-        raise ServeError(f"{model_path}: the model cannot take 28x28x1 images ({e})") from None
+        raise ServeError(f"{model_path}: the model cannot take {hw} images ({e})") from None
     if isinstance(out, list):
         raise ServeError(f"{model_path}: the model has {len(out)} outputs; serve needs a model with one output "
-                         f"of 10 class scores")
-    if tuple(out) != (NUM_CLASSES,):
-        raise ServeError(f"{model_path}: the model's output has shape {tuple(out)}; serve needs 10 class scores")
+                         f"of {classes} class scores")
+    if tuple(out) != (classes,):
+        raise ServeError(f"{model_path}: the model's output has shape {tuple(out)}; serve needs {classes} class "
+                         f"scores")
     try:
         with COMPUTE_LOCK:
-            walk(model, np.zeros(INPUT_SHAPE, np.uint8))
-            y = model.predict(preprocess(np.zeros((2, *INPUT_SHAPE), np.uint8)), batch_size=1)
+            walk(model, np.zeros(shape, np.uint8))
+            y = model.predict(preprocess(np.zeros((2, *shape), np.uint8)), batch_size=1)
     except (ValueError, TypeError, ArithmeticError, MemoryError) as e:
-        raise ServeError(f"{model_path}: the model does not run on a 28x28x1 image ({str(e)[:300]})") from None
-    if not hasattr(y, "shape") or tuple(y.shape) != (2, NUM_CLASSES):
+        raise ServeError(f"{model_path}: the model does not run on a {hw} image ({str(e)[:300]})") from None
+    if not hasattr(y, "shape") or tuple(y.shape) != (2, classes):
         raise ServeError(f"{model_path}: the model gives {getattr(y, 'shape', type(y).__name__)} for two images; "
-                         f"serve needs 10 class scores per image")
+                         f"serve needs {classes} class scores per image")
+
+
+class _Walked(list):
+    """Per-block records with ``probabilities`` and ``outputs``, as ``walk`` gives them."""
+
+    probabilities = None
+    outputs: list = []
 
 
 class DigitApp:
     """What the server answers, independent of HTTP (so it is testable without sockets).
 
+    A digit model (28×28×1, classes 0..9: ``model_info``) gets MNIST's preprocessing and test
+    images; any other model gets pictures resized to its input (``jimunet.app.picture``) and
+    its data set's test images when they can be loaded.
+
     Args:
-        model: a ``Sequential`` taking 28×28×1 images and giving 10 class scores.
+        model: a ``Sequential`` (or ``jn.Model``) taking images of its input shape and giving one
+            score per class.
         model_path: how to name the model on the page.
         data_dir, download: where ``load_mnist`` finds (or fetches) MNIST for the test images.
         test_set: ``(x, y)`` test images (uint8 ``(N, 28, 28, 1)``) instead of MNIST's.
@@ -104,7 +115,10 @@ class DigitApp:
 
     def __init__(self, model, model_path: str = "(in memory)", data_dir=None, download: bool = True,
                  test_set=None):
-        _check_servable(model, model_path)
+        self.model_info = model_info(model)
+        self.shape = tuple(self.model_info.input_shape)
+        self.class_names = list(self.model_info.class_names)
+        _check_servable(model, model_path, self.shape, len(self.class_names))
         self.model, self.model_path = model, str(model_path)
         self.data_dir, self.download = data_dir, download
         self._test_set = None if test_set is None else (np.asarray(test_set[0]), np.asarray(test_set[1]))
@@ -119,8 +133,10 @@ class DigitApp:
         if not os.path.isfile(path):
             raise ServeError(f"{path}: no such model file")
         try:
-            model = load(path, input_shape=INPUT_SHAPE)  # bounds one image's activations at load
-        except (CheckpointError, OSError) as e:
+            model = load(path)
+            # bounds one image's activations before anything runs (old files: 28x28x1)
+            check_network_activations(model, model_info(model).input_shape)
+        except (CheckpointError, OSError, ValueError) as e:
             raise ServeError(f"{path}: cannot load the model ({e})") from None
         return cls(model, model_path=str(path), **kw)
 
@@ -128,8 +144,8 @@ class DigitApp:
     def info(self) -> dict:
         if self._info is None:
             with COMPUTE_LOCK:
-                rec = walk(self.model, np.zeros(INPUT_SHAPE, np.uint8))  # shapes and sizes only
-            summary = self.model.summary(INPUT_SHAPE)
+                rec = walk(self.model, np.zeros(self.shape, np.uint8))  # shapes and sizes only
+            summary = self.model.summary(self.shape)
             convs = [layer for layer in self.model.layers if isinstance(layer, Conv2D)]
             filters = None
             if convs:
@@ -150,18 +166,31 @@ class DigitApp:
                            for r in rec],
                 "conv_blocks": [{"conv": c, "shown": s, "label": label} for c, s, label in conv_blocks(self.model)],
                 "filters": filters,
+                "input_shape": list(self.shape), "class_names": self.class_names,
+                "digit_model": bool(self.model_info.is_digit_model),
+                "dataset": dict(self.model_info.dataset or {}),
+                "backward": hasattr(self.model, "layers") and not hasattr(self.model, "graph_steps"),
             }
         return self._info
 
     # POST /api/predict
     def predict(self, pixels, activations: bool = False) -> dict:
-        """Answer for one image of MNIST pixels ``(28, 28, 1)`` (0..255, white on black)."""
-        with COMPUTE_LOCK:
-            res = walk(self.model, pixels)
+        """Answer for one image of pixels of the model's input shape (0..255; for a digit model
+        MNIST-style, white on black). ``predicted`` is the class index; ``top`` is the same
+        number, kept for clients written before ``predicted`` (deprecated: its name suggests
+        a list)."""
+        if self.model_info.is_digit_model:
+            with COMPUTE_LOCK:
+                res = walk(self.model, pixels)
+            scaling = "(pixels - 127.5) / 255"
+        else:
+            res, scaling = self._walk_scaled(pixels), "(pixels - mean) / std per channel"
         probs = np.asarray(res.probabilities, dtype=np.float64)
-        answer = {"top": int(np.argmax(probs)), "probabilities": _rounded(probs, 6),
-                  "input": {"pixels": _rounded(np.asarray(pixels)[..., 0], 1),
-                            "scaling": "(pixels - 127.5) / 255"},
+        px = np.asarray(pixels)
+        top = int(np.argmax(probs))
+        answer = {"predicted": top, "predicted_name": self.class_names[top], "top": top,
+                  "probabilities": _rounded(probs, 6), "class_names": self.class_names,
+                  "input": {"pixels": _rounded(px[..., 0] if px.shape[-1] == 1 else px, 1), "scaling": scaling},
                   "blocks": [_block_json(r) for r in res]}
         if activations:
             maps = []
@@ -173,19 +202,68 @@ class DigitApp:
             answer["feature_maps"] = maps
         return answer
 
+    def _walk_scaled(self, pixels):
+        """What ``walk`` gives, for a model that is not a digit model (its own scaling)."""
+        x = scale(pixels, self.model_info)
+        with COMPUTE_LOCK:
+            outs = [np.array(o)[0] for o in trace(self.model, x[None].astype(np.float32))]
+        res = _Walked()
+        for rec, y in zip(self.info()["blocks"], outs):
+            zero = float((y == 0).mean()) if rec["kind"] == ReLU.__name__ else None
+            res.append(dict(rec, min=float(y.min()), max=float(y.max()), mean=float(y.mean()), zero_fraction=zero))
+        logits = outs[-1].astype(np.float64)
+        e = np.exp(logits - logits.max())
+        res.probabilities, res.outputs = e / e.sum(), outs
+        return res
+
+    # POST /api/backward, /api/gradcheck, /api/step
+    def gradients(self, kind: str, pixels, fields: dict) -> dict:
+        """The backward view (``kind`` "backward"), one finite-difference check ("gradcheck") or
+        SGD steps ("step") for one image; ``fields`` as ``jimunet.app.serve_grads`` reads them."""
+        x = scale(pixels, self.model_info)
+        try:
+            with COMPUTE_LOCK:
+                default = int(np.argmax(self.model.predict(x[None], batch_size=1)[0]))
+                target = serve_grads.check_target(fields, len(self.class_names), default)
+                if kind == "gradcheck":
+                    return serve_grads.gradcheck_json(self.model, x, target, fields)
+                if kind == "step":
+                    return serve_grads.step_json(self.model, x, pixels, target, self.class_names, fields)
+                m, lrs, _, moves = serve_grads.stepped(self.model, x, target, fields)
+                return serve_grads.view_json(m, x, pixels, target, self.class_names, len(lrs), lrs, moves)
+        except BackwardUnsupported as e:
+            raise ApiError(422, str(e)) from None
+        except ValueError as e:
+            raise ApiError(400, str(e)) from None
+
+    def request_input(self, body: bytes, content_type: str, query=None) -> tuple:
+        """``(pixels, fields)`` of a request: a picture body with the fields in the URL query, or
+        JSON ``{"pixels": ..., "target": k, ...}``; ``ApiError`` if unusable."""
+        ctype = (content_type or "").split(";")[0].strip().lower()
+        if ctype == "application/json":
+            pixels, _, doc = self._pixels_from_json(body)
+            return pixels, {k: doc[k] for k in serve_grads.FIELDS if k in doc}
+        pixels, _ = self.pixels_from_request(body, content_type)
+        try:
+            return pixels, serve_grads.fields_from_query(query or {})
+        except ValueError as e:
+            raise ApiError(400, str(e)) from None
+
     def pixels_from_request(self, body: bytes, content_type: str) -> tuple:
         """``(pixels, activations_flag_or_None)`` from a request body; ``ApiError`` if unusable."""
         ctype = (content_type or "").split(";")[0].strip().lower()
         if ctype == "application/json":
-            return self._pixels_from_json(body)
+            return self._pixels_from_json(body)[:2]
         if ctype == "multipart/form-data":
-            body = _first_file_part(body, content_type)
+            body = first_file_part(body, content_type)
             ctype = "image/*"
         if ctype.startswith("image/") or ctype == "application/octet-stream":
             if not body:
                 raise ApiError(400, "the request body is empty; send a PNG or JPEG picture of one digit")
             try:
                 with DECODE_SLOTS:
+                    if not self.model_info.is_digit_model:
+                        return picture_from_bytes(body, self.shape, max_pixels=MAX_PIXELS).astype(np.float32), None
                     return digit_from_bytes(body, name="the uploaded image", max_pixels=MAX_PIXELS), None
             except ImportError as e:
                 raise ApiError(500, str(e)) from None
@@ -206,8 +284,11 @@ class DigitApp:
         except ValueError as e:
             raise ApiError(400, f"the body is not valid JSON ({str(e)[:120]})") from None
         if not isinstance(doc, dict) or "pixels" not in doc:
-            raise ApiError(400, 'expected a JSON object {"pixels": 28x28 array of 0..255 (white digit on black), '
-                                '"activations": true|false}')
+            if self.model_info.is_digit_model:
+                raise ApiError(400, 'expected a JSON object {"pixels": 28x28 array of 0..255 (white digit on black), '
+                                    '"activations": true|false}')
+            raise ApiError(400, f'expected a JSON object {{"pixels": {"x".join(map(str, self.shape))} array of '
+                                f'0..255, "activations": true|false}}')
         flag = doc.get("activations")
         if flag is not None and not isinstance(flag, bool):
             raise ApiError(400, f'"activations" must be true or false, got {flag!r}')
@@ -217,13 +298,18 @@ class DigitApp:
             raise ApiError(400, f'"pixels" is not a rectangular array of numbers ({str(e)[:120]})') from None
         if arr.dtype == object:
             raise ApiError(400, '"pixels" is not a rectangular array of numbers')
+        if not self.model_info.is_digit_model:
+            try:
+                return pixels_from_array(arr, self.shape), flag, doc
+            except ValueError as e:
+                raise ApiError(400, str(e)) from None
         try:
             x = as_pixels(arr, name='"pixels"')
         except ValueError as e:
             raise ApiError(400, str(e)) from None
         if len(x) != 1:
             raise ApiError(400, f'"pixels" holds {len(x)} images; send one 28x28 image per request')
-        return x[0], flag
+        return x[0], flag, doc
 
     # GET /api/mnist
     def _test_images(self):
@@ -247,6 +333,47 @@ class DigitApp:
         index %= len(x)
         return {"index": index, "label": int(y[index]), "count": len(x), "pixels": x[index, :, :, 0].tolist()}
 
+    # GET /api/testimage?index=I: a test image of a non-digit model's data set
+    def _dataset_test(self):
+        with self._data_lock:
+            if self._test_set is None and self._data_error is None:
+                ds = dict(self.model_info.dataset or {})
+                name = ds.get("path") if ds.get("name") == "folder" else ds.get("name")
+                loader = getattr(data, "load", None)
+                try:
+                    if not name or loader is None:
+                        raise ValueError("the model's file names no data set" if not name else
+                                         "this jimunet cannot load data sets by name")
+                    self._test_set = loader(name, root=self.data_dir, download=self.download, progress=False).test
+                except Exception as e:  # the loaders' own errors (missing files, no network, ...)
+                    self._data_error = (f"the test images of the model's data set ({name or 'unknown'}) are not "
+                                        f"available ({str(e).strip()[:300]}). Upload or drop a picture instead.")
+            if self._data_error is not None:
+                raise ApiError(503, self._data_error)
+            return self._test_set
+
+    def dataset_image(self, index: int) -> dict:
+        """Test image ``index`` of the model's data set (MNIST's for a digit model)."""
+        if self.model_info.is_digit_model:
+            doc = self.test_image(index)
+            return dict(doc, class_name=self.class_names[doc["label"]], pixels=doc["pixels"])
+        ds = self._dataset_test()
+        if isinstance(ds, tuple):  # (x, y) arrays given to the constructor
+            x, y = ds
+            n, get = len(x), (lambda i: (x[i], y[i]))
+        else:
+            n, get = len(ds), (lambda i: ds[i])
+        if not -n <= index < n:
+            raise ApiError(400, f"index must be in 0..{n - 1}, got {index}")
+        index %= n
+        img, label = get(index)
+        img = np.asarray(img)
+        if img.shape != self.shape:
+            raise ApiError(503, f"the data set's images have shape {img.shape}; the model takes {self.shape}")
+        px = img[..., 0] if self.shape[-1] == 1 else img
+        return {"index": index, "label": int(label), "class_name": self.class_names[int(label)], "count": n,
+                "pixels": np.asarray(px).tolist()}
+
     def random_mistake(self) -> dict:
         x, y = self._test_images()
         with self._data_lock:
@@ -262,72 +389,6 @@ class DigitApp:
             raise ApiError(404, f"this model gets all {len(x)} test images right: there is no mistake to show")
         i = int(wrong[self._rng.randrange(len(wrong))])
         return dict(self.test_image(i), predicted=int(pred[i]), mistakes=int(len(wrong)))
-
-
-def _boundary(content_type: str) -> bytes:
-    """The ``boundary`` parameter of a multipart Content-Type (RFC 2046: 1 to 70 characters)."""
-    for param in content_type.split(";")[1:]:
-        key, sep, value = param.partition("=")
-        if sep and key.strip().lower() == "boundary":
-            value = value.strip()
-            if len(value) >= 2 and value[0] == value[-1] == '"':
-                value = value[1:-1]
-            if 1 <= len(value) <= 70 and value.isascii() and value.isprintable() and not value.endswith(" "):
-                return value.encode("ascii")
-            break
-    raise ApiError(400, "malformed multipart/form-data: the Content-Type needs a boundary=... of 1 to 70 "
-                        "characters")
-
-
-def _part_content(body: bytes, start: int, end: int) -> bytes:
-    """The content of the part ``body[start:end]`` (headers, a blank line, the content)."""
-    if start == end:
-        return b""
-    if body.startswith(b"\r\n", start):  # no headers
-        return body[start + 2:end]
-    stop = body.find(b"\r\n\r\n", start, min(end, start + MAX_PART_HEADER))
-    if stop < 0:
-        raise ApiError(400, f"malformed multipart/form-data body: a part's headers do not end with a blank line "
-                            f"within {MAX_PART_HEADER:,} bytes")
-    for line in body[start:stop].split(b"\r\n"):
-        name, _, value = line.decode("latin-1").partition(":")
-        name, value = name.strip().lower(), value.strip().lower()
-        if name == "content-type" and value.startswith("multipart/"):
-            raise ApiError(400, "a multipart/form-data part that is itself multipart is not accepted: send the "
-                                "picture as one file part")
-        if name == "content-transfer-encoding" and value not in ("binary", "8bit", "7bit"):
-            raise ApiError(400, f"Content-Transfer-Encoding {value[:40]!r} is not accepted: send the file's bytes "
-                                f"as they are")
-    return body[stop + 4:end]
-
-
-def _first_file_part(body: bytes, content_type: str) -> bytes:
-    """The content of the first non-empty part of a ``multipart/form-data`` body (``curl -F
-    f=@d.png`` sends one part), reading at most ``MAX_PARTS`` parts and no nested ones."""
-    delim = b"--" + _boundary(content_type)
-    sep = b"\r\n" + delim
-    if body.startswith(delim):
-        pos = len(delim)
-    else:  # a preamble before the first boundary is ignored (RFC 2046)
-        pos = body.find(sep)
-        if pos < 0:
-            raise ApiError(400, "malformed multipart/form-data body: the boundary of its Content-Type is not in it")
-        pos += len(sep)
-    for _ in range(MAX_PARTS):
-        if body.startswith(b"--", pos):  # the closing boundary
-            raise ApiError(400, "the multipart/form-data body holds no file")
-        eol = body.find(b"\r\n", pos, pos + 1024)  # the rest of the boundary line (RFC 2046: blanks only)
-        if eol < 0:
-            raise ApiError(400, "malformed multipart/form-data body: a boundary line does not end")
-        end = body.find(sep, eol + 2)
-        if end < 0:
-            raise ApiError(400, "malformed multipart/form-data body: a part has no closing boundary")
-        data = _part_content(body, eol + 2, end)
-        if data:
-            return data
-        pos = end + len(sep)
-    raise ApiError(400, f"the multipart/form-data body has more than {MAX_PARTS} parts and none of the first "
-                        f"{MAX_PARTS} holds a file; send one file")
 
 
 def require_pillow() -> None:

@@ -10,11 +10,18 @@ API (JSON answers; errors are ``{"error": "..."}`` with a 4xx/5xx status):
 * ``POST /api/predict[?activations=1]``: the body is a picture (``Content-Type: image/png``,
   ``image/jpeg``, ...; or ``multipart/form-data`` with one file), or JSON
   ``{"pixels": 28x28 array, "activations": true}`` with MNIST-style pixels (white digit on
-  black, 0..255 or 0..1: what ``predict`` accepts in a ``.npy``). Answers ``top``,
-  ``probabilities``, ``input`` (the 28×28 pixels the model saw, before the ``(x-127.5)/255``
+  black, 0..255 or 0..1: what ``predict`` accepts in a ``.npy``; for a model that is not a
+  digit model, its input's height × width (× channels)). Answers ``predicted`` (the class
+  index; ``top`` is the same number, deprecated: kept for older clients), ``predicted_name``,
+  ``class_names``, ``probabilities``, ``input`` (the 28×28 pixels the model saw, before the ``(x-127.5)/255``
   scaling), ``blocks`` and, with activations, ``feature_maps`` (channels × height × width).
+* ``POST /api/backward``, ``/api/gradcheck``, ``/api/step``: the backward view, one
+  finite-difference check, SGD steps (``jimunet.app.serve_grads``); the image as for
+  ``/api/predict``, the fields (``target``, ``block``, ``tensor``, ``index``, ``steps``,
+  ``lr``) in the JSON body or, with a picture body, in the URL query.
 * ``GET /api/mnist?index=I`` / ``GET /api/mnist?mistake=1``: an MNIST test image (its pixels
   and label), or a random one this model gets wrong. MNIST is loaded on first use.
+* ``GET /api/testimage?index=I``: a test image of the model's data set (MNIST for a digit model).
 
 Limits (each checked against a running server in tests/test_serve_hostile.py): a body of at most
 ``MAX_BODY`` bytes; a whole request (request line, headers, body; or the wait for the next
@@ -112,8 +119,8 @@ class Handler(BaseHTTPRequestHandler):
     """Routes requests to ``server.app`` (a ``DigitApp``); every answer is JSON or a static file."""
 
     server_version = "jimunet-serve"
-    _GET = ("/api/model", "/api/mnist")
-    _POST = ("/api/predict",)
+    _GET = ("/api/model", "/api/mnist", "/api/testimage")
+    _POST = ("/api/predict", "/api/backward", "/api/gradcheck", "/api/step")
 
     # -- plumbing --
     def setup(self):
@@ -289,22 +296,33 @@ class Handler(BaseHTTPRequestHandler):
             pixels, flag = app.pixels_from_request(body, self.headers.get("Content-Type", ""))
             activations = flag if flag is not None else bool(_flag(query, "activations"))
             doc = app.predict(pixels, activations=activations)
+        elif path in ("/api/backward", "/api/gradcheck", "/api/step"):
+            body = self._read_body()
+            pixels, fields = app.request_input(body, self.headers.get("Content-Type", ""), query)
+            doc = app.gradients(path.rsplit("/", 1)[1], pixels, fields)
+        elif path == "/api/testimage":
+            doc = app.dataset_image(_index(query))
         else:
             raise ApiError(404, f"no such page: {path} (the page is /, the API /api/model, /api/predict, "
-                                f"/api/mnist)")
+                                f"/api/backward, /api/gradcheck, /api/step, /api/mnist, /api/testimage)")
         return 200, _json_bytes(doc), JSON_TYPE, ()
 
     def _mnist(self, query) -> dict:
         if _flag(query, "mistake"):
             return self.server.app.random_mistake()
-        raw = (query.get("index") or [None])[-1]
-        if raw is None:
+        if not (query.get("index") or [None])[-1]:
             raise ApiError(400, "give ?index=I (0..9999) or ?mistake=1")
-        try:
-            index = int(raw)
-        except ValueError:
-            raise ApiError(400, f"index must be an integer, got {raw!r}") from None
-        return self.server.app.test_image(index)
+        return self.server.app.test_image(_index(query))
+
+
+def _index(query) -> int:
+    raw = (query.get("index") or [None])[-1]
+    if raw is None:
+        raise ApiError(400, "give ?index=I")
+    try:
+        return int(raw)
+    except ValueError:
+        raise ApiError(400, f"index must be an integer, got {raw!r}") from None
 
 
 def _bind_address(host: str, port: int):
