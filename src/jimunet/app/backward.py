@@ -35,7 +35,8 @@ MAX_STEPS = 100
 FD_EPS = 1e-6  # central difference step in float64: truncation ~eps², rounding ~1e-16/eps
 
 # Forward and backward of each block kind, as the README's table "The blocks, forward and
-# backward" writes them (math is the same in every language; the page translates the captions).
+# backward" writes them. The page shows them in English or Chinese from static/i18n.js ("f.<key>.fw" and
+# ".bw", kept equal to these by tests/test_serve_i18n.py).
 FORMULAS = {
     "Conv2D/im2col": ("cols = im2col(pad(X)), Y = cols·W + b",
                       "dW = colsᵀ·dY, db = Σ dY, dX = Σ_(i,j) shift_(i,j)(dY·W[i,j]ᵀ)"),
@@ -123,11 +124,17 @@ def backward_view(model, x, target: int) -> View:
     return view
 
 
+def formula_key(layer, algorithm=None) -> str:
+    """The key of ``layer``'s formulas in ``FORMULAS`` (``"Conv2D/winograd"``, ``"Dense"``, ...)."""
+    if isinstance(layer, Conv2D):
+        return "Conv2D/" + (algorithm[0] if algorithm else "im2col")
+    return type(layer).__name__
+
+
 def formulas(layer, algorithm=None) -> tuple:
     """``(forward, backward)`` of the README's block table for ``layer`` (None for other kinds)."""
-    kind = type(layer).__name__
+    kind = formula_key(layer, algorithm)
     if isinstance(layer, Conv2D):
-        kind = "Conv2D/" + (algorithm[0] if algorithm else "im2col")
         if kind == "Conv2D/winograd":
             m, k = "×".join(map(str, algorithm[1])), "×".join(map(str, layer.kernel_size))
             return tuple(f.format(m=m, k=k) for f in FORMULAS[kind])
@@ -248,5 +255,5 @@ def sgd_steps(model, x, target: int, lrs) -> tuple:
     return stepped, losses, moves
 
 
-__all__ = ["backward_view", "gradcheck_cell", "sgd_steps", "check_lrs", "formulas", "View", "BackwardUnsupported",
+__all__ = ["backward_view", "gradcheck_cell", "sgd_steps", "check_lrs", "formulas", "formula_key", "View", "BackwardUnsupported",
            "FORMULAS", "MAX_STEPS", "TENSORS"]

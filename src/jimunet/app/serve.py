@@ -242,7 +242,7 @@ class DigitApp:
         ctype = (content_type or "").split(";")[0].strip().lower()
         if ctype == "application/json":
             pixels, _, doc = self._pixels_from_json(body)
-            return pixels, {k: doc[k] for k in serve_grads.FIELDS if k in doc}
+            return pixels, {k: doc[k] for k in serve_grads.FIELDS if doc.get(k) is not None}
         pixels, _ = self.pixels_from_request(body, content_type)
         try:
             return pixels, serve_grads.fields_from_query(query or {})

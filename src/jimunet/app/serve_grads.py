@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..layers import Dense
-from .backward import TENSORS, backward_view, check_lrs, formulas, gradcheck_cell, sgd_steps
+from .backward import TENSORS, backward_view, check_lrs, formula_key, formulas, gradcheck_cell, sgd_steps
 
 FIELDS = ("target", "block", "tensor", "index", "steps", "lr")
 
@@ -95,6 +95,7 @@ def view_json(model, scaled, pixels, target: int, class_names, steps=0, lrs=(), 
         dw = view.weight_grads[i]
         rec = {"index": i, "name": layer.describe(), "kind": type(layer).__name__,
                "input_shape": list(view.inputs[i].shape), "output_shape": list(view.inputs[i + 1].shape),
+               "formula_key": formula_key(layer, view.algorithms[i]),
                "forward": fw_bw[0] if fw_bw else None, "backward": fw_bw[1] if fw_bw else None,
                "algorithm": _algorithm(view.algorithms[i]), "grad_input": i, "grad_output": i + 1,
                "grad_input_norm": float(np.linalg.norm(view.grads[i])),
