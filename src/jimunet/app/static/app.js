@@ -405,6 +405,7 @@ function rerender() {
   setupTable(model);
   if (lastPredict) render(...lastPredict);
   if (bwDoc) renderBackward(bwDoc);
+  if (lastCheck) showCheck(lastCheck);
 }
 
 clearPad();

@@ -243,24 +243,35 @@ function unravel(flat, dims) {
 }
 
 let checks = 0;
+let lastCheck = null;  // the check on screen (written again on a language switch)
+
 async function gradcheck(cell) {
   const box = $("check");
   box.textContent = t("bw.checking");
   try {
-    const doc = await bwRequest("/api/gradcheck", cell);
-    const what = t("bw.tensor." + doc.tensor);
-    box.textContent = t("bw.checked", {
-      what, block: doc.block, index: doc.index.join(", "), a: doc.analytic.toPrecision(10),
-      n: doc.numeric.toPrecision(10), e: doc.relative_error.toExponential(2) });
-    box.dataset.analytic = String(doc.analytic);
-    box.dataset.numeric = String(doc.numeric);
-    box.dataset.error = String(doc.relative_error);
-    box.dataset.tensor = doc.tensor;
+    lastCheck = await bwRequest("/api/gradcheck", cell);
+    showCheck(lastCheck);
   } catch (err) {
     box.textContent = String(err.message || err);
   } finally {
     checks += 1;
     document.body.dataset.checks = String(checks);
+  }
+}
+
+function showCheck(doc) {
+  const box = $("check");
+  {
+    const what = t("bw.tensor." + doc.tensor);
+    box.textContent = t("bw.checked", {
+      what, block: doc.block, index: doc.index.join(", "), a: doc.analytic.toPrecision(10),
+      n: doc.numeric.toPrecision(10), e: doc.relative_error.toExponential(2) }) +
+      (doc.kink ? " " + t("bw.kink", { l: doc.one_sided[0].toPrecision(6), r: doc.one_sided[1].toPrecision(6) }) : "");
+    box.dataset.kink = String(doc.kink);
+    box.dataset.analytic = String(doc.analytic);
+    box.dataset.numeric = String(doc.numeric);
+    box.dataset.error = String(doc.relative_error);
+    box.dataset.tensor = doc.tensor;
   }
 }
 
