@@ -181,3 +181,18 @@ def test_a_colour_model_serves_pictures_resized_to_its_input(tmp_path):
         assert status == 503 and "Upload or drop a picture" in err["error"]
     finally:
         s.close()
+
+
+def test_gradcheck_names_a_kink_where_the_loss_has_no_derivative(server):
+    """A flat black background makes every 2x2 max-pool window of conv1's output a tie: moving
+    one input pixel there bends the loss, and the answer says so (one-sided slopes differ)."""
+    px = np.zeros((28, 28), np.uint8)
+    px[10:18, 12:15] = 255
+    status, _, doc = _post(server, "/api/gradcheck", {"pixels": px.tolist(), "target": 3, "block": 0,
+                                                      "tensor": "input", "index": [2, 2, 0]})
+    assert status == 200 and doc["kink"] is True
+    left, right = doc["one_sided"]
+    assert abs(left - right) > 1e-3 and doc["numeric"] == pytest.approx((left + right) / 2, rel=1e-4)
+    status, _, smooth = _post(server, "/api/gradcheck", {"pixels": digit()[..., 0].tolist(), "target": 3,
+                                                         "block": 0, "tensor": "input", "index": [2, 2, 0]})
+    assert smooth["kink"] is False and smooth["relative_error"] <= 1e-6

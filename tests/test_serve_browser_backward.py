@@ -156,14 +156,21 @@ def test_colour_model_answers_an_uploaded_picture(request, page, tmp_path):
 
 
 def make_screenshots(out_dir=os.path.join(ROOT, "docs")):
-    """docs/serve-{desktop,phone}-{en,zh}.png from a freshly served random model."""
+    """docs/serve-{desktop,phone}-{en,zh}.png: a briefly trained model (1 epoch on 4,096 MNIST
+    images, as test_serve_browser.py's), a drawn 7, and on the desktop the backward view for
+    the target "what if it were a 3?"."""
+    import tempfile
+
     from playwright.sync_api import sync_playwright
 
-    import tempfile
+    from jimunet.app.recipes import MNISTConfig
+    from jimunet.app.training import train_mnist
+
     with tempfile.TemporaryDirectory() as tmp:
-        model = os.path.join(tmp, "model.npz")
-        jn.models.mnist_cnn(rng=0).save(model)
-        server = ServeProcess(model, "--port", "0")
+        run = os.path.join(tmp, "run")
+        train_mnist(MNISTConfig(epochs=1, train_size=4096, test_size=500, out=run, report=False, progress=False),
+                    echo=False)
+        server = ServeProcess(os.path.join(run, "best.npz"), "--port", "0")
         try:
             with sync_playwright() as pw:
                 b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
@@ -178,12 +185,23 @@ def make_screenshots(out_dir=os.path.join(ROOT, "docs")):
                         draw(pg, [(x * k, y * k) for x, y in SEVEN])
                         pg.wait_for_function(BW_SETTLED)
                         if view == "desktop":
-                            pg.locator("#backward-panel").scroll_into_view_if_needed()
+                            pg.click("#targets .target[data-class='3']")
+                            pg.wait_for_function(BW_SETTLED)
+                            pg.evaluate("document.querySelector('#backward-panel').scrollIntoView()")
                         pg.screenshot(path=os.path.join(out_dir, f"serve-{view}-{lang}.png"))
                         ctx.close()
                 b.close()
         finally:
             server.close()
+
+
+
+def test_ci_installs_a_cjk_font_for_the_chinese_page():
+    ci = open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8").read()
+    assert "NotoSansCJK-Regular.ttc ]" in ci
+    assert ci.index("apt-get install -y chromium fonts-noto-cjk") < ci.index("python -m pytest")
+    css = open(os.path.join(ROOT, "src", "jimunet", "app", "static", "style.css"), encoding="utf-8").read()
+    assert '"Noto Sans CJK SC"' in css and '"Microsoft YaHei"' in css and '"PingFang SC"' in css
 
 
 if __name__ == "__main__" and "--screenshots" in sys.argv:
