@@ -149,6 +149,7 @@ def test_a_colour_model_serves_pictures_resized_to_its_input(tmp_path):
     """An untrained colour model (32x32x3, 4 named classes): pictures are resized to its input
     and the backward view works on it; the answers are those of the model on that input."""
     pil = pytest.importorskip("PIL.Image")
+    from PIL import ImageOps
     model = jn.Sequential([jn.layers.Conv2D(3, 4, 3, rng=0), jn.layers.ReLU(), jn.layers.MaxPool2D(2),
                            jn.layers.Flatten(), jn.layers.Dense(16 * 16 * 4, 4, rng=1)])
     path = tmp_path / "colour.npz"
@@ -165,7 +166,7 @@ def test_a_colour_model_serves_pictures_resized_to_its_input(tmp_path):
         status, _, doc = request(s.url, "POST", "/api/predict", body=buf.getvalue(), headers={"Content-Type": "image/png"})
         assert status == 200, doc
         seen = np.asarray(doc["input"]["pixels"], np.float32)
-        expect = np.asarray(pil.fromarray(rgb).resize((32, 32), pil.BILINEAR), np.float32)
+        expect = np.asarray(ImageOps.fit(pil.fromarray(rgb), (32, 32), method=pil.Resampling.BICUBIC), np.float32)
         np.testing.assert_array_equal(seen, expect)
         x = (expect - np.float32([120, 110, 100])) / np.float32(60)
         logits = jn.load(path).forward(x[None].astype(np.float32))[0].astype(np.float64)
@@ -179,6 +180,19 @@ def test_a_colour_model_serves_pictures_resized_to_its_input(tmp_path):
         assert status == 200 and chk["relative_error"] <= 1e-6
         status, _, err = request(s.url, path="/api/testimage?index=0")
         assert status == 503 and "Upload or drop a picture" in err["error"]
+        # transparency is white (the folder policy), a huge picture 413, anything else 400
+        buf = io.BytesIO()
+        pil.new("RGBA", (8, 8), (0, 0, 0, 0)).save(buf, "PNG")
+        doc = request(s.url, "POST", "/api/predict", body=buf.getvalue(), headers={"Content-Type": "image/png"})[2]
+        assert np.all(np.asarray(doc["input"]["pixels"]) == 255)
+        buf = io.BytesIO()
+        pil.new("L", (5000, 4000)).save(buf, "PNG")
+        status, _, err = request(s.url, "POST", "/api/backward", body=buf.getvalue(), headers={"Content-Type": "image/png"})
+        assert status == 413 and "5000x4000" in err["error"]
+        status, _, err = request(s.url, "POST", "/api/predict", body=b"GIF89a no", headers={"Content-Type": "image/gif"})
+        assert status == 400 and "not a readable image" in err["error"]
+        status, _, err = _post(s, "/api/backward", {"pixels": np.zeros((28, 28)).tolist()})
+        assert status == 400 and "(32, 32, 3)" in err["error"]
     finally:
         s.close()
 

@@ -15,6 +15,7 @@ would mix each other's data. One image takes milliseconds, so requests simply qu
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -32,9 +33,8 @@ from . import serve_grads
 from .backward import BackwardUnsupported
 from .explain import walk
 from .inspect import conv_blocks, trace
-from .multipart import ApiError
-from .multipart import first_file_part
-from .picture import model_info, picture_from_bytes, pixels_from_array, scale
+from .multipart import ApiError, first_file_part
+from .picture import as_model_pixels, model_info, picture_pixels, picture_size, scale
 from .recipes import MNISTConfig
 from .training import train_mnist
 
@@ -115,7 +115,10 @@ class DigitApp:
 
     def __init__(self, model, model_path: str = "(in memory)", data_dir=None, download: bool = True,
                  test_set=None):
-        self.model_info = model_info(model)
+        try:
+            self.model_info = model_info(model)
+        except ValueError as e:  # metadata that cannot be right (ModelInfoError)
+            raise ServeError(f"{model_path}: {e}") from None
         self.shape = tuple(self.model_info.input_shape)
         self.class_names = list(self.model_info.class_names)
         _check_servable(model, model_path, self.shape, len(self.class_names))
@@ -263,7 +266,8 @@ class DigitApp:
             try:
                 with DECODE_SLOTS:
                     if not self.model_info.is_digit_model:
-                        return picture_from_bytes(body, self.shape, max_pixels=MAX_PIXELS).astype(np.float32), None
+                        picture_size(body, "the uploaded image", MAX_PIXELS)
+                        return picture_pixels(io.BytesIO(body), self.model_info, "the uploaded image"), None
                     return digit_from_bytes(body, name="the uploaded image", max_pixels=MAX_PIXELS), None
             except ImportError as e:
                 raise ApiError(500, str(e)) from None
@@ -300,7 +304,10 @@ class DigitApp:
             raise ApiError(400, '"pixels" is not a rectangular array of numbers')
         if not self.model_info.is_digit_model:
             try:
-                return pixels_from_array(arr, self.shape), flag, doc
+                x = as_model_pixels(arr, self.model_info, '"pixels"')
+                if len(x) != 1:
+                    raise ValueError(f'"pixels" holds {len(x)} images; send one image per request')
+                return x[0], flag, doc
             except ValueError as e:
                 raise ApiError(400, str(e)) from None
         try:
