@@ -13,6 +13,7 @@ from serve_helpers import ROOT, ThreadServer, digit, request
 import jimunet as jn
 from jimunet.app.backward import FORMULAS
 from jimunet.app.serve import DigitApp
+from jimunet.app.server import MAX_BODY
 
 STATIC = os.path.join(ROOT, "src", "jimunet", "app", "static")
 
@@ -210,3 +211,22 @@ def test_gradcheck_names_a_kink_where_the_loss_has_no_derivative(server):
     status, _, smooth = _post(server, "/api/gradcheck", {"pixels": digit()[..., 0].tolist(), "target": 3,
                                                          "block": 0, "tensor": "input", "index": [2, 2, 0]})
     assert smooth["kink"] is False and smooth["relative_error"] <= 1e-6
+
+
+def test_a_graph_model_predicts_and_the_backward_view_says_it_needs_a_sequential():
+    app = DigitApp(jn.models.mnist_resnet(rng=0, stem=4, blocks=((4, 1),)))
+    assert app.info()["backward"] is False  # the page hides the backward panel
+    s = ThreadServer(app)
+    try:
+        px = digit()[..., 0].tolist()
+        assert _post(s, "/api/predict", {"pixels": px})[0] == 200
+        status, _, err = _post(s, "/api/backward", {"pixels": px})
+        assert status == 422 and "Sequential" in err["error"]
+    finally:
+        s.close()
+
+
+def test_the_backward_endpoints_keep_the_body_limit(server):
+    status, _, err = request(server.url, "POST", "/api/step", body=b"x" * (MAX_BODY + 1),
+                             headers={"Content-Type": "application/json"})
+    assert status == 413 and f"{MAX_BODY:,}" in err["error"]
