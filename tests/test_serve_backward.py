@@ -11,7 +11,7 @@ import pytest
 from serve_helpers import ROOT, ThreadServer, digit, request
 
 import jimunet as jn
-from jimunet.app.backward import FORMULAS
+from jimunet.app.backward import FORMULAS, backward_view, gradcheck_cell
 from jimunet.app.serve import DigitApp
 from jimunet.app.server import MAX_BODY
 
@@ -230,3 +230,28 @@ def test_the_backward_endpoints_keep_the_body_limit(server):
     status, _, err = request(server.url, "POST", "/api/step", body=b"x" * (MAX_BODY + 1),
                              headers={"Content-Type": "application/json"})
     assert status == 413 and f"{MAX_BODY:,}" in err["error"]
+
+
+def test_backward_view_equals_model_backward_for_every_kind_of_block():
+    """Block by block in list order (ReLU before MaxPool) gives what ``model.backward`` gives (in
+    its fused order), for BatchNorm, AvgPool2D, GlobalAvgPool2D, LeakyReLU too; every weight
+    passes the float64 check."""
+    L = jn.layers
+    bn = L.BatchNorm(4)
+    bn.running_mean.data[...] = np.float32([0.1, -0.2, 0.3, 0.0])  # evaluation statistics that are not trivial
+    model = jn.Sequential([L.Conv2D(3, 4, 3, rng=0), bn, L.ReLU(), L.MaxPool2D(2), L.Conv2D(4, 6, 3, rng=1),
+                           L.LeakyReLU(), L.AvgPool2D(2), L.GlobalAvgPool2D(), L.Dense(6, 5, rng=2)])
+    x = np.random.default_rng(0).standard_normal((12, 12, 3)).astype(np.float32)
+    view = backward_view(model, x, 2)
+    loss_fn = jn.losses.SoftmaxCrossEntropy()
+    loss = float(loss_fn.forward(model.forward(x[None]), np.array([2])))
+    for layer in model.layers:
+        layer.zero_grad()
+    dx = model.backward(loss_fn.backward())
+    assert view.loss == loss
+    np.testing.assert_array_equal(view.grads[0], dx[0])
+    for i in (0, 4, 8):
+        np.testing.assert_array_equal(view.weight_grads[i], model.layers[i].weight.grad)
+    for i, index in ((0, [1, 2, 0, 3]), (4, [0, 1, 2, 5]), (8, [3, 4])):
+        assert gradcheck_cell(model, x, 2, i, "weight", index)["relative_error"] <= 1e-6
+    assert gradcheck_cell(model, x, 2, 1, "input", [5, 6, 2])["relative_error"] <= 1e-6
