@@ -255,3 +255,15 @@ def test_backward_view_equals_model_backward_for_every_kind_of_block():
     for i, index in ((0, [1, 2, 0, 3]), (4, [0, 1, 2, 5]), (8, [3, 4])):
         assert gradcheck_cell(model, x, 2, i, "weight", index)["relative_error"] <= 1e-6
     assert gradcheck_cell(model, x, 2, 1, "input", [5, 6, 2])["relative_error"] <= 1e-6
+
+
+def test_a_non_digit_model_serves_its_own_test_images():
+    model = jn.Sequential([jn.layers.Flatten(), jn.layers.Dense(8 * 8 * 3, 2, rng=0)])
+    model.metadata = {"input_shape": [8, 8, 3], "class_names": ["sky", "sea"], "dataset": {"name": "cifar10"}}
+    x = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    app = DigitApp(model, test_set=(x, np.array([0, 1, 1, 0, 1])))
+    doc = app.dataset_image(2)
+    assert doc["label"] == 1 and doc["class_name"] == "sea" and doc["count"] == 5
+    assert np.array_equal(np.asarray(doc["pixels"]), x[2])
+    answer = app.predict(np.asarray(doc["pixels"], np.float32))
+    assert answer["class_names"] == ["sky", "sea"] and answer["predicted_name"] in ("sky", "sea")
