@@ -189,9 +189,11 @@ function sendPicture(file) {
   const url = URL.createObjectURL(file);
   const img = new Image();
   img.onload = () => {
-    clearPad();
+    clearPad();  // the whole picture, its shape kept (the model's crop is under "What the model sees")
+    const k = Math.min(pad.width / img.width, pad.height / img.height);
+    const w = img.width * k, h = img.height * k;
     ctx.imageSmoothingEnabled = true;
-    ctx.drawImage(img, 0, 0, pad.width, pad.height);
+    ctx.drawImage(img, (pad.width - w) / 2, (pad.height - h) / 2, w, h);
     URL.revokeObjectURL(url);
   };
   img.src = url;
@@ -227,7 +229,9 @@ const className = (k) => (model ? model.class_names[k] : String(k));
 
 function renderBars(probs, top) {
   const box = $("probs");
-  if (box.children.length !== probs.length) {
+  const names = probs.map((_, k) => className(k)).join("\n");
+  if (box.dataset.names !== names) {  // (re)built for the model's classes
+    box.dataset.names = names;
     box.textContent = "";
     probs.forEach((_, k) => {
       const row = document.createElement("div");

@@ -7,6 +7,7 @@ const I18N = {
 "en": {
   "title": "jimunet serve: draw a digit",
   "subtitle": "draw a digit, watch every block react, forward and backward",
+  "subtitle.picture": "give it a picture, watch every block react, forward and backward",
   "lang.other": "中文",
   "model.loading": "loading the model…",
   "model.file": "model {path}",
@@ -37,7 +38,7 @@ const I18N = {
   "seen.title": "What the model sees",
   "seen.aria": "the model's input",
   "seen.note": "The 28×28 input after jimunet's own preprocessing, the same code as jimunet predict: inverted if needed, cropped, scaled to 20 px, centred by its centre of mass; then (x − 127.5) / 255.",
-  "seen.note.picture": "The picture resized to the model's input (the whole picture, bilinear), then normalised per channel as in training.",
+  "seen.note.picture": "The picture scaled to cover the model's input and centre-cropped (bicubic), as an image folder is read for training; then normalised per channel as in training.",
   "bw.title": "Backward: the gradient of the loss, block by block",
   "bw.note": "Pick the class the model should have said. The loss is the cross-entropy against it; every block's dL/dY (the gradient at its output) and dL/dX (at its input) are drawn with one colour scale per map: blue negative, white zero, red positive. Click any cell to check it against a finite difference.",
   "bw.target": "Target class:",
@@ -107,6 +108,7 @@ const I18N = {
 "zh": {
   "title": "jimunet serve：手写一个数字",
   "subtitle": "写一个数字，看每个积木块的前向与反向",
+  "subtitle.picture": "给它一张图片，看每个积木块的前向与反向",
   "lang.other": "English",
   "model.loading": "正在载入模型…",
   "model.file": "模型 {path}",
@@ -137,7 +139,7 @@ const I18N = {
   "seen.title": "模型看到的输入",
   "seen.aria": "模型的输入",
   "seen.note": "经过 jimunet 自己的预处理后的 28×28 输入，与 jimunet predict 用的是同一段代码：必要时反色，裁剪，缩放到 20 像素，按质心居中；再做 (x − 127.5) / 255。",
-  "seen.note.picture": "图片整张缩放到模型的输入尺寸（双线性插值），再像训练时一样按通道归一化。",
+  "seen.note.picture": "图片按训练时读取图片文件夹的方式处理：等比缩放到刚好盖住模型的输入尺寸，再从中间裁剪（双三次插值）；然后像训练时一样按通道归一化。",
   "bw.title": "反向传播：损失的梯度，逐块来看",
   "bw.note": "选一个你认为模型应当给出的类别。损失是相对于它的交叉熵；每个块的 dL/dY（输出处的梯度）和 dL/dX（输入处的梯度）各用一个颜色刻度画出：蓝为负，白为零，红为正。点击任意一格，可以和有限差分的结果对照。",
   "bw.target": "目标类别：",
