@@ -267,3 +267,14 @@ def test_a_non_digit_model_serves_its_own_test_images():
     assert np.array_equal(np.asarray(doc["pixels"]), x[2])
     answer = app.predict(np.asarray(doc["pixels"], np.float32))
     assert answer["class_names"] == ["sky", "sea"] and answer["predicted_name"] in ("sky", "sea")
+
+
+def test_the_formulas_are_the_readme_block_tables():
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    rows = {line.split("|")[1].strip(): line for line in readme.splitlines() if line.startswith("| ")}
+    for key, row in (("Conv2D/im2col", 'Conv2D, `algorithm="im2col"`'), ("Dense", "Dense"), ("ReLU", "ReLU")):
+        spans = re.findall(r"`([^`]+)`", rows[row].split("](")[0])
+        spans = [s for s in spans if ("=" in s or "·" in s) and "algorithm" not in s]  # formulas, not names
+        assert spans and all(s in " ".join(FORMULAS[key]) for s in spans), (key, spans)
+    assert "Aᵀ[(G W Gᵀ) ⊙ (Bᵀ d B)]A" in rows['Conv2D, `algorithm="winograd"` (stride 1)']
+    assert "Aᵀ[(G W Gᵀ) ⊙ (Bᵀ d B)]A" in FORMULAS["Conv2D/winograd"][0]
