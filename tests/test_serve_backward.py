@@ -11,6 +11,7 @@ import pytest
 from serve_helpers import ROOT, ThreadServer, digit, request
 
 import jimunet as jn
+import jimunet.app.serve_grads as sg
 from jimunet.app.backward import FORMULAS, backward_view, gradcheck_cell
 from jimunet.app.serve import DigitApp
 from jimunet.app.server import MAX_BODY
@@ -278,3 +279,16 @@ def test_the_formulas_are_the_readme_block_tables():
         assert spans and all(s in " ".join(FORMULAS[key]) for s in spans), (key, spans)
     assert "Aᵀ[(G W Gᵀ) ⊙ (Bᵀ d B)]A" in rows['Conv2D, `algorithm="winograd"` (stride 1)']
     assert "Aᵀ[(G W Gᵀ) ⊙ (Bᵀ d B)]A" in FORMULAS["Conv2D/winograd"][0]
+
+
+def test_steps_that_overflow_get_a_400_not_a_500(monkeypatch, server):
+    real = sg.backward_view
+
+    def overflowing(model, x, target):
+        view = real(model, x, target)
+        view.loss = float("inf")
+        return view
+
+    monkeypatch.setattr(sg, "backward_view", overflowing)
+    status, _, err = _post(server, "/api/step", {"pixels": digit()[..., 0].tolist(), "steps": 2, "lr": 5})
+    assert status == 400 and "not finite after 2 SGD steps" in err["error"]

@@ -89,6 +89,10 @@ def _algorithm(alg):
 def view_json(model, scaled, pixels, target: int, class_names, steps=0, lrs=(), moves=None) -> dict:
     """The answer of ``/api/backward`` for ``model`` (already stepped, if steps were asked for)."""
     view = backward_view(model, scaled, target)
+    if not (np.isfinite(view.loss) and all(np.isfinite(g).all() for g in view.grads)):
+        raise ValueError(f"the loss or its gradients are not finite after {steps} SGD steps; take fewer steps or a "
+                         f"smaller learning rate" if steps else "the loss or its gradients are not finite for this "
+                         f"image")
     blocks = []
     for i, layer in enumerate(model.layers):
         fw_bw = formulas(layer, view.algorithms[i])
