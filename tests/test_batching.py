@@ -343,3 +343,16 @@ def test_resume_with_composed_augmentation_is_bit_identical(tmp_path):
     for p, q in zip(whole_model.parameters(), resumed_model.parameters()):
         assert p.data.tobytes() == q.data.tobytes()
     assert whole.history.step_loss == resumed.history.step_loss
+
+
+def test_an_interrupted_fit_on_a_dataset_leaves_no_thread_running():
+    class StopAt(jn.training.Callback):
+        def on_step_end(self, trainer, step, loss):
+            if step == 1:
+                raise KeyboardInterrupt
+
+    x, y = _pixels(200)
+    t = _trainer(_model(), callbacks=[StopAt()])
+    with pytest.raises(jn.training.TrainingInterrupted) as e:
+        t.fit(ArrayDataset(x, y), epochs=1, normalize=Normalize.mnist(), prefetch=4)
+    assert not _prefetch_threads() and e.value is not None

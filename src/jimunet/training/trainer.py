@@ -214,12 +214,16 @@ class Trainer:
         stats = self.epoch_stats = EpochStats(epoch + 1, self.steps_in_epoch(len(x), epoch))
         callbacks.on_epoch_begin(self, epoch + 1)
         stats.t0 = time.perf_counter()
-        for xb, yb in self._batches(x, y, epoch):
-            loss = self.train_step(xb, yb)
-            self.step += 1
-            stats.images += len(xb)
-            stats.losses.append(loss)
-            callbacks.on_step_end(self, self.step - 1, loss)
+        batches = self._batches(x, y, epoch)
+        try:
+            for xb, yb in batches:
+                loss = self.train_step(xb, yb)
+                self.step += 1
+                stats.images += len(xb)
+                stats.losses.append(loss)
+                callbacks.on_step_end(self, self.step - 1, loss)
+        finally:
+            batches.close()  # now, not when the traceback goes: stops a Dataset's prefetching thread
         stats.train_seconds = time.perf_counter() - stats.t0
         callbacks.on_epoch_steps_end(self, epoch + 1)
         val_error = None
