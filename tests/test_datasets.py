@@ -329,3 +329,15 @@ def test_load_mnist_as_splits(tmp_path, monkeypatch):
     assert s.name == "mnist" and s.class_names == tuple("0123456789") and s.image_shape == (28, 28, 1)
     assert s.source == str(tmp_path) and len(s.train) == 4 and len(s.test) == 2
     assert isinstance(s.train, jn.data.Dataset)
+
+
+def test_readme_data_set_example_runs(capsys):
+    import re
+    needs_debian()
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"### Data sets: `jn.data`.*?```python\n(.*?)```", text, re.S).group(1)
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    out = capsys.readouterr().out
+    assert "('T-shirt/top', 'Trouser', 'Pullover') (28, 28, 1) 60000 images from" in out
+    assert namespace["trainer"].epoch == 1 and float(out.split("accuracy")[1]) > 0.3
