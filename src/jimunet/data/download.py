@@ -106,7 +106,7 @@ def verified_array(data: bytes, spec: FileSpec, source: str, set_name: str = "th
     digest = hashlib.sha256(data).hexdigest()
     if digest != spec.sha256:
         other = _REGISTRY.get(digest)
-        what = (f"it is {other[0]}'s {other[1]}, not {set_name}'s {spec.name}" if other and other[0] != set_name
+        what = (f"it is {other[0]}'s {other[1]}, not {set_name}'s {spec.name}" if other
                 else f"SHA-256 of the IDX content is {digest}, expected {spec.sha256} ({len(data)} bytes)")
         raise CorruptFile(f"{source}: {what}")
     try:
