@@ -288,7 +288,6 @@ def load_idx_set(idx_set: IDXSet, root: Path, download: bool, progress: bool,
     Sources, in order: ``root`` (plain or ``.gz`` files), the read-only ``local_dirs``, then, with
     ``download``, ``fetch(root, missing_specs, progress)`` (default: the mirrors) into ``root``.
     """
-    root.mkdir(parents=True, exist_ok=True)
     found: Dict[str, np.ndarray] = {}
     for key, spec in idx_set.files.items():
         arr = load_file(root, spec, idx_set, discard_fetched=download)
@@ -308,6 +307,7 @@ def load_idx_set(idx_set: IDXSet, root: Path, download: bool, progress: bool,
                 f"{idx_set.name} files missing from {root}: {', '.join(s.name for s in missing)} "
                 f"(download=False).\n{manual_instructions(idx_set, root)}\nOr call it with download=True to fetch them.",
                 root=root)
+        root.mkdir(parents=True, exist_ok=True)  # only now: reading leaves no trace
         (fetch or _mirror_fetch(idx_set))(root, missing, progress)
         for key, spec in idx_set.files.items():
             if key not in found:

