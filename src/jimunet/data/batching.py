@@ -12,9 +12,10 @@ import threading
 
 import numpy as np
 
+from ..backend import xp_of
 from ..random import resolve_rng
 
-__all__ = ["BatchIterator", "prefetch", "Prefetcher"]
+__all__ = ["BatchIterator", "prefetch", "Prefetcher", "predict_dataset"]
 
 _DONE = object()
 
@@ -176,3 +177,16 @@ class BatchIterator:
 
     def set_state(self, state: dict) -> None:
         self.rng.bit_generator.state = state
+
+
+def predict_dataset(predict, dataset, batch_size: int, normalize=None, max_activation_bytes=None):
+    """``Network.predict`` on a ``Dataset``: ``predict(x, batch_size, max_activation_bytes)`` on
+    each batch of its images (fetched ahead in a background thread) through ``normalize``
+    (``Normalize``; None: the images are model inputs already), concatenated; labels ignored."""
+    if not (hasattr(dataset, "get_batch") and not hasattr(dataset, "shape")):
+        raise ValueError("predict: normalize applies to a Dataset; arrays are model inputs already")
+    outs = [predict(xb, batch_size, max_activation_bytes) for xb, _ in BatchIterator(dataset, batch_size,
+                                                                                      normalize=normalize)]
+    if not outs:
+        return predict(np.zeros((0,) + tuple(dataset.image_shape), np.float32), batch_size, max_activation_bytes)
+    return xp_of(outs[0]).concatenate(outs)
