@@ -15,7 +15,7 @@ import numpy as np
 from ..backend import xp_of
 from ..random import resolve_rng
 
-__all__ = ["BatchIterator", "prefetch", "Prefetcher", "predict_dataset"]
+__all__ = ["BatchIterator", "prefetch", "Prefetcher", "predict_dataset", "transform_batch"]
 
 _DONE = object()
 
@@ -110,6 +110,14 @@ def prefetch(dataset, index_batches, depth: int = 2) -> Prefetcher:
     return Prefetcher(dataset, index_batches, depth)
 
 
+def transform_batch(xb, augment=None, normalize=None):
+    """A batch of images as the data set gives it → model inputs: ``augment`` (on the pixels, so
+    padding is black), then ``normalize`` (None: only cast to float32)."""
+    if augment is not None:
+        xb = augment(xb)
+    return normalize(xb) if normalize is not None else np.asarray(xb, dtype=np.float32)
+
+
 class BatchIterator:
     """Mini-batches ``(x float32, y int64)`` of a ``Dataset``; each ``iter()`` is one epoch.
 
@@ -165,11 +173,7 @@ class BatchIterator:
 
     def transform(self, xb):
         """Augmentation, then normalisation, of one batch of images (on the calling thread)."""
-        if self.augment is not None:
-            xb = self.augment(xb)
-        if self.normalize is not None:
-            return self.normalize(xb)
-        return np.asarray(xb, dtype=np.float32)
+        return transform_batch(xb, self.augment, self.normalize)
 
     def state(self) -> dict:
         """The shuffling generator's state (the augmentation keeps its own)."""
