@@ -292,3 +292,24 @@ def test_steps_that_overflow_get_a_400_not_a_500(monkeypatch, server):
     monkeypatch.setattr(sg, "backward_view", overflowing)
     status, _, err = _post(server, "/api/step", {"pixels": digit()[..., 0].tolist(), "steps": 2, "lr": 5})
     assert status == 400 and "not finite after 2 SGD steps" in err["error"]
+
+
+def test_a_fashion_mnist_model_offers_its_test_images_through_jn_data_load():
+    """Debian's dataset-fashion-mnist files (.ci/run installs them); the page's /api/testimage."""
+    if not os.path.exists("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz"):
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("Debian's dataset-fashion-mnist must be installed in CI")
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    model = jn.models.mnist_cnn(rng=0)
+    model.metadata = {"input_shape": [28, 28, 1], "class_names": names, "dataset": {"name": "fashion-mnist"},
+                      "normalize": {"mean": [72.9], "std": [90.0]}}
+    s = ThreadServer(DigitApp(model, download=False))
+    try:
+        status, _, doc = request(s.url, path="/api/testimage?index=0")
+        assert status == 200 and doc["count"] == 10000 and doc["class_name"] == "Ankle boot"  # its first test image
+        assert np.asarray(doc["pixels"]).shape == (28, 28)
+        status, _, answer = _post(s, "/api/predict", {"pixels": doc["pixels"]})
+        assert status == 200 and answer["input"]["scaling"] == "(pixels - mean) / std per channel"
+    finally:
+        s.close()
