@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._messages import shown
 from .. import init as _init
 from ..backend import xp_of
 from ..functional import winograd as _wg
@@ -145,7 +146,7 @@ class Conv2D(Layer):
                  dtype=np.float32, algorithm: str = "auto", winograd_tile=None):
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not 1 <= v <= MAX_SIZE:
-                raise ValueError(f"Conv2D: {name} must be a positive int (at most {MAX_SIZE:,}), got {v!r}")
+                raise ValueError(f"Conv2D: {name} must be a positive int (at most {MAX_SIZE:,}), got {shown(v)}")
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size = pair(kernel_size, "Conv2D kernel_size")
         self.stride = pair(stride, "Conv2D stride")
@@ -170,7 +171,7 @@ class Conv2D(Layer):
     def _check_algorithm(self, algorithm, tile):
         if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
             raise ValueError(f"Conv2D algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, "
-                             f"got {algorithm!r}")
+                             f"got {shown(algorithm)}")
         tile = _tile_pair(tile)
         if algorithm == "winograd" and (self.stride != (1, 1) or min(self.kernel_size) < 2):
             raise ValueError(f"Conv2D algorithm='winograd' needs stride 1 and a kernel of at least 2x2, "
