@@ -358,3 +358,20 @@ def test_one_convention_for_every_command(capsys):
     args.prog = "jimunet demo [rank 1 of 2]"
     assert args.func(args) == 7
     assert capsys.readouterr().err == "jimunet demo [rank 1 of 2]: error: no can do\n"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX pipes")
+@pytest.mark.parametrize("args", [["predict", "{model}", "{images}"], ["--help"], ["predict", "--help"]])
+def test_output_to_a_reader_that_has_gone_ends_quietly(tmp_path, model_file, args):
+    # `jimunet predict ... | head -1`, with head already gone: every write to the pipe fails
+    np.save(tmp_path / "x.npy", np.zeros((500, 28, 28, 1), np.uint8))
+    argv = [a.format(model=model_file, images=tmp_path / "x.npy") for a in args]
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        r = subprocess.run([sys.executable, "-m", "jimunet", *argv], stdout=write_end, stderr=subprocess.PIPE,
+                           text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert r.stderr == ""  # neither an error line nor Python's "Exception ignored ... BrokenPipeError"
+    assert r.returncode == (cli.EXIT_BROKEN_PIPE if args[-1] != "--help" else 0)
