@@ -1,4 +1,4 @@
-"""What every test relies on: that ``import jimunet`` is this checkout.
+"""What every test relies on: that ``import jimunet`` is this checkout, and signal dispositions.
 
 The tests check the source next to them. An installed copy (``pip install ".[serve]"`` without
 ``-e`` copies the package into site-packages) would be tested instead without a word, and the tests
@@ -6,6 +6,7 @@ that read files next to the package (pyproject.toml, the README) would fail with
 so the run stops before collecting anything, saying what was imported and how to fix it.
 """
 import importlib
+import signal
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,16 @@ def pytest_configure(config):
     if problem:
         raise pytest.UsageError(problem)
 
+
+@pytest.fixture
+def terminal_signals():
+    """SIGINT and SIGTERM in this process as in a terminal's foreground process, for a test that
+    sends them to itself; a test run started with ``&`` or nohup ignores SIGINT, and that
+    disposition is put back afterwards."""
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for signum, handler in saved.items():
+        if handler is not None:  # None: set outside Python, which cannot be put back
+            signal.signal(signum, handler)

@@ -1,4 +1,5 @@
-"""The test suite itself: it refuses to test a copy that is not this checkout."""
+"""The test suite itself: it refuses to test a copy that is not this checkout, and its signal
+tests pass however the run is started (a background job, nohup, a CI runner)."""
 import os
 import subprocess
 import sys
@@ -38,3 +39,15 @@ def test_the_suite_refuses_a_jimunet_that_is_not_this_checkout(tmp_path, init, e
     lines = [ln for ln in out.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("ERROR: these tests "), out  # one paragraph
 
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and /bin/sh")
+def test_signal_tests_pass_when_the_test_run_ignores_sigint():
+    ignore = 'trap "" INT'  # a non-interactive shell does this for `python -m pytest ... &`
+    r = pytest_child("-c", "import signal; print(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)", pythonpath=[SRC],
+                     shell_prefix=ignore, timeout=300)
+    assert r.stdout.strip() == "True", r  # the setup works: the child inherits the ignore
+    # one test that sends Ctrl-C to a `jimunet train` it starts, one that sends it to itself
+    tests = ["tests/test_cli.py::test_ctrl_c_saves_a_resumable_checkpoint",
+             "tests/test_rundir.py::test_stop_signals_wait_inside_a_step_and_not_elsewhere"]
+    r = pytest_child("-m", "pytest", "-q", "-p", "no:cacheprovider", *tests, pythonpath=[SRC], shell_prefix=ignore)
+    assert r.returncode == 0 and "2 passed" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
