@@ -83,7 +83,11 @@ def auto_tile(kernel, out_hw, in_channels, out_channels):
 
 @register
 class Conv2D(Layer):
-    """2-D convolution (cross-correlation, as in TensorFlow and PyTorch).
+    """2-D convolution (cross-correlation); pads ``"same"`` by default, unlike Keras and PyTorch.
+
+    The default keeps the output at ``ceil(input / stride)``, as the TensorFlow MNIST sample's
+    layers do; Keras's ``Conv2D`` defaults to ``"valid"`` and PyTorch's ``Conv2d`` to
+    ``padding=0``: pass ``padding="valid"`` (or 0) for their output sizes.
 
     Two algorithms compute it (``algorithm=``):
 
@@ -115,8 +119,9 @@ class Conv2D(Layer):
         out_channels: number of filters.
         kernel_size: int or ``(kh, kw)``; odd and even sizes both work.
         stride: int or ``(sh, sw)``, each ≥ 1.
-        padding: ``"same"`` (TensorFlow's rule: output ``ceil(n/stride)``, the smaller half of
-            the padding before), ``"valid"`` (none), or an int / pair of zero rows per side.
+        padding: ``"same"`` (the default; TensorFlow's rule: output ``ceil(n/stride)``, the
+            smaller half of the padding before), ``"valid"`` (none), or an int / pair of zero
+            rows per side.
         use_bias: add a learned bias per output channel.
         weight_init, bias_init: initialisers (see ``jimunet.init``) or their names.
         rng: Generator (or int seed) for the initial weights; default ``jn.set_seed``'s.
