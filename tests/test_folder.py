@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cifar_jpeg import cifar_jpeg  # noqa: F401 - a fixture
-from jimunet.data import folder as folder_mod
+from jimunet.data import folder_scan
 from jimunet.data.folder import DEFAULT_TEST_FRACTION, ImageFolder, load_folder
 
 PIL = pytest.importorskip("PIL", reason="Pillow (the 'image' extra) is part of the test extra")
@@ -269,7 +269,7 @@ def test_a_file_that_fails_while_decoding_names_it(tmp_path):
 def test_too_many_pixels_are_refused_from_the_header(tmp_path, monkeypatch):
     make_classes(tmp_path, n=2)
     write(tmp_path / "cat" / "huge.png", rgb(20, 30))
-    monkeypatch.setattr(folder_mod, "MAX_IMAGE_PIXELS", 500)
+    monkeypatch.setattr(folder_scan, "MAX_IMAGE_PIXELS", 500)
     with pytest.raises(ValueError, match=r"huge.png: the image is 30x20 \(0.0 megapixels\); at most"):
         load_folder(tmp_path)
     assert len(ImageFolder(tmp_path, skip_unreadable=True)) == 4
