@@ -466,3 +466,8 @@ def test_cifar10_jpeg_folder(cifar_jpeg):
     assert [s.class_names[k] for k in y] == [s.train.files[i].split(os.sep)[-2] for i in pick]
     xt, _ = s.test.get_batch([0, 9999])
     assert np.array_equal(xt[1], np.asarray(Image.open(cifar_jpeg / "test" / "truck" / "0999.jpg")))
+
+
+def test_public_names():
+    import jimunet as jn
+    assert jn.data.load_folder is load_folder and jn.data.ImageFolder is ImageFolder
