@@ -317,6 +317,36 @@ def test_user_files_are_never_changed(tmp_path, monkeypatch):
     assert snapshot(root) == before
 
 
+def test_the_scan_reads_headers_only(tmp_path, monkeypatch):
+    make_classes(tmp_path, n=2)
+    make_classes(tmp_path, n=2, ext="jpg")
+    write(tmp_path / "cat" / "x.webp")
+    write(tmp_path / "dog" / "x.tif")
+    from PIL import ImageFile
+
+    def refuse(self):
+        raise AssertionError("pixels decoded during the scan")
+
+    with monkeypatch.context() as m:
+        m.setattr(ImageFile.ImageFile, "load", refuse)
+        ds = ImageFolder(tmp_path)
+    assert len(ds) == 10 and ds.get_batch(range(10))[0].shape == (10, 8, 8, 3)
+
+
+def test_a_folder_that_cannot_be_listed_is_named(tmp_path, monkeypatch):
+    make_classes(tmp_path)
+    real = os.scandir
+
+    def deny(path="."):
+        if os.fspath(path) == str(tmp_path / "dog"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(folder_scan.os, "scandir", deny)
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'dog'}: cannot list this folder \\(Permission denied\\)$"):
+        load_folder(tmp_path)
+
+
 # ----------------------------------------------------------------------------- size and colour
 
 def test_size_defaults_to_the_most_common_and_others_are_fitted(tmp_path):

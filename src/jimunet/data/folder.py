@@ -23,8 +23,8 @@ The policy, the same for every file:
   ``test_fraction`` (default 0.2). Each file's split depends only on its own path: adding,
   removing or renaming other files never moves it. Per class the share is ``test_fraction`` on
   average (a tiny class may get no test image; a note says when one gets no training image).
-* **Size** ``(H, W)``: ``size=`` or, by default, the most common size among the headers (EXIF
-  orientation applied; on a tie the first in file order). Another size is scaled so that it
+* **Size** ``(H, W)``: ``size=`` or, by default, the most common size among the headers (turned
+  by an EXIF orientation found in the header; on a tie the first in file order). Another size is scaled so that it
   covers (H, W), then centre-cropped (``ImageOps.fit``, bicubic, antialiased when shrinking); a
   JPEG at least twice as large is first decoded at 1/2, 1/4 or 1/8 scale by libjpeg.
 * **Colour**: ``color="rgb"`` (3 channels) or ``"gray"`` (1), by default RGB when any header is

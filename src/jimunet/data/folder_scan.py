@@ -150,7 +150,8 @@ def _header(path: str):
     with Image.open(path) as im:
         w, h = im.size
         check_pixels(w, h, path)
-        if im.getexif().get(0x0112) in (5, 6, 7, 8):  # turned a quarter: width and height swap
+        # Image.getexif, not the file's: PNG's override decodes the pixels to look for EXIF behind them
+        if Image.Image.getexif(im).get(0x0112) in (5, 6, 7, 8):  # turned a quarter: width and height swap
             w, h = h, w
         return h, w, im.mode
 
