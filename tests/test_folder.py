@@ -180,9 +180,11 @@ def test_non_image_and_hidden_files_are_ignored_and_counted(tmp_path):
     write(tmp_path / "dog" / ".cache" / "thumb.png")
     write(tmp_path / "dog" / "BIG.JPG")  # extensions in any case
     write(tmp_path / "dog" / "deep" / "er" / "x.png")  # subfolders belong to their class
+    write(tmp_path / ".ipynb_checkpoints" / "x.png")  # a hidden folder is no class
     s = ImageFolder(tmp_path)
+    assert s.class_names == ("cat", "dog")
     assert len(s) == 3 + 5 and s.labels.tolist() == [0] * 3 + [1] * 5
-    assert s.notes[0] == "ignored: 2 hidden, 3 not images ((none) 1, .csv 1, .txt 1)"
+    assert s.notes[0] == "ignored: 3 hidden, 3 not images ((none) 1, .csv 1, .txt 1)"
 
 
 def test_symlinks_files_and_folders_are_followed_and_loops_cut(tmp_path):
@@ -197,8 +199,10 @@ def test_symlinks_files_and_folders_are_followed_and_loops_cut(tmp_path):
     os.symlink(data, data / "dog" / "up")  # would pull every class into dog
     os.symlink(data / "dog" / "self", data / "dog" / "self")  # a link to itself
     os.symlink(tmp_path / "gone.png", data / "dog" / "broken.png")
+    os.symlink(outside / "more" / "x", data / "bird")  # a class folder that is a link
     ds = ImageFolder(data)
-    assert len(ds) == (2 + 1 + 2) + 2
+    assert ds.class_names == ("bird", "cat", "dog")
+    assert np.bincount(ds.labels).tolist() == [2, 2 + 1 + 2, 2]
     assert sum(f.startswith(str(data / "cat" / "linked")) for f in ds.files) == 3
     assert ds.notes == ("ignored: 2 broken links, 1 folders linked twice, 2 link loops",)
     ds.get_batch(range(len(ds)))

@@ -10,7 +10,7 @@ The policy, the same for every file:
   folder below it. Other files are ignored and counted in ``notes``; hidden files and folders
   (name starting with ``.``, e.g. ``.DS_Store`` or macOS's ``._x.jpg``) are ignored. Symbolic
   links to files and folders are followed; a link back to a folder above it (a loop) and a second
-  link to a folder already listed are skipped and counted, as are broken links. Images directly in
+  link to a folder already listed for that class are skipped and counted, as are broken links. Images directly in
   ``DIR`` (in no class folder) are ignored and counted.
 * **Errors.** A path that is missing or a file, no class folders, an empty class folder, a single
   class, different classes in train/ and test/: a one-line error. The scan at construction reads
