@@ -10,8 +10,8 @@ The policy, the same for every file:
   folder below it. Other files are ignored and counted in ``notes``; hidden files and folders
   (name starting with ``.``, e.g. ``.DS_Store`` or macOS's ``._x.jpg``) are ignored. Symbolic
   links to files and folders are followed; a link back to a folder above it (a loop) and a second
-  link to a folder already listed for that class are skipped and counted, as are broken links. Images directly in
-  ``DIR`` (in no class folder) are ignored and counted.
+  link to a folder already listed for that class are skipped and counted, as are broken links.
+  Images directly in ``DIR`` (in no class folder) are ignored and counted.
 * **Errors.** A path that is missing or a file, no class folders, an empty class folder, a single
   class, different classes in train/ and test/: a one-line error. The scan at construction reads
   every file's header only (``Image.open``, no pixels); a file whose header cannot be read (not an
