@@ -505,3 +505,25 @@ def test_cifar10_jpeg_folder(cifar_jpeg):
 def test_public_names():
     import jimunet as jn
     assert jn.data.load_folder is load_folder and jn.data.ImageFolder is ImageFolder
+
+
+def test_load_trains_and_evaluates_on_a_folder(tmp_path):
+    """``jn.data.load(PATH)`` is ``load_folder``; its splits go through BatchIterator, Trainer.fit and evaluate."""
+    import jimunet as jn
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 24), ("test", 8)):
+        for k, c in enumerate(("dark", "light")):
+            for i in range(n):
+                write(tmp_path / split / c / f"{i}.png", rng.integers(k * 160, k * 160 + 96, (6, 6, 3), dtype=np.uint8))
+    s = jn.data.load(tmp_path)
+    assert isinstance(s, jn.data.Splits) and s.name == "folder" and s.source == str(tmp_path)
+    assert isinstance(s.train, jn.data.Dataset) and len(s.train) == 48
+    norm = jn.data.Normalize([127.5] * 3, [255.0] * 3)
+    batches = list(jn.data.BatchIterator(s.train, 20, shuffle=True, rng=0, normalize=norm))
+    assert [b[0].shape for b in batches] == [(20, 6, 6, 3), (20, 6, 6, 3), (8, 6, 6, 3)]
+    assert sorted(np.concatenate([b[1] for b in batches]).tolist()) == [0] * 24 + [1] * 24
+    model = jn.Sequential([jn.layers.Flatten(), jn.layers.Dense(6 * 6 * 3, 2)])
+    trainer = jn.Trainer(model, jn.losses.SoftmaxCrossEntropy(), jn.optim.SGD(model.parameters(), lr=0.1),
+                         batch_size=8, rng=0, log=False, progress=False)
+    trainer.fit(s.train, epochs=3, normalize=norm)
+    assert jn.evaluate(model, s.test, normalize=norm).accuracy == 1.0

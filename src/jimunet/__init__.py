@@ -13,7 +13,7 @@ Example:
 """
 from ._version import __version__
 
-from . import backend, datasets, distributed, functional, init, layers, losses, models, onnx, optim  # noqa: E402
+from . import backend, data, datasets, distributed, functional, init, layers, losses, models, onnx, optim  # noqa: E402
 from .backend import DeviceError, asarray  # noqa: E402
 from .gradcheck import GradcheckError, gradcheck  # noqa: E402
 from .model import Sequential, Summary, load  # noqa: E402
@@ -25,7 +25,7 @@ from .serialization import CheckpointError  # noqa: E402
 from . import training  # noqa: E402
 from .training import Trainer, evaluate, fit  # noqa: E402
 
-__all__ = ["backend", "datasets", "distributed", "functional", "init", "layers", "losses", "models", "onnx", "optim",
+__all__ = ["backend", "data", "datasets", "distributed", "functional", "init", "layers", "losses", "models", "onnx", "optim",
            "gradcheck", "GradcheckError", "Sequential", "Model", "Input", "Summary", "load", "Parameter", "set_seed",
            "CheckpointError", "set_num_threads", "get_num_threads", "asarray", "DeviceError", "training", "Trainer",
            "fit", "evaluate"]

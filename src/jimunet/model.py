@@ -8,6 +8,8 @@ import numpy as np
 
 from ._version import __version__
 from .backend import all_finite, to_device, to_numpy, xp_of
+from .data.batching import predict_dataset
+from .data.dataset import is_dataset
 from .layers import MaxPool2D, ReLU
 from .layers import memory
 from .layers.base import (Layer, check_weight_header, data_already_checked, from_config, json_kind,
@@ -88,7 +90,7 @@ class Network(Layer):
     def flops(self, input_shape):
         return self.summary(input_shape).total_flops
 
-    def predict(self, x, batch_size: int = 200, max_activation_bytes: int | None = None):
+    def predict(self, x, batch_size: int = 200, max_activation_bytes: int | None = None, *, normalize=None):
         """Outputs for ``x`` in evaluation mode, ``batch_size`` samples at a time (bounded memory).
 
         The default, 200, was the fastest of the chunks tried (100 to 300) for the MNIST model
@@ -103,9 +105,12 @@ class Network(Layer):
         An empty batch gives ``(0, *output_shape)`` in the dtype a forward pass would give: the
         per-sample shape is known from ``x.shape[1:]`` even without samples. ``x`` may live on
         any device: each chunk moves to the model's, and the outputs stay there.
+        Or ``x`` is a ``data.Dataset``, whose images ``normalize`` turns into inputs (``predict_dataset``).
         """
         if batch_size < 1:
             raise ValueError(f"predict: batch_size must be >= 1, got {batch_size}")
+        if is_dataset(x) or normalize is not None:
+            return predict_dataset(self.predict, x, batch_size, normalize, max_activation_bytes)
         limit = memory.MAX_ACTIVATION_BYTES if max_activation_bytes is None else int(max_activation_bytes)
         per_sample = None if not hasattr(x, "shape") else \
             self.activation_bytes(tuple(x.shape[1:]), getattr(x, "dtype", None), quiet=True)

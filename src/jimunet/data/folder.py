@@ -45,28 +45,17 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
 
 import numpy as np
 
+from .dataset import Splits
 from .folder_scan import DEFAULT_TEST_FRACTION, Scan, check_pixels, reason, require_pillow, scan_folder
 from .images import _scaled_gray, _white_level
 
-__all__ = ["ImageFolder", "load_folder", "Splits", "DEFAULT_TEST_FRACTION"]
+__all__ = ["ImageFolder", "load_folder", "DEFAULT_TEST_FRACTION"]
 
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 _WHITE = (255, 255, 255, 255)  # what transparency is composited on
-
-
-class Splits(NamedTuple):
-    """Stand-in for the data layer's ``Splits`` (same fields) until it lands on main."""
-
-    train: object
-    test: object
-    class_names: tuple
-    image_shape: tuple
-    source: str
-    name: str
 
 
 # ----------------------------------------------------------------------------- decoding

@@ -18,6 +18,8 @@ import time
 import numpy as np
 
 from ..backend import to_device, xp_of
+from ..data.batching import Prefetcher, transform_batch
+from ..data.dataset import is_dataset
 from . import checkpoint
 from .callbacks import CallbackList, DivergenceCheck, EpochStats, History, Log, ProgressBar, StopBetweenSteps
 from .errors import TrainingInterrupted, interrupt_for
@@ -70,6 +72,7 @@ class Trainer:
         self.log = (lambda msg: None) if log is False else (log or (lambda msg: print(msg, flush=True)))
         self.epoch, self.step, self.total_epochs, self.stop_training = 0, 0, None, False
         self.history, self.epoch_stats, self._stop_signum = History(), None, None
+        self.normalize, self.prefetch = None, 2  # for a Dataset (set by ``fit``)
 
     comm = property(lambda self: self.strategy.comm)
     reduction = property(lambda self: self.strategy.reduction)
@@ -99,19 +102,34 @@ class Trainer:
             return max(1, n // bs)
         return max(1, (epoch + 1) * n // bs - epoch * n // bs) if n >= bs else 1
 
-    def _batches(self, x, y, epoch):
-        n, bs = len(x), self.batch_size
+    def _index_batches(self, n: int, epoch: int):
+        """The epoch's batches as index ranges or arrays (draws the permutation when shuffling)."""
+        bs = self.batch_size
         steps = self.steps_in_epoch(n, epoch)
         if self.shuffle:
             perm = self.rng.permutation(n)
-            xp = xp_of(x)
-            for i in range(steps):
-                idx = xp.asarray(perm[i * bs:(i + 1) * bs])  # on the data's device
-                yield x[idx], y[idx]
-        else:
-            for s in range(self.step, self.step + steps):
-                o = (s * bs) % (n - bs) if n > bs else 0
-                yield x[o:o + bs], y[o:o + bs]
+            return [perm[i * bs:(i + 1) * bs] for i in range(steps)]
+        offsets = (((s * bs) % (n - bs) if n > bs else 0) for s in range(self.step, self.step + steps))
+        return [slice(o, o + bs) for o in offsets]
+
+    def _batches(self, x, y, epoch):
+        """The epoch's training batches (augmented): from arrays, or from a Dataset, fetched ahead
+        in a background thread, then augmented and normalised here, in order."""
+        batches = self._index_batches(len(x), epoch)
+        if is_dataset(x):
+            device = self.model.device
+            with Prefetcher(x, [np.arange(b.start, b.stop) if isinstance(b, slice) else b for b in batches],
+                            self.prefetch) as fetched:
+                for xb, yb in fetched:
+                    xb = transform_batch(xb, self.augment, self.normalize)
+                    yield to_device(xb, device), to_device(np.asarray(yb, np.int64), device)
+            return
+        xp = xp_of(x)
+        for b in batches:
+            if not isinstance(b, slice):
+                b = xp.asarray(b)  # on the data's device
+            xb = x[b]
+            yield (self.augment(xb) if self.augment is not None else xb), y[b]
 
     def train_step(self, xb, yb) -> float:
         """One SGD step on a batch (the strategy's); returns the loss (with the weight-decay term)."""
@@ -131,22 +149,47 @@ class Trainer:
             cbs.append(StopBetweenSteps())
         return CallbackList(cbs)
 
-    def fit(self, x, y, epochs: int, x_val=None, y_val=None) -> History:
+    def fit(self, x, y=None, epochs: int | None = None, x_val=None, y_val=None, *, normalize=None,
+            prefetch: int = 2) -> History:
         """Train until ``epochs`` epochs are complete (continuing from ``self.epoch``).
+
+        ``x, y`` are arrays of model inputs and labels, or ``x`` is a ``Dataset`` (``y`` None):
+        its batches are fetched ``prefetch`` ahead in a background thread, then augmented, then
+        ``normalize``d (``data.Normalize``; None: the images are model inputs already). The
+        validation data ``x_val, y_val`` likewise (or ``x_val`` a Dataset). Shuffling and
+        augmentation draw the same numbers either way, so a Dataset over the same arrays trains
+        to the same weights.
+
+        Example:
+            >>> trainer.fit(train_set, epochs=5, x_val=test_set, normalize=Normalize.mnist())  # doctest: +SKIP
 
         Raises:
             TrainingDiverged: the loss or the weights became NaN/inf (nothing after the
                 last completed epoch is kept by the checkpointing callbacks).
             TrainingInterrupted: KeyboardInterrupt (Ctrl-C, ``request_stop`` or a callback).
         """
-        if len(x) != len(y) or len(x) == 0:
-            raise ValueError(f"fit: need as many labels as inputs (and at least one), got {len(x)} and {len(y)}")
-        if (x_val is None) != (y_val is None):
+        if epochs is None:
+            raise ValueError("fit: pass the number of epochs (epochs=...)")
+        if normalize is not None and not is_dataset(x):
+            raise ValueError("fit: normalize applies to a Dataset; arrays are model inputs already")
+        if is_dataset(x):
+            if y is not None:
+                raise ValueError("fit: a Dataset carries its labels; pass y=None (and epochs=... by keyword)")
+            if len(x) == 0:
+                raise ValueError("fit: the training Dataset is empty")
+        elif y is None or len(x) != len(y) or len(x) == 0:
+            raise ValueError(f"fit: need as many labels as inputs (and at least one), got {len(x)} and "
+                             f"{'none' if y is None else len(y)}")
+        if is_dataset(x_val):
+            if y_val is not None:
+                raise ValueError("fit: a validation Dataset carries its labels; pass y_val=None")
+        elif (x_val is None) != (y_val is None):
             raise ValueError("fit: pass both x_val and y_val, or neither")
-        self.total_epochs = epochs
-        device = self.model.device  # the data moves to the model's device once, not batch by batch
-        x, y = to_device(x, device), to_device(y, device)
-        if x_val is not None:
+        self.total_epochs, self.normalize, self.prefetch = epochs, normalize, prefetch
+        device = self.model.device  # arrays move to the model's device once, not batch by batch
+        if not is_dataset(x):
+            x, y = to_device(x, device), to_device(y, device)
+        if x_val is not None and not is_dataset(x_val):
             x_val = to_device(x_val, device)
         callbacks = self.callback_list()
         self.stop_training = False
@@ -169,19 +212,22 @@ class Trainer:
         stats = self.epoch_stats = EpochStats(epoch + 1, self.steps_in_epoch(len(x), epoch))
         callbacks.on_epoch_begin(self, epoch + 1)
         stats.t0 = time.perf_counter()
-        for xb, yb in self._batches(x, y, epoch):
-            if self.augment is not None:
-                xb = self.augment(xb)
-            loss = self.train_step(xb, yb)
-            self.step += 1
-            stats.images += len(xb)
-            stats.losses.append(loss)
-            callbacks.on_step_end(self, self.step - 1, loss)
+        batches = self._batches(x, y, epoch)
+        try:
+            for xb, yb in batches:
+                loss = self.train_step(xb, yb)
+                self.step += 1
+                stats.images += len(xb)
+                stats.losses.append(loss)
+                callbacks.on_step_end(self, self.step - 1, loss)
+        finally:
+            batches.close()  # now, not when the traceback goes: stops a Dataset's prefetching thread
         stats.train_seconds = time.perf_counter() - stats.t0
         callbacks.on_epoch_steps_end(self, epoch + 1)
         val_error = None
         if x_val is not None and len(x_val):
-            val_error = evaluate(self.model, x_val, y_val, self.eval_batch_size).error
+            normalize = self.normalize if is_dataset(x_val) else None
+            val_error = evaluate(self.model, x_val, y_val, self.eval_batch_size, normalize=normalize).error
         losses, train_s = stats.losses, stats.train_seconds
         record = {"epoch": epoch + 1, "train_loss": math.fsum(losses) / len(losses), "val_error": val_error,
                   "lr": float(self.optimizer.lr), "steps": len(losses), "seconds": time.perf_counter() - stats.t0,
@@ -207,13 +253,15 @@ class Trainer:
         return checkpoint.load_checkpoint(self, path)
 
 
-def fit(model, loss_fn, optimizer, x, y, epochs: int = 1, batch_size: int = 64, schedule=None,
+def fit(model, loss_fn, optimizer, x, y=None, epochs: int = 1, batch_size: int = 64, schedule=None,
         x_val=None, y_val=None, callbacks=(), shuffle: bool = True, rng=None, progress=None,
-        log=None, eval_batch_size: int = 100) -> History:
-    """Train ``model`` for ``epochs`` epochs; a one-call front end to ``Trainer`` (see its Args).
+        log=None, eval_batch_size: int = 100, augment=None, normalize=None) -> History:
+    """Train ``model`` for ``epochs`` epochs; a one-call front end to ``Trainer`` (see its Args;
+    ``x`` may be a ``Dataset``, see ``Trainer.fit``).
 
     Returns the ``History``. Raises ``TrainingDiverged`` / ``TrainingInterrupted``.
     """
     trainer = Trainer(model, loss_fn, optimizer, batch_size=batch_size, schedule=schedule, shuffle=shuffle,
-                      rng=rng, callbacks=callbacks, progress=progress, log=log, eval_batch_size=eval_batch_size)
-    return trainer.fit(x, y, epochs, x_val, y_val)
+                      rng=rng, callbacks=callbacks, progress=progress, log=log, eval_batch_size=eval_batch_size,
+                      augment=augment)
+    return trainer.fit(x, y, epochs, x_val, y_val, normalize=normalize)
