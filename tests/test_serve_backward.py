@@ -313,3 +313,22 @@ def test_a_fashion_mnist_model_offers_its_test_images_through_jn_data_load():
         assert status == 200 and answer["input"]["scaling"] == "(pixels - mean) / std per channel"
     finally:
         s.close()
+
+
+def test_a_folder_model_offers_the_test_images_of_its_folder(tmp_path):
+    pil = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name in ("ant", "bee"):
+            (tmp_path / "pics" / split / name).mkdir(parents=True)
+            for k in range(2):
+                pil.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+                    tmp_path / "pics" / split / name / f"{k}.png")
+    model = jn.Sequential([jn.layers.Flatten(), jn.layers.Dense(16 * 16 * 3, 2, rng=0)])
+    model.metadata = {"input_shape": [16, 16, 3], "class_names": ["ant", "bee"],
+                      "dataset": {"name": "folder", "path": str(tmp_path / "pics")}}
+    app = DigitApp(model)
+    doc = app.dataset_image(3)
+    assert doc["count"] == 4 and doc["class_name"] == "bee" and np.asarray(doc["pixels"]).shape == (16, 16, 3)
+    expect = np.asarray(pil.open(tmp_path / "pics" / "test" / "bee" / "1.png"))
+    assert np.array_equal(np.asarray(doc["pixels"]), expect)
