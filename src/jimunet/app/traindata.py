@@ -72,9 +72,11 @@ def load_data(cfg: MNISTConfig, data=None) -> MNISTData:
     return _other_data(cfg, data)
 
 
-def _split(cfg, n_all: int, n_test: int):
-    """Slices of the training, validation and test images ``cfg`` asks for, checked against the data."""
-    v = cfg.validation_size
+def _split(cfg, n_all: int, n_test: int, folder: bool = False):
+    """Slices of the training, validation and test images ``cfg`` asks for, checked against the data
+    (a folder's validation images are at most a tenth of its training images: a small folder trains
+    with the default ``validation_size``)."""
+    v = min(cfg.validation_size, n_all // 10) if folder else cfg.validation_size
     if v >= n_all:
         raise ConfigError(f"validation_size {v} leaves no training images (the data has {n_all})")
     n = n_all - v if cfg.train_size is None else cfg.train_size
@@ -95,13 +97,16 @@ def _other_data(cfg: MNISTConfig, data) -> MNISTData:
         if kind == "folder" and not os.path.isdir(cfg.data):
             raise ConfigError(f"--data {cfg.data}: expected mnist, fashion-mnist, cifar10 or an image folder, "
                               f"and there is no such folder")
-        splits = jdata.load(cfg.data, root=cfg.data_dir, download=cfg.download, progress=True)
+        try:
+            splits = jdata.load(cfg.data, root=cfg.data_dir, download=cfg.download, progress=True)
+        except (ValueError, FileNotFoundError) as e:  # the loaders' one-line messages (a malformed folder...)
+            raise ConfigError(str(e)) from None
         train, test = splits.train, splits.test
         class_names, shape, source = tuple(splits.class_names), tuple(splits.image_shape), splits.source
     if len(test) == 0:
         raise ConfigError(f"{cfg.data}: the data has no test images (an image folder needs train/ and test/ "
                           f"subfolders, each with one folder per class)")
-    tr, va, te = _split(cfg, len(train), len(test))
+    tr, va, te = _split(cfg, len(train), len(test), folder=kind == "folder")
     parts = [Subset(train, np.arange(tr.start, tr.stop)), Subset(train, np.arange(va.start, va.stop)),
              Subset(test, np.arange(te.start, te.stop))]
     normalize = Normalize.mnist() if kind == "fashion-mnist" else Normalize.estimate(parts[0], samples=_STATS_SAMPLES)

@@ -113,7 +113,7 @@ def _settle_config(config, resume) -> MNISTConfig:
     saved = _read_checkpoint_config(run_dir)
     if config is None:
         config = saved
-    if saved.data == "folder" and config.data_kind != "folder":
+    if saved.data == "folder" and (config.data == "folder" or config.data_kind != "folder"):
         raise ConfigError(f"{run_dir} trained on an image folder, and its files hold no paths: give the folder "
                           f"again (jimunet train --resume {run_dir} --data FOLDER)")
     diff = [f"{k} (checkpoint {getattr(saved, k)!r}, given {getattr(config, k)!r})"

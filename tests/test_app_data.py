@@ -1,0 +1,132 @@
+"""The commands on models of other data sets: a colour CIFAR-like array set and a generated image folder."""
+import os
+import re
+
+import numpy as np
+import pytest
+
+import jimunet as jn
+from jimunet.app.cli import main
+from jimunet.app.recipes import MNISTConfig, recipe_defaults, RESNET_DEFAULTS, FASHION_RESNET_DEFAULTS
+from jimunet.app.training import train_mnist
+from jimunet.data import ArrayDataset, Splits
+
+from test_modelinfo import CIFAR, cifar_like
+
+HAS_LOADERS = hasattr(jn.data, "load")  # jn.data.load (folders, Fashion-MNIST, CIFAR-10): helpers data/folder
+needs_loaders = pytest.mark.skipif(not HAS_LOADERS, reason="jn.data.load lands with the data set loaders")
+
+
+@pytest.fixture(scope="module")
+def cifar_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cifar") / "run"
+    cfg = MNISTConfig(data="cifar10", model="resnet", epochs=1, batch_size=16, lr=0.05, dropout=0.0, lr_decay=1.0,
+                      validation_size=32, train_size=96, out=str(out), report=False)
+    train_mnist(cfg, data=(cifar_like(128), cifar_like(40, seed=1)), echo=False)
+    return out / "best.npz"
+
+
+@pytest.fixture
+def fake_cifar10(monkeypatch):
+    """``jn.data.load("cifar10")`` answered by a small CIFAR-like array set (the real one cannot be fetched here)."""
+    x, y = cifar_like(40, seed=1)
+    calls = []
+
+    def load(name, root=None, download=True, progress=None):
+        calls.append(name)
+        assert name == "cifar10"
+        return Splits(ArrayDataset(*cifar_like(64), class_names=CIFAR), ArrayDataset(x, y, class_names=CIFAR),
+                      tuple(CIFAR), (32, 32, 3), "test arrays", "cifar10")
+    monkeypatch.setattr(jn.data, "load", load, raising=False)
+    return calls
+
+
+def make_folder(root, size=(12, 12), train=16, test=6):
+    """``root/train/<red|green|blue>/*.png`` and ``root/test/...``: colour decides the class."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, n in (("train", train), ("test", test)):
+        for k, name in enumerate(("blue", "green", "red")):
+            os.makedirs(root / split / name, exist_ok=True)
+            for i in range(n):
+                a = rng.integers(0, 80, (*size, 3)).astype(np.uint8)
+                a[..., 2 - k] += 150
+                Image.fromarray(a).save(root / split / name / f"{i}.png")
+    return root
+
+
+def test_recipe_defaults_follow_the_data():
+    assert recipe_defaults(None, "cifar10") == {} and recipe_defaults("resnet", "mnist") == RESNET_DEFAULTS
+    assert recipe_defaults("resnet", "fashion-mnist") == {**RESNET_DEFAULTS, "flip": True} == FASHION_RESNET_DEFAULTS
+    assert "shift" not in recipe_defaults("resnet", "cifar10")  # colour images: crops and flips instead
+    cfg = MNISTConfig(data="some/folder").with_data_defaults(3)
+    assert (cfg.crop, cfg.flip) == (4, True)
+    assert (MNISTConfig(data="fashion-mnist").with_data_defaults(1).crop, MNISTConfig().with_data_defaults(1).crop) \
+        == (0, None)
+
+
+def test_predict_names_classes_of_a_colour_model(cifar_model, tmp_path, capsys):
+    from PIL import Image
+    x, _ = cifar_like(2, seed=3)
+    Image.fromarray(np.repeat(np.repeat(x[0], 3, 0), 2, 1)).save(tmp_path / "big.png")  # 96x64: fitted to 32x32
+    Image.fromarray(x[1][..., 0]).save(tmp_path / "gray.png")  # grayscale: made RGB
+    np.save(tmp_path / "two.npy", x)
+    assert main(["predict", str(cifar_model), str(tmp_path / "big.png"), str(tmp_path / "gray.png"),
+                 str(tmp_path / "two.npy"), "--top", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4
+    for ln in lines:
+        top = re.findall(r"([a-z]+) \([<>]?(\d+\.\d\d)%\)", ln.split(": ", 1)[1])
+        assert len(top) == 2 and all(name in CIFAR for name, _ in top)
+
+
+def test_predict_refuses_an_array_of_another_shape(cifar_model, tmp_path, capsys):
+    np.save(tmp_path / "digits.npy", np.zeros((2, 28, 28), np.uint8))
+    assert main(["predict", str(cifar_model), str(tmp_path / "digits.npy")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "expected an array of shape (32, 32, 3) or (N, 32, 32, 3)" in err and len(err.splitlines()) == 1
+
+
+def test_evaluate_uses_the_models_own_data_set(cifar_model, fake_cifar10, capsys):
+    assert main(["evaluate", str(cifar_model)]) == 0
+    out = capsys.readouterr().out
+    assert fake_cifar10 == ["cifar10"]
+    assert "CIFAR-10 test set: 40 images" in out and "rows: true class" in out
+    assert "classes: 0 airplane, 1 automobile, 2 bird" in out
+
+
+def test_evaluate_refuses_data_of_another_shape(cifar_model, monkeypatch, capsys):
+    x = np.zeros((10, 28, 28), np.uint8)
+    monkeypatch.setattr(jn.datasets, "load_mnist", lambda root=None, **kw: ((x, np.arange(10)), (x, np.arange(10))))
+    assert main(["evaluate", str(cifar_model), "--data", "mnist"]) == 2
+    assert "MNIST's images are 28x28x1; the model takes 32x32x3 images" in capsys.readouterr().err
+
+
+def test_the_old_model_still_predicts_digits(tmp_path, capsys):
+    import tarfile
+    with tarfile.open(os.path.join(os.path.dirname(__file__), "fixtures", "resume_run.tar.xz"), "r:xz") as tar:
+        tar.extract("resume_run/best.npz", tmp_path)
+    np.save(tmp_path / "d.npy", np.zeros((28, 28), np.uint8))
+    assert main(["predict", str(tmp_path / "resume_run" / "best.npz"), str(tmp_path / "d.npy"), "--top", "1"]) == 0
+    assert re.fullmatch(r".*d\.npy: \d \([<>]?\d+\.\d\d%\)", capsys.readouterr().out.strip())
+
+
+@needs_loaders
+def test_train_on_a_generated_folder_end_to_end(tmp_path, capsys):
+    folder = make_folder(tmp_path / "colours")
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(folder), "--epochs", "1", "--batch-size", "8", "--out", str(out),
+                 "--no-report"]) == 0
+    log = capsys.readouterr().out
+    assert "data: 44 train / 4 validation / 18 test" in log and "random crops (padding 4 px), horizontal flips" in log
+    model = jn.load(out / "best.npz")
+    assert model.metadata["class_names"] == ["blue", "green", "red"]
+    assert model.metadata["dataset"] == {"name": "folder", "path": str(folder)}
+    assert main(["evaluate", str(out / "model.npz")]) == 0
+    assert f"folder {folder} test set: 18 images" in capsys.readouterr().out
+    assert main(["predict", str(out / "model.npz"), str(folder / "test" / "red" / "0.png")]) == 0
+    assert re.match(r".*0\.png: (blue|green|red) \(", capsys.readouterr().out)
+    # the run directory holds no paths: resuming needs the folder again
+    assert main(["train", "--resume", str(out), "--epochs", "2"]) == 2
+    assert "give the folder again" in capsys.readouterr().err
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--data", str(folder), "--no-report"]) == 0
