@@ -1,4 +1,5 @@
 """The commands on models of other data sets: a colour CIFAR-like array set and a generated image folder."""
+import json
 import os
 import re
 
@@ -130,3 +131,70 @@ def test_train_on_a_generated_folder_end_to_end(tmp_path, capsys):
     assert main(["train", "--resume", str(out), "--epochs", "2"]) == 2
     assert "give the folder again" in capsys.readouterr().err
     assert main(["train", "--resume", str(out), "--epochs", "2", "--data", str(folder), "--no-report"]) == 0
+
+
+# -- report --------------------------------------------------------------------------------------
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The matplotlib figures the report draws, by file name (kept open for inspection)."""
+    from jimunet.app.report import figures
+    kept = {}
+    real = figures.save_figure
+
+    def keep(fig, path, dpi=100):
+        kept[os.path.basename(path)] = fig
+        return real(fig, path, dpi)
+    monkeypatch.setattr(figures, "save_figure", keep)
+    return kept
+
+
+def test_report_of_a_colour_model(cifar_model, fake_cifar10, drawn):
+    pytest.importorskip("matplotlib")
+    from jimunet.app.report import write_report
+    run = cifar_model.parent
+    out = write_report(run, weights="best.npz")
+    data = json.loads((run / "report.json").read_text())
+    assert data["data"] == "the CIFAR-10 test set (40 images)" and data["num_classes"] == 10
+    html = open(out, encoding="utf-8").read()
+    assert "(true airplane, predicted " in html  # test image #0, by class name
+    confusion = drawn["report-confusion.png"].axes[0]
+    assert [t.get_text() for t in confusion.get_xticklabels()] == CIFAR
+    images = [ax.images[0] for ax in drawn["report-mistakes.png"].axes if ax.images]
+    assert images and all(im.get_array().shape == (32, 32, 3) for im in images)  # in colour
+    assert all("true " in ax.get_title() and "pred " in ax.get_title()
+               for ax in drawn["report-mistakes.png"].axes if ax.images)
+
+
+def test_report_mistakes_are_white_on_black_like_every_other_view(tmp_path, drawn, monkeypatch):
+    """Issue #25: the mistakes figure drew digits black on white (``gray_r``); the feature maps' input
+    and the page show them white on black."""
+    pytest.importorskip("matplotlib")
+    from jimunet.app.report import write_report
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (60, 28, 28, 1)).astype(np.uint8), np.arange(60) % 10
+    jn.models.mnist_cnn(rng=0).save(tmp_path / "model.npz")
+    write_report(tmp_path, data=(x, y))
+    cmaps = {ax.images[0].get_cmap().name for name in ("report-mistakes.png", "report-features-1.png")
+             for ax in drawn[name].axes if ax.images and ax.images[0].get_array().ndim == 2
+             and ax.images[0].get_array().shape == (28, 28)}
+    assert cmaps == {"gray"}
+
+
+def test_per_class_labels_are_not_crossed_by_the_overall_line(tmp_path, drawn):
+    """Issue #25: the dashed overall-accuracy line ran through the value labels of classes near it;
+    the labels now sit over it, each on an opaque white box."""
+    pytest.importorskip("matplotlib")
+    from jimunet.app.report import write_report
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (60, 28, 28, 1)).astype(np.uint8), np.arange(60) % 10
+    jn.models.mnist_cnn(rng=0).save(tmp_path / "model.npz")
+    write_report(tmp_path, data=(x, y))
+    ax = drawn["report-per-class.png"].axes[0]
+    line = next(ln for ln in ax.get_lines() if ln.get_linestyle() == "--")
+    labels = [t for t in ax.texts if re.fullmatch(r"\d+\.\d", t.get_text())]
+    assert labels
+    for t in labels:
+        box = t.get_bbox_patch()
+        assert t.get_zorder() > line.get_zorder() and box is not None
+        assert box.get_facecolor()[:3] == (1.0, 1.0, 1.0) and box.get_alpha() in (None, 1.0)

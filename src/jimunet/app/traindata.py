@@ -3,7 +3,8 @@
 MNIST goes the way it always went (``load_mnist``, ``preprocess``: the published numbers stay
 bit-identical). Every other data set comes from ``jimunet.data.load`` (Fashion-MNIST, CIFAR-10,
 an image folder): the first ``validation_size`` training images are held out for validation as
-for MNIST, and the images are normalised with ``Normalize.mnist()`` (Fashion-MNIST) or with the
+for MNIST (a folder, which lists its images class by class: a fixed random choice of them, at most
+a tenth of its training images), and the images are normalised with ``Normalize.mnist()`` (Fashion-MNIST) or with the
 per-channel mean and standard deviation of the training images (computed once; the model file
 keeps them in its metadata, see ``modelinfo``).
 """
@@ -43,6 +44,7 @@ def part_args(part) -> tuple:
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+_FOLDER_SPLIT_SEED = 20_170_822  # the validation images of a folder: a fixed choice
 _STATS_SAMPLES = 10_000  # training images the per-channel mean and std are estimated from
 
 
@@ -107,7 +109,11 @@ def _other_data(cfg: MNISTConfig, data) -> MNISTData:
         raise ConfigError(f"{cfg.data}: the data has no test images (an image folder needs train/ and test/ "
                           f"subfolders, each with one folder per class)")
     tr, va, te = _split(cfg, len(train), len(test), folder=kind == "folder")
-    parts = [Subset(train, np.arange(tr.start, tr.stop)), Subset(train, np.arange(va.start, va.stop)),
+    # A folder lists its images class by class: its validation images (and a train_size's) are a
+    # fixed random choice, the same for every run and seed; the named data sets come shuffled.
+    order = np.random.default_rng(_FOLDER_SPLIT_SEED).permutation(len(train)) if kind == "folder" \
+        else np.arange(len(train))
+    parts = [Subset(train, np.sort(order[tr])), Subset(train, np.sort(order[va])),
              Subset(test, np.arange(te.start, te.stop))]
     normalize = Normalize.mnist() if kind == "fashion-mnist" else Normalize.estimate(parts[0], samples=_STATS_SAMPLES)
     dataset = {"name": kind, **({"path": os.path.abspath(cfg.data)} if kind == "folder" else {})}
