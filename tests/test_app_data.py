@@ -198,3 +198,26 @@ def test_per_class_labels_are_not_crossed_by_the_overall_line(tmp_path, drawn):
         box = t.get_bbox_patch()
         assert t.get_zorder() > line.get_zorder() and box is not None
         assert box.get_facecolor()[:3] == (1.0, 1.0, 1.0) and box.get_alpha() in (None, 1.0)
+
+
+# -- explain -------------------------------------------------------------------------------------
+
+def test_explain_a_test_image_of_the_models_data_set(cifar_model, fake_cifar10, capsys):
+    assert main(["explain", str(cifar_model), "--index", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "image    CIFAR-10 test image 3 (true label cat)" in out
+    assert "input    32x32x3" in out and "(x - mean) / std per channel" in out
+    assert re.search(r"predicted [a-z]+, true label cat: (right|WRONG)", out)
+    top = out[out.index("top-3"):].splitlines()[1:4]
+    assert all(line.split()[0] in CIFAR for line in top)
+
+
+def test_explain_a_picture_for_a_colour_model(cifar_model, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+    x, _ = cifar_like(1, seed=5)
+    Image.fromarray(np.repeat(np.repeat(x[0], 2, 0), 2, 1)).save(tmp_path / "pic.png")
+    assert main(["explain", str(cifar_model), str(tmp_path / "pic.png"), "--out", str(tmp_path / "walk")]) == 0
+    out = capsys.readouterr().out
+    assert f"image    {tmp_path / 'pic.png'}" in out and "input    32x32x3" in out
+    assert (tmp_path / "walk" / "input.png").is_file()

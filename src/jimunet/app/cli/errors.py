@@ -137,6 +137,16 @@ def model_info_of(model, path) -> ModelInfo:
         raise UserError(f"{path}: {e}") from None
 
 
+def bound_activations(model, path, info: ModelInfo) -> None:
+    """A UserError when one image of ``info.input_shape`` needs too much memory in ``model`` (``load``
+    bounds it already for a file that records its input shape; this covers one that does not)."""
+    if recorded_input_shape(getattr(model, "metadata", None) or {}) is None:
+        try:
+            check_network_activations(model, info.input_shape)
+        except ActivationLimitError as e:
+            raise UserError(f"{path}: {e}") from None
+
+
 def load_model(path, mnist_classifier: bool = True, device: str = "cpu"):
     """The model saved at ``path``, on ``device``; by default it must classify images of the input
     shape its metadata gives (``modelinfo``: 28x28x1 for a file without one), as evaluate and
@@ -149,11 +159,7 @@ def load_model(path, mnist_classifier: bool = True, device: str = "cpu"):
     model = load(path)
     if mnist_classifier:
         info = model_info_of(model, path)
-        if recorded_input_shape(model.metadata) is None:
-            try:
-                check_network_activations(model, info.input_shape)
-            except ActivationLimitError as e:
-                raise UserError(f"{path}: {e}") from None
+        bound_activations(model, path, info)
         classes = check_classifier(model, path, info.input_shape)
         if classes != info.num_classes:
             raise UserError(f"{path}: the model scores {classes} classes but its metadata names "
