@@ -342,15 +342,20 @@ def _fig_mistakes(path, x, mistakes, class_names):
         ax = fig.add_subplot()
         ax.text(0.5, 0.5, "no mistakes on these test images", ha="center", va="center", fontsize=14)
         ax.axis("off")
+    words = max((len(class_names[m[k]]) for m in mistakes for k in ("true", "pred")), default=1)
     for k, m in enumerate(mistakes[:ncols * nrows]):
         ax = fig.add_subplot(nrows, ncols, k + 1)
         _show_image(ax, x[m["index"]])
-        ax.set_title(f"true {class_names[m['true']]} \u2192 pred {class_names[m['pred']]}\n"
-                     f"p = {m['prob']:.3f}   #{m['index']}", fontsize=9.5, color="#b00000", pad=3)
+        true, pred = class_names[m["true"]], class_names[m["pred"]]
+        # words (CIFAR-10's "automobile") leave no room for "true"/"pred" in a tile: the title says it
+        what = f"true {true} \u2192 pred {pred}" if words <= 2 else f"{true} \u2192 {pred}"
+        ax.set_title(f"{what}\np = {m['prob']:.3f}   #{m['index']}", fontsize=9.5 if words <= 8 else 7.5,
+                     color="#b00000", pad=3)
         ax.set_xticks([])
         ax.set_yticks([])
+    arrow = "" if words <= 2 else "; true \u2192 predicted"
     fig.suptitle("Most confident mistakes: test images the model gets wrong with the highest probability "
-                 "(p = probability of the predicted class)", fontsize=11)
+                 f"(p = probability of the predicted class{arrow})", fontsize=11)
     fig.subplots_adjust(left=0.01, right=0.99, top=0.82, bottom=0.01, wspace=0.08, hspace=0.42)
     return save_figure(fig, path, DPI)
 
