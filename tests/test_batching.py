@@ -343,3 +343,37 @@ def test_resume_with_composed_augmentation_is_bit_identical(tmp_path):
     for p, q in zip(whole_model.parameters(), resumed_model.parameters()):
         assert p.data.tobytes() == q.data.tobytes()
     assert whole.history.step_loss == resumed.history.step_loss
+
+
+def test_an_interrupted_fit_on_a_dataset_leaves_no_thread_running():
+    class StopAt(jn.training.Callback):
+        def on_step_end(self, trainer, step, loss):
+            if step == 1:
+                raise KeyboardInterrupt
+
+    x, y = _pixels(200)
+    t = _trainer(_model(), callbacks=[StopAt()])
+    with pytest.raises(jn.training.TrainingInterrupted) as e:
+        t.fit(ArrayDataset(x, y), epochs=1, normalize=Normalize.mnist(), prefetch=4)
+    assert not _prefetch_threads() and e.value is not None
+
+
+def test_a_dataset_trains_evaluates_and_predicts_on_the_device_as_on_the_cpu():
+    """The strict CuPy stand-in: each batch is fetched and normalised on the host, then moved."""
+    import strict_xp
+
+    x, y = _pixels(40)
+    ds, norm = ArrayDataset(x[:32], y[:32]), Normalize.mnist()
+    runs = []
+    with strict_xp.installed():
+        for device in ("cpu", "cuda"):
+            model = _model().to(device)
+            t = _trainer(model, augment=RandomShift(1, rng=2))
+            t.fit(ds, epochs=2, x_val=ArrayDataset(x[32:], y[32:]), normalize=norm)
+            runs.append((t, evaluate(model, ds, batch_size=7, normalize=norm),
+                         jn.backend.to_numpy(model.predict(ds, 7, normalize=norm))))
+        (cpu, ev_cpu, p_cpu), (dev, ev_dev, p_dev) = runs
+        assert isinstance(dev.model.parameters()[0].data, strict_xp.ndarray)
+        np.testing.assert_allclose(dev.history.step_loss, cpu.history.step_loss, rtol=1e-5)
+        assert ev_dev.accuracy == ev_cpu.accuracy
+        np.testing.assert_allclose(p_dev, p_cpu, rtol=1e-4, atol=1e-6)

@@ -13,6 +13,7 @@ import pytest
 from jimunet.data import IDXFormatError, load_mnist, read_idx, write_idx
 from jimunet.data import mnist as mnist_mod
 from jimunet.data.idx import encode_idx
+from jimunet.data import download as download_mod
 from jimunet.data.mnist import MNISTUnavailableError, RestrictedUnpickler
 
 
@@ -249,7 +250,7 @@ def fake_mnist(monkeypatch):
         "test_labels": np.array([7, 2, 1], np.uint8),
     }
     specs = {
-        key: mnist_mod._FileSpec(real.name, arrays[key].shape,
+        key: mnist_mod.FileSpec(real.name, arrays[key].shape,
                                  hashlib.sha256(encode_idx(arrays[key])).hexdigest(), real.gz_md5)
         for key, real in mnist_mod._FILES.items()
     }
@@ -293,7 +294,8 @@ def test_load_fetches_missing_files_into_root(tmp_path, fake_mnist):
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
-def test_corrupt_cached_file_is_moved_aside_and_refetched(tmp_path, fake_mnist, capsys, damage):
+@pytest.mark.parametrize("download", [True, False])
+def test_a_corrupt_file_of_the_user_is_an_error_and_left_as_it_is(tmp_path, fake_mnist, damage, download):
     arrays, specs, fetched = fake_mnist
     _populate(tmp_path, arrays, specs)
     path = tmp_path / specs["train_images"].name
@@ -303,30 +305,45 @@ def test_corrupt_cached_file_is_moved_aside_and_refetched(tmp_path, fake_mnist, 
     else:
         data = data[:-10]
     path.write_bytes(bytes(data))
-    (x, _), _ = load_mnist(tmp_path, progress=False)
-    assert fetched == [[specs["train_images"].name]]
+    with pytest.raises(MNISTUnavailableError) as e:
+        load_mnist(tmp_path, download=download, progress=False)
+    msg = str(e.value)
+    assert str(path) in msg and "leaves your files as they are" in msg
+    assert "SHA-256" in msg or "truncated" in msg
+    assert fetched == [] and path.read_bytes() == bytes(data)  # the user's file, unchanged
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(s.name for s in specs.values())
+
+
+def test_a_damaged_file_jimunet_fetched_is_moved_aside_and_fetched_again(tmp_path, fake_mnist, capsys):
+    """Only what jimunet downloaded itself (listed in .jimunet-fetched) is moved, never deleted."""
+    arrays, specs, fetched = fake_mnist
+    _populate(tmp_path, arrays, specs)
+    name = specs["test_images"].name
+    (tmp_path / download_mod.FETCHED_LIST).write_text(name + "\n")
+    damaged = (tmp_path / name).read_bytes()[:-1] + b"\x07"
+    (tmp_path / name).write_bytes(damaged)
+    (tmp_path / f"{name}.corrupt").write_bytes(b"an older file the user keeps")
+    (_, _), (xt, _) = load_mnist(tmp_path, progress=False)
+    assert fetched == [[name]]
+    np.testing.assert_array_equal(xt[..., 0], arrays["test_images"])
+    assert (tmp_path / f"{name}.corrupt").read_bytes() == b"an older file the user keeps"
+    assert (tmp_path / f"{name}.corrupt.1").read_bytes() == damaged
     err = capsys.readouterr().err
-    assert "Corrupt MNIST file" in err and str(path) in err and f"Moved it to {path}.corrupt" in err
-    np.testing.assert_array_equal(x[..., 0], arrays["train_images"])
-    assert path.read_bytes() == encode_idx(arrays["train_images"])
-    assert (tmp_path / f"{path.name}.corrupt").read_bytes() == bytes(data)  # the user's file, kept
+    assert f"moved it to {tmp_path / name}.corrupt.1" in err and "which jimunet downloaded" in err
 
 
-def test_a_valid_idx_file_of_another_data_set_is_moved_aside_never_overwriting(tmp_path, fake_mnist, capsys):
-    """Fashion-MNIST uses MNIST's file names: such a file (a valid IDX file that fails the
-    checksum) is renamed to NAME.corrupt, or NAME.corrupt.1 when that is taken, never deleted."""
+def test_another_data_sets_file_under_mnists_name_is_named_and_kept(tmp_path, fake_mnist, monkeypatch):
+    """Fashion-MNIST uses MNIST's file names: such a file is recognised by its checksum and left alone."""
     arrays, specs, fetched = fake_mnist
     _populate(tmp_path, arrays, specs)
     name = specs["test_images"].name
     fashion = encode_idx((255 - arrays["test_images"]).astype(np.uint8))  # well-formed, other content
+    monkeypatch.setitem(download_mod._REGISTRY, hashlib.sha256(fashion).hexdigest(), ("Fashion-MNIST", name))
     (tmp_path / name).write_bytes(fashion)
-    (tmp_path / f"{name}.corrupt").write_bytes(b"an older file the user keeps")
-    (_, _), (xt, _) = load_mnist(tmp_path, progress=False)
-    np.testing.assert_array_equal(xt[..., 0], arrays["test_images"])
-    assert (tmp_path / f"{name}.corrupt").read_bytes() == b"an older file the user keeps"
-    assert (tmp_path / f"{name}.corrupt.1").read_bytes() == fashion
-    err = capsys.readouterr().err
-    assert f"Moved it to {tmp_path / name}.corrupt.1" in err and "Fashion-MNIST" in err
+    with pytest.raises(MNISTUnavailableError, match=f"it is Fashion-MNIST's {name}, not MNIST's {name}"):
+        load_mnist(tmp_path, progress=False)
+    assert (tmp_path / name).read_bytes() == fashion and not (tmp_path / f"{name}.corrupt").exists()
+    assert fetched == []
 
 
 def test_corrupt_cached_file_without_download_is_an_error(tmp_path, fake_mnist):
@@ -342,8 +359,8 @@ def test_corrupt_cached_file_without_download_is_an_error(tmp_path, fake_mnist):
 def test_verified_array_detects_real_checksum_mismatch():
     spec = mnist_mod._FILES["test_labels"]
     data = encode_idx(np.zeros(10000, np.uint8))
-    with pytest.raises(mnist_mod._CorruptFile, match=spec.sha256):
-        mnist_mod._verified_array(data, spec, "x")
+    with pytest.raises(download_mod.CorruptFile, match=spec.sha256):
+        download_mod.verified_array(data, spec, "x")
 
 
 def test_download_false_on_empty_dir_names_the_files(tmp_path):
@@ -442,7 +459,7 @@ def test_mirror_download_checks_md5_and_falls_through(tmp_path, monkeypatch, loc
         name = mnist_mod._FILES[key].name
         gz = gzip.compress(encode_idx(arr))
         (served / f"{name}.gz").write_bytes(gz)
-        specs[key] = mnist_mod._FileSpec(name, arr.shape, hashlib.sha256(encode_idx(arr)).hexdigest(),
+        specs[key] = mnist_mod.FileSpec(name, arr.shape, hashlib.sha256(encode_idx(arr)).hexdigest(),
                                          hashlib.md5(gz).hexdigest())
     # The first mirror serves a file whose MD5 is wrong; the second serves good files.
     bad = served / "bad"
@@ -476,8 +493,10 @@ def test_mirror_download_checks_md5_and_falls_through(tmp_path, monkeypatch, loc
     assert outcomes[0][0] == f"{url}bad/{specs['train_images'].name}.gz"
     assert "MD5 mismatch" in outcomes[0][1]
     assert [o for _, o in outcomes[1:]] == ["ok"] * 4
-    # Stored verified and uncompressed, with nothing else left behind.
-    assert sorted(p.name for p in root.iterdir()) == sorted(s.name for s in specs.values())
+    # Stored verified and uncompressed, and listed as jimunet's own, with nothing else left behind.
+    assert sorted(p.name for p in root.iterdir()) == sorted([download_mod.FETCHED_LIST] + [s.name for s in
+                                                                                           specs.values()])
+    assert sorted((root / download_mod.FETCHED_LIST).read_text().split()) == sorted(s.name for s in specs.values())
     assert (root / specs["train_labels"].name).read_bytes() == encode_idx(arrays["train_labels"])
 
 
@@ -498,7 +517,7 @@ def test_pypi_fallback_pipeline_offline(tmp_path, monkeypatch, capsys):
                 "train_labels": y[:5].astype(np.uint8),
                 "test_images": k[5:].astype(np.uint8).reshape(2, 28, 28),
                 "test_labels": y[5:].astype(np.uint8)}
-    specs = {key: mnist_mod._FileSpec(real.name, expected[key].shape,
+    specs = {key: mnist_mod.FileSpec(real.name, expected[key].shape,
                                       hashlib.sha256(encode_idx(expected[key])).hexdigest(),
                                       real.gz_md5)
              for key, real in mnist_mod._FILES.items()}

@@ -8,7 +8,7 @@ import numpy as np
 
 from ._version import __version__
 from .backend import all_finite, to_device, to_numpy, xp_of
-from .data.batching import BatchIterator
+from .data.batching import predict_dataset
 from .data.dataset import is_dataset
 from .layers import MaxPool2D, ReLU
 from .layers import memory
@@ -105,21 +105,12 @@ class Network(Layer):
         An empty batch gives ``(0, *output_shape)`` in the dtype a forward pass would give: the
         per-sample shape is known from ``x.shape[1:]`` even without samples. ``x`` may live on
         any device: each chunk moves to the model's, and the outputs stay there.
-
-        ``x`` may also be a ``data.Dataset``: its images, ``batch_size`` at a time (fetched ahead
-        in a background thread), go through ``normalize`` (``data.Normalize``; None: they are
-        model inputs already); the labels are ignored. ``normalize`` is for a Dataset only.
+        Or ``x`` is a ``data.Dataset``, whose images ``normalize`` turns into inputs (``predict_dataset``).
         """
         if batch_size < 1:
             raise ValueError(f"predict: batch_size must be >= 1, got {batch_size}")
-        if is_dataset(x):
-            outs = [self.predict(xb, batch_size, max_activation_bytes)
-                    for xb, _ in BatchIterator(x, batch_size, normalize=normalize)]
-            if not outs:
-                return self.predict(np.zeros((0,) + tuple(x.image_shape), np.float32), batch_size, max_activation_bytes)
-            return xp_of(outs[0]).concatenate(outs)
-        if normalize is not None:
-            raise ValueError("predict: normalize applies to a Dataset; arrays are model inputs already")
+        if is_dataset(x) or normalize is not None:
+            return predict_dataset(self.predict, x, batch_size, normalize, max_activation_bytes)
         limit = memory.MAX_ACTIVATION_BYTES if max_activation_bytes is None else int(max_activation_bytes)
         per_sample = None if not hasattr(x, "shape") else \
             self.activation_bytes(tuple(x.shape[1:]), getattr(x, "dtype", None), quiet=True)

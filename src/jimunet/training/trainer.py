@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from ..backend import to_device, xp_of
-from ..data.batching import Prefetcher
+from ..data.batching import Prefetcher, transform_batch
 from ..data.dataset import is_dataset
 from . import checkpoint
 from .callbacks import CallbackList, DivergenceCheck, EpochStats, History, Log, ProgressBar, StopBetweenSteps
@@ -121,9 +121,7 @@ class Trainer:
             with Prefetcher(x, [np.arange(b.start, b.stop) if isinstance(b, slice) else b for b in batches],
                             self.prefetch) as fetched:
                 for xb, yb in fetched:
-                    if self.augment is not None:
-                        xb = self.augment(xb)
-                    xb = self.normalize(xb) if self.normalize is not None else np.asarray(xb, np.float32)
+                    xb = transform_batch(xb, self.augment, self.normalize)
                     yield to_device(xb, device), to_device(np.asarray(yb, np.int64), device)
             return
         xp = xp_of(x)
@@ -214,12 +212,16 @@ class Trainer:
         stats = self.epoch_stats = EpochStats(epoch + 1, self.steps_in_epoch(len(x), epoch))
         callbacks.on_epoch_begin(self, epoch + 1)
         stats.t0 = time.perf_counter()
-        for xb, yb in self._batches(x, y, epoch):
-            loss = self.train_step(xb, yb)
-            self.step += 1
-            stats.images += len(xb)
-            stats.losses.append(loss)
-            callbacks.on_step_end(self, self.step - 1, loss)
+        batches = self._batches(x, y, epoch)
+        try:
+            for xb, yb in batches:
+                loss = self.train_step(xb, yb)
+                self.step += 1
+                stats.images += len(xb)
+                stats.losses.append(loss)
+                callbacks.on_step_end(self, self.step - 1, loss)
+        finally:
+            batches.close()  # now, not when the traceback goes: stops a Dataset's prefetching thread
         stats.train_seconds = time.perf_counter() - stats.t0
         callbacks.on_epoch_steps_end(self, epoch + 1)
         val_error = None
