@@ -14,8 +14,9 @@ from jimunet.data import ArrayDataset, Splits
 
 from test_modelinfo import CIFAR, cifar_like
 
-HAS_LOADERS = hasattr(jn.data, "load")  # jn.data.load (folders, Fashion-MNIST, CIFAR-10): helpers data/folder
-needs_loaders = pytest.mark.skipif(not HAS_LOADERS, reason="jn.data.load lands with the data set loaders")
+# jn.data.load reads image folders once helper folder's jimunet.data.folder is merged
+HAS_FOLDERS = getattr(jn.data.loaders, "load_folder", None) is not None
+needs_loaders = pytest.mark.skipif(not HAS_FOLDERS, reason="image folders land with jimunet.data.folder")
 
 
 @pytest.fixture(scope="module")

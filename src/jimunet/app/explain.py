@@ -291,8 +291,9 @@ def explain(model, image, out_dir=None, file=_STDOUT, class_names=None, dpi: int
     if result.top:
         names = class_names or [str(k) for k in range(len(result.probabilities))]
         say("top-3    (softmax of the last layer's output)")
+        width = max(5, *(len(str(names[k])) for k, _ in result.top))
         for k, p in result.top:
-            say(f"         {names[k]:>5}  {p:7.2%}")
+            say(f"         {names[k]:>{width}}  {p:7.2%}")
     return result
 
 

@@ -18,6 +18,8 @@ import numpy as np
 from .. import data as jdata
 from .. import datasets
 from ..data import ArrayDataset, Normalize, Subset, is_dataset
+from ..data.cifar import CLASS_NAMES as CIFAR10_CLASSES
+from ..data.fashion import CLASS_NAMES as FASHION_CLASSES
 from ..data.images import preprocess
 from .modelinfo import model_metadata
 from .recipes import SELF_TEST_EVAL, SELF_TEST_TRAIN, ConfigError, MNISTConfig, fake_data
@@ -41,9 +43,6 @@ def part_args(part) -> tuple:
     """``part`` as ``Trainer.fit``'s and ``evaluate``'s ``(x, y)`` arguments."""
     return (part, None) if is_dataset(part) else tuple(part)
 
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                   "Ankle boot")
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 _FOLDER_SPLIT_SEED = 20_170_822  # the validation images of a folder: a fixed choice
 _STATS_SAMPLES = 10_000  # training images the per-channel mean and std are estimated from
 
