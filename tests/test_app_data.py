@@ -222,3 +222,12 @@ def test_explain_a_picture_for_a_colour_model(cifar_model, tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"image    {tmp_path / 'pic.png'}" in out and "input    32x32x3" in out
     assert (tmp_path / "walk" / "input.png").is_file()
+
+
+def test_export_takes_the_input_shape_the_model_records(tmp_path, capsys):
+    pytest.importorskip("onnx")
+    from jimunet.app.modelinfo import model_metadata
+    meta = model_metadata((32, 32, 3), CIFAR, jn.data.Normalize([120, 120, 110], [60, 60, 60]), {"name": "cifar10"})
+    jn.models.mnist_cnn(rng=0, input_shape=(32, 32, 3)).save(tmp_path / "m.npz", metadata=meta)
+    assert main(["export", str(tmp_path / "m.npz"), str(tmp_path / "m.onnx")]) == 0
+    assert "(batch, 32, 32, 3)" in capsys.readouterr().out

@@ -109,7 +109,7 @@ def _input_shape(meta: dict) -> tuple:
     if shape is None:
         onnx = meta.get("onnx")  # a model imported by jimunet import records the one it came with
         shape = onnx.get("input_shape") if isinstance(onnx, dict) else None
-        if shape is None:
+        if not (isinstance(shape, list) and len(shape) == 3):  # none, or not an image's (an MLP's (784,))
             return MNIST_SHAPE
     ok = (isinstance(shape, (list, tuple)) and len(shape) == 3
           and all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 1_000_000 for d in shape))
