@@ -231,3 +231,19 @@ def test_export_takes_the_input_shape_the_model_records(tmp_path, capsys):
     jn.models.mnist_cnn(rng=0, input_shape=(32, 32, 3)).save(tmp_path / "m.npz", metadata=meta)
     assert main(["export", str(tmp_path / "m.npz"), str(tmp_path / "m.onnx")]) == 0
     assert "(batch, 32, 32, 3)" in capsys.readouterr().out
+
+
+def test_a_resumed_run_keeps_the_normalisation_it_computed(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    cfg = MNISTConfig(data="cifar10", epochs=1, batch_size=16, validation_size=16, train_size=48, out=str(out),
+                      report=False)
+    data = (cifar_like(64), cifar_like(20, seed=1))
+    train_mnist(cfg, data=data, echo=False)
+    first = jn.load(out / "model.npz").metadata["normalize"]
+
+    def refuse(*a, **k):
+        raise AssertionError("computed again")
+    monkeypatch.setattr(jn.data.Normalize, "estimate", classmethod(refuse))
+    result = train_mnist(cfg.replace(epochs=2, out=None), resume=str(out), data=data, echo=False)
+    assert [e["epoch"] for e in result.history.epochs] == [1, 2]
+    assert jn.load(out / "model.npz").metadata["normalize"] == first

@@ -51,9 +51,10 @@ def _mnist_meta() -> dict:
     return model_metadata((28, 28, 1), [str(k) for k in range(10)], Normalize.mnist(), {"name": "mnist"})
 
 
-def load_data(cfg: MNISTConfig, data=None) -> MNISTData:
+def load_data(cfg: MNISTConfig, data=None, normalize: Normalize | None = None) -> MNISTData:
     """The three sets of ``cfg`` (``data``: ``((x_train, y_train), (x_test, y_test))`` arrays of
-    pixels to use instead of loading ``cfg.data``, in ``load_mnist``'s format or NHWC)."""
+    pixels to use instead of loading ``cfg.data``, in ``load_mnist``'s format or NHWC;
+    ``normalize``: the one a resumed run computed, instead of computing it again)."""
     if cfg.self_test:
         xt, yt = fake_data(SELF_TEST_TRAIN)
         (xv, yv), (xs, ys) = fake_data(SELF_TEST_EVAL), fake_data(SELF_TEST_EVAL)
@@ -70,7 +71,7 @@ def load_data(cfg: MNISTConfig, data=None) -> MNISTData:
         as_labels = lambda a: np.asarray(a).astype(np.int64)  # noqa: E731
         return MNISTData((preprocess(x_all[tr]), as_labels(y_all[tr])), (preprocess(x_all[va]), as_labels(y_all[va])),
                          (preprocess(x_test[te]), as_labels(y_test[te])), "MNIST", _mnist_meta())
-    return _other_data(cfg, data)
+    return _other_data(cfg, data, normalize)
 
 
 def _split(cfg, n_all: int, n_test: int, folder: bool = False):
@@ -87,7 +88,7 @@ def _split(cfg, n_all: int, n_test: int, folder: bool = False):
     return slice(v, v + n), slice(0, v), slice(0, t)
 
 
-def _other_data(cfg: MNISTConfig, data) -> MNISTData:
+def _other_data(cfg: MNISTConfig, data, normalize=None) -> MNISTData:
     kind = cfg.data_kind
     if data is not None:  # arrays given for a named data set (tests, notebooks)
         (xa, ya), (xb, yb) = data
@@ -114,7 +115,8 @@ def _other_data(cfg: MNISTConfig, data) -> MNISTData:
         else np.arange(len(train))
     parts = [Subset(train, np.sort(order[tr])), Subset(train, np.sort(order[va])),
              Subset(test, np.arange(te.start, te.stop))]
-    normalize = Normalize.mnist() if kind == "fashion-mnist" else Normalize.estimate(parts[0], samples=_STATS_SAMPLES)
+    if normalize is None:
+        normalize = Normalize.mnist() if kind == "fashion-mnist" else Normalize.estimate(parts[0], samples=_STATS_SAMPLES)
     dataset = {"name": kind, **({"path": os.path.abspath(cfg.data)} if kind == "folder" else {})}
     meta = model_metadata(shape, class_names, normalize, dataset)
     return MNISTData(*parts, source, meta, normalize)

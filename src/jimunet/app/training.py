@@ -18,6 +18,7 @@ import numpy as np
 
 from .._version import __version__
 from ..backend import check_device
+from ..data import Normalize
 from ..distributed import BlockLayout
 from ..layers import BatchNorm
 from ..parallel import set_num_threads, split
@@ -214,7 +215,7 @@ def _train_mnist(cfg, run, resuming, callbacks, data, log, stops, comm=None) -> 
     if run.removed:
         log(f"removed {len(run.removed)} temporary file{'s' if len(run.removed) > 1 else ''} left by a write that "
             f"was cut short: {', '.join(run.removed)}")
-    data = load_data(cfg, data)
+    data = load_data(cfg, data, _saved_normalize(run) if resuming else None)
     cfg = cfg.with_data_defaults(data.meta["input_shape"][-1])
     cfg_dict = portable_config(cfg.to_dict())
     if comm is not None:  # the recipe, once MNIST is here: ranks on this host find it in the cache
@@ -343,6 +344,15 @@ def _checkpoint_epochs(path) -> int:
         return int(read_checkpoint_meta(path)["state"]["epoch"])
     except Exception:  # pragma: no cover - the file is written atomically
         return 0
+
+
+def _saved_normalize(run):
+    """The normalisation the run computed when it started (None: MNIST's, or a run from before it was saved)."""
+    meta = read_checkpoint_meta(run.file("checkpoint.npz")).get("metadata", {})
+    try:
+        return Normalize.from_dict(meta["normalize"]) if isinstance(meta, dict) and "normalize" in meta else None
+    except ValueError:
+        return None
 
 
 def _read_checkpoint_config(run_dir) -> MNISTConfig:
