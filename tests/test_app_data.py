@@ -247,3 +247,9 @@ def test_a_resumed_run_keeps_the_normalisation_it_computed(tmp_path, monkeypatch
     result = train_mnist(cfg.replace(epochs=2, out=None), resume=str(out), data=data, echo=False)
     assert [e["epoch"] for e in result.history.epochs] == [1, 2]
     assert jn.load(out / "model.npz").metadata["normalize"] == first
+
+
+def test_unknown_data_is_refused_before_a_run_directory_is_made(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nosuch"), "--out", str(tmp_path / "run")]) == 2
+    assert "expected mnist, fashion-mnist, cifar10 or an image folder" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

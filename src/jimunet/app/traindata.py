@@ -74,6 +74,13 @@ def load_data(cfg: MNISTConfig, data=None, normalize: Normalize | None = None) -
     return _other_data(cfg, data, normalize)
 
 
+def check_data(cfg: MNISTConfig) -> None:
+    """ConfigError when ``cfg.data`` is neither a data set's name nor a folder (before a run directory is made)."""
+    if cfg.data_kind == "folder" and not cfg.self_test and not os.path.isdir(cfg.data):
+        raise ConfigError(f"--data {cfg.data}: expected mnist, fashion-mnist, cifar10 or an image folder, and there "
+                          f"is no such folder")
+
+
 def _split(cfg, n_all: int, n_test: int, folder: bool = False):
     """Slices of the training, validation and test images ``cfg`` asks for, checked against the data
     (a folder's validation images are at most a tenth of its training images: a small folder trains
@@ -96,9 +103,7 @@ def _other_data(cfg: MNISTConfig, data, normalize=None) -> MNISTData:
         train, test = ArrayDataset(xa, ya, class_names=names), ArrayDataset(xb, yb, class_names=names)
         class_names, shape, source = train.class_names, tuple(train.image_shape), "arrays"
     else:
-        if kind == "folder" and not os.path.isdir(cfg.data):
-            raise ConfigError(f"--data {cfg.data}: expected mnist, fashion-mnist, cifar10 or an image folder, "
-                              f"and there is no such folder")
+        check_data(cfg)
         try:
             splits = jdata.load(cfg.data, root=cfg.data_dir, download=cfg.download, progress=True)
         except (ValueError, FileNotFoundError) as e:  # the loaders' one-line messages (a malformed folder...)

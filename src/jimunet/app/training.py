@@ -29,7 +29,7 @@ from ..training.strategies import select_strategy
 from .recipes import RESUMABLE_FIELDS, ConfigError, MNISTConfig, build, describe_recipe, make_augment
 from .rundir import RunDir, RunLog, StopSignals, new_run_dir, portable_config
 from .run_callbacks import ReportAtEnd, RunFiles, RunSummary
-from .traindata import MNISTData, load_data, part_args, part_size
+from .traindata import MNISTData, check_data, load_data, part_args, part_size
 
 __all__ = ["train_mnist", "TrainResult", "load_run_config", "MNISTData", "distributed_problem"]
 
@@ -109,6 +109,7 @@ def _settle_config(config, resume) -> MNISTConfig:
     if resume is None:
         config = (config or MNISTConfig()).validate()
         check_device(config.device)  # before a run directory is made for nothing
+        check_data(config)
         return config.replace(out=config.out or new_run_dir())
     run_dir = os.fspath(resume)
     saved = _read_checkpoint_config(run_dir)
@@ -125,6 +126,7 @@ def _settle_config(config, resume) -> MNISTConfig:
         raise ConfigError(f"resume writes into the run directory it resumes ({run_dir}), not {config.out}")
     config = config.replace(out=run_dir, flip=saved.flip if config.flip is None else config.flip,
                             crop=saved.crop if config.crop is None else config.crop).validate()
+    check_data(config)
     check_device(config.device)
     return config
 
