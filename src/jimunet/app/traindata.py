@@ -111,17 +111,22 @@ def _other_data(cfg: MNISTConfig, data, normalize=None) -> MNISTData:
         train, test = splits.train, splits.test
         class_names, shape, source = tuple(splits.class_names), tuple(splits.image_shape), splits.source
     if len(test) == 0:
-        raise ConfigError(f"{cfg.data}: the data has no test images (an image folder needs train/ and test/ "
-                          f"subfolders, each with one folder per class)")
+        raise ConfigError(f"{cfg.data}: the data has no test images")
     tr, va, te = _split(cfg, len(train), len(test), folder=kind == "folder")
-    # A folder lists its images class by class: its validation images (and a train_size's) are a
-    # fixed random choice, the same for every run and seed; the named data sets come shuffled.
-    order = np.random.default_rng(_FOLDER_SPLIT_SEED).permutation(len(train)) if kind == "folder" \
-        else np.arange(len(train))
+    # A folder lists its images class by class: its validation images (and a train_size's or a
+    # test_size's) are a fixed random choice, the same for every run and seed; the named data sets
+    # come shuffled.
+    order, order_test = (_fixed_order(len(ds), kind) for ds in (train, test))
     parts = [Subset(train, np.sort(order[tr])), Subset(train, np.sort(order[va])),
-             Subset(test, np.arange(te.start, te.stop))]
+             Subset(test, np.sort(order_test[te]))]
     if normalize is None:
-        normalize = Normalize.mnist() if kind == "fashion-mnist" else Normalize.estimate(parts[0], samples=_STATS_SAMPLES)
+        normalize = Normalize.mnist() if kind == "fashion-mnist" else \
+            Normalize.estimate(parts[0], samples=_STATS_SAMPLES)
     dataset = {"name": kind, **({"path": os.path.abspath(cfg.data)} if kind == "folder" else {})}
     meta = model_metadata(shape, class_names, normalize, dataset)
     return MNISTData(*parts, source, meta, normalize)
+
+
+def _fixed_order(n: int, kind: str) -> np.ndarray:
+    """The order a data set's first images are taken in: a folder's is a fixed random one."""
+    return np.random.default_rng(_FOLDER_SPLIT_SEED).permutation(n) if kind == "folder" else np.arange(n)
