@@ -24,7 +24,7 @@ from ..data.images import preprocess
 from .modelinfo import model_metadata
 from .recipes import SELF_TEST_EVAL, SELF_TEST_TRAIN, ConfigError, MNISTConfig, fake_data
 
-__all__ = ["MNISTData", "load_data", "part_size", "part_args", "CIFAR10_CLASSES", "FASHION_CLASSES"]
+__all__ = ["MNISTData", "load_data", "check_data", "part_size", "part_args", "fixed_order"]
 
 MNISTData = namedtuple("MNISTData", ["train", "validation", "test", "source", "meta", "normalize"],
                        defaults=(None, None))
@@ -116,7 +116,7 @@ def _other_data(cfg: MNISTConfig, data, normalize=None) -> MNISTData:
     # A folder lists its images class by class: its validation images (and a train_size's or a
     # test_size's) are a fixed random choice, the same for every run and seed; the named data sets
     # come shuffled.
-    order, order_test = (_fixed_order(len(ds), kind) for ds in (train, test))
+    order, order_test = (fixed_order(len(ds), kind) for ds in (train, test))
     parts = [Subset(train, np.sort(order[tr])), Subset(train, np.sort(order[va])),
              Subset(test, np.sort(order_test[te]))]
     if normalize is None:
@@ -127,6 +127,6 @@ def _other_data(cfg: MNISTConfig, data, normalize=None) -> MNISTData:
     return MNISTData(*parts, source, meta, normalize)
 
 
-def _fixed_order(n: int, kind: str) -> np.ndarray:
+def fixed_order(n: int, kind: str) -> np.ndarray:
     """The order a data set's first images are taken in: a folder's is a fixed random one."""
     return np.random.default_rng(_FOLDER_SPLIT_SEED).permutation(n) if kind == "folder" else np.arange(n)

@@ -26,6 +26,7 @@ from ..inspect import model_dtype
 from ..modelinfo import ModelInfo, model_info
 from ..recipes import fake_data
 from ..testdata import test_set
+from ..traindata import fixed_order
 
 MAX_MISTAKES = 16
 PREDICT_CHUNK = 1000
@@ -183,6 +184,9 @@ def _load_test_data(data_dir, config, info: ModelInfo | None = None):
         test = test_set(info, data_dir=data_dir)
         x_test, y_test = test.pixels()
         title = test.title
+        if n is not None and n < len(x_test):  # the run's test images: the same choice as training's
+            keep = np.sort(fixed_order(len(x_test), test.name)[:n])
+            return x_test[keep], y_test[keep], f"{n:,} {title} test images (the run's test_size)"
     else:
         _, (x_test, y_test) = datasets.load_mnist(root=data_dir)  # looked up now: tests replace it
         title = "MNIST"
