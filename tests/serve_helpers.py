@@ -8,11 +8,11 @@ import queue
 import re
 import signal
 import subprocess
-import sys
 import threading
 import urllib.parse
 
 import numpy as np
+from foreground import FOREGROUND
 
 from jimunet.app.server import make_server
 
@@ -73,14 +73,15 @@ class ServeProcess:
     """``python -m jimunet serve ARGS --port 0`` as a user starts it; ``url`` once it listens.
 
     ``close()`` (also called by the fixtures' finalizers) stops it with SIGTERM and kills it
-    if it does not stop within 15 s, so no process outlives its test.
+    if it does not stop within 120 s, so no process outlives its test.
     """
 
     def __init__(self, *args, cwd=None, env=None, start_timeout=120):
         full_env = dict(os.environ)
         full_env["PYTHONPATH"] = os.pathsep.join([os.path.join(ROOT, "src"), full_env.get("PYTHONPATH", "")])
         full_env.update(env or {})
-        self.proc = subprocess.Popen([sys.executable, "-m", "jimunet", "serve", *map(str, args)],
+        # as a terminal starts it (Ctrl-C must work), however the test run was started
+        self.proc = subprocess.Popen([*FOREGROUND, "-m", "jimunet", "serve", *map(str, args)],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
                                      env=full_env)
         self.lines = queue.Queue()
@@ -106,7 +107,7 @@ class ServeProcess:
             self.lines.put(line)
         self.lines.put(None)
 
-    def stop(self, sig=signal.SIGTERM, timeout=15):
+    def stop(self, sig=signal.SIGTERM, timeout=120):  # a bound on a hang: a loaded machine is slow
         """Send ``sig``; returns ``(exit code, stdout, stderr)``."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)

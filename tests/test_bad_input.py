@@ -236,3 +236,36 @@ def test_huge_float32_input_passes_the_nan_check_silently():
     x = np.full((2, 4), 3e38, np.float32)  # the sum overflows; that is not a NaN
     y = L.ReLU().forward(x)
     np.testing.assert_array_equal(y, x)
+
+
+# --------------------------------------------------------------------------- a value of the wrong type
+
+class _Settings:  # a user's object without a repr of its own: Python would show its address
+    pass
+
+
+@pytest.mark.parametrize("call", [
+    lambda o: L.Conv2D(1, 4, o), lambda o: L.Conv2D(1, 4, 3, stride=o), lambda o: L.Conv2D(1, 4, 3, padding=o),
+    lambda o: L.Conv2D(o, 4, 3), lambda o: L.Conv2D(1, 4, 3, algorithm=o), lambda o: L.Conv2D(1, 4, 3, dtype=o),
+    lambda o: L.Conv2D(1, 4, 3, weight_init=o), lambda o: L.Dense(o, 2), lambda o: L.Dropout(o),
+    lambda o: L.MaxPool2D(o), lambda o: L.BatchNorm(o), lambda o: L.Concatenate(axis=o), lambda o: jn.Input(o),
+    lambda o: jn.optim.SGD(L.Dense(2, 2).parameters(), lr=o),
+    lambda o: jn.optim.Adam(L.Dense(2, 2).parameters(), betas=o),
+    lambda o: jn.Trainer(jn.Sequential([L.Dense(2, 2)]), jn.losses.SoftmaxCrossEntropy(),
+                         jn.optim.SGD(L.Dense(2, 2).parameters(), lr=0.1), batch_size=o),
+    lambda o: jn.Trainer(jn.Sequential([L.Dense(2, 2)]), jn.losses.SoftmaxCrossEntropy(),
+                         jn.optim.SGD(L.Dense(2, 2).parameters(), lr=0.1), batch_size=2, rng=o),
+    lambda o: jn.set_seed(o), lambda o: jn.set_num_threads(o), lambda o: jn.Sequential([L.Dense(2, 2)]).to(o),
+    lambda o: jn.data.augment.RandomShift(o),
+])
+def test_an_object_of_the_wrong_type_is_named_by_its_type_not_its_address(call):
+    msg = _raises(ValueError, lambda: call(_Settings()), "got an object of type _Settings")
+    assert "0x" not in msg and "<" not in msg
+
+
+def test_values_in_messages_keep_their_repr_without_addresses():
+    from jimunet._messages import shown
+    assert shown((3, "same")) == "(3, 'same')" and shown(2.5) == "2.5" and shown("x" * 200).endswith("...")
+    assert shown([1, _Settings()]) == "[1, <_Settings>]"
+    assert shown({"f": lambda: 0}) == "{'f': <function <lambda>>}"
+    assert shown(_Settings) == repr(_Settings)  # a class has no address in its repr

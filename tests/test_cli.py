@@ -16,6 +16,10 @@ from jimunet.app import cli
 from jimunet.app.cli import train as cli_train
 from jimunet.app.cli.errors import UserError, add_command
 
+from foreground import FOREGROUND
+
+HANG = 300  # seconds after which a child that should have stopped is taken to hang
+
 
 def run(*args, env=None, timeout=120):
     full_env = {k: v for k, v in os.environ.items() if k != "JIMUNET_DEBUG"}
@@ -236,11 +240,12 @@ def test_nan_loss_from_the_command_line(tmp_path):
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT delivery to a child needs POSIX")
 def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "jimunet", "train", "--self-test", "--epochs", "500",
+    # as a terminal starts it, however this test run was started (its SIGINT may be ignored)
+    proc = subprocess.Popen([*FOREGROUND, "-m", "jimunet", "train", "--self-test", "--epochs", "500",
                              "--out", str(out), "--no-report"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
-        deadline = time.time() + 60
+        deadline = time.time() + HANG  # bounds a hang; a loaded machine may take minutes
         def epochs_done():  # metrics.json is rewritten (atomically) at the end of every epoch
             try:
                 return json.loads((out / "metrics.json").read_text())["epochs_completed"]
@@ -250,7 +255,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
             assert proc.poll() is None and time.time() < deadline, proc.communicate()
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
+        stdout, stderr = proc.communicate(timeout=HANG)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -359,3 +364,20 @@ def test_one_convention_for_every_command(capsys):
     args.prog = "jimunet demo [rank 1 of 2]"
     assert args.func(args) == 7
     assert capsys.readouterr().err == "jimunet demo [rank 1 of 2]: error: no can do\n"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX pipes")
+@pytest.mark.parametrize("args", [["predict", "{model}", "{images}"], ["--help"], ["predict", "--help"]])
+def test_output_to_a_reader_that_has_gone_ends_quietly(tmp_path, model_file, args):
+    # `jimunet predict ... | head -1`, with head already gone: every write to the pipe fails
+    np.save(tmp_path / "x.npy", np.zeros((500, 28, 28, 1), np.uint8))
+    argv = [a.format(model=model_file, images=tmp_path / "x.npy") for a in args]
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        r = subprocess.run([sys.executable, "-m", "jimunet", *argv], stdout=write_end, stderr=subprocess.PIPE,
+                           text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert r.stderr == ""  # neither an error line nor Python's "Exception ignored ... BrokenPipeError"
+    assert r.returncode == (cli.EXIT_BROKEN_PIPE if args[-1] != "--help" else 0)

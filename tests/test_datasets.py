@@ -315,9 +315,6 @@ def test_load_names_and_errors(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(loaders, "load_folder", lambda path, **kw: calls.append((path, kw)) or "splits")
     assert jn.data.load(tmp_path, size=32) == "splits" and calls == [(tmp_path, {"size": 32})]
-    monkeypatch.setattr(loaders, "load_folder", None)
-    with pytest.raises(NotImplementedError, match="image folders"):
-        jn.data.load(tmp_path)
 
 
 def test_load_mnist_as_splits(tmp_path, monkeypatch):

@@ -409,7 +409,7 @@ def test_a_killed_rank_ends_the_job_and_the_checkpoint_resumes(mpi, tmp_path):
     victim = _rank_pid(mpi.token, 1)
     assert victim is not None, "rank 1 not found"
     os.kill(victim, signal.SIGKILL)
-    out, err = p.communicate(timeout=60)  # ends, instead of rank 0 waiting forever in the all-reduce
+    out, err = p.communicate(timeout=JOB_TIMEOUT)  # ends, instead of rank 0 waiting forever in the all-reduce
     assert p.returncode != 0
     text = out + err
     assert "rank 1" in text and ("signal 9" in text or "Killed" in text), text[-2000:]
@@ -439,7 +439,7 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(mpi, tmp_path):
     p = mpi.start((2, ["--distributed", "--self-test", "--no-report", "--epochs", "10000", "--out", run]))
     _wait_for_epoch(p, run, 1)
     os.kill(_rank_pid(mpi.token, 1), signal.SIGTERM)  # rank 1: the one that writes nothing
-    out, err = p.communicate(timeout=60)
+    out, err = p.communicate(timeout=JOB_TIMEOUT)
     assert p.returncode == 143, (p.returncode, out[-2000:], err[-2000:])
     assert "stopped by SIGTERM" in out and "Resume with" in out, (out[-2000:], err[-2000:])
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"

@@ -26,6 +26,7 @@ from jimunet.training import Callback, TrainingInterrupted
 
 SRC = pathlib.Path(jn.__file__).resolve().parents[1]
 POSIX = pytest.mark.skipif(sys.platform == "win32", reason="signals and flock are POSIX")
+HANG = 300  # seconds after which a child is taken to hang: a bound, never a speed (a loaded machine is slow)
 
 
 def env():
@@ -47,7 +48,7 @@ def start_training(out, *extra, **popen):
                             stderr=subprocess.PIPE, text=True, env=env(), **popen)
 
 
-def wait_for_epochs(proc, out, n=1, timeout=120):
+def wait_for_epochs(proc, out, n=1, timeout=HANG):
     """Wait until the run in ``out`` has written ``n`` epochs to metrics.json (rewritten atomically)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -64,7 +65,7 @@ def wait_for_epochs(proc, out, n=1, timeout=120):
 def stop(proc):
     if proc.poll() is None:
         proc.kill()
-    return proc.communicate(timeout=60)
+    return proc.communicate(timeout=HANG)
 
 
 def snapshot(directory):
@@ -174,7 +175,7 @@ def test_kill_9_leaves_no_stale_lock(tmp_path):
     try:
         wait_for_epochs(proc, out)
         proc.kill()  # SIGKILL: no handler runs, the lock file stays behind
-        proc.wait(timeout=60)
+        proc.wait(timeout=HANG)
     finally:
         stop(proc)
     assert json.loads((out / ".jimunet.lock").read_text())["pid"] == proc.pid
@@ -242,7 +243,7 @@ def test_leftover_temporary_files_are_removed_on_resume_and_nothing_else(tmp_pat
     code = ("import os, sys; from jimunet.serialization import atomic_writer\n"
             "with atomic_writer(os.path.join(sys.argv[1], 'checkpoint.npz')) as f:\n"
             "    f.write(b'half a checkpoint'); f.flush(); os._exit(9)\n")
-    r = subprocess.run([sys.executable, "-c", code, str(run)], env=env(), timeout=60)
+    r = subprocess.run([sys.executable, "-c", code, str(run)], env=env(), timeout=HANG)
     assert r.returncode == 9
     leftovers = sorted(p.name for p in run.glob(".checkpoint.npz.*.part"))
     assert len(leftovers) == 1
@@ -269,6 +270,7 @@ def comparable(m):
 
 def _ignore_sigint():  # what a non-interactive shell does for `jimunet train ... &`
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # whatever the test run's own SIGTERM is
 
 
 @POSIX
@@ -281,7 +283,7 @@ def test_sigterm_saves_and_the_moved_run_resumes_bit_identically(tmp_path):
         # the exit status would be 130. The background job ignores it, as its shell asked.
         proc.send_signal(signal.SIGINT)
         proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=60)
+        stdout, stderr = proc.communicate(timeout=HANG)
     finally:
         stop(proc)
     assert proc.returncode == 143, (proc.returncode, stdout, stderr)
@@ -340,6 +342,7 @@ class SignalAt(Callback):
 
 
 @POSIX
+@pytest.mark.usefixtures("terminal_signals")  # this process gets the signal, as a foreground run would
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_lets_the_step_in_progress_finish(tmp_path, uninterrupted, signum):
     run = tmp_path / "run"
@@ -357,6 +360,7 @@ def test_a_signal_lets_the_step_in_progress_finish(tmp_path, uninterrupted, sign
 
 
 @POSIX
+@pytest.mark.usefixtures("terminal_signals")
 def test_stop_signals_wait_inside_a_step_and_not_elsewhere():
     from jimunet.app.rundir import StopSignals, Stopped
 
@@ -515,7 +519,7 @@ def test_framework_modules_never_import_the_application():
                 assert not n.strip(".").startswith(("app", "jimunet.app")), (f.name, n)
     code = ("import sys, jimunet, jimunet.optim, jimunet.serialization, jimunet.model, jimunet.parallel\n"
             "assert not [m for m in sys.modules if m.startswith('jimunet.app')], sorted(sys.modules)")
-    r = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=HANG)
     assert r.returncode == 0, r.stderr
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._messages import shown
+
 try:  # CuPy is an optional extra ("gpu"); NumPy alone is the default.
     import cupy as _cupy  # type: ignore
 except Exception:  # pragma: no cover - depends on the machine
@@ -64,7 +66,7 @@ def parse_device(device) -> tuple[str, int]:
         index = name[5:] if name.startswith("cuda:") else "0"
         if index.isdigit():
             return "cuda", int(index)
-    raise DeviceError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    raise DeviceError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {shown(device)}")
 
 
 def check_device(device) -> str:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from ._messages import shown
 from .layers.base import data_already_checked, from_config
 from .layers.symbolic import Input, SymbolicTensor, shape_str
 from .layers.memory import activation_elements
@@ -331,7 +332,7 @@ class Model(Network):
                 raise ValueError(f"{self.describe()}: expected " + (
                     "a per-sample input shape such as (28, 28, 1)" if self._single_in else
                     f"a list of {len(self._input_shapes)} per-sample input shapes (the model takes a list of "
-                    f"inputs)") + f", got {input_shape!r}"[:200])
+                    f"inputs)") + f", got {shown(input_shape, 200)}")
             shapes = [tuple(s)[1:] if tuple(s) and tuple(s)[0] is None else tuple(s) for s in shapes]
             if len(shapes) != len(self._input_shapes):
                 raise ValueError(f"{self.describe()}: expected {len(self._input_shapes)} input shapes, got {len(shapes)}")

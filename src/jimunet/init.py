@@ -15,6 +15,8 @@ import math
 
 import numpy as np
 
+from ._messages import shown
+
 
 def _fans(shape):
     if len(shape) < 2:
@@ -109,7 +111,7 @@ def get(spec):
     if isinstance(spec, dict) and spec.get("name") in _REGISTRY:
         kwargs = {k: v for k, v in spec.items() if k != "name"}
         return _REGISTRY[spec["name"]](**kwargs)
-    raise ValueError(f"unknown initialiser {spec!r}; expected one of {sorted(_REGISTRY)} or a callable")
+    raise ValueError(f"unknown initialiser: expected one of {sorted(_REGISTRY)} or a callable, got {shown(spec)}")
 
 
 def config_of(init) -> dict | None:

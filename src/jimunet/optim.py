@@ -8,6 +8,7 @@ import numbers
 
 import numpy as np
 
+from ._messages import shown
 from .backend import device_of, to_device, to_numpy, xp_of
 from .parallel import pfor
 from .parameter import Parameter
@@ -23,7 +24,7 @@ def check_real(owner: str, name: str, value, low: float, high: float = math.inf,
         (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
     if not ok:
         interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open or high == math.inf else ']'}"
-        raise ValueError(f"{owner}: {name} must be a finite number in {interval}, got {value!r}")
+        raise ValueError(f"{owner}: {name} must be a finite number in {interval}, got {shown(value)}")
     return float(value)
 
 
@@ -177,7 +178,7 @@ class Optimizer:
                 continue
             if spec[k] == "count":
                 if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)) or v < 1:
-                    raise ValueError(f"{where}: {k!r} must be an integer >= 1, got {v!r}")
+                    raise ValueError(f"{where}: {k!r} must be an integer >= 1, got {shown(v)}")
                 out[k] = int(v)
                 continue
             kind = np.dtype(v.dtype).kind if hasattr(v, "shape") and hasattr(v, "dtype") else None
@@ -228,7 +229,7 @@ class SGD(Optimizer):
         out["momentum"] = check_real(owner, "momentum", group["momentum"], 0.0)
         out["dampening"] = check_real(owner, "dampening", group["dampening"], 0.0, 1.0)
         if not isinstance(group["nesterov"], bool):
-            raise ValueError(f"{owner}: nesterov must be True or False, got {group['nesterov']!r}")
+            raise ValueError(f"{owner}: nesterov must be True or False, got {shown(group['nesterov'])}")
         if group["nesterov"] and (out["momentum"] <= 0 or out["dampening"] != 0):
             raise ValueError(f"{owner}: nesterov momentum needs momentum > 0 and dampening = 0")
         return out
@@ -290,7 +291,7 @@ class Adam(Optimizer):
         out = super()._checked(group, where)
         betas = group["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ValueError(f"{owner}: betas must be a pair (beta1, beta2), each in [0, 1), got {betas!r}")
+            raise ValueError(f"{owner}: betas must be a pair (beta1, beta2), each in [0, 1), got {shown(betas)}")
         out["betas"] = (check_real(owner, "betas[0]", betas[0], 0.0, 1.0, high_open=True),
                         check_real(owner, "betas[1]", betas[1], 0.0, 1.0, high_open=True))
         # torch allows eps = 0, but then a parameter whose gradient is 0 gets 0/0 = NaN.

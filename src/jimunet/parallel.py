@@ -24,6 +24,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from ._messages import shown
 from .backend import xp_of
 from .random import current_batch_shard
 
@@ -46,7 +47,7 @@ def set_num_threads(n: int) -> None:
     """
     global _num_threads, _workers
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"set_num_threads expects a positive int, got {n!r}")
+        raise ValueError(f"set_num_threads expects a positive int, got {shown(n)}")
     with _lock:
         if _workers is not None:
             _workers.close()

@@ -11,6 +11,8 @@ import contextvars
 
 import numpy as np
 
+from ._messages import shown
+
 _default = np.random.default_rng(0)
 
 
@@ -18,7 +20,7 @@ def set_seed(seed: int) -> None:
     """Reseed the default Generator (weights and dropout masks of layers built afterwards)."""
     global _default
     if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"set_seed expects a non-negative integer, got {seed!r}")
+        raise ValueError(f"set_seed expects a non-negative integer, got {shown(seed)}")
     _default = np.random.default_rng(int(seed))
 
 

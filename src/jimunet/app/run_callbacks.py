@@ -15,7 +15,8 @@ import time
 import numpy as np
 
 from .._version import __version__
-from ..serialization import WriteError
+from ..model import load
+from ..serialization import CheckpointError, WriteError
 from ..training import Callback
 from . import report
 from .rundir import CHECKPOINT, set_metrics_status, write_json_atomic
@@ -99,21 +100,43 @@ class RunFiles(Callback):
 
 
 class RunSummary(Callback):
-    """The closing lines of train.log: the test error, the time spent communicating, the files."""
+    """The closing lines of train.log: the test error of model.npz and of best.npz (each named:
+    they are different weights), the time spent communicating, the files and the times.
 
-    def __init__(self, run_dir, log, t_start: float):
-        self.run_dir, self.log, self.t_start = run_dir, log, t_start
+    ``test_on(model)`` evaluates a model on the run's test images as the run did (for best.npz).
+    The training time is metrics.json's ``wall_time_s``, the figure the report shows.
+    """
+
+    def __init__(self, run_dir, log, t_start: float, test_on=None):
+        self.run_dir, self.log, self.t_start, self.test_on = run_dir, log, t_start, test_on
 
     def on_run_end(self, trainer, test):
         h = trainer.history
-        best = f"; best validation error {h.best_val_error:.2f}% at epoch {h.best_epoch}" if h.best_epoch else ""
+        last = h.epochs[-1]["epoch"] if h.epochs else trainer.epoch
         self.log(f"test error {test.error:.2f}% (accuracy {100 * test.accuracy:.2f}%, "
-                 f"{int(test.confusion.sum())} images){best}")
+                 f"{int(test.confusion.sum())} images): model.npz, the weights after the last epoch ({last})")
+        if h.best_epoch:
+            self.log(self._best_line(trainer, h, last))
         if trainer.comm is not None and h.train_seconds > 0:
             self.log(f"communication: {trainer.comm_seconds:.1f} s of {h.train_seconds:.1f} s of training steps in "
                      f"this session (waiting for the slowest process included)")
         self.log(f"wrote {self.run_dir}/: model.npz, best.npz, checkpoint.npz, metrics.json, train.log "
-                 f"({time.perf_counter() - self.t_start:.1f} s in this session)")
+                 f"(training time {h.wall_time_s:.1f} s, the report's figure: the epochs alone, all sessions; "
+                 f"{time.perf_counter() - self.t_start:.1f} s in this session with loading and testing)")
+
+    def _best_line(self, trainer, h, last) -> str:
+        what = (f"best.npz, the weights of epoch {h.best_epoch} (the lowest validation error, "
+                f"{h.best_val_error:.2f}%)")
+        if h.best_epoch == last:
+            return f"{what}: the same weights as model.npz"
+        if self.test_on is None:
+            return what
+        try:
+            model = load(os.path.join(self.run_dir, "best.npz"))
+        except (FileNotFoundError, CheckpointError) as e:  # e.g. a run directory copied without it
+            return f"{what}: not tested ({e})"
+        best = self.test_on(model.to(trainer.model.device))
+        return f"test error of {what}: {best.error:.2f}% (accuracy {100 * best.accuracy:.2f}%)"
 
 
 class ReportAtEnd(Callback):

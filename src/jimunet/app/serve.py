@@ -364,7 +364,7 @@ def choose_model(model=None, quick: bool = False, data_dir=None, runs_dir="runs"
     found = newest_run_model(runs_dir)
     if found is None:
         raise ServeError(f"no model given and none found in {runs_dir}{os.sep}*{os.sep}best.npz. Train one with "
-                         f"'python -m jimunet train' (10 epochs, about 7 minutes), or start with "
+                         f"'python -m jimunet train' (10 epochs, about 4 minutes on 2 recent cores), or start with "
                          f"'jimunet serve --quick' (1 epoch, a minute or two), or pass MODEL.npz")
     return found
 

@@ -349,6 +349,7 @@ class Server(ThreadingHTTPServer):
         self.static = _static_files()
         self.max_connections, self.request_deadline, self.send_timeout = max_connections, request_deadline, send_timeout
         self._slots = threading.BoundedSemaphore(max_connections)
+        self._holding, self._holding_lock = set(), threading.Lock()  # connections that hold a slot
         self._last_busy_log = 0.0
         super().__init__((address, port), Handler)
 
@@ -362,17 +363,26 @@ class Server(ThreadingHTTPServer):
         if not self._slots.acquire(blocking=False):
             self._refuse(request)
             return
+        self._holding.add(request)
         try:
             super().process_request(request, client_address)
-        except BaseException:  # no thread started: give its slot back
-            self._slots.release()
+        except BaseException:  # e.g. Ctrl-C before the thread started: give its slot back
+            self._release(request)
             raise
 
     def process_request_thread(self, request, client_address):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._release(request)
+
+    def _release(self, request):
+        """The connection's slot back, once: a Ctrl-C can reach ``process_request`` after the
+        thread it started has already finished (and a second release would raise in place of it)."""
+        with self._holding_lock:
+            if request in self._holding:
+                self._holding.remove(request)
+                self._slots.release()
 
     def _refuse(self, request):
         """503 to a connection over the limit, written without waiting, then closed."""

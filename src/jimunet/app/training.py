@@ -236,7 +236,10 @@ def _train_mnist(cfg, run, resuming, callbacks, data, log, stops, comm=None) -> 
         log(f"resumed from checkpoint.npz: {trainer.epoch} epochs ({trainer.step} steps) done")
     trainer.sync_from_rank0()
     _log_plan(trainer, cfg, data, log)
-    run_end = CallbackList([files, RunSummary(run.path, log, t_start),
+    def test_on(model):  # best.npz, tested as _fit_and_test tests model.npz
+        return evaluate(model, *data.test, cfg.eval_batch_size, num_classes=10)
+
+    run_end = CallbackList([files, RunSummary(run.path, log, t_start, test_on),
                             *([ReportAtEnd(run.path, log, cfg.data_dir)] if cfg.report else [])])
     test = _fit_and_test(trainer, cfg, data, run, log, stops, run_end)
     run_end.call("on_run_end", trainer, test)

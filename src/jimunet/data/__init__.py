@@ -16,6 +16,7 @@ from .cifar import CIFAR10UnavailableError, load_cifar10
 from .dataset import ArrayDataset, Dataset, Normalize, Splits, Subset, is_dataset
 from .download import DataUnavailableError
 from .fashion import FashionMNISTUnavailableError, load_fashion_mnist
+from .folder import ImageFolder, load_folder
 from .idx import IDXFormatError, read_idx, write_idx
 from .loaders import load
 from .mnist import MNISTUnavailableError, load_mnist
@@ -23,4 +24,5 @@ from .mnist import MNISTUnavailableError, load_mnist
 __all__ = ["augment", "RandomShift", "RandomCrop", "RandomFlip", "Compose", "Dataset", "ArrayDataset", "Subset",
            "Splits", "Normalize", "BatchIterator", "is_dataset", "load", "IDXFormatError", "read_idx", "write_idx",
            "DataUnavailableError", "MNISTUnavailableError", "load_mnist", "FashionMNISTUnavailableError",
-           "load_fashion_mnist", "CIFAR10UnavailableError", "load_cifar10"]
+           "load_fashion_mnist", "CIFAR10UnavailableError", "load_cifar10", "ImageFolder",
+           "load_folder"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._messages import shown
 from ..backend import xp_of
 from ..random import resolve_rng
 
@@ -38,7 +39,7 @@ class RandomShift:
 
     def __init__(self, max_shift: int = 2, rng=None):
         if not isinstance(max_shift, (int, np.integer)) or isinstance(max_shift, bool) or max_shift < 0:
-            raise ValueError(f"RandomShift: max_shift must be a non-negative int, got {max_shift!r}")
+            raise ValueError(f"RandomShift: max_shift must be a non-negative int, got {shown(max_shift)}")
         self.max_shift = int(max_shift)
         self.rng = resolve_rng(rng)
 

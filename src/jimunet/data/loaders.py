@@ -18,11 +18,7 @@ from .mnist import default_root as mnist_root
 from .mnist import load_mnist
 from .dataset import ArrayDataset, Splits
 from .download import idx_splits
-
-# MERGE: helper folder's module (data/folder.py) is not on this branch yet; once it is, this line
-# becomes `from .folder import load_folder` (a try/except import of a missing module would make
-# tests/test_layering.py see an import of the package itself, a cycle).
-load_folder = None
+from .folder import load_folder
 
 __all__ = ["load", "NAMES"]
 
@@ -74,6 +70,4 @@ def load(name_or_path, root=None, download: bool = True, progress: bool = True, 
     if not path.is_dir():
         raise ValueError(f"load: {str(name_or_path)!r} is neither a data set jimunet knows "
                          f"({', '.join(NAMES)}) nor a folder of images")
-    if load_folder is None:
-        raise NotImplementedError(f"load: image folders ({path}) need jimunet.data.folder, which this build lacks")
     return load_folder(path, **folder_options)

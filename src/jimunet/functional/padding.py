@@ -1,6 +1,7 @@
 """Padding rules shared by convolution and pooling (TensorFlow's ``"same"``/``"valid"``)."""
 from __future__ import annotations
 
+from .._messages import shown
 from ..backend import xp_of
 
 
@@ -10,16 +11,16 @@ MAX_SIZE = 2 ** 31 - 1  # any one size, stride or padding: beyond it index arith
 def pair(v, what: str = "value"):
     """``v`` as a pair of positive ints (an int ``k`` means ``(k, k)``)."""
     if isinstance(v, bool):
-        raise ValueError(f"{what} must be a positive int or a pair of them, got {v!r}")
+        raise ValueError(f"{what} must be a positive int or a pair of them, got {shown(v)}")
     if isinstance(v, int):
         v = (v, v)
     try:
         a, b = v
     except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a positive int or a pair of them, got {v!r}") from None
+        raise ValueError(f"{what} must be a positive int or a pair of them, got {shown(v)}") from None
     if not (isinstance(a, int) and isinstance(b, int)) or isinstance(a, bool) or isinstance(b, bool) or \
             not (1 <= a <= MAX_SIZE and 1 <= b <= MAX_SIZE):
-        raise ValueError(f"{what} must be a positive int or a pair of them (at most {MAX_SIZE:,}), got {v!r}")
+        raise ValueError(f"{what} must be a positive int or a pair of them (at most {MAX_SIZE:,}), got {shown(v)}")
     return int(a), int(b)
 
 
@@ -46,7 +47,7 @@ def normalize_padding(padding, what: str = "padding"):
         ok = False
     if not ok:
         raise ValueError(f'{what} must be "same", "valid", an int or a pair of ints from 0 to {MAX_SIZE:,}, got '
-                         f'{original!r}')
+                         f'{shown(original)}')
     return ((ph, ph), (pw, pw))
 
 

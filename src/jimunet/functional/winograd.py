@@ -53,6 +53,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from .._messages import shown
 from ..backend import as_strided, xp_of
 
 #: Interpolation points in the order they are taken; ``∞`` is always added as the last one.
@@ -81,7 +82,7 @@ def transform_matrices_exact(m: int, r: int):
     ``Aᵀ`` is ``m×α``, ``G`` is ``α×r``, ``Bᵀ`` is ``α×α`` with ``α = m + r - 1``.
     """
     if not (isinstance(m, int) and isinstance(r, int)) or m < 1 or r < 1:
-        raise ValueError(f"winograd: tile size m and kernel size r must be positive ints, got {m!r}, {r!r}")
+        raise ValueError(f"winograd: tile size m and kernel size r must be positive ints, got {shown(m)}, {shown(r)}")
     alpha = m + r - 1
     if alpha > MAX_ALPHA:
         raise ValueError(f"winograd: F({m}, {r}) needs a tile of {alpha} > {MAX_ALPHA} points; "

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from .._messages import shown
 from ..backend import check_device, device_of
 from ..parallel import has_nan
 from ..parameter import Parameter
@@ -114,9 +115,7 @@ def json_kind(v) -> str:
             float: "a number", type(None): "null"}.get(type(v), type(v).__name__)
 
 
-def _short(v, limit: int = 120) -> str:
-    r = repr(v)
-    return r if len(r) <= limit else r[:limit] + "..."
+_short = shown  # a value in a message: its repr, cut short, never an object's address
 
 
 # -- argument checks shared by the layers' constructors ----------------------------------

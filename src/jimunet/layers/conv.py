@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._messages import shown
 from .. import init as _init
 from ..backend import xp_of
 from ..functional import winograd as _wg
@@ -82,7 +83,11 @@ def auto_tile(kernel, out_hw, in_channels, out_channels):
 
 @register
 class Conv2D(Layer):
-    """2-D convolution (cross-correlation, as in TensorFlow and PyTorch).
+    """2-D convolution (cross-correlation); pads ``"same"`` by default, unlike Keras and PyTorch.
+
+    The default keeps the output at ``ceil(input / stride)``, as the TensorFlow MNIST sample's
+    layers do; Keras's ``Conv2D`` defaults to ``"valid"`` and PyTorch's ``Conv2d`` to
+    ``padding=0``: pass ``padding="valid"`` (or 0) for their output sizes.
 
     Two algorithms compute it (``algorithm=``):
 
@@ -114,8 +119,9 @@ class Conv2D(Layer):
         out_channels: number of filters.
         kernel_size: int or ``(kh, kw)``; odd and even sizes both work.
         stride: int or ``(sh, sw)``, each ≥ 1.
-        padding: ``"same"`` (TensorFlow's rule: output ``ceil(n/stride)``, the smaller half of
-            the padding before), ``"valid"`` (none), or an int / pair of zero rows per side.
+        padding: ``"same"`` (the default; TensorFlow's rule: output ``ceil(n/stride)``, the
+            smaller half of the padding before), ``"valid"`` (none), or an int / pair of zero
+            rows per side.
         use_bias: add a learned bias per output channel.
         weight_init, bias_init: initialisers (see ``jimunet.init``) or their names.
         rng: Generator (or int seed) for the initial weights; default ``jn.set_seed``'s.
@@ -145,7 +151,7 @@ class Conv2D(Layer):
                  dtype=np.float32, algorithm: str = "auto", winograd_tile=None):
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not 1 <= v <= MAX_SIZE:
-                raise ValueError(f"Conv2D: {name} must be a positive int (at most {MAX_SIZE:,}), got {v!r}")
+                raise ValueError(f"Conv2D: {name} must be a positive int (at most {MAX_SIZE:,}), got {shown(v)}")
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size = pair(kernel_size, "Conv2D kernel_size")
         self.stride = pair(stride, "Conv2D stride")
@@ -170,7 +176,7 @@ class Conv2D(Layer):
     def _check_algorithm(self, algorithm, tile):
         if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
             raise ValueError(f"Conv2D algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, "
-                             f"got {algorithm!r}")
+                             f"got {shown(algorithm)}")
         tile = _tile_pair(tile)
         if algorithm == "winograd" and (self.stride != (1, 1) or min(self.kernel_size) < 2):
             raise ValueError(f"Conv2D algorithm='winograd' needs stride 1 and a kernel of at least 2x2, "

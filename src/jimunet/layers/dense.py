@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._messages import shown
 from .. import init as _init
 from ..functional.padding import MAX_SIZE
 from ..parallel import pmatmul
@@ -36,7 +37,7 @@ class Dense(Layer):
                  weight_init="glorot_uniform", bias_init="zeros", rng=None, dtype=np.float32):
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not 1 <= v <= MAX_SIZE:
-                raise ValueError(f"Dense: {name} must be a positive int (at most {MAX_SIZE:,}), got {v!r}")
+                raise ValueError(f"Dense: {name} must be a positive int (at most {MAX_SIZE:,}), got {shown(v)}")
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.use_bias = check_bool("Dense", "use_bias", use_bias)
         dtype = check_dtype_arg(dtype, "Dense")

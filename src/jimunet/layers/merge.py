@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from .._messages import shown
 from ..backend import xp_of
 from .base import Layer, register
 
@@ -92,7 +93,7 @@ class Concatenate(_Merge):
 
     def __init__(self, axis: int = -1):
         if not isinstance(axis, int) or isinstance(axis, bool) or axis == 0:
-            raise ValueError(f"Concatenate: axis must be a non-zero int (axis 0 is the batch), got {axis!r}")
+            raise ValueError(f"Concatenate: axis must be a non-zero int (axis 0 is the batch), got {shown(axis)}")
         self.axis = axis
 
     def describe(self):

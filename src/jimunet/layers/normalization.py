@@ -6,6 +6,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import init as _init
+from .._messages import shown
 from ..backend import xp_of
 from ..functional.padding import MAX_SIZE
 from ..parallel import batch_sync
@@ -73,7 +74,7 @@ class BatchNorm(Layer):
         if not isinstance(num_features, (int, np.integer)) or isinstance(num_features, bool) or \
                 not 1 <= num_features <= MAX_SIZE:
             raise ValueError(f"BatchNorm: num_features must be a positive int (at most {MAX_SIZE:,}), got "
-                             f"{num_features!r}")
+                             f"{shown(num_features)}")
         momentum = check_number("BatchNorm", "momentum", momentum, 0, 1, low_open=True)
         eps = check_number("BatchNorm", "eps", eps, 0, 1e10, low_open=True)
         self.num_features, self.momentum, self.eps = int(num_features), float(momentum), float(eps)

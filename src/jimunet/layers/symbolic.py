@@ -11,6 +11,7 @@ import itertools
 
 import numpy as np
 
+from .._messages import shown
 from ..functional.padding import MAX_SIZE
 
 _names = itertools.count()
@@ -64,7 +65,7 @@ def Input(shape, name: str | None = None) -> SymbolicTensor:  # noqa: N802 - Ker
         ok = False
     if not ok:
         raise ValueError(f"Input: shape must be a tuple of 1 to 8 positive ints (per sample, no batch axis), "
-                         f"got {shape!r}")
+                         f"got {shown(shape)}")
     if name is not None and not isinstance(name, str):
         raise ValueError(f"Input: name must be a string, got {type(name).__name__}")
     return SymbolicTensor(dims, None, name or f"input_{next(_names)}", auto=name is None)

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .._messages import shown
 from .._version import __version__
 from ..backend import to_numpy
 from ..functional.padding import pad_amounts
@@ -61,11 +62,11 @@ def _check_args(model, input_shape, layout, opset):
         raise ONNXError(f"export needs a jimunet Sequential, got {type(model).__name__}")
     layout = str(layout).upper()
     if layout not in ("NHWC", "NCHW"):
-        raise ONNXError(f'layout must be "NHWC" or "NCHW", got {layout!r}')
+        raise ONNXError(f'layout must be "NHWC" or "NCHW", got {shown(layout)}')
     max_opset = onnx.defs.onnx_opset_version()
     if not isinstance(opset, int) or not MIN_OPSET <= opset <= max_opset:
         raise ONNXError(f"opset must be an int from {MIN_OPSET} to {max_opset} (this onnx package's newest), "
-                        f"got {opset!r}")
+                        f"got {shown(opset)}")
     shape = tuple(input_shape)
     if shape and shape[0] is None:  # a leading batch axis, as summary() accepts
         shape = shape[1:]

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from .._messages import shown
 from ..model import MAX_LAYERS
 from ..serialization import MAX_LOAD_BYTES
 from ._errors import ONNXError
@@ -33,7 +34,7 @@ def byte_limit(max_bytes) -> int:
     if max_bytes is None:
         return MAX_LOAD_BYTES
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 0:
-        raise ONNXError(f"max_bytes must be a non-negative int (bytes), got {max_bytes!r}")
+        raise ONNXError(f"max_bytes must be a non-negative int (bytes), got {shown(max_bytes)}")
     return int(max_bytes)
 
 

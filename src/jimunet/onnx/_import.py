@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .._messages import shown
 from ..functional.padding import pad_amounts
 from ..layers import AvgPool2D, Conv2D, Dropout, LeakyReLU, MaxPool2D
 from ..layers.base import placeholder_parameters
@@ -61,7 +62,7 @@ def _importer(proto, dtype="float32", base_dir=None, source="the ONNX model", ma
     except TypeError:
         dtype = None
     if dtype is None or dtype not in (np.float32, np.float64):
-        raise ONNXError(f"dtype must be float32 or float64, got {dtype!r}")
+        raise ONNXError(f"dtype must be float32 or float64, got {shown(dtype)}")
     limit = byte_limit(max_bytes)
     if not proto.HasField("graph") or not proto.graph.node:
         raise ONNXError(f"{source}: not an ONNX model (it holds no graph nodes); it may be truncated or "

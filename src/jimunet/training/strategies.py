@@ -35,6 +35,7 @@ import time
 
 import numpy as np
 
+from .._messages import shown
 from ..backend import all_finite, xp_of
 from ..distributed import BatchSync, BlockLayout, DistributedError, GradientBuffer, gather_block_sums
 from ..parallel import defer_block_sums, split, synced_batch
@@ -290,7 +291,7 @@ def select_strategy(model, batch_size: int, comm=None, reduction: str = "auto") 
                          f"process needs at least one sample of every batch")
     if reduction not in REDUCTIONS:
         raise ValueError(f"Trainer: reduction must be {', '.join(map(repr, REDUCTIONS[:-1]))} or "
-                         f"{REDUCTIONS[-1]!r}, got {reduction!r}")
+                         f"{REDUCTIONS[-1]!r}, got {shown(reduction)}")
     if model.device != "cpu":
         raise ValueError(f"Trainer: distributed training runs on the CPU (NumPy arrays), not on {model.device}")
     if reduction == "allreduce":

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from .._messages import shown
 from ..backend import to_device, xp_of
 from ..data.batching import Prefetcher, transform_batch
 from ..data.dataset import is_dataset
@@ -62,11 +63,14 @@ class Trainer:
                  rng=None, callbacks=(), progress=None, log=None, eval_batch_size: int = 100, comm=None,
                  augment=None, reduction: str = "auto", strategy=None):
         if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"Trainer: batch_size must be a positive integer, got {batch_size!r}")
+            raise ValueError(f"Trainer: batch_size must be a positive integer, got {shown(batch_size)}")
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.batch_size, self.schedule, self.shuffle = int(batch_size), schedule, bool(shuffle)
         self.strategy = strategy if strategy is not None else select_strategy(model, self.batch_size, comm, reduction)
-        self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        try:
+            self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        except TypeError:
+            raise ValueError(f"Trainer: rng must be a numpy.random.Generator, an int seed or None, got {shown(rng)}") from None
         self.callbacks = list(callbacks)
         self.progress, self.eval_batch_size, self.augment = progress, eval_batch_size, augment
         self.log = (lambda msg: None) if log is False else (log or (lambda msg: print(msg, flush=True)))

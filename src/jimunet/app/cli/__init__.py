@@ -4,7 +4,8 @@ Run ``jimunet --help`` or ``python -m jimunet --help``. Exit codes: 0 success, 1
 (training diverged, data unavailable, a file that could not be written (full disk), unexpected
 error), 2 bad usage (arguments, missing
 or corrupt files, a run directory that is not jimunet's or is in use), 130 interrupted
-(Ctrl-C), 143 stopped by SIGTERM (``train`` saves and exits as on Ctrl-C). Errors are one
+(Ctrl-C), 143 stopped by SIGTERM (``train`` saves and exits as on Ctrl-C), 141 output cut off by
+its reader (``jimunet predict ... | head -1``: quietly, as a Unix tool that gets SIGPIPE). Errors are one
 line, ``jimunet <cmd>: error: ...``; set ``JIMUNET_DEBUG=1`` to see tracebacks of unexpected errors.
 
 Each command is one module here with ``register(subparsers)`` (its arguments, through
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 import traceback
 
@@ -22,6 +24,9 @@ from ...backend import DeviceError
 from ...serialization import CheckpointError, WriteError
 from . import evaluate, explain, export, import_, predict, report, serve, train
 from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UserError, debug, interrupted_exit  # noqa: F401
+
+# 128 + SIGPIPE: how a shell reports a Unix tool whose reader went away
+EXIT_BROKEN_PIPE = 141
 
 # a file that could not be written because of the path the user gave (exit 2, not 1)
 _BAD_PATH = (errno.ENOENT, errno.ENOTDIR, errno.EISDIR)
@@ -51,6 +56,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Entry point of ``jimunet`` / ``python -m jimunet``; returns the exit code."""
+    try:
+        try:
+            return _main(argv)
+        finally:  # also after --help's SystemExit: a reader that has gone shows here, not at exit
+            if sys.stdout is not None:
+                sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader of our output has gone (``| head -1``): that ends the command, without a
+        # message. What is still buffered for stdout cannot be written either, and Python would
+        # report that at exit, so stdout goes to /dev/null from here on.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (AttributeError, OSError, ValueError):  # stdout is not a file (replaced, closed)
+            pass
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # report them against the subcommand that was given, as its own errors are
@@ -86,6 +109,8 @@ def _dispatch(args) -> tuple[int, bool]:
     except KeyboardInterrupt as e:
         print(f"\n{args.prog}: {str(e) or 'interrupted'}", file=sys.stderr)
         return interrupted_exit(e), True
+    except BrokenPipeError:
+        raise  # not an error of the command: main ends it quietly
     except Exception as e:
         if debug() and getattr(args, "comm", None) is None:
             raise
