@@ -253,3 +253,16 @@ def test_unknown_data_is_refused_before_a_run_directory_is_made(tmp_path, capsys
     assert main(["train", "--data", str(tmp_path / "nosuch"), "--out", str(tmp_path / "run")]) == 2
     assert "expected mnist, fashion-mnist, cifar10 or an image folder" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_picture_pixels_takes_a_files_bytes(cifar_model):
+    import io
+    from PIL import Image
+    from jimunet.app.modelinfo import model_info
+    from jimunet.app.pictures import picture_pixels
+    buf = io.BytesIO()
+    Image.fromarray(cifar_like(1)[0][0]).save(buf, format="PNG")
+    info = model_info(jn.load(cifar_model))
+    assert picture_pixels(buf.getvalue(), info).shape == (32, 32, 3)
+    with pytest.raises(ValueError, match="upload: not a readable image"):
+        picture_pixels(b"not an image", info, "upload")

@@ -18,6 +18,7 @@ Example:
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 
@@ -96,7 +97,9 @@ def as_model_pixels(x, info: ModelInfo, name: str = "array") -> np.ndarray:
 
 
 def picture_pixels(source, info: ModelInfo, name: str = "image") -> np.ndarray:
-    """One picture (a binary file object or bytes' ``io.BytesIO``) as float32 pixels ``(H, W, C)``."""
+    """One picture (a binary file object, or the file's bytes) as float32 pixels ``(H, W, C)``."""
+    if isinstance(source, (bytes, bytearray)):
+        source = io.BytesIO(source)
     try:
         from PIL import Image, ImageOps
     except ImportError:  # pragma: no cover - Pillow is a dependency of the image extras

@@ -236,8 +236,9 @@ def _train_mnist(cfg, run, resuming, callbacks, data, log, stops, comm=None) -> 
         log(f"resumed from checkpoint.npz: {trainer.epoch} epochs ({trainer.step} steps) done")
     trainer.sync_from_rank0()
     _log_plan(trainer, cfg, data, log)
+
     def test_on(model):  # best.npz, tested as _fit_and_test tests model.npz
-        return evaluate(model, *data.test, cfg.eval_batch_size, num_classes=10)
+        return _test(model, cfg, data)
 
     run_end = CallbackList([files, RunSummary(run.path, log, t_start, test_on),
                             *([ReportAtEnd(run.path, log, cfg.data_dir)] if cfg.report else [])])
@@ -267,8 +268,7 @@ def _fit_and_test(trainer, cfg, data, run, log, stops, run_end):
             validation = part_args(data.validation) if part_size(data.validation) or data.normalize is None \
                 else (None, None)
             trainer.fit(*part_args(data.train), cfg.epochs, *validation, **_normalize(data))
-        test = evaluate(trainer.model, *part_args(data.test), cfg.eval_batch_size,
-                        num_classes=len(data.meta["class_names"]), **_normalize(data))
+        test = _test(trainer.model, cfg, data)
         run_end.call("on_test_end", trainer, test)
         return test
     except TrainingDiverged as e:
@@ -289,6 +289,12 @@ def _fit_and_test(trainer, cfg, data, run, log, stops, run_end):
         if stop is e:
             raise
         raise stop from None
+
+
+def _test(model, cfg, data):
+    """``model`` evaluated on the run's test images."""
+    return evaluate(model, *part_args(data.test), cfg.eval_batch_size, num_classes=len(data.meta["class_names"]),
+                    **_normalize(data))
 
 
 def _normalize(data) -> dict:
