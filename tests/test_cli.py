@@ -161,7 +161,7 @@ def test_predict_prints_top3_per_image(tmp_path, model_file):
     assert [ln.split(":")[0] for ln in lines] == [str(tmp_path / "one.png"), f"{tmp_path / 'two.npy'}[0]",
                                                  f"{tmp_path / 'two.npy'}[1]"]
     for ln in lines:
-        top = re.findall(r"(\d) \((\d+\.\d)%\)", ln.split(": ", 1)[1])
+        top = re.findall(r"(\d) \([<>]?(\d+\.\d\d)%\)", ln.split(": ", 1)[1])
         assert len(top) == 3 and len({c for c, _ in top}) == 3
         probs = [float(p) for _, p in top]
         assert probs == sorted(probs, reverse=True) and sum(probs) <= 100.2
@@ -180,7 +180,8 @@ def test_predict_matches_the_model(tmp_path, model_file):
     p /= p.sum()
     best = int(p.argmax())
     r = run("predict", model_file, tmp_path / "d.npy", "--top", "1")
-    assert r.returncode == 0 and r.stdout.strip() == f"{tmp_path / 'd.npy'}: {best} ({100 * p[best]:.1f}%)"
+    from jimunet.app.cli.predict import percent
+    assert r.returncode == 0 and r.stdout.strip() == f"{tmp_path / 'd.npy'}: {best} ({percent(p[best])})"
 
 
 def test_evaluate_prints_accuracy_and_confusion_table(model_file, monkeypatch, capsys):

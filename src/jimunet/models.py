@@ -11,12 +11,14 @@ from .model import Sequential
 from .random import resolve_rng, spawn_rng
 
 
-def mnist_cnn(rng=None, dropout: float = 0.5, num_classes: int = 10, dtype=np.float32) -> Sequential:
+def mnist_cnn(rng=None, dropout: float = 0.5, num_classes: int = 10, dtype=np.float32,
+              input_shape=(28, 28, 1)) -> Sequential:
     """The network of TensorFlow's MNIST sample (``convolutional.py``), with its initialisation.
 
     conv 5×5×32 SAME → ReLU → maxpool 2×2/2 SAME → conv 5×5×64 SAME → ReLU → maxpool →
     fc 3136→512 → ReLU → dropout → fc 512→num_classes. Weights truncated normal with std 0.1;
-    biases 0 for conv1 and 0.1 for the others, as the sample sets them.
+    biases 0 for conv1 and 0.1 for the others, as the sample sets them. Another ``input_shape``
+    ``(H, W, C)`` changes conv1's input channels and fc1's inputs (``ceil(H/4)·ceil(W/4)·64``).
 
     Args:
         rng: Generator or int seed for the weights and the dropout masks (default:
@@ -24,27 +26,39 @@ def mnist_cnn(rng=None, dropout: float = 0.5, num_classes: int = 10, dtype=np.fl
         dropout: drop probability of the dropout layer (the sample's keep_prob 0.5).
         num_classes: outputs of the last layer.
         dtype: parameter dtype.
+        input_shape: ``(height, width, channels)`` of one image (MNIST's by default).
 
     Example:
         >>> import jimunet as jn
         >>> jn.models.mnist_cnn(rng=0).summary((28, 28, 1)).total_params
         1663370
+        >>> jn.models.mnist_cnn(rng=0, input_shape=(32, 32, 3)).summary((32, 32, 3)).total_params
+        2156490
     """
+    height, width, channels = _check_input_shape(input_shape)
     rng = resolve_rng(rng)
     w, b0, b1 = init.truncated_normal(0.1), init.zeros(), init.constant(0.1)
     return Sequential([
-        Conv2D(1, 32, 5, padding="same", weight_init=w, bias_init=b0, rng=rng, dtype=dtype),
+        Conv2D(channels, 32, 5, padding="same", weight_init=w, bias_init=b0, rng=rng, dtype=dtype),
         ReLU(),
         MaxPool2D(2, 2, padding="same"),
         Conv2D(32, 64, 5, padding="same", weight_init=w, bias_init=b1, rng=rng, dtype=dtype),
         ReLU(),
         MaxPool2D(2, 2, padding="same"),
         Flatten(),
-        Dense(7 * 7 * 64, 512, weight_init=w, bias_init=b1, rng=rng, dtype=dtype),
+        Dense(-(-height // 4) * -(-width // 4) * 64, 512, weight_init=w, bias_init=b1, rng=rng, dtype=dtype),
         ReLU(),
         Dropout(dropout, rng=spawn_rng(rng)),
         Dense(512, num_classes, weight_init=w, bias_init=b1, rng=rng, dtype=dtype),
     ])
+
+
+def _check_input_shape(shape) -> tuple:
+    ok = isinstance(shape, (tuple, list)) and len(shape) == 3 and all(
+        isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1 for d in shape)
+    if not ok:
+        raise ValueError(f"input_shape must be (height, width, channels), 3 positive integers, got {shape!r}")
+    return tuple(int(d) for d in shape)
 
 
 def _conv_bn(x, cin, cout, k, stride, rng, dtype, relu=True):
@@ -68,8 +82,11 @@ def residual_block(x, cin, cout, stride=1, rng=None, dtype=np.float32):
 
 
 def mnist_resnet(rng=None, stem: int = 16, blocks=((32, 2), (64, 2), (64, 1)), num_classes: int = 10,
-                 dtype=np.float32):
+                 dtype=np.float32, input_shape=(28, 28, 1)):
     """A small residual network for 28×28×1 images (the ``jimunet train --model resnet`` recipe).
+
+    ``input_shape`` ``(H, W, C)`` builds the same network for other images (e.g. CIFAR-10's
+    32×32×3): global average pooling makes every layer after the stem independent of H and W.
 
     A stem conv 3×3 → BN → ReLU with ``stem`` channels at 28×28, then one residual block
     per ``(channels, stride)`` in ``blocks`` (by default 28 → 14 → 7 pixels through
@@ -84,10 +101,13 @@ def mnist_resnet(rng=None, stem: int = 16, blocks=((32, 2), (64, 2), (64, 1)), n
         >>> s = m.summary()
         >>> s.total_params, round(s.total_flops / 1e6, 1)
         (147066, 18.8)
+        >>> jn.models.mnist_resnet(rng=0, input_shape=(32, 32, 3)).summary().total_params
+        147354
     """
+    shape = _check_input_shape(input_shape)
     rng = resolve_rng(rng)
-    inp = Input((28, 28, 1), name="image")
-    x = _conv_bn(inp, 1, stem, 3, 1, rng, dtype)
+    inp = Input(shape, name="image")
+    x = _conv_bn(inp, shape[2], stem, 3, 1, rng, dtype)
     cin = stem
     for cout, stride in blocks:
         x = residual_block(x, cin, cout, stride=stride, rng=rng, dtype=dtype)

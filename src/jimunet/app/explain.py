@@ -26,6 +26,7 @@ import sys
 import numpy as np
 
 from ..backend import to_device, to_numpy
+from ..data import Normalize
 from ..data.images import looks_like_pixels, preprocess
 from ..functional.softmax import softmax
 from ..layers import Add, BatchNorm, Concatenate, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU
@@ -143,7 +144,7 @@ class _Stdout:
 _STDOUT = _Stdout()
 
 
-def walk(model, image) -> Explanation:
+def walk(model, image, normalize=None) -> Explanation:
     """The data of ``explain``, printing nothing: one image through every block of ``model``.
 
     Returns the same ``Explanation`` as ``explain(model, image, file=None)`` (one record per
@@ -151,10 +152,11 @@ def walk(model, image) -> Explanation:
     ``input_record``) plus ``inputs`` (the scaled model input, one sample) and ``outputs``
     (every layer's output for the image, host NumPy arrays without the batch axis). The
     layers run in evaluation mode, one after the other, and keep their usual caches: the
-    caller must not run the same model on another thread meanwhile.
+    caller must not run the same model on another thread meanwhile. ``normalize``: the model's
+    ``Normalize`` (``modelinfo``) for pixels; None or MNIST's: ``(x - 127.5) / 255``.
     """
     raw = as_single_image(image)
-    x = preprocess(raw, model_dtype(model), auto=True)[None]
+    x = _inputs(raw, normalize, model_dtype(model))[None]
     try:
         in_shape = tuple(model.summary(x.shape[1:]).input_shape)
     except ValueError as e:
@@ -200,7 +202,22 @@ def walk(model, image) -> Explanation:
     return result
 
 
-def explain(model, image, out_dir=None, file=_STDOUT, class_names=None, dpi: int = 100):
+def _inputs(raw, normalize, dtype):
+    """One image as the model's input: pixels normalised (MNIST's way unless ``normalize`` says
+    otherwise), floats within [0, 1] taken as inputs already."""
+    if normalize is None or normalize == Normalize.mnist():
+        return preprocess(raw, dtype, auto=True)
+    return normalize(raw, dtype) if looks_like_pixels(raw) else np.asarray(raw).astype(dtype, copy=False)
+
+
+def _scaling(normalize) -> str:
+    if normalize is None or normalize == Normalize.mnist():
+        return "(x - 127.5) / 255"
+    mean, std = (", ".join(f"{v:.4g}" for v in vs) for vs in (normalize.mean, normalize.std))
+    return f"(x - mean) / std per channel, mean {mean}, std {std}"
+
+
+def explain(model, image, out_dir=None, file=_STDOUT, class_names=None, dpi: int = 100, normalize=None):
     """Walk one image through ``model`` block by block, printing what each block does.
 
     Args:
@@ -217,6 +234,8 @@ def explain(model, image, out_dir=None, file=_STDOUT, class_names=None, dpi: int
         file: where the text goes (default ``sys.stdout``; ``None``: print nothing).
         class_names: labels for the top-3 (default: the class indices).
         dpi: resolution of the PNGs.
+        normalize: the model's ``data.Normalize`` for pixels (``modelinfo.model_info(model)
+            .normalize``); None: MNIST's ``(x - 127.5) / 255``.
 
     Returns:
         An ``Explanation``: a list with one dict per layer (``index``, ``name``, ``kind``,
@@ -241,11 +260,11 @@ def explain(model, image, out_dir=None, file=_STDOUT, class_names=None, dpi: int
         file = sys.stdout
     say = (lambda s="": print(s, file=file)) if file is not None else (lambda s="": None)
 
-    result = walk(model, image)
+    result = walk(model, image, normalize)
     if out_dir is not None:
         _claim(out_dir, written, ["input.png"] + [_png_name(rec) for rec in result])
     inp = result.input_record
-    scaled = " (pixels 0..255 scaled by (x - 127.5) / 255)" if inp["scaled"] else ""
+    scaled = f" (pixels 0..255 scaled by {_scaling(normalize)})" if inp["scaled"] else ""
     say(f"{model.describe() if hasattr(model, 'describe') else type(model).__name__}: one image, "
         f"evaluation mode")
     say(f"input    {shape_str(inp['shape'])}  min {inp['min']:.4g}  max {inp['max']:.4g}  "
@@ -272,8 +291,9 @@ def explain(model, image, out_dir=None, file=_STDOUT, class_names=None, dpi: int
     if result.top:
         names = class_names or [str(k) for k in range(len(result.probabilities))]
         say("top-3    (softmax of the last layer's output)")
+        width = max(5, *(len(str(names[k])) for k, _ in result.top))
         for k, p in result.top:
-            say(f"         {names[k]:>5}  {p:7.2%}")
+            say(f"         {names[k]:>{width}}  {p:7.2%}")
     return result
 
 
@@ -340,7 +360,11 @@ def _plot_input(raw, scaled, path, dpi):
     if img.ndim == 3 and img.shape[-1] == 1:
         img = img[..., 0]
     if img.ndim == 3 and img.shape[-1] == 3:
-        ax.imshow(img if img.dtype == np.uint8 else np.clip(scaled + 0.5, 0, 1))
+        if looks_like_pixels(img):
+            ax.imshow(np.clip(img, 0, 255).astype(np.uint8), interpolation="nearest")
+        else:
+            lo, hi = float(img.min()), float(img.max())
+            ax.imshow((img - lo) / (hi - lo if hi > lo else 1.0), interpolation="nearest")
     elif img.ndim == 3:
         img = img[..., 0]
     if img.ndim == 2:

@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import losses, models, optim
 from ..backend import DeviceError, parse_device
-from ..data.augment import RandomShift
+from ..data.augment import Compose, RandomCrop, RandomFlip, RandomShift
 from ..layers import Conv2D, Dense
 from ..training.strategies import REDUCTIONS
 
@@ -34,6 +34,10 @@ MNIST_TRAIN = 60000
 # training (data, order, initialisation, optimisation) and must match the checkpoint's.
 RESUMABLE_FIELDS = frozenset({"epochs", "data_dir", "out", "threads", "progress", "report", "download", "device",
                               "reduction"})
+
+DATASETS = ("mnist", "fashion-mnist", "cifar10")  # by name; any other ``data`` is a folder's path
+TRAIN_IMAGES = {"mnist": MNIST_TRAIN, "fashion-mnist": 60000, "cifar10": 50000}
+COLOR_CROP = 4  # colour images: random crops of the image padded by 4 zero pixels, and flips
 
 
 class ConfigError(ValueError):
@@ -81,6 +85,13 @@ class MNISTConfig:
             may resume on another device (checkpoints hold host arrays).
         reduction: how the processes of a distributed run combine their work (``Trainer``'s
             ``reduction``): ``"auto"``, ``"exact"`` or ``"allreduce"``; ignored by one process.
+        data: ``"mnist"``, ``"fashion-mnist"``, ``"cifar10"`` or the path of an image folder
+            (``jimunet.data.load``). A run directory stores a folder as ``"folder"`` (it holds
+            no paths): resuming one needs its path again.
+        flip: random horizontal flips of the training images (None: the data's default,
+            True for colour images).
+        crop: random crops of the training images padded by this many zero pixels (None: the
+            data's default, 4 for colour images, else 0).
     """
 
     epochs: int = 10
@@ -107,6 +118,23 @@ class MNISTConfig:
     shift: int = 0
     device: str = "cpu"
     reduction: str = "auto"
+    data: str = "mnist"
+    flip: bool | None = None
+    crop: int | None = None
+
+    @property
+    def data_kind(self) -> str:
+        """``data``'s name, ``"folder"`` for a path."""
+        return self.data if self.data in DATASETS else "folder"
+
+    def with_data_defaults(self, channels: int) -> "MNISTConfig":
+        """``flip`` and ``crop`` settled for images of ``channels`` channels (see the Attributes);
+        MNIST's stay None (none of either), as in the configurations stored before they existed."""
+        if self.data == "mnist" or self.self_test:
+            return self
+        color = channels == 3
+        return self.replace(flip=color if self.flip is None else self.flip,
+                            crop=(COLOR_CROP if color else 0) if self.crop is None else self.crop)
 
     def validate(self) -> "MNISTConfig":
         """Raise ``ConfigError`` naming the first impossible value; return self."""
@@ -120,6 +148,11 @@ class MNISTConfig:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             positive_int(name)
         positive_int("shift", allow_zero=True)
+        positive_int("crop", allow_none=True, allow_zero=True)
+        if self.flip is not None and not isinstance(self.flip, (bool, np.bool_)):
+            raise ConfigError(f"flip must be True, False or None, got {self.flip!r}")
+        if not isinstance(self.data, str) or not self.data:
+            raise ConfigError(f"data must be one of {', '.join(DATASETS)} or an image folder's path, got {self.data!r}")
         if self.model not in MODELS:
             raise ConfigError(f"model must be one of {sorted(MODELS)}, got {self.model!r}")
         if self.shift > IMAGE_SIZE // 2:
@@ -154,16 +187,24 @@ class MNISTConfig:
                                       f"{SELF_TEST_EVAL}, so {name}{' (--train-size)' if name == 'train_size' else ''} "
                                       f"must be <= {have}, "
                                       f"got {v}")
-        if not self.self_test and self.validation_size >= MNIST_TRAIN:
-            raise ConfigError(f"validation_size must be < {MNIST_TRAIN}, got {self.validation_size}")
-        if not self.self_test and self.train_size is not None and \
-                self.train_size > MNIST_TRAIN - self.validation_size:
-            raise ConfigError(f"train_size must be <= {MNIST_TRAIN - self.validation_size} (the training images "
+        total = TRAIN_IMAGES.get(self.data)  # a folder's size is known once it is read
+        if self.self_test or total is None:
+            return self
+        if self.validation_size >= total:
+            raise ConfigError(f"validation_size must be < {total}, got {self.validation_size}")
+        if self.train_size is not None and self.train_size > total - self.validation_size:
+            raise ConfigError(f"train_size must be <= {total - self.validation_size} (the training images "
                               f"left after the {self.validation_size} validation images), got {self.train_size}")
         return self
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields as a dict; ``data``, ``flip`` and ``crop`` only when they are not MNIST's (None,
+        "mnist"), so that an MNIST run's files read as they did before those fields existed."""
+        d = dataclasses.asdict(self)
+        for k, absent in _NEW_FIELDS.items():
+            if d[k] == absent:
+                del d[k]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "MNISTConfig":
@@ -179,10 +220,30 @@ class MNISTConfig:
 
 
 MODELS = ("cnn", "resnet")
+_NEW_FIELDS = {"data": "mnist", "flip": None, "crop": None}  # the fields added with other data sets
 
 # ``jimunet train --model resnet``: settings picked by measurement (see BENCHMARKS.md).
 RESNET_DEFAULTS = {"model": "resnet", "epochs": 10, "batch_size": 128, "lr": 0.2, "momentum": 0.9,
                    "weight_decay": 5e-4, "dropout": 0.0, "lr_decay": 1.0, "shift": 2}
+
+# ``jimunet train --data fashion-mnist --model resnet``: the MNIST recipe with horizontal flips.
+FASHION_EPOCHS = 10
+FASHION_RESNET_DEFAULTS = {**RESNET_DEFAULTS, "epochs": FASHION_EPOCHS, "flip": True}
+
+
+def recipe_defaults(model: str | None, data: str) -> dict:
+    """The settings ``jimunet train --model MODEL --data DATA`` starts from (flags override them).
+
+    Shifts (edge-padded) are for grayscale digits and clothes; colour images get crops and flips
+    instead (``MNISTConfig.with_data_defaults``).
+    """
+    if model != "resnet":
+        return {}
+    if data == "fashion-mnist":
+        return dict(FASHION_RESNET_DEFAULTS)
+    if data == "mnist":
+        return dict(RESNET_DEFAULTS)
+    return {k: v for k, v in RESNET_DEFAULTS.items() if k != "shift"}
 
 SELF_TEST_TRAIN, SELF_TEST_EVAL = 256, 64  # the TF sample's fake data: train, validation and test sizes
 
@@ -205,8 +266,10 @@ def per_sample(schedule: optim.Schedule, batch_size: int) -> optim.Schedule:
                           {"name": "per_sample", "batch_size": batch_size, "schedule": schedule.config})
 
 
-def build(config: MNISTConfig, train_size: int):
-    """The sample's network, loss, optimizer and schedule for ``train_size`` training images.
+def build(config: MNISTConfig, train_size: int, input_shape=(IMAGE_SIZE, IMAGE_SIZE, 1),
+          num_classes: int = NUM_CLASSES):
+    """The sample's network, loss, optimizer and schedule for ``train_size`` training images
+    of ``input_shape`` in ``num_classes`` classes.
 
     Returns ``(model, loss_fn, optimizer, schedule)``: ``mnist_cnn(rng=seed)``; mean softmax
     cross-entropy; SGD with momentum and two param groups — conv parameters without weight
@@ -214,8 +277,9 @@ def build(config: MNISTConfig, train_size: int):
     ``lr·decay^floor(step·batch/train_size)`` as a function of the step.
     """
     if config.model == "resnet":
-        return _build_resnet(config, train_size)
-    model = models.mnist_cnn(rng=int(config.seed), dropout=config.dropout)
+        return _build_resnet(config, train_size, tuple(input_shape), num_classes)
+    model = models.mnist_cnn(rng=int(config.seed), dropout=config.dropout, input_shape=tuple(input_shape),
+                             num_classes=num_classes)
     dense = [p for layer in model.layers if isinstance(layer, Dense) for p in layer.parameters()]
     dense_ids = {id(p) for p in dense}
     other = [p for p in model.parameters() if id(p) not in dense_ids]
@@ -226,11 +290,11 @@ def build(config: MNISTConfig, train_size: int):
     return model, losses.SoftmaxCrossEntropy(), optimizer, per_sample(decay, config.batch_size)
 
 
-def _build_resnet(config: MNISTConfig, train_size: int):
+def _build_resnet(config: MNISTConfig, train_size: int, input_shape, num_classes: int):
     """``mnist_resnet(rng=seed)``; SGD with Nesterov momentum and weight decay on the conv and
     Dense weights (not on BatchNorm's γ/β or biases); ``lr`` decays along a half cosine to 0
     over ``epochs`` epochs."""
-    model = models.mnist_resnet(rng=int(config.seed))
+    model = models.mnist_resnet(rng=int(config.seed), input_shape=input_shape, num_classes=num_classes)
     decayed = [layer.weight for layer in model.layers if isinstance(layer, (Conv2D, Dense))]
     ids = {id(p) for p in decayed}
     other = [p for p in model.parameters() if id(p) not in ids]
@@ -247,7 +311,8 @@ def describe_recipe(config: MNISTConfig, steps: int) -> str:
     c = config
     head = f"recipe: {c.epochs} epoch{'s' if c.epochs != 1 else ''} x {steps} steps of {c.batch_size}, "
     order = f"seed {c.seed}, {'shuffled' if c.shuffle else 'fixed order'}"
-    shift = f", random shifts up to {c.shift} px" if c.shift else ""
+    shift = (f", random shifts up to {c.shift} px" if c.shift else "") + \
+        (f", random crops (padding {c.crop} px)" if c.crop else "") + (", horizontal flips" if c.flip else "")
     if c.model == "resnet":
         return (head + f"SGD lr {c.lr} cosine-decayed to 0, Nesterov momentum {c.momentum}, weight decay "
                 f"{c.weight_decay} on conv/dense weights{shift}, {order}")
@@ -257,7 +322,15 @@ def describe_recipe(config: MNISTConfig, steps: int) -> str:
 
 def make_augment(config: MNISTConfig):
     """The training-batch augmentation of ``config`` (None without one), seeded from its seed
-    through its own stream (independent of the weights' and the shuffling's)."""
-    if not config.shift:
-        return None
-    return RandomShift(config.shift, rng=np.random.default_rng(np.random.SeedSequence(config.seed).spawn(2)[1]))
+    through its own stream (independent of the weights' and the shuffling's): shift, then
+    crop, then flip, each drawing from its own child of that stream."""
+    rng = np.random.default_rng(np.random.SeedSequence(config.seed).spawn(2)[1])
+    if not (config.crop or config.flip):
+        return RandomShift(config.shift, rng=rng) if config.shift else None  # the MNIST recipes' draws
+    augs = [RandomShift(config.shift, rng=rng)] if config.shift else []
+    children = np.random.SeedSequence(config.seed).spawn(3)[2].spawn(2)
+    if config.crop:
+        augs.append(RandomCrop(config.crop, rng=np.random.default_rng(children[0])))
+    if config.flip:
+        augs.append(RandomFlip(rng=np.random.default_rng(children[1])))
+    return augs[0] if len(augs) == 1 else Compose(augs)

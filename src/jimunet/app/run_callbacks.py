@@ -40,17 +40,22 @@ class RunFiles(Callback):
 
     Args: ``run`` (a ``RunDir``), ``config`` (the portable configuration dict, stored in every
     checkpoint), ``sizes`` (``{"train": n, "validation": n, "test": n}``), ``source`` (where
-    the images came from, for metrics.json).
+    the images came from, for metrics.json), ``data_meta`` (what the model is for: input shape,
+    class names, normalisation, data set; ``modelinfo.model_metadata``), stored in best.npz,
+    model.npz and every checkpoint.
     """
 
-    def __init__(self, run, config: dict, sizes: dict, source: str):
+    def __init__(self, run, config: dict, sizes: dict, source: str, data_meta: dict | None = None):
         self.run, self.config, self.sizes, self.source = run, config, sizes, source
+        self.data_meta = data_meta or {}
         self.final_metrics = None
 
     def model_meta(self, trainer, **extra) -> dict:
+        classes = len(self.data_meta.get("class_names", range(10)))
         return {"recipe": "mnist", "config": self.config, "epoch": trainer.epoch, "step": trainer.step,
-                "preprocess": "(pixels - 127.5) / 255", "input_shape": [28, 28, 1],
-                "classes": list(range(10)), **extra}
+                **({"preprocess": "(pixels - 127.5) / 255"} if self.data_meta.get("dataset", {}).get("name", "mnist")
+                   in ("mnist", "fashion-mnist") else {}),
+                "input_shape": [28, 28, 1], "classes": list(range(classes)), **self.data_meta, **extra}
 
     def metrics(self, trainer, status, test=None) -> dict:
         h = trainer.history
@@ -75,7 +80,7 @@ class RunFiles(Callback):
         self._save(trainer)
 
     def _save(self, trainer):
-        trainer.save_checkpoint(self.run.file(CHECKPOINT), {"config": self.config})
+        trainer.save_checkpoint(self.run.file(CHECKPOINT), {"config": self.config, **self.data_meta})
         write_json_atomic(self.run.file("metrics.json"), self.metrics(trainer, status="running"))
 
     def on_test_end(self, trainer, test):

@@ -151,8 +151,11 @@ def set_metrics_status(path, status, make=None) -> None:
 
 
 def portable_config(config: dict) -> dict:
-    """``config`` as stored in a run directory's files: without the paths of this machine."""
-    return {**config, "out": None, "data_dir": None}
+    """``config`` as stored in a run directory's files: without the paths of this machine (an image
+    folder's path becomes ``"folder"``)."""
+    data = config.get("data", "mnist")
+    return {**config, "out": None, "data_dir": None,
+            **({"data": "folder"} if data not in ("mnist", "fashion-mnist", "cifar10") else {})}
 
 
 def new_run_dir(parent="runs") -> str:

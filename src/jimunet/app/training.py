@@ -12,15 +12,13 @@ import platform
 import shlex
 import signal
 import time
-from collections import namedtuple
 from dataclasses import dataclass
 
 import numpy as np
 
-from .. import datasets
 from .._version import __version__
 from ..backend import check_device
-from ..data.images import preprocess
+from ..data import Normalize
 from ..distributed import BlockLayout
 from ..layers import BatchNorm
 from ..parallel import set_num_threads, split
@@ -28,17 +26,12 @@ from ..serialization import CheckpointError
 from ..training import CallbackList, History, StopBetweenSteps, Trainer, TrainingDiverged, TrainingInterrupted, evaluate
 from ..training.checkpoint import read_checkpoint_meta
 from ..training.strategies import select_strategy
-from .recipes import (RESUMABLE_FIELDS, SELF_TEST_EVAL, SELF_TEST_TRAIN, ConfigError, MNISTConfig, build,
-                      describe_recipe, fake_data, make_augment)
+from .recipes import RESUMABLE_FIELDS, ConfigError, MNISTConfig, build, describe_recipe, make_augment
 from .rundir import RunDir, RunLog, StopSignals, new_run_dir, portable_config
 from .run_callbacks import ReportAtEnd, RunFiles, RunSummary
+from .traindata import MNISTData, check_data, load_data, part_args, part_size
 
 __all__ = ["train_mnist", "TrainResult", "load_run_config", "MNISTData", "distributed_problem"]
-
-MNISTData = namedtuple("MNISTData", ["train", "validation", "test", "source"])
-MNISTData.__doc__ = """``(x, y)`` pairs of model inputs and int64 labels, and where they came from
-(``"MNIST"`` or ``"self-test fake data"``)."""
-
 
 @dataclass
 class TrainResult:
@@ -116,20 +109,34 @@ def _settle_config(config, resume) -> MNISTConfig:
     if resume is None:
         config = (config or MNISTConfig()).validate()
         check_device(config.device)  # before a run directory is made for nothing
+        check_data(config)
         return config.replace(out=config.out or new_run_dir())
     run_dir = os.fspath(resume)
     saved = _read_checkpoint_config(run_dir)
     if config is None:
         config = saved
+    if saved.data == "folder" and (config.data == "folder" or config.data_kind != "folder"):
+        raise ConfigError(f"{run_dir} trained on an image folder, and its files hold no paths: give the folder "
+                          f"again (jimunet train --resume {run_dir} --data FOLDER)")
     diff = [f"{k} (checkpoint {getattr(saved, k)!r}, given {getattr(config, k)!r})"
-            for k in saved.to_dict() if k not in RESUMABLE_FIELDS and getattr(saved, k) != getattr(config, k)]
+            for k in saved.to_dict() if k not in RESUMABLE_FIELDS and not _same_setting(k, saved, config)]
     if diff:
         raise ConfigError(f"cannot resume {run_dir} with different settings: {'; '.join(diff)}")
     if config.out is not None and not _same_dir(config.out, run_dir):
         raise ConfigError(f"resume writes into the run directory it resumes ({run_dir}), not {config.out}")
-    config = config.replace(out=run_dir).validate()
+    config = config.replace(out=run_dir, flip=saved.flip if config.flip is None else config.flip,
+                            crop=saved.crop if config.crop is None else config.crop).validate()
+    check_data(config)
     check_device(config.device)
     return config
+
+
+def _same_setting(k: str, saved: MNISTConfig, given: MNISTConfig) -> bool:
+    if k == "data":
+        return saved.data_kind == given.data_kind
+    if k in ("flip", "crop") and getattr(given, k) is None:  # "the data's default": the checkpoint settled it
+        return True
+    return getattr(saved, k) == getattr(given, k)
 
 
 def _same_dir(a, b) -> bool:
@@ -142,7 +149,10 @@ def _same_dir(a, b) -> bool:
 def _make_trainer(cfg, data, comm, **kwargs) -> Trainer:
     """The recipe's ``Trainer`` for ``data`` on ``cfg.device``, with ``cfg.threads`` threads."""
     _apply_threads(cfg.threads, 1 if comm is None else comm.local_size)
-    model, loss_fn, optimizer, schedule = build(cfg, train_size=len(data.train[0]))
+    meta = data.meta or {}
+    model, loss_fn, optimizer, schedule = build(cfg, train_size=part_size(data.train),
+                                                input_shape=meta.get("input_shape", (28, 28, 1)),
+                                                num_classes=len(meta.get("class_names", range(10))))
     model.to(cfg.device)  # DeviceError (a ValueError) says what to install or check
     return Trainer(model, loss_fn, optimizer, batch_size=cfg.batch_size, schedule=schedule, shuffle=cfg.shuffle,
                    rng=np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(1)[0]),
@@ -183,7 +193,9 @@ def _train_mnist_worker(config, callbacks, data, comm) -> TrainResult:
     finally:
         comm.timeout = limit
     cfg = MNISTConfig.from_dict(recipe).replace(data_dir=own.data_dir, threads=own.threads, download=own.download)
-    data = _load_data(cfg, data)
+    if cfg.data == "folder":  # the run's files hold no paths: every process names the folder
+        cfg = cfg.replace(data=own.data)
+    data = load_data(cfg, data)
     trainer = _make_trainer(cfg, data, comm, progress=False, log=False, callbacks=[StopBetweenSteps(), *callbacks])
     trainer.sync_from_rank0()
     stops = StopSignals()
@@ -191,7 +203,7 @@ def _train_mnist_worker(config, callbacks, data, comm) -> TrainResult:
     # the same ones, on the same weights, for nothing.
     try:
         with stops.installed(), stops.deferred(to=trainer.request_stop):
-            trainer.fit(*data.train, cfg.epochs)
+            trainer.fit(*part_args(data.train), cfg.epochs, **_normalize(data))
     except TrainingInterrupted as e:
         e.all_ranks = trainer.stop_agreed
         raise
@@ -205,12 +217,13 @@ def _train_mnist(cfg, run, resuming, callbacks, data, log, stops, comm=None) -> 
     if run.removed:
         log(f"removed {len(run.removed)} temporary file{'s' if len(run.removed) > 1 else ''} left by a write that "
             f"was cut short: {', '.join(run.removed)}")
-    data = _load_data(cfg, data)
+    data = load_data(cfg, data, _saved_normalize(run) if resuming else None)
+    cfg = cfg.with_data_defaults(data.meta["input_shape"][-1])
     cfg_dict = portable_config(cfg.to_dict())
     if comm is not None:  # the recipe, once MNIST is here: ranks on this host find it in the cache
         comm.broadcast_json(cfg_dict)
-    sizes = {"train": len(data.train[0]), "validation": len(data.validation[0]), "test": len(data.test[0])}
-    files = RunFiles(run, cfg_dict, sizes, data.source)
+    sizes = {k: part_size(getattr(data, k)) for k in ("train", "validation", "test")}
+    files = RunFiles(run, cfg_dict, sizes, data.source, data.meta)
     trainer = _make_trainer(cfg, data, comm, progress=cfg.progress, log=log,
                             callbacks=[files, StopBetweenSteps(), *callbacks])
     if cfg.device != "cpu":
@@ -223,8 +236,9 @@ def _train_mnist(cfg, run, resuming, callbacks, data, log, stops, comm=None) -> 
         log(f"resumed from checkpoint.npz: {trainer.epoch} epochs ({trainer.step} steps) done")
     trainer.sync_from_rank0()
     _log_plan(trainer, cfg, data, log)
+
     def test_on(model):  # best.npz, tested as _fit_and_test tests model.npz
-        return evaluate(model, *data.test, cfg.eval_batch_size, num_classes=10)
+        return _test(model, cfg, data)
 
     run_end = CallbackList([files, RunSummary(run.path, log, t_start, test_on),
                             *([ReportAtEnd(run.path, log, cfg.data_dir)] if cfg.report else [])])
@@ -236,22 +250,25 @@ def _train_mnist(cfg, run, resuming, callbacks, data, log, stops, comm=None) -> 
 
 def _log_plan(trainer, cfg, data, log) -> None:
     """The log lines saying what will be trained, on what, and how."""
-    x = data.train[0]
     n_params = sum(p.size for p in trainer.model.parameters())
     source = "" if data.source == "MNIST" else f" ({data.source})"
-    log(f"model mnist_{cfg.model}: {n_params:,} parameters; data: {len(x)} train / {len(data.validation[0])} "
-        f"validation / {len(data.test[0])} test{source}")
-    log(describe_recipe(cfg, trainer.steps_in_epoch(len(x), trainer.epoch)))
+    n = part_size(data.train)
+    log(f"model mnist_{cfg.model}: {n_params:,} parameters; data: {n} train / {part_size(data.validation)} "
+        f"validation / {part_size(data.test)} test{source}")
+    log(describe_recipe(cfg, trainer.steps_in_epoch(n, trainer.epoch)))
     if trainer.comm is not None:
-        log(_describe_distributed(trainer, cfg.batch_size, x.shape[1:], n_params))
+        log(_describe_distributed(trainer, cfg.batch_size, tuple(data.meta["input_shape"]), n_params))
 
 
 def _fit_and_test(trainer, cfg, data, run, log, stops, run_end):
     """Train, test and write the final files; a divergence or a stop is recorded, then re-raised."""
     try:
         with stops.deferred(to=trainer.request_stop):  # Ctrl-C and SIGTERM wait for the end of the step
-            trainer.fit(*data.train, cfg.epochs, *data.validation)
-        test = evaluate(trainer.model, *data.test, cfg.eval_batch_size, num_classes=10)
+            # an empty validation Dataset: none (arrays, empty or not, go as they always went)
+            validation = part_args(data.validation) if part_size(data.validation) or data.normalize is None \
+                else (None, None)
+            trainer.fit(*part_args(data.train), cfg.epochs, *validation, **_normalize(data))
+        test = _test(trainer.model, cfg, data)
         run_end.call("on_test_end", trainer, test)
         return test
     except TrainingDiverged as e:
@@ -272,6 +289,17 @@ def _fit_and_test(trainer, cfg, data, run, log, stops, run_end):
         if stop is e:
             raise
         raise stop from None
+
+
+def _test(model, cfg, data):
+    """``model`` evaluated on the run's test images."""
+    return evaluate(model, *part_args(data.test), cfg.eval_batch_size, num_classes=len(data.meta["class_names"]),
+                    **_normalize(data))
+
+
+def _normalize(data) -> dict:
+    """``fit``'s and ``evaluate``'s ``normalize`` for Datasets of pixels (nothing for arrays of inputs)."""
+    return {} if data.normalize is None else {"normalize": data.normalize}
 
 
 def _batchnorm_gather_mb(model, input_shape, k: int, batch: int) -> float:
@@ -329,30 +357,13 @@ def _checkpoint_epochs(path) -> int:
         return 0
 
 
-def _load_data(cfg: MNISTConfig, data) -> MNISTData:
-    """The training, validation and test sets of ``cfg`` as model inputs (``data``: MNIST as given)."""
-    if cfg.self_test:
-        xt, yt = fake_data(SELF_TEST_TRAIN)
-        (xv, yv), (xs, ys) = fake_data(SELF_TEST_EVAL), fake_data(SELF_TEST_EVAL)
-        if cfg.train_size is not None:
-            xt, yt = xt[:cfg.train_size], yt[:cfg.train_size]
-        if cfg.test_size is not None:
-            xs, ys = xs[:cfg.test_size], ys[:cfg.test_size]
-        return MNISTData((xt, yt), (xv, yv), (xs, ys), "self-test fake data")
-    if data is None:
-        data = datasets.load_mnist(root=cfg.data_dir, download=cfg.download, progress=True)
-    (x_all, y_all), (x_test, y_test) = data
-    v = cfg.validation_size
-    if v >= len(x_all):
-        raise ConfigError(f"validation_size {v} leaves no training images (the data has {len(x_all)})")
-    n = len(x_all) - v if cfg.train_size is None else cfg.train_size
-    if n > len(x_all) - v:
-        raise ConfigError(f"train_size {n} exceeds the {len(x_all) - v} training images available")
-    t = len(x_test) if cfg.test_size is None else min(cfg.test_size, len(x_test))
-    as_labels = lambda a: np.asarray(a).astype(np.int64)  # noqa: E731
-    return MNISTData((preprocess(x_all[v:v + n]), as_labels(y_all[v:v + n])),
-                     (preprocess(x_all[:v]), as_labels(y_all[:v])),
-                     (preprocess(x_test[:t]), as_labels(y_test[:t])), "MNIST")
+def _saved_normalize(run):
+    """The normalisation the run computed when it started (None: MNIST's, or a run from before it was saved)."""
+    meta = read_checkpoint_meta(run.file("checkpoint.npz")).get("metadata", {})
+    try:
+        return Normalize.from_dict(meta["normalize"]) if isinstance(meta, dict) and "normalize" in meta else None
+    except ValueError:
+        return None
 
 
 def _read_checkpoint_config(run_dir) -> MNISTConfig:

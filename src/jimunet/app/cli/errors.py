@@ -13,7 +13,9 @@ import os
 import signal
 import sys
 
+from ...layers.memory import ActivationLimitError, check_network_activations, recorded_input_shape
 from ...model import load
+from ..modelinfo import ModelInfo, ModelInfoError, model_info
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -112,29 +114,56 @@ def model_path_error(path) -> str | None:
 
 
 def check_classifier(model, path, input_shape=(28, 28, 1)) -> int:
-    """The number of classes ``model`` scores an MNIST image into; UserError if it does not."""
+    """The number of classes ``model`` scores an image of ``input_shape`` into; UserError if it does not."""
+    shape = "x".join(map(str, input_shape))
     if len(model) == 0:
-        raise UserError(f"{path}: the model has no layers; expected a classifier of 28x28x1 images")
+        raise UserError(f"{path}: the model has no layers; expected a classifier of {shape} images")
     try:
         out = model.output_shape(input_shape)
     except ValueError as e:
-        raise UserError(f"{path}: the model cannot take a 28x28x1 MNIST image: {e}") from None
+        what = f"{shape} MNIST image" if tuple(input_shape) == (28, 28, 1) else f"{shape} image"
+        raise UserError(f"{path}: the model cannot take a {what}: {e}") from None
     if len(out) != 1 or out[0] < 2:
         raise UserError(f"{path}: the model outputs {out} per image; expected class scores (classes,), with "
                         "at least 2 classes (a classifier ends in a Dense layer)")
     return out[0]
 
 
+def model_info_of(model, path) -> ModelInfo:
+    """``modelinfo.model_info(model)``; a UserError naming the file when its metadata cannot be right."""
+    try:
+        return model_info(model)
+    except ModelInfoError as e:
+        raise UserError(f"{path}: {e}") from None
+
+
+def bound_activations(model, path, info: ModelInfo) -> None:
+    """A UserError when one image of ``info.input_shape`` needs too much memory in ``model`` (``load``
+    bounds it already for a file that records its input shape; this covers one that does not)."""
+    if recorded_input_shape(getattr(model, "metadata", None) or {}) is None:
+        try:
+            check_network_activations(model, info.input_shape)
+        except ActivationLimitError as e:
+            raise UserError(f"{path}: {e}") from None
+
+
 def load_model(path, mnist_classifier: bool = True, device: str = "cpu"):
-    """The model saved at ``path``, on ``device``; by default it must classify 28x28x1 images
-    (evaluate, predict)."""
+    """The model saved at ``path``, on ``device``; by default it must classify images of the input
+    shape its metadata gives (``modelinfo``: 28x28x1 for a file without one), as evaluate and
+    predict need. ``mnist_classifier`` keeps its name for callers; it means "a classifier"."""
     problem = model_path_error(path)
     if problem:
         raise UserError(problem)
-    # CheckpointError → usage error in main; the memory a 28x28x1 image needs is bounded at load
-    model = load(path, input_shape=(28, 28, 1) if mnist_classifier else None)
+    # CheckpointError → usage error in main; the memory one image needs is bounded at load, for the
+    # input shape the file records, or here for the one modelinfo gives a file that records none
+    model = load(path)
     if mnist_classifier:
-        check_classifier(model, path)
+        info = model_info_of(model, path)
+        bound_activations(model, path, info)
+        classes = check_classifier(model, path, info.input_shape)
+        if classes != info.num_classes:
+            raise UserError(f"{path}: the model scores {classes} classes but its metadata names "
+                            f"{info.num_classes} ({', '.join(info.class_names[:3])}, ...)")
     return model.to(device)  # DeviceError → usage error in main
 
 

@@ -11,29 +11,33 @@ from __future__ import annotations
 import os
 import sys
 
-from ... import datasets
-from ...data.images import load_inputs
 from ...model import load
 from ...models import mnist_cnn
 from ...serialization import CheckpointError
 from ..explain import MARKER, OutputDirError, explain
+from ..pictures import load_pictures
 from ..plotting import PlotDependencyError
-from .errors import EXIT_FAILURE, EXIT_OK, UserError, add_command, model_path_error
+from ..testdata import TestDataError, test_set
+from .errors import EXIT_FAILURE, EXIT_OK, UserError, add_command, bound_activations, model_info_of, \
+    model_path_error
 
 
 def run(args) -> int:
     """Print the walk of one image (a FILE, MNIST test image ``--index`` or 0) through the model."""
     model_path, image_file = _paths(args)
     model = _model(model_path)
-    image, label = _image(args, image_file)
+    info = model_info_of(model, model_path or "mnist_cnn")
+    image, label = _image(args, image_file, info)
     try:
-        res = explain(model, image, out_dir=args.out, file=sys.stdout)
+        res = explain(model, image, out_dir=args.out, file=sys.stdout, class_names=list(info.class_names),
+                      normalize=info.normalize)
     except OutputDirError as e:
         raise UserError(str(e)) from None
     except (PlotDependencyError, ValueError) as e:
         raise UserError(str(e), EXIT_FAILURE) from None
     if label is not None and res.top:
-        print(f"         predicted {res.top[0][0]}, true label {label}: "
+        names = info.class_names
+        print(f"         predicted {names[res.top[0][0]]}, true label {names[label]}: "
               f"{'right' if res.top[0][0] == label else 'WRONG'}")
     if args.out:
         print(f"wrote    {len(res) + 1} PNGs and {MARKER} to {args.out}")
@@ -65,18 +69,20 @@ def _model(model_path):
               "so the prediction is meaningless")
         return mnist_cnn(rng=0)
     try:
-        model = load(model_path, input_shape=(28, 28, 1))  # explain runs 28x28x1 images: bound their memory
+        model = load(model_path)
     except (OSError, CheckpointError) as e:
         raise UserError(f"cannot load {model_path}: {e}") from None
+    bound_activations(model, model_path, model_info_of(model, model_path))  # the memory of one image
     print(f"model    {model_path}")
     return model
 
 
-def _image(args, image_file) -> tuple:
-    """``(image, true label or None)``: the first image of ``image_file``, else an MNIST test image."""
+def _image(args, image_file, info) -> tuple:
+    """``(image, true label or None)``: the first image of ``image_file``, else a test image of the
+    model's data set."""
     if image_file is not None:
         try:
-            images = load_inputs(image_file)  # pictures are normalised like MNIST digits, as by jimunet predict
+            images = load_pictures(image_file, info)  # as jimunet predict reads them
         except (OSError, ValueError, ImportError) as e:  # ImportError: Pillow missing
             raise UserError(str(e)) from None
         more = f" (the first of {len(images)} images)" if len(images) > 1 else ""
@@ -84,14 +90,17 @@ def _image(args, image_file) -> tuple:
         return images[0], None
     index = 0 if args.index is None else args.index
     try:
-        _, (x_test, y_test) = datasets.load_mnist(root=args.data_dir)
+        test = test_set(info, data_dir=args.data_dir)
+        x_test, y_test = test.pixels()
+    except TestDataError as e:
+        raise UserError(f"{e}; pass an image FILE instead") from None
     except Exception as e:  # MNISTUnavailableError, OSError, ...
-        raise UserError(f"cannot load the MNIST test set ({e}); pass an image FILE (.npy) instead",
-                        EXIT_FAILURE) from None
+        raise UserError(f"cannot load the {info.describe_dataset()} test set ({e}); pass an image FILE (.npy) "
+                        f"instead", EXIT_FAILURE) from None
     if not 0 <= index < len(x_test):
         raise UserError(f"--index must be in [0, {len(x_test)}), got {index}")
     label = int(y_test[index])
-    print(f"image    MNIST test image {index} (true label {label})")
+    print(f"image    {test.title} test image {index} (true label {info.class_names[label]})")
     return x_test[index], label
 
 
@@ -102,15 +111,17 @@ def register(subparsers):
         usage="%(prog)s [MODEL.npz] [--index I | FILE] [--out DIR] [--data-dir D]",
         description="Walk one image through a model and print, per block, the shapes, padding, im2col/GEMM "
                     "sizes, FLOPs and output range, then the softmax top-3. Without MODEL.npz a freshly "
-                    "initialised (untrained) mnist_cnn is used; without FILE or --index, MNIST test image 0.")
+                    "initialised (untrained) mnist_cnn is used; without FILE or --index, test image 0 of the "
+                    "model's data set (MNIST for a model without that information).")
     p.add_argument("paths", nargs="*", metavar="MODEL.npz, FILE",
                    help="a model saved by jimunet (.npz; default: an untrained mnist_cnn) and/or one image: a "
-                        "picture (PNG, JPEG, ...; normalised like MNIST, as jimunet predict does) or a .npy array "
-                        "(28x28 or 28x28x1, white digit on black, uint8 0..255 or floats in [0, 1] or [0, 255])")
-    p.add_argument("--index", type=int, default=None, metavar="I", help="use MNIST test image I")
+                        "picture (PNG, JPEG, ...; read as jimunet predict reads it) or a .npy array of the model's "
+                        "input shape (28x28 or 28x28x1 for a digit model, white digit on black; uint8 0..255 or "
+                        "floats in [0, 1] or [0, 255])")
+    p.add_argument("--index", type=int, default=None, metavar="I", help="use test image I of the model's data set")
     p.add_argument("--out", default=None, metavar="DIR", help="also save every intermediate as a PNG in DIR "
                    "(needs matplotlib): a new or empty directory, or one jimunet explain wrote (its PNGs are "
                    "replaced; no other file is ever overwritten)")
-    p.add_argument("--data-dir", default=None, metavar="D", help="MNIST cache directory (default: "
-                                                                 "$JIMUNET_DATA or ~/.cache/jimunet/mnist)")
+    p.add_argument("--data-dir", default=None, metavar="D", help="the data set's cache directory (default: "
+                                                                 "$JIMUNET_DATA or ~/.cache/jimunet/mnist for MNIST)")
     return p

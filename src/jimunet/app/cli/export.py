@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ...layers.memory import recorded_input_shape
 from ...onnx import DEFAULT_OPSET, export  # the onnx package itself is imported only when exporting
 from .errors import EXIT_OK, UserError, add_command, int_at_least, load_model, refuse_overwrite
 
@@ -27,8 +28,8 @@ def run(args) -> int:
     model = load_model(args.model, mnist_classifier=False)  # any model exports, at its --input-shape
     refuse_overwrite(args.out, args.force)
     shape = args.input_shape
-    if shape is None:  # a model imported from ONNX knows its input; MNIST's otherwise
-        shape = ((getattr(model, "metadata", None) or {}).get("onnx") or {}).get("input_shape") or (28, 28, 1)
+    if shape is None:  # a trained model records its input, one imported from ONNX too; MNIST's otherwise
+        shape = recorded_input_shape(getattr(model, "metadata", None) or {}) or (28, 28, 1)
     try:
         proto = export(model, args.out, tuple(shape), layout=args.layout, softmax=args.softmax, opset=args.opset)
     except (ImportError, ValueError) as e:  # ONNXError, or a model that cannot take --input-shape
@@ -49,7 +50,8 @@ def register(subparsers):
     x.add_argument("model", metavar="MODEL.npz", help="a model saved by jimunet")
     x.add_argument("out", metavar="OUT.onnx", help="the ONNX file to write (not replaced unless --force)")
     x.add_argument("--input-shape", type=input_shape, default=None, metavar="H,W,C",
-                   help="per-sample input shape (default: the one an imported model came with, else 28,28,1)")
+                   help="per-sample input shape (default: the one the model file records, trained or imported, "
+                   "else 28,28,1)")
     x.add_argument("--layout", choices=("NHWC", "NCHW"), default="NHWC", help="input layout of the graph "
                    "(default NHWC, as jimunet)")
     x.add_argument("--softmax", action="store_true", help="end the graph with a Softmax")

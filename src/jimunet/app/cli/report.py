@@ -37,6 +37,6 @@ def register(subparsers):
     p.add_argument("run_dir", metavar="RUN_DIR", help="a training run directory (runs/<timestamp>/)")
     p.add_argument("--out", default=None, metavar="FILE", help="where to write the HTML (default RUN_DIR/report.html); an existing "
                    "file is replaced only if it is a jimunet report")
-    p.add_argument("--data-dir", default=None, metavar="D", help="MNIST cache directory (default: "
-                                                                 "$JIMUNET_DATA or ~/.cache/jimunet/mnist)")
+    p.add_argument("--data-dir", default=None, metavar="D", help="the cache directory of the model's data set "
+                   "(default: $JIMUNET_DATA or ~/.cache/jimunet/mnist for MNIST)")
     return p

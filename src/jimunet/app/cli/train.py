@@ -5,13 +5,13 @@ import os
 
 from ... import distributed
 from ...training import TrainingDiverged, TrainingInterrupted
-from ..recipes import REDUCTIONS, RESNET_DEFAULTS, ConfigError, MNISTConfig
+from ..recipes import DATASETS, FASHION_EPOCHS, REDUCTIONS, ConfigError, MNISTConfig, recipe_defaults
 from ..training import distributed_problem, load_run_config, train_mnist
 from .errors import EXIT_FAILURE, EXIT_OK, DEVICE_HELP, UserError, add_command, int_at_least, interrupted_exit, \
     non_negative_float, positive_float
 
 _TRAIN_FLAGS = ("epochs", "batch_size", "lr", "seed", "train_size", "data_dir", "threads", "shift", "device",
-                "reduction")
+                "reduction", "data")
 
 
 def run(args) -> int:
@@ -20,8 +20,8 @@ def run(args) -> int:
     given = _given_settings(args)
     if args.self_test and args.resume is None and "epochs" not in given:
         given["epochs"] = 1  # the sample's self-test runs one epoch, whichever model
-    if args.model == "resnet":
-        given = {**RESNET_DEFAULTS, **given}
+    if args.model is not None:
+        given = {**recipe_defaults(args.model, given.get("data", "mnist")), **given}
     if comm is not None:
         _same_command_as_rank0(comm, {**given, "resume": args.resume})
     if comm is not None and comm.rank != 0:
@@ -116,10 +116,12 @@ def _same_command_as_rank0(comm, given: dict) -> None:
 
 def register(subparsers):
     """Add ``jimunet train`` to ``subparsers``; returns its parser."""
-    t = add_command(subparsers, "train", run, help="train the MNIST network (the TF sample's recipe)",
+    t = add_command(subparsers, "train", run, help="train a network on MNIST (the TF sample's recipe), "
+                    "Fashion-MNIST, CIFAR-10 or a folder of images",
                     description="Train the TensorFlow sample's MNIST network with its recipe: 5,000 validation "
                     "images held out, batch 64, SGD momentum 0.9, lr 0.01 x 0.95 per epoch, L2 5e-4 on the "
-                    "fully connected layers, dropout 0.5. Writes model.npz, best.npz, checkpoint.npz, "
+                    "fully connected layers, dropout 0.5. --data trains the same recipes on another data set, "
+                    "built for its image shape and classes. Writes model.npz, best.npz, checkpoint.npz, "
                     "metrics.json and train.log to the run directory.")
     t.add_argument("--epochs", type=int_at_least(1), default=None, metavar="N", help="epochs (default 10; "
                    "1 with --self-test)")
@@ -130,8 +132,12 @@ def register(subparsers):
                    "dropout and shuffling (default 66478)")
     t.add_argument("--train-size", type=int_at_least(1), default=None, metavar="N", help="train on the first N of "
                    "the 55,000 training images (default all)")
-    t.add_argument("--data-dir", default=None, metavar="D", help="MNIST cache directory (default $JIMUNET_DATA or "
-                   "~/.cache/jimunet/mnist; downloaded if missing)")
+    t.add_argument("--data", default=None, metavar="DATA", help=f"{', '.join(DATASETS)} (downloaded if missing) or "
+                   "the path of an image folder (FOLDER/<class>/*.png|jpg, or FOLDER/train/<class> and "
+                   "FOLDER/test/<class>); default mnist. Colour images are trained with random crops (padding 4) "
+                   "and horizontal flips, normalised by the training images' per-channel mean and std")
+    t.add_argument("--data-dir", default=None, metavar="D", help="the data set's cache directory (default "
+                   "$JIMUNET_DATA or ~/.cache/jimunet/<data set>; downloaded if missing)")
     t.add_argument("--out", default=None, metavar="DIR", help="run directory: new, empty or a "
                    "jimunet run without a checkpoint (default runs/<YYYYmmdd-HHMMSS>)")
     t.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its checkpoint.npz")
@@ -144,7 +150,9 @@ def register(subparsers):
                    "(jimunet.set_num_threads)")
     t.add_argument("--model", choices=("cnn", "resnet"), default=None, help="cnn: the TF sample's network and "
                    "recipe (default); resnet: jimunet.models.mnist_resnet with BatchNorm, random shifts, SGD "
-                   "Nesterov with cosine decay (its own defaults: 10 epochs, batch 128, lr 0.2, shift 2)")
+                   "Nesterov with cosine decay (its own defaults: 10 epochs, batch 128, lr 0.2, shift 2; with "
+                   f"--data fashion-mnist also horizontal flips, {FASHION_EPOCHS} epochs; colour images: crops "
+                   "and flips instead of shifts)")
     t.add_argument("--shift", type=int_at_least(0), default=None, metavar="PX", help="augment training images "
                    "by random shifts of up to PX pixels (default 0; 2 with --model resnet)")
     t.add_argument("--device", default=None, metavar="D", help=DEVICE_HELP)

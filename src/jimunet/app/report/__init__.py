@@ -1,7 +1,7 @@
 """A one-file HTML report of a training run: curves, filters, feature maps, errors, summary.
 
 ``write_report(run_dir)`` reads what a training run left in its directory (``model.npz`` or
-``best.npz``, ``metrics.json``, ``train.log``), predicts the MNIST test set with the model,
+``best.npz``, ``metrics.json``, ``train.log``), predicts its data set's test images with the model,
 draws PNG figures into the run directory and writes ``report.html``, which embeds every
 figure as a base64 ``data:`` URI so it opens offline and can be mailed as one file. The
 numbers behind it (confusion matrix, per-class accuracy, worst mistakes) also go to
@@ -65,13 +65,14 @@ def write_report(run_dir, data=None, out=None, weights=None, data_dir=None, num_
     Args:
         run_dir: a run directory as written by ``jimunet train`` (``model.npz`` or ``best.npz``,
             ``metrics.json``; missing metrics are shown as n/a).
-        data: ``(x_test, y_test)`` to evaluate on (uint8 ``(N, 28, 28, 1)`` images are scaled
-            as in training; floats are used as they are). Default: the MNIST test set.
+        data: ``(x_test, y_test)`` to evaluate on (pixels are normalised as in training;
+            floats within [0, 1] are used as they are). Default: the test set of the model's
+            data set (``modelinfo``; MNIST for a model without that information).
         out: path of the HTML file (default ``run_dir/report.html``); an existing file is
             replaced only if it is a report jimunet wrote (else ``FileExistsError``). Figures
             and ``report.json`` always go into ``run_dir``.
         weights: file in ``run_dir`` to report on (default ``model.npz``, else ``best.npz``).
-        data_dir: MNIST cache directory when ``data`` is None.
+        data_dir: the data set's cache directory when ``data`` is None.
         num_mistakes: how many of the most confident mistakes to show (at most 16).
 
     Returns:
@@ -95,8 +96,8 @@ def write_report(run_dir, data=None, out=None, weights=None, data_dir=None, num_
         _refuse_foreign(os.fspath(out))  # before any work
     t_start = time.perf_counter()
     run = _data.read_run(run_dir, weights)
-    x, y, data_name = _data.read_data(data, data_dir, run.config)
-    res = _data.predict_run(run.model, x, y, num_mistakes)
+    x, y, data_name = _data.read_data(data, data_dir, run.config, run.info)
+    res = _data.predict_run(run.model, x, y, num_mistakes, run.info)
     epochs, l2 = _data._epoch_rows(run.metrics), _data.has_l2(run.config)
     figures, feature_figs = draw_figures(run.run_dir, run.model, x, y, res, _data.step_losses(run.metrics),
                                          epochs, l2)

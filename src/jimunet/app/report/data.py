@@ -17,12 +17,16 @@ import numpy as np
 
 from ... import datasets
 from ...backend import to_numpy
-from ...data.images import preprocess
+from ...data import Normalize
+from ...data.images import looks_like_pixels, preprocess
 from ...functional.softmax import softmax
 from ...model import load
 from ...training import confusion_matrix
 from ..inspect import model_dtype
+from ..modelinfo import ModelInfo, model_info
 from ..recipes import fake_data
+from ..testdata import test_set
+from ..traindata import fixed_order
 
 MAX_MISTAKES = 16
 PREDICT_CHUNK = 1000
@@ -118,12 +122,22 @@ def _epoch_rows(metrics):
     return rows
 
 
-def _predict(model, x, chunk=PREDICT_CHUNK):
-    """Softmax probabilities for ``x`` (uint8 or preprocessed), ``chunk`` images at a time."""
+def model_inputs(x, normalize, dtype):
+    """``x`` (pixels, or model inputs already) as the model's inputs: pixels are normalised with
+    the model's ``normalize`` (MNIST's: ``preprocess(auto=True)``, as always); floats within
+    [0, 1] or [-0.5, 0.5] are taken as inputs (``looks_like_pixels``)."""
+    if normalize is None or normalize == Normalize.mnist():
+        return preprocess(x, dtype, auto=True)
+    x = np.asarray(x)
+    return normalize(x, dtype) if looks_like_pixels(x) else x.astype(dtype, copy=False)
+
+
+def _predict(model, x, normalize=None, chunk=PREDICT_CHUNK):
+    """Softmax probabilities for ``x`` (pixels or model inputs), ``chunk`` images at a time."""
     dtype = model_dtype(model)
     parts = []
     for i in range(0, len(x), chunk):
-        logits = model.predict(preprocess(x[i:i + chunk], dtype, auto=True), batch_size=min(chunk, 250))
+        logits = model.predict(model_inputs(x[i:i + chunk], normalize, dtype), batch_size=min(chunk, 250))
         parts.append(softmax(np.asarray(to_numpy(logits), dtype=np.float64)))
     return np.concatenate(parts) if parts else np.zeros((0, 10))
 
@@ -154,9 +168,10 @@ def _pick_weights(run_dir, weights):
                             f"directory (runs/<timestamp>/)?")
 
 
-def _load_test_data(data_dir, config):
-    """``(x_test, y_test, description)`` matching the run: the MNIST test set (its first
-    ``test_size`` images when the run used fewer), or the self-test fake data."""
+def _load_test_data(data_dir, config, info: ModelInfo | None = None):
+    """``(x_test, y_test, description)`` matching the run: the test set of the model's data set
+    (``info``; MNIST without) or its first ``test_size`` images when the run used fewer, or the
+    self-test fake data."""
     n = _first(config, "test_size")
     n = int(n) if isinstance(n, (int, float)) and n > 0 else None
     if _first(config, "self_test"):
@@ -165,10 +180,19 @@ def _load_test_data(data_dir, config):
         return x, y, f"the self-test fake data ({len(x)} images)"
     # Never a path from the run's files: they could send the download anywhere (and jimunet
     # no longer writes paths there). The data lives where the user says, or the default.
-    _, (x_test, y_test) = datasets.load_mnist(root=data_dir)  # looked up now: tests replace it
+    if info is not None and info.dataset_name != "mnist":
+        test = test_set(info, data_dir=data_dir)
+        x_test, y_test = test.pixels()
+        title = test.title
+        if n is not None and n < len(x_test):  # the run's test images: the same choice as training's
+            keep = np.sort(fixed_order(len(x_test), test.name)[:n])
+            return x_test[keep], y_test[keep], f"{n:,} {title} test images (the run's test_size)"
+    else:
+        _, (x_test, y_test) = datasets.load_mnist(root=data_dir)  # looked up now: tests replace it
+        title = "MNIST"
     if n is not None and n < len(x_test):
-        return x_test[:n], y_test[:n], f"the first {n:,} MNIST test images (the run's test_size)"
-    return x_test, y_test, f"the MNIST test set ({len(x_test):,} images)"
+        return x_test[:n], y_test[:n], f"the first {n:,} {title} test images (the run's test_size)"
+    return x_test, y_test, f"the {title} test set ({len(x_test):,} images)"
 
 
 # -- a run, the data, the predictions -----------------------------------------------------------
@@ -183,6 +207,7 @@ class Run:
     metrics: dict
     metrics_problem: str | None   # why metrics.json is missing or unreadable (None: it is fine)
     config: dict
+    info: ModelInfo | None = None  # what the model is for (modelinfo)
 
 
 def read_run(run_dir, weights=None) -> Run:
@@ -200,13 +225,14 @@ def read_run(run_dir, weights=None) -> Run:
         config = meta.get("config", meta) if isinstance(meta, dict) else {}
     if not isinstance(config, dict):
         config = {"config": config}
-    return Run(run_dir, weights_path, model, metrics, metrics_problem, config)
+    return Run(run_dir, weights_path, model, metrics, metrics_problem, config, model_info(model))
 
 
-def read_data(data, data_dir, config):
+def read_data(data, data_dir, config, info: ModelInfo | None = None):
     """``(x, y, description)``: ``data`` (``(x, y)``) when given, else the run's test data."""
     if data is None:
-        x, y, data_name = _load_test_data(data_dir, config)
+        other = info is not None and info.dataset_name != "mnist"
+        x, y, data_name = _load_test_data(data_dir, config, info) if other else _load_test_data(data_dir, config)
     else:
         x, y = data
         data_name = f"{len(x):,} test images passed to write_report"
@@ -233,15 +259,18 @@ class Predictions:
     wrong: np.ndarray         # indices of the misclassified images
     mistakes: list            # the most confident mistakes, as dicts
     predict_s: float          # seconds the prediction took
+    normalize: object = None  # the model's Normalize (pixels → inputs)
 
 
-def predict_run(model, x, y, num_mistakes=MAX_MISTAKES) -> Predictions:
-    """Predict ``x`` and count: confusion matrix, per-class accuracy, the most confident mistakes."""
+def predict_run(model, x, y, num_mistakes=MAX_MISTAKES, info: ModelInfo | None = None) -> Predictions:
+    """Predict ``x`` and count: confusion matrix, per-class accuracy, the most confident mistakes
+    (classes named by ``info``, else by number)."""
     summary = model.summary(tuple(x.shape[1:]))
     out_shape = summary.output_shape
     num_classes = int(max(out_shape[-1] if out_shape else 10, y.max() + 1))
     t0 = time.perf_counter()
-    probs = _predict(model, x)
+    normalize = info.normalize if info is not None else None
+    probs = _predict(model, x, normalize)
     predict_s = time.perf_counter() - t0
     pred = probs.argmax(axis=1)
     cm = confusion_matrix(y, pred, num_classes)
@@ -253,8 +282,10 @@ def predict_run(model, x, y, num_mistakes=MAX_MISTAKES) -> Predictions:
     order = wrong[np.argsort(-conf, kind="stable")][:max(0, min(num_mistakes, MAX_MISTAKES))]
     mistakes = [{"index": int(i), "true": int(y[i]), "pred": int(pred[i]), "prob": float(probs[i, pred[i]]),
                  "prob_true": float(probs[i, y[i]])} for i in order]
-    return Predictions(summary, num_classes, [str(k) for k in range(num_classes)], probs, pred, cm, per_class,
-                       accuracy, wrong, mistakes, predict_s)
+    names = list(info.class_names) if info is not None else []
+    names += [str(k) for k in range(len(names), num_classes)]
+    return Predictions(summary, num_classes, names[:num_classes], probs, pred, cm, per_class,
+                       accuracy, wrong, mistakes, predict_s, normalize)
 
 
 def step_losses(metrics) -> list:

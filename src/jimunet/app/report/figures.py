@@ -12,11 +12,10 @@ import os
 import numpy as np
 
 from ...backend import to_numpy
-from ...data.images import preprocess
 from ...layers import Conv2D
 from ..inspect import conv_blocks, model_dtype, trace
 from ..plotting import draw_channel_grid, grid_columns, new_figure, save_figure
-from .data import _num
+from .data import _num, model_inputs
 
 DPI = 100
 # Figure sizes in inches (pixels = inches × DPI). Feature-map figures depend on the channel
@@ -214,13 +213,34 @@ def _feature_size(maps):
     return 12.0, round(min(11.0, max(3.5, 8.0 * aspect + 1.4)), 1)
 
 
+def _show_image(ax, image):
+    """One test image as every view shows it: grayscale white on black, colour as it is (pixels
+    0..255, or model inputs stretched to their own range)."""
+    img = np.asarray(image)
+    if img.ndim == 3 and img.shape[-1] == 3:
+        if img.dtype.kind in "ui" or (img.size and img.min() >= 0 and img.max() > 1):
+            shown = np.clip(img, 0, 255).astype(np.uint8)
+        else:
+            lo, hi = float(img.min()), float(img.max())
+            shown = (img - lo) / (hi - lo if hi > lo else 1.0)
+        ax.imshow(shown, interpolation="nearest")
+    else:
+        ax.imshow(img[..., 0] if img.ndim == 3 else img, cmap="gray", interpolation="nearest")
+
+
+def _tick_labels(ax, labels, fontsize):
+    """Class names under the columns, slanted when they are words rather than digits."""
+    long = max((len(str(t).split("\n")[0]) for t in labels), default=0) > 2
+    ax.set_xticklabels(labels, fontsize=fontsize, rotation=35 if long else 0, ha="right" if long else "center",
+                       rotation_mode="anchor")
+
+
 def _fig_features(path, raw_image, maps, label, title_index, pred, true):
     size = _feature_size(maps)
     fig = new_figure(size, DPI)
     gs = fig.add_gridspec(1, 3, width_ratios=[1.4, 8.0, 0.18], wspace=0.06)
     ax0 = fig.add_subplot(gs[0, 0])
-    img = np.asarray(raw_image)
-    ax0.imshow(img[..., 0] if img.ndim == 3 else img, cmap="gray", interpolation="nearest")
+    _show_image(ax0, raw_image)
     ax0.set_title(f"input: test #{title_index}\ntrue {true}, predicted {pred}", fontsize=10)
     ax0.set_xticks([])
     ax0.set_yticks([])
@@ -268,7 +288,7 @@ def _fig_confusion(path, cm, class_names):
                     fontweight="bold" if t == p else "normal")
     ax.set_xticks(range(k))
     ax.set_yticks(range(k))
-    ax.set_xticklabels(class_names, fontsize=10)
+    _tick_labels(ax, class_names, 10)
     ax.set_yticklabels(class_names, fontsize=10)
     ax.set_xlabel("predicted class", fontsize=11)
     ax.set_ylabel("true class", fontsize=11)
@@ -294,14 +314,16 @@ def _fig_per_class(path, cm, class_names):
     floor = 0.0 if lo < 60 else max(0.0, 5 * math.floor((lo - 2) / 5))
     colors = ["#d62728" if np.isfinite(a) and a < overall else "#1f77b4" for a in acc]
     ax.bar(idx, np.nan_to_num(acc - floor, nan=0.0), bottom=floor, color=colors, width=0.7)
-    ax.axhline(overall, color="black", ls="--", lw=1)
+    ax.axhline(overall, color="black", ls="--", lw=1, zorder=2)
     top = 100.0 + (100.0 - floor) * 0.1
     for i, (a, n) in enumerate(zip(acc, support)):
         if np.isfinite(a):
-            ax.text(i, a + (100.0 - floor) * 0.015, f"{a:.1f}", ha="center", va="bottom", fontsize=8.5)
+            # over the dashed line, on a white box: the line never crosses a label
+            ax.text(i, a + (100.0 - floor) * 0.015, f"{a:.1f}", ha="center", va="bottom", fontsize=8.5, zorder=3,
+                    bbox=dict(facecolor="white", edgecolor="none", pad=0.6))
     ax.set_ylim(floor, top)
     ax.set_xticks(idx)
-    ax.set_xticklabels([f"{c}\n(n={int(s)})" for c, s in zip(class_names, support)], fontsize=8.5)
+    _tick_labels(ax, [f"{c}\n(n={int(s)})" for c, s in zip(class_names, support)], 8.5)
     ax.set_xlabel("true class (number of test images)", fontsize=10)
     ax.set_ylabel("accuracy (%)", fontsize=10)
     note = f"; the axis starts at {floor:g}%" if floor > 0 else ""
@@ -320,17 +342,20 @@ def _fig_mistakes(path, x, mistakes, class_names):
         ax = fig.add_subplot()
         ax.text(0.5, 0.5, "no mistakes on these test images", ha="center", va="center", fontsize=14)
         ax.axis("off")
+    words = max((len(class_names[m[k]]) for m in mistakes for k in ("true", "pred")), default=1)
     for k, m in enumerate(mistakes[:ncols * nrows]):
         ax = fig.add_subplot(nrows, ncols, k + 1)
-        img = np.asarray(x[m["index"]])
-        img = img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img
-        ax.imshow(img, cmap="gray_r", interpolation="nearest")
-        ax.set_title(f"true {class_names[m['true']]} \u2192 pred {class_names[m['pred']]}\n"
-                     f"p = {m['prob']:.3f}   #{m['index']}", fontsize=9.5, color="#b00000", pad=3)
+        _show_image(ax, x[m["index"]])
+        true, pred = class_names[m["true"]], class_names[m["pred"]]
+        # words (CIFAR-10's "automobile") leave no room for "true"/"pred" in a tile: the title says it
+        what = f"true {true} \u2192 pred {pred}" if words <= 2 else f"{true} \u2192 {pred}"
+        ax.set_title(f"{what}\np = {m['prob']:.3f}   #{m['index']}", fontsize=9.5 if words <= 8 else 7.5,
+                     color="#b00000", pad=3)
         ax.set_xticks([])
         ax.set_yticks([])
+    arrow = "" if words <= 2 else "; true \u2192 predicted"
     fig.suptitle("Most confident mistakes: test images the model gets wrong with the highest probability "
-                 "(p = probability of the predicted class)", fontsize=11)
+                 f"(p = probability of the predicted class{arrow})", fontsize=11)
     fig.subplots_adjust(left=0.01, right=0.99, top=0.82, bottom=0.01, wspace=0.08, hspace=0.42)
     return save_figure(fig, path, DPI)
 
@@ -350,14 +375,15 @@ def first_conv(model):
     return next((layer for layer in model.layers if isinstance(layer, Conv2D)), None)
 
 
-def _feature_figures(figures, run_dir, model, x, y, pred):
+def _feature_figures(figures, run_dir, model, x, y, pred, class_names=None, normalize=None):
     """Feature maps of test image 0 after each of the first four conv blocks (64 channels at
     most); returns ``[(figure name, block label, maps shape)]``."""
     feature_figs = []
+    names = list(class_names) if class_names is not None else [str(k) for k in range(int(max(pred.max(), y.max())) + 1)]
     blocks = conv_blocks(model)
     if blocks:
         sample = 0
-        outs = trace(model, preprocess(x[sample:sample + 1], model_dtype(model), auto=True))
+        outs = trace(model, model_inputs(x[sample:sample + 1], normalize, model_dtype(model)))
         for b, (_, shown, label) in enumerate(blocks[:4], 1):
             maps = np.asarray(to_numpy(outs[shown]))[0]
             if maps.ndim != 3:
@@ -365,7 +391,7 @@ def _feature_figures(figures, run_dir, model, x, y, pred):
             maps = maps[:, :, :64]
             name = f"features_{b}"
             _draw(figures, run_dir, name, f"report-features-{b}.png", _fig_features, x[sample], maps,
-                  f"Block {b}: {label}", sample, int(pred[sample]), int(y[sample]))
+                  f"Block {b}: {label}", sample, names[int(pred[sample])], names[int(y[sample])])
             feature_figs.append((name, label, maps.shape))
     return feature_figs
 
@@ -387,7 +413,7 @@ def draw_figures(run_dir, model, x, y, res, step_loss, epochs, l2):
     conv = first_conv(model)
     if conv is not None:
         _draw(figures, run_dir, "filters", "report-filters.png", _fig_filters, conv)
-    feature_figs = _feature_figures(figures, run_dir, model, x, y, res.pred)
+    feature_figs = _feature_figures(figures, run_dir, model, x, y, res.pred, res.class_names, res.normalize)
     _draw(figures, run_dir, "confusion", "report-confusion.png", _fig_confusion, res.cm, res.class_names)
     _draw(figures, run_dir, "per_class", "report-per-class.png", _fig_per_class, res.cm, res.class_names)
     _draw(figures, run_dir, "mistakes", "report-mistakes.png", _fig_mistakes, x, res.mistakes, res.class_names)

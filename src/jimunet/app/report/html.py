@@ -229,7 +229,8 @@ def page_parts(run, res, report_data, y, epochs, feature_figs, conv, l2, m_err):
     parts.append(_cards(run, res, len(y), report_data["metrics_test_accuracy_pct"], epochs))
     parts += _curves_section(run_dir, figures, epochs, l2)
     parts += _filters_section(run_dir, figures, conv)
-    parts += _features_section(run_dir, figures, feature_figs, int(y[0]), int(res.pred[0]))
+    names = res.class_names
+    parts += _features_section(run_dir, figures, feature_figs, _e(names[int(y[0])]), _e(names[int(res.pred[0])]))
     parts += _errors_section(run_dir, figures, res)
     parts += _model_section(res.summary)
     parts += _config_section(run, res, report_data, epochs, m_err)
