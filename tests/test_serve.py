@@ -388,6 +388,7 @@ def test_model_use_is_serialized(model, monkeypatch):
 
 def test_models_that_do_not_fit_are_refused(tmp_path):
     m = jn.Sequential([jn.layers.Flatten(), jn.layers.Dense(28 * 28, 3)])
+    m.metadata = {"class_names": [str(k) for k in range(10)]}  # 10 names, 3 scores
     with pytest.raises(serve.ServeError, match="10 class scores"):
         serve.DigitApp(m)
     with pytest.raises(serve.ServeError, match="cannot take 28x28x1"):

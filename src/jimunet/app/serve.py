@@ -34,7 +34,9 @@ from .backward import BackwardUnsupported
 from .explain import walk
 from .inspect import conv_blocks, trace
 from .multipart import ApiError, first_file_part
-from .picture import as_model_pixels, model_info, picture_pixels, picture_size, scale
+from .modelinfo import model_info
+from .picture import picture_size, scale
+from .pictures import as_model_pixels, picture_pixels
 from .recipes import MNISTConfig
 from .training import train_mnist
 
