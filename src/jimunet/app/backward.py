@@ -36,7 +36,7 @@ FD_EPS = 1e-6  # central difference step in float64: truncation ~eps², rounding
 
 # Forward and backward of each block kind, as the README's table "The blocks, forward and
 # backward" writes them. The page shows them in English or Chinese from static/i18n.js ("f.<key>.fw" and
-# ".bw", kept equal to these by tests/test_serve_i18n.py).
+# ".bw", kept equal to these by tests/test_serve_backward.py).
 FORMULAS = {
     "Conv2D/im2col": ("cols = im2col(pad(X)), Y = cols·W + b",
                       "dW = colsᵀ·dY, db = Σ dY, dX = Σ_(i,j) shift_(i,j)(dY·W[i,j]ᵀ)"),

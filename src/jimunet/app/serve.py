@@ -104,7 +104,7 @@ class DigitApp:
     """What the server answers, independent of HTTP (so it is testable without sockets).
 
     A digit model (28×28×1, classes 0..9: ``model_info``) gets MNIST's preprocessing and test
-    images; any other model gets pictures resized to its input (``jimunet.app.picture``) and
+    images; any other model gets pictures as ``jimunet.app.pictures`` reads them and
     its data set's test images when they can be loaded.
 
     Args:
