@@ -215,7 +215,9 @@ class _BrokenBiasGrad(L.Dense):
 
 
 class _DropoutForgetsScale(L.Dropout):
-    """The tutorial bug: backward applies the mask but not the 1/(1-rate) scale."""
+    """Inverted dropout's forward with the tutorial's backward: the mask without the 1/(1-rate)
+    scale. The tutorial's own layer is classic dropout (×(1-rate) at test), where a mask-only
+    backward is right; paired with jimunet's inverted forward it is the bug gradcheck catches."""
 
     def backward(self, grad, input_grad=True):
         dx = super().backward(grad, input_grad)

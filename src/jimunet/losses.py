@@ -11,8 +11,10 @@ class SoftmaxCrossEntropy:
     """Mean over the batch of ``-log softmax(logits)[label]``.
 
     The value is computed from log-softmax after subtracting the row maximum, so logits of
-    magnitude 1e4 give finite losses; the gradient is ``(softmax - onehot) / N`` (the mean,
-    not the sum the tutorial used).
+    magnitude 1e4 give finite losses; the gradient is ``(softmax - onehot) / N``, the mean's,
+    so no layer divides by the batch size. (The ai-edu tutorial prints the mean too, but its
+    softmax layer sends back ``A - Y``, the summed loss's gradient, and every layer divides its
+    ``dW`` and ``dB`` by the batch size itself.)
 
     Shape:
         logits ``(N, K)`` float; labels ``(N,)`` integer class ids in ``[0, K)``.

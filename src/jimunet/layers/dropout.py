@@ -20,7 +20,10 @@ class Dropout(Layer):
     """Zero each activation with probability ``rate`` during training, scaling the survivors
     by ``1/(1-rate)`` so the expected value is unchanged; identity at evaluation.
 
-    Backward applies the same mask and scale (the tutorial code forgot the scale).
+    Backward applies the same mask and scale. (The ai-edu tutorial's layer is classic dropout:
+    a 0/1 mask in training, ``× (1-rate)`` at test, and a mask-only backward, consistent as
+    written; that mask-only backward under this inverted forward would make every gradient
+    ``1-rate`` times too small, which ``jn.gradcheck`` catches.)
 
     The generator is the layer's one stream: a Dropout used at several nodes of a
     ``jn.Model`` draws each node's mask from it in turn, and checkpoints save it
