@@ -103,9 +103,13 @@ def test_the_sections_are_the_same_at_the_same_levels_in_the_same_order():
     for i, ((le, he), (lz, hz)) in enumerate(zip(en_levels, zh_levels)):
         assert le == lz, (f"section {i}: README.md has {'#' * le} {he!r} where README.zh-CN.md has "
                           f"{'#' * lz} {hz!r}: the same headings, at the same levels, in the same order")
-    assert len(en) == len(zh), (
-        f"README.md has {len(en)} sections, README.zh-CN.md {len(zh)}; the first unmatched: "
-        f"{(en_levels + zh_levels)[min(len(en), len(zh))]!r}")
+    if len(en) != len(zh):  # name where they part: the first section whose level or contents differ
+        first = next((i for i, (a, b) in enumerate(zip(en, zh))
+                      if a[0] != b[0] or contents(a[2]) != contents(b[2])), min(len(en), len(zh)))
+        heading = lambda secs: repr(secs[first][1]) if first < len(secs) else "(nothing)"
+        raise AssertionError(f"README.md has {len(en)} sections, README.zh-CN.md {len(zh)}: they part at section "
+                             f"{first}, README.md's {heading(en)} against README.zh-CN.md's {heading(zh)}; "
+                             "a section added to one README must be added to the other")
 
 
 def test_each_section_holds_the_same_code_links_and_pictures():
