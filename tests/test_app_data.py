@@ -134,6 +134,16 @@ def test_train_on_a_generated_folder_end_to_end(tmp_path, capsys):
     assert main(["train", "--resume", str(out), "--epochs", "2", "--data", str(folder), "--no-report"]) == 0
 
 
+
+def test_training_on_a_folder_says_what_it_ignored_and_names_the_input(tmp_path, capsys):
+    folder = make_folder(tmp_path / "colours", train=4, test=2)
+    (folder / "train" / "red" / "notes.txt").write_text("not an image")
+    assert main(["train", "--data", str(folder), "--epochs", "1", "--batch-size", "4", "--out",
+                 str(tmp_path / "run"), "--no-report"]) == 0
+    log = capsys.readouterr().out
+    assert "; ignored: 1 not images (.txt 1))" in log, log
+    assert "model cnn for 12x12x3 images:" in log, log
+
 # -- report --------------------------------------------------------------------------------------
 
 @pytest.fixture

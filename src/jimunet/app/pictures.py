@@ -24,8 +24,7 @@ import warnings
 
 import numpy as np
 
-from ..data.images import MAX_IMAGE_PIXELS, load_inputs
-from ..serialization import read_npy_header
+from ..data.images import MAX_IMAGE_PIXELS, load_inputs, pixel_values, read_npy
 from .modelinfo import ModelInfo
 
 __all__ = ["load_pictures", "as_model_pixels", "picture_pixels"]
@@ -45,22 +44,9 @@ def load_pictures(path, info: ModelInfo) -> np.ndarray:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such file: {path}")
     if path.lower().endswith(".npy"):
-        return as_model_pixels(_read_npy(path), info, path)
+        return as_model_pixels(read_npy(path), info, path)
     with open(path, "rb") as f:
         return picture_pixels(f, info, path)[None]
-
-
-def _read_npy(path: str) -> np.ndarray:
-    try:
-        with open(path, "rb") as f:  # the header first: it may declare any size
-            header, offset = read_npy_header(f, "its header")
-        size = os.path.getsize(path)
-        if offset + header.nbytes != size:
-            raise ValueError(f"its header declares {header.dtype} {header.shape} ({header.nbytes:,} bytes of data), "
-                             f"the file holds {size - offset:,} bytes after the header")
-        return np.load(path, allow_pickle=False)
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable .npy array ({e})") from None
 
 
 def as_model_pixels(x, info: ModelInfo, name: str = "array") -> np.ndarray:
@@ -78,22 +64,7 @@ def as_model_pixels(x, info: ModelInfo, name: str = "array") -> np.ndarray:
         one = f" ({h}, {w}) or (N, {h}, {w})," if c == 1 else ""
         raise ValueError(f"{name}: expected an array of shape{one} ({h}, {w}, {c}) or (N, {h}, {w}, {c}) (the model's "
                          f"input), got {x.shape}")
-    if len(x) == 0:
-        raise ValueError(f"{name}: holds no images")
-    if x.dtype.kind in "ui":
-        lo, hi = int(x.min()), int(x.max())
-        if lo < 0 or hi > 255:
-            raise ValueError(f"{name}: integer pixels must lie in 0..255, got {lo}..{hi}")
-        return x.astype(np.float32)
-    x = x.astype(np.float32)
-    if not np.isfinite(x).all():
-        raise ValueError(f"{name}: contains NaN or infinite values")
-    lo, hi = float(x.min()), float(x.max())
-    if lo >= 0.0 and hi <= 1.0:
-        return x * np.float32(255.0)
-    if lo >= 0.0 and hi <= 255.0:
-        return x
-    raise ValueError(f"{name}: float pixels must lie in [0, 1] or [0, 255], got {lo:g}..{hi:g}")
+    return pixel_values(x, name)
 
 
 def picture_pixels(source, info: ModelInfo, name: str = "image") -> np.ndarray:

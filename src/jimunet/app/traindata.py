@@ -110,6 +110,9 @@ def _other_data(cfg: MNISTConfig, data, normalize=None) -> MNISTData:
             raise ConfigError(str(e)) from None
         train, test = splits.train, splits.test
         class_names, shape, source = tuple(splits.class_names), tuple(splits.image_shape), splits.source
+        notes = getattr(train, "notes", ())  # a folder's ignored files, classes without training images
+        if notes:
+            source = "; ".join((source, *notes))
     if len(test) == 0:
         raise ConfigError(f"{cfg.data}: the data has no test images")
     tr, va, te = _split(cfg, len(train), len(test), folder=kind == "folder")

@@ -253,11 +253,14 @@ def _log_plan(trainer, cfg, data, log) -> None:
     n_params = sum(p.size for p in trainer.model.parameters())
     source = "" if data.source == "MNIST" else f" ({data.source})"
     n = part_size(data.train)
-    log(f"model mnist_{cfg.model}: {n_params:,} parameters; data: {n} train / {part_size(data.validation)} "
+    shape = tuple(data.meta["input_shape"])
+    # MNIST keeps the log line of its recipes (the README's transcripts); other data name their input
+    model = f"mnist_{cfg.model}" if shape == (28, 28, 1) else f"{cfg.model} for {'x'.join(map(str, shape))} images"
+    log(f"model {model}: {n_params:,} parameters; data: {n} train / {part_size(data.validation)} "
         f"validation / {part_size(data.test)} test{source}")
     log(describe_recipe(cfg, trainer.steps_in_epoch(n, trainer.epoch)))
     if trainer.comm is not None:
-        log(_describe_distributed(trainer, cfg.batch_size, tuple(data.meta["input_shape"]), n_params))
+        log(_describe_distributed(trainer, cfg.batch_size, shape, n_params))
 
 
 def _fit_and_test(trainer, cfg, data, run, log, stops, run_end):

@@ -28,7 +28,7 @@ import numpy as np
 from ..serialization import read_npy_header
 
 __all__ = ["preprocess", "looks_like_pixels", "load_digit_image", "load_inputs", "normalize_digit", "digit_from_bytes",
-           "as_pixels", "ImageTooLarge", "IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS"]
+           "as_pixels", "pixel_values", "read_npy", "ImageTooLarge", "IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS"]
 
 SIZE = 28          # MNIST field
 BOX = 20           # the digit's longer side inside the field
@@ -373,19 +373,19 @@ def load_digit_image(path) -> np.ndarray:
     return normalize_digit(_open_gray(path), name=path)
 
 
-def _load_npy(path: str) -> np.ndarray:
+def read_npy(path: str) -> np.ndarray:
+    """A ``.npy`` file's array, its header checked against the file's size before any data is
+    read (a header may declare any size); never unpickles. Raises ``ValueError`` naming ``path``."""
     try:
-        # The header first: it may declare any size, and the data must be in the file.
         with open(path, "rb") as f:
             header, offset = read_npy_header(f, "its header")
         size = os.path.getsize(path)
         if offset + header.nbytes != size:
             raise ValueError(f"its header declares {header.dtype} {header.shape} ({header.nbytes:,} bytes of "
                              f"data), the file holds {size - offset:,} bytes after the header")
-        x = np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False)
     except Exception as e:
         raise ValueError(f"{path}: not a readable .npy array ({e})") from None
-    return as_pixels(x, name=path)
 
 
 def as_pixels(x, name: str = "array") -> np.ndarray:
@@ -407,6 +407,14 @@ def as_pixels(x, name: str = "array") -> np.ndarray:
     elif not (x.ndim == 4 and x.shape[1:] == (SIZE, SIZE, 1)):
         raise ValueError(f"{name}: expected an array of shape (28, 28), (28, 28, 1), (N, 28, 28) or "
                          f"(N, 28, 28, 1), got {x.shape}")
+    return pixel_values(x, name)
+
+
+def pixel_values(x: np.ndarray, name: str = "array") -> np.ndarray:
+    """A numeric batch ``(N, ...)`` as float32 pixels 0..255, by ``as_pixels``'s rule for values:
+    integers must lie in 0..255; floats all within [0, 1] are scaled by 255, floats in [0, 255]
+    are kept; NaN, infinities and an empty batch are refused. Raises ``ValueError`` naming ``name``.
+    """
     if len(x) == 0:
         raise ValueError(f"{name}: holds no images")
     if x.dtype.kind in "ui":
@@ -439,5 +447,5 @@ def load_inputs(path) -> np.ndarray:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such file: {path}")
     if path.lower().endswith(".npy"):
-        return _load_npy(path)
+        return as_pixels(read_npy(path), name=path)
     return load_digit_image(path)[None]
