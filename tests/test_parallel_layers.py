@@ -1,6 +1,7 @@
-"""BatchNorm, Add, GlobalAvgPool2D and ReLU on the thread pool: the same numbers for every thread
-count, and the same numbers as the one-pass NumPy arithmetic they replace (so the recorded
-ResNet runs, e.g. ``tests/fixtures/resume_run``, stay bit-identical)."""
+"""BatchNorm, Add, GlobalAvgPool2D, ReLU and a whole ResNet step: the same numbers for every
+thread count, and the same numbers as the whole-array NumPy arithmetic they were written with
+(so recorded ResNet runs, e.g. ``tests/fixtures/resume_run``, stay bit-identical whatever way
+these layers split their work)."""
 import numpy as np
 import pytest
 
@@ -104,3 +105,72 @@ def test_channel_sums_equal_numpys_reductions_bit_for_bit(rows, c, dtype):
     t = np.asfortranarray(a)  # strided: the reduction's own order
     assert np.array_equal(_channel_sum(t), t.sum(axis=0))
     assert np.array_equal(_channel_mean(a, np.float64), a.mean(axis=0, dtype=np.float64))
+
+
+def _for_each_thread_count(run):
+    """``run()``'s arrays at 1, 2 and 3 threads, checked equal bit for bit; returns the first."""
+    results = []
+    for threads in (1, 2, 3):
+        jn.set_num_threads(threads)
+        results.append(run())
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert a.dtype == b.dtype and np.array_equal(a, b)
+    return results[0]
+
+
+@pytest.mark.parametrize("shape", [(64, 14, 14, 32), (3, 5, 5, 2), (40, 10)])
+@pytest.mark.parametrize("n_inputs", [2, 3])
+def test_add_is_bit_identical_to_numpy_for_any_thread_count(shape, n_inputs):
+    rng = np.random.default_rng(5)
+    xs = [rng.normal(0, 1, shape).astype(np.float32) for _ in range(n_inputs)]
+    (y,) = _for_each_thread_count(lambda: [jn.layers.Add()(xs)])
+    ref = xs[0] + xs[1]
+    for x in xs[2:]:
+        ref += x
+    assert y.dtype == ref.dtype and np.array_equal(y, ref)
+
+
+@pytest.mark.parametrize("shape", [(128, 7, 7, 64), (3, 2, 5, 3), (1, 1, 1, 1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_global_avg_pool_is_bit_identical_to_numpy_for_any_thread_count(shape, dtype):
+    rng = np.random.default_rng(6)
+    x = rng.normal(1, 2, shape).astype(dtype)
+    dy = rng.normal(0, 1, (shape[0], shape[3])).astype(dtype)
+
+    def run():
+        pool = jn.layers.GlobalAvgPool2D()
+        return pool.forward(x, training=True), pool.backward(dy)
+    y, dx = _for_each_thread_count(run)
+    assert y.dtype == dtype and np.array_equal(y, x.mean(axis=(1, 2)))
+    ref = np.empty_like(x)
+    ref[...] = (dy / (shape[1] * shape[2]))[:, None, None, :]
+    assert np.array_equal(dx, ref)
+
+
+def test_relu_is_bit_identical_to_numpy_for_any_thread_count():
+    rng = np.random.default_rng(7)
+    x = rng.normal(0, 1, (128, 14, 14, 32)).astype(np.float32)
+    dy = rng.normal(0, 1, x.shape).astype(np.float32)
+
+    def run():
+        relu = jn.layers.ReLU()
+        return relu.forward(x, training=True), relu.backward(dy)
+    y, dx = _for_each_thread_count(run)
+    assert np.array_equal(y, np.maximum(x, 0)) and np.array_equal(dx, dy * (x > 0))
+
+
+def test_resnet_training_is_bit_identical_for_any_thread_count():
+    def run():
+        model = jn.models.mnist_resnet(rng=3)
+        opt = jn.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        loss_fn = jn.losses.SoftmaxCrossEntropy()
+        rng = np.random.default_rng(4)
+        for _ in range(2):
+            x = rng.random((16, 28, 28, 1)).astype(np.float32)
+            loss_fn.forward(model.forward(x, training=True), rng.integers(0, 10, 16))
+            model.backward(loss_fn.backward(), input_grad=False)
+            opt.step()
+            opt.zero_grad()
+        return [p.data.copy() for p in model.parameters()] + [model.predict(x, batch_size=8)]
+    _for_each_thread_count(run)

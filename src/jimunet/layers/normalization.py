@@ -25,7 +25,9 @@ class BatchNormCache(NamedTuple):
 
 
 def _by_rows(fn, a) -> None:
-    """``fn(rows)`` over the rows of the (rows, C) array ``a``, for elementwise work."""
+    """``fn(rows)`` over the rows of the (rows, C) array ``a``, for elementwise work: the one
+    place to split these passes. Splitting them over the threads (``pfor``) was measured slower
+    on the busy 2-core machine (BENCHMARKS.md, "#23 speed steps"), so they run whole."""
     fn(slice(0, a.shape[0]))
 
 
