@@ -162,7 +162,7 @@ class BatchNorm(Layer):
 
     @staticmethod
     def _centred(x2, mean):
-        """``x2 - mean``, by rows on the threads."""
+        """``x2 - mean`` into a new array, through ``_by_rows``."""
         xp = xp_of(x2)
         xc = xp.empty(x2.shape, xp.result_type(x2.dtype, mean.dtype))
         _by_rows(lambda r: xp.subtract(x2[r], mean, out=xc[r]), x2)
