@@ -24,6 +24,35 @@ class BatchNormCache(NamedTuple):
     xhat_all: object = None  # with an exact exchange: the whole batch's x̂, for backward's sums
 
 
+def _by_rows(fn, a) -> None:
+    """``fn(rows)`` over the rows of the (rows, C) array ``a``, for elementwise work: the one
+    place to split these passes. Splitting them over the threads (``pfor``) was measured slower
+    on the busy 2-core machine (BENCHMARKS.md, "#23 speed steps"), so they run whole."""
+    fn(slice(0, a.shape[0]))
+
+
+def _fast_sum(a, dtype) -> bool:
+    """Whether einsum adds ``a``'s rows exactly as ``a.sum(axis=0, dtype=dtype)`` does: for C ≥ 2
+    both add row after row into the C sums. With one channel the reduction sums pairwise and
+    einsum would not, so that case, casts, strided input and device arrays keep the reduction
+    (``tests/test_parallel_layers.py`` checks the equality)."""
+    return xp_of(a) is np and a.ndim == 2 and a.shape[1] >= 2 and a.flags.c_contiguous and \
+        (dtype is None or np.dtype(dtype) == a.dtype)
+
+
+def _channel_sum(a, dtype=None):
+    """``a.sum(axis=0, dtype=dtype)`` of a (rows, C) array, bit for bit; einsum's loop costs a
+    quarter of the reduction's per row (~0.6 instead of 2.4 ms for a 28×28×16 batch of 128)."""
+    return np.einsum("ij->j", a) if _fast_sum(a, dtype) else a.sum(axis=0, dtype=dtype)
+
+
+def _channel_mean(a, dtype):
+    """``a.mean(axis=0, dtype=dtype)``, bit for bit: where ``_fast_sum``, the same sum divided
+    by the count in ``a``'s dtype (the mean divides in float64 and rounds to float32; with a
+    count below 2**53 the two roundings give float32's one)."""
+    return np.einsum("ij->j", a) / a.shape[0] if _fast_sum(a, dtype) else a.mean(axis=0, dtype=dtype)
+
+
 @register
 class BatchNorm(Layer):
     """Batch normalisation (Ioffe & Szegedy, 2015) over the last axis of NHWC or (N, features) input.
@@ -124,25 +153,31 @@ class BatchNorm(Layer):
         """Mean, biased variance, 1/sqrt(var + eps) and x̂ of the (rows, C) array ``x2`` (one
         process's arithmetic: the exact reduction runs this very code on the gathered batch)."""
         xp = xp_of(x2)
-        mean = x2.mean(axis=0, dtype=dtype)
-        xc = x2 - mean
+        mean = _channel_mean(x2, dtype)
+        xc = self._centred(x2, mean)
         var = xp.einsum("ij,ij->j", xc, xc) / m  # biased: the normalisation uses it
         inv = 1.0 / xp.sqrt(var + self.eps)
-        xhat = xc
-        xhat *= inv
-        return mean, var, inv, xhat
+        _by_rows(lambda r: xp.multiply(xc[r], inv, out=xc[r]), xc)
+        return mean, var, inv, xc
+
+    @staticmethod
+    def _centred(x2, mean):
+        """``x2 - mean`` into a new array, through ``_by_rows``."""
+        xp = xp_of(x2)
+        xc = xp.empty(x2.shape, xp.result_type(x2.dtype, mean.dtype))
+        _by_rows(lambda r: xp.subtract(x2[r], mean, out=xc[r]), x2)
+        return xc
 
     def _summed_statistics(self, x2, dtype, m: int, sync):
         """``_statistics`` of the whole batch from this process's rows ``x2``, with the per-channel
         sums added over the processes (the all-reduce's exchange; float rounding may differ)."""
         xp = xp_of(x2)
-        mean = sync.add(x2.sum(axis=0, dtype=dtype)) / m
-        xc = x2 - mean
+        mean = sync.add(_channel_sum(x2, dtype)) / m
+        xc = self._centred(x2, mean)
         var = sync.add(xp.einsum("ij,ij->j", xc, xc)) / m
         inv = 1.0 / xp.sqrt(var + self.eps)
-        xhat = xc
-        xhat *= inv
-        return mean, var, inv, xhat
+        _by_rows(lambda r: xp.multiply(xc[r], inv, out=xc[r]), xc)
+        return mean, var, inv, xc
 
     def _train_forward(self, x, x2, dtype):
         """Batch statistics (of the whole batch also when this is one process's share of it),
@@ -182,10 +217,16 @@ class BatchNorm(Layer):
             xhat = self._train_forward(x, x2, dtype)
         else:
             inv = 1.0 / xp.sqrt(self.running_var.data.astype(dtype) + self.eps)
-            xhat = (x2 - self.running_mean.data) * inv
+            xhat = self._centred(x2, self.running_mean.data)
+            _by_rows(lambda r: xp.multiply(xhat[r], inv, out=xhat[r]), xhat)
             self.cache = BatchNormCache(False, xhat, inv, x.shape)
-        y = xhat * self.weight.data
-        y += self.bias.data
+        w, b = self.weight.data, self.bias.data
+        y = xp.empty(xhat.shape, xp.result_type(xhat.dtype, w.dtype))
+
+        def affine(r):  # γ·x̂ + β, two roundings as before, in one pass
+            xp.multiply(xhat[r], w, out=y[r])
+            y[r] += b
+        _by_rows(affine, xhat)
         return y.reshape(x.shape)
 
     def _grad_sums(self, grad, dy, input_grad: bool):
@@ -195,10 +236,10 @@ class BatchNorm(Layer):
         c = self.cache
         if c.sync is not None and c.sync.exact and c.training:  # the whole batch's sums, as one process
             dy_all = c.sync.gather(grad).reshape(-1, self.num_features)
-            dbeta = dy_all.sum(axis=0)
+            dbeta = _channel_sum(dy_all)
             dgamma = xp.einsum("ij,ij->j", dy_all, c.xhat_all)
         else:
-            dbeta = dy.sum(axis=0)
+            dbeta = _channel_sum(dy)
             dgamma = xp.einsum("ij,ij->j", dy, c.xhat)
         self.bias.grad += dbeta  # the all-reduce adds the other processes' shares to these
         self.weight.grad += dgamma
@@ -215,12 +256,20 @@ class BatchNorm(Layer):
         dbeta, dgamma = self._grad_sums(grad, dy, input_grad)
         if not input_grad:
             return None
+        xp = xp_of(grad)
         scale = self.weight.data * inv
         if not training:
-            return (dy * scale).reshape(shape)
+            dx = xp.empty(dy.shape, xp.result_type(dy.dtype, scale.dtype))
+            _by_rows(lambda r: xp.multiply(dy[r], scale, out=dx[r]), dy)
+            return dx.reshape(shape)
         m = self.cache.m
-        dx = xhat * (dgamma / m)
-        dx += dbeta / m
-        xp_of(grad).subtract(dy, dx, out=dx)
-        dx *= scale
+        a, b = dgamma / m, dbeta / m
+        dx = xp.empty(xhat.shape, xp.result_type(xhat.dtype, a.dtype))
+
+        def block(r):  # γ/(m·σ)·(m·dy - dβ - x̂·dγ), the same four roundings, in one pass
+            xp.multiply(xhat[r], a, out=dx[r])
+            dx[r] += b
+            xp.subtract(dy[r], dx[r], out=dx[r])
+            dx[r] *= scale
+        _by_rows(block, dx)
         return dx.reshape(shape)
