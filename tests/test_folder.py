@@ -282,7 +282,7 @@ def test_too_many_pixels_are_refused_from_the_header(tmp_path, monkeypatch):
 def test_without_pillow_the_message_says_what_to_install(tmp_path, monkeypatch):
     make_classes(tmp_path)
     monkeypatch.setitem(sys.modules, "PIL", None)
-    with pytest.raises(ImportError, match=r'^reading image folders needs Pillow: pip install "jimunet\[image\]"$'):
+    with pytest.raises(ImportError, match=r'^reading image folders needs Pillow: pip install pillow \(in a checkout: pip install -e "\.\[image\]"\)$'):
         load_folder(tmp_path)
 
 

@@ -26,7 +26,7 @@ def require_pillow():
     try:
         from PIL import Image, ImageOps
     except ImportError:
-        raise ImportError('reading image folders needs Pillow: pip install "jimunet[image]"') from None
+        raise ImportError('reading image folders needs Pillow: pip install pillow (in a checkout: pip install -e ".[image]")') from None
     return Image, ImageOps
 
 

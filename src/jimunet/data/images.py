@@ -9,7 +9,7 @@ Two conventions meet here:
   sample's scaling, values in [-0.5, 0.5]); training, evaluation and prediction all use it,
   and so do ``explain`` and the report (with ``auto=True``: floats in [0, 1] pass unscaled).
 
-Pillow (the ``image`` extra: ``pip install 'jimunet[image]'``) is needed for PNG/JPEG only.
+Pillow (the ``image`` extra: ``pip install -e ".[image]"``) is needed for PNG/JPEG only.
 
 Example:
     >>> import numpy as np
@@ -78,8 +78,7 @@ def _require_pillow():
     try:
         from PIL import Image, ImageOps  # noqa: F401
     except ImportError:
-        raise ImportError("reading PNG/JPEG images needs Pillow: pip install 'jimunet[image]' "
-                          "(or pip install pillow)") from None
+        raise ImportError('reading PNG/JPEG images needs Pillow: pip install pillow (in a checkout: pip install -e ".[image]")') from None
     return Image, ImageOps
 
 
