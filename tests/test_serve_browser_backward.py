@@ -96,7 +96,7 @@ def test_backward_view_gradcheck_steps_and_languages(request, page, random_model
         _wait_bw(page)
     assert page.inner_text("#steps") == "3"
     assert float(page.get_attribute("body", "data-ptarget")) > p0
-    assert "3 SGD steps" in page.inner_text("#step-line")
+    assert "SGD steps from the trained weights: 3;" in page.inner_text("#step-line")
 
     page.click("#lang")
     page.wait_for_function("() => document.body.dataset.lang === 'zh'")
