@@ -16,6 +16,11 @@ class SoftmaxCrossEntropy:
     softmax layer sends back ``A - Y``, the summed loss's gradient, and every layer divides its
     ``dW`` and ``dB`` by the batch size itself.)
 
+    With ``label_smoothing`` ε > 0 the target is ``(1-ε)·onehot + ε/K`` (Szegedy et al. 2016,
+    PyTorch's ``CrossEntropyLoss(label_smoothing=ε)``): the loss adds ``ε·mean_k(-log p_k)`` to
+    ``(1-ε)·CE`` and the gradient is ``(softmax - target) / N``. ε = 0 runs the plain
+    formula's exact float operations.
+
     Shape:
         logits ``(N, K)`` float; labels ``(N,)`` integer class ids in ``[0, K)``.
 
@@ -26,9 +31,16 @@ class SoftmaxCrossEntropy:
         2.3026
         >>> loss_fn.backward().shape
         (2, 10)
+        >>> round(float(jn.losses.SoftmaxCrossEntropy(0.2).forward(np.zeros((2, 10)), np.array([3, 7]))), 4)
+        2.3026
     """
 
-    def __init__(self):
+    def __init__(self, label_smoothing: float = 0.0):
+        ok = isinstance(label_smoothing, (int, float, np.floating)) and not isinstance(label_smoothing, bool)
+        if not ok or not 0.0 <= float(label_smoothing) < 1.0:
+            raise ValueError(f"SoftmaxCrossEntropy: label_smoothing must be a number in [0, 1), "
+                             f"got {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
         self._cache = None
 
     def __call__(self, logits, labels):
@@ -56,7 +68,11 @@ class SoftmaxCrossEntropy:
             raise ValueError("SoftmaxCrossEntropy: empty batch")
         logp = log_softmax(logits)
         self._cache = (logp, labels)
-        return -logp[xp.arange(n), labels].mean()
+        nll = -logp[xp.arange(n), labels].mean()
+        eps = self.label_smoothing
+        if eps == 0.0:
+            return nll
+        return (1.0 - eps) * nll + eps * -logp.mean(axis=1).mean()
 
     def backward(self):
         """Gradient w.r.t. the logits of the last ``forward``: ``(softmax - onehot) / N``."""
@@ -66,7 +82,10 @@ class SoftmaxCrossEntropy:
         xp = xp_of(logp)
         n = logp.shape[0]
         grad = xp.exp(logp)
-        grad[xp.arange(n), labels] -= 1.0
+        eps = self.label_smoothing
+        if eps:
+            grad -= eps / logp.shape[1]
+        grad[xp.arange(n), labels] -= 1.0 - eps
         grad /= n
         return grad
 
