@@ -556,3 +556,19 @@ def test_a_loaded_weight_is_in_c_order(tmp_path):
     model.layers[0].weight.data = np.asfortranarray(model.layers[0].weight.data)
     model.save(tmp_path / "m.npz")
     assert jn.load(tmp_path / "m.npz").layers[0].weight.data.flags.c_contiguous
+
+
+def test_piecewise_linear():
+    s = jn.optim.piecewise_linear([0, 10, 40], [0.0, 0.4, 0.0])
+    assert [s(t) for t in (0, 5, 10, 40, 1000)] == [0.0, 0.2, 0.4, 0.0, 0.0]
+    assert s(25) == pytest.approx(0.2, abs=1e-15)
+    assert s.config == {"name": "piecewise_linear", "steps": [0, 10, 40], "values": [0.0, 0.4, 0.0]}
+    assert jn.optim.piecewise_linear([5], [0.1])(0) == 0.1
+
+
+@pytest.mark.parametrize("steps,values,match", [([0, 0], [1, 1], "steps must increase"),
+                                                ([0, 1], [1], "equal length"), ([], [], "non-empty"),
+                                                ([0, 1], [0.1, float("nan")], "finite and >= 0")])
+def test_piecewise_linear_rejects(steps, values, match):
+    with pytest.raises(ValueError, match=match):
+        jn.optim.piecewise_linear(steps, values)

@@ -381,3 +381,25 @@ def cosine_decay(base: float, total_steps: int, final: float = 0.0) -> Schedule:
         t = min(step, total_steps) / total_steps
         return final + (base - final) * 0.5 * (1 + math.cos(math.pi * t))
     return Schedule(fn, {"name": "cosine_decay", "base": base, "total_steps": total_steps, "final": final})
+
+
+def piecewise_linear(steps, values) -> Schedule:
+    """Linear interpolation between ``(steps[i], values[i])``, constant outside them (NumPy's
+    ``interp``): ``piecewise_linear([0, 50, 200], [0, 0.4, 0])`` is a one-cycle triangle that
+    rises to 0.4 at step 50 and falls to 0 at step 200 (Page's ResNet-9 schedule).
+
+    Example:
+        >>> s = piecewise_linear([0, 10, 40], [0.0, 0.4, 0.0])
+        >>> s(0), s(5), s(10), round(s(25), 6), s(40), s(99)
+        (0.0, 0.2, 0.4, 0.2, 0.0, 0.0)
+    """
+    xs, ys = [int(s) for s in steps], [float(v) for v in values]
+    if len(xs) != len(ys) or not xs:
+        raise ValueError(f"piecewise_linear: steps and values must be non-empty and of equal length, got "
+                         f"{len(xs)} and {len(ys)}")
+    if any(b <= a for a, b in zip(xs, xs[1:])):
+        raise ValueError(f"piecewise_linear: steps must increase, got {xs}")
+    if not all(math.isfinite(v) and v >= 0 for v in ys):
+        raise ValueError(f"piecewise_linear: values must be finite and >= 0, got {ys}")
+    return Schedule(lambda step: float(np.interp(step, xs, ys)),
+                    {"name": "piecewise_linear", "steps": xs, "values": ys})
