@@ -148,11 +148,12 @@ def register(subparsers):
     t.add_argument("--no-report", action="store_true", help="do not write the HTML report at the end")
     t.add_argument("--threads", type=int_at_least(1), default=None, metavar="N", help="worker threads "
                    "(jimunet.set_num_threads)")
-    t.add_argument("--model", choices=("cnn", "resnet"), default=None, help="cnn: the TF sample's network and "
+    t.add_argument("--model", choices=("cnn", "resnet", "cifar"), default=None, help="cnn: the TF sample's network and "
                    "recipe (default); resnet: jimunet.models.mnist_resnet with BatchNorm, random shifts, SGD "
                    "Nesterov with cosine decay (its own defaults: 10 epochs, batch 128, lr 0.2, shift 2; with "
                    f"--data fashion-mnist also horizontal flips, {FASHION_EPOCHS} epochs; colour images: crops "
-                   "and flips instead of shifts)")
+                   "and flips instead of shifts); cifar: jimunet.models.cifar_resnet (a narrow ResNet-9) for "
+                   "colour images, one-cycle lr, label smoothing 0.2 (defaults: 10 epochs, batch 256, lr 0.2)")
     t.add_argument("--shift", type=int_at_least(0), default=None, metavar="PX", help="augment training images "
                    "by random shifts of up to PX pixels (default 0; 2 with --model resnet)")
     t.add_argument("--device", default=None, metavar="D", help=DEVICE_HELP)
