@@ -41,7 +41,10 @@ TASKS = {  # name: (kind, batch, warm-up iterations, timed iterations)
     "infer1000": ("infer", 1000, 1, 8),
     "train512": ("train", 512, 3, 30),          # GPU tasks (--device cuda)
     "infer10000": ("infer", 10000, 2, 10),
+    "cifar256": ("train", 256, 2, 6),           # the --model cifar recipe (bench_cifar.py; jimunet
+    "cifar-infer1000": ("infer", 1000, 1, 4),   # and PyTorch only): --tasks cifar256 cifar-infer1000
 }
+CIFAR_TASKS = ("cifar256", "cifar-infer1000")
 CPU_TASKS, GPU_TASKS = ["train64", "train256", "infer1000"], ["train64", "train512", "infer1000", "infer10000"]
 #: ``--isa avx2``: holds every framework's CPU kernels to AVX2, as a CPU without AVX-512 (the
 #: Zen 3 of issue #9, for one) would run them. Set before any of them loads, in this process
@@ -207,13 +210,23 @@ def _run_tensorflow(kind, batch, warm, iters, threads, train="function", infer="
 
 def worker(framework, task, threads, device="cpu"):
     kind, batch, warm, iters = TASKS[task]
-    if framework == "jimunet":
+    if task in CIFAR_TASKS:
+        run = _bench_cifar().run_jimunet if framework == "jimunet" else _bench_cifar().run_torch
+        seconds = run(kind, batch, warm, iters, threads, _time)
+    elif framework == "jimunet":
         seconds = _run_jimunet(kind, batch, warm, iters, threads, device)
     elif framework == "tensorflow":
         seconds = _run_tensorflow(kind, batch, warm, iters, threads)
     else:
         seconds = _run_torch(kind, batch, warm, iters, threads, channels_last=framework == "torch-cl", device=device)
     print(json.dumps({"images_per_s": batch * iters / seconds, "peak_rss_mb": peak_rss_mb()}))
+
+
+def _bench_cifar():
+    """benchmarks/bench_cifar.py, imported only in a worker: it loads NumPy, which ``--isa`` must precede."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_cifar
+    return bench_cifar
 
 
 def peak_rss_mb() -> float:
@@ -479,6 +492,8 @@ def main(argv=None):
         print("machine:", describe_machine(machine_info()))
         return
     frameworks = choose_frameworks(args.frameworks, args.device, args.channels_last)
+    if set(args.tasks) & set(CIFAR_TASKS) and (set(frameworks) - {"jimunet", "torch"} or args.device != "cpu"):
+        raise SystemExit("the cifar tasks run on the CPU in jimunet and PyTorch only: add --frameworks jimunet torch")
     info = machine_info()
     print("machine:", describe_machine(info), f"| threads {args.threads}")
     if args.device != "cpu":

@@ -128,3 +128,26 @@ def test_isa_avx2_refused_once_the_kernels_are_chosen():
     assert "numpy" in sys.modules  # this process chose NumPy's kernels at import
     with pytest.raises(SystemExit, match="before numpy"):
         bench.main(["--isa", "avx2", "--info"])
+
+
+@pytest.mark.parametrize("task", ["cifar256", "cifar-infer1000"])
+@pytest.mark.parametrize("framework", ["jimunet", "torch"])
+def test_cifar_tasks_run_both_frameworks(task, framework, monkeypatch):
+    """The cifar tasks time the --model cifar recipe's step (shrunk here to a batch of 4, one timed call)."""
+    pytest.importorskip("torch")
+    kind = bench.TASKS[task][0]
+    monkeypatch.setitem(bench.TASKS, task, (kind, 4, 0, 1))
+    calls = []
+
+    def timer(step, warm, iters):
+        calls.append((warm, iters))
+        step()
+        return 1.0
+    run = bench._bench_cifar().run_jimunet if framework == "jimunet" else bench._bench_cifar().run_torch
+    assert run(kind, 4, 0, 1, 1, timer) == 1.0 and calls == [(0, 1)]
+
+
+def test_cifar_tasks_refuse_tensorflow(monkeypatch):
+    monkeypatch.setattr(bench, "choose_frameworks", lambda *a: ["jimunet", "tensorflow"])
+    with pytest.raises(SystemExit, match="cifar tasks run on the CPU in jimunet and PyTorch only"):
+        bench.main(["--tasks", "cifar256", "--frameworks", "jimunet", "tensorflow", "--rounds", "1"])
