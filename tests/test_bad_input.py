@@ -269,3 +269,9 @@ def test_values_in_messages_keep_their_repr_without_addresses():
     assert shown([1, _Settings()]) == "[1, <_Settings>]"
     assert shown({"f": lambda: 0}) == "{'f': <function <lambda>>}"
     assert shown(_Settings) == repr(_Settings)  # a class has no address in its repr
+
+
+def test_sequential_fuse_must_be_a_bool():
+    with pytest.raises(ValueError, match=r"^Sequential: fuse must be true or false, got an object of type object$"):
+        jn.Sequential([jn.layers.ReLU()], fuse=object())
+    assert jn.Sequential([jn.layers.ReLU()], fuse=False).fuse is False

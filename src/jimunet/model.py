@@ -12,7 +12,7 @@ from .data.batching import predict_dataset
 from .data.dataset import is_dataset
 from .layers import MaxPool2D, ReLU
 from .layers import memory
-from .layers.base import (Layer, check_weight_header, data_already_checked, from_config, json_kind,
+from .layers.base import (Layer, check_bool, check_weight_header, data_already_checked, from_config, json_kind,
                           placeholder_parameters)
 from .layers.memory import (MAX_ACTIVATION_BYTES, ActivationLimitError,  # noqa: F401 (jimunet.model's API)
                             activation_elements, check_activation_bytes, check_network_activations,
@@ -293,7 +293,7 @@ class Sequential(Network):
             if not isinstance(layer, Layer):
                 raise ValueError(f"Sequential: item {i} is a {type(layer).__name__}, not a jimunet Layer")
         self.layers = layers
-        self.fuse = bool(fuse)
+        self.fuse = check_bool("Sequential", "fuse", fuse)
 
     @property
     def cache(self):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm  # not tqdm.auto: in Jupyter without ipywidgets it warns on every import
 
 from ..serialization import atomic_writer
 from .idx import IDXFormatError, decode_idx, read_idx_bytes, write_idx_bytes
