@@ -14,7 +14,18 @@ from ..backend import xp_of
 from ..random import resolve_rng
 
 
-class RandomShift:
+class _Seeded:
+    """An augmentation whose draws come from ``self.rng`` alone: its state is the generator's,
+    so a checkpoint resumes it exactly."""
+
+    def state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
+
+class RandomShift(_Seeded):
     """Shift each image of an NHWC batch by a random whole number of pixels.
 
     Each image is padded by ``max_shift`` pixels on every side, repeating its edge
@@ -38,9 +49,7 @@ class RandomShift:
     """
 
     def __init__(self, max_shift: int = 2, rng=None):
-        if not isinstance(max_shift, (int, np.integer)) or isinstance(max_shift, bool) or max_shift < 0:
-            raise ValueError(f"RandomShift: max_shift must be a non-negative int, got {shown(max_shift)}")
-        self.max_shift = int(max_shift)
+        self.max_shift = _check_count(max_shift, "RandomShift", "max_shift")
         self.rng = resolve_rng(rng)
 
     def __repr__(self):
@@ -49,12 +58,6 @@ class RandomShift:
     def __call__(self, x):
         _check_batch(x, "RandomShift")
         return _pad_and_crop(x, self.max_shift, self.rng, "edge")
-
-    def state(self) -> dict:
-        return self.rng.bit_generator.state
-
-    def set_state(self, state: dict) -> None:
-        self.rng.bit_generator.state = state
 
 
 def _check_batch(x, who: str) -> None:
@@ -65,7 +68,7 @@ def _check_batch(x, who: str) -> None:
 
 def _check_count(value, who: str, what: str) -> int:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{who}: {what} must be a non-negative int, got {value!r}")
+        raise ValueError(f"{who}: {what} must be a non-negative int, got {shown(value)}")
     return int(value)
 
 
@@ -85,7 +88,7 @@ def _pad_and_crop(x, s: int, rng, mode: str):
     return xp.ascontiguousarray(crops.transpose(0, 2, 3, 1))
 
 
-class RandomCrop:
+class RandomCrop(_Seeded):
     """Pad each image of an NHWC batch with ``padding`` zeros on every side and crop the original
     size at a random offset, independently per image (the CIFAR recipes' augmentation).
 
@@ -111,14 +114,8 @@ class RandomCrop:
         _check_batch(x, "RandomCrop")
         return _pad_and_crop(x, self.padding, self.rng, "constant")
 
-    def state(self) -> dict:
-        return self.rng.bit_generator.state
 
-    def set_state(self, state: dict) -> None:
-        self.rng.bit_generator.state = state
-
-
-class RandomFlip:
+class RandomFlip(_Seeded):
     """Mirror each image of an NHWC batch left-right with probability 0.5, independently.
 
     Example:
@@ -144,12 +141,6 @@ class RandomFlip:
         flip = xp.asarray(self.rng.random(n) < 0.5).reshape(n, 1, 1, 1)
         return xp.where(flip, x[:, :, ::-1], x)
 
-    def state(self) -> dict:
-        return self.rng.bit_generator.state
-
-    def set_state(self, state: dict) -> None:
-        self.rng.bit_generator.state = state
-
 
 class Compose:
     """Apply ``augmentations`` in order; its state is theirs, in that order.
@@ -165,7 +156,7 @@ class Compose:
         self.augmentations = list(augmentations)
         for a in self.augmentations:
             if not callable(a):
-                raise ValueError(f"Compose: every augmentation must be callable, got {a!r}")
+                raise ValueError(f"Compose: every augmentation must be callable, got {shown(a)}")
 
     def __repr__(self):
         return f"Compose({self.augmentations!r})"
