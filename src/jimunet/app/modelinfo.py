@@ -3,7 +3,8 @@
 ``jimunet train`` stores these in the model file's metadata (``model.save(path, metadata)``):
 ``"input_shape": [H, W, C]``, ``"class_names": [...]``, ``"normalize": {"mean": [...], "std":
 [...]}`` (``Normalize.to_dict()``) and ``"dataset": {"name": "mnist" | "fashion-mnist" |
-"cifar10" | "folder", "path": "/abs/path"}`` (path: folders only). ``model_info(model)`` reads
+"cifar10" | "folder", "path": "/abs/path"}`` (path: folders only), and ``"test_flip": true`` for a
+model to be used with test-time flips (``info.predictor(model)``). ``model_info(model)`` reads
 them, and gives a file written before they existed (or by ``jimunet import``) the defaults of an
 MNIST digit model: 28×28×1, classes "0".."9", ``Normalize.mnist()``, data set mnist. Every
 command and the server read a model's purpose through it, none reads the keys itself.
@@ -28,6 +29,7 @@ import os
 from dataclasses import dataclass
 
 from ..data import Normalize
+from ..training.evaluation import FlipAverage
 
 __all__ = ["ModelInfo", "ModelInfoError", "model_info", "model_metadata", "DATASET_NAMES", "MNIST_SHAPE"]
 
@@ -52,6 +54,8 @@ class ModelInfo:
         dataset: ``{"name": ..., "path": ...}`` (path only for a folder).
         is_digit_model: an MNIST digit model (28×28×1, data set mnist): pictures are read as
             handwritten digits (cropped, centred), and the page offers its drawing canvas.
+        test_flip: the model was tested with each image's scores averaged with its mirror
+            image's; ``predictor`` gives it that way.
     """
 
     input_shape: tuple
@@ -59,6 +63,11 @@ class ModelInfo:
     normalize: Normalize
     dataset: dict
     is_digit_model: bool
+    test_flip: bool = False
+
+    def predictor(self, model):
+        """What gives this model's class scores as it was tested: ``model``, or ``FlipAverage(model)``."""
+        return FlipAverage(model) if self.test_flip else model
 
     @property
     def num_classes(self) -> int:
@@ -101,7 +110,10 @@ def model_info(model) -> ModelInfo:
     normalize = _normalize(meta.get("normalize"), shape[-1])
     names = _class_names(meta.get("class_names"), model, shape)
     digit = dataset["name"] == "mnist" and shape == MNIST_SHAPE
-    return ModelInfo(shape, names, normalize, dataset, digit)
+    flip = meta.get("test_flip", False)
+    if not isinstance(flip, bool):
+        raise ModelInfoError(f"the model's metadata: test_flip must be true or false, got {_short(flip)}")
+    return ModelInfo(shape, names, normalize, dataset, digit, flip)
 
 
 def _input_shape(meta: dict) -> tuple:

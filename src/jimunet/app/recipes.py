@@ -33,7 +33,7 @@ MNIST_TRAIN = 60000
 # Fields that may change when a run is resumed; every other field shapes the trajectory of
 # training (data, order, initialisation, optimisation) and must match the checkpoint's.
 RESUMABLE_FIELDS = frozenset({"epochs", "data_dir", "out", "threads", "progress", "report", "download", "device",
-                              "reduction"})
+                              "reduction", "test_flip"})
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10")  # by name; any other ``data`` is a folder's path
 TRAIN_IMAGES = {"mnist": MNIST_TRAIN, "fashion-mnist": 60000, "cifar10": 50000}
@@ -94,6 +94,9 @@ class MNISTConfig:
             data's default, 4 for colour images, else 0).
         label_smoothing: the loss's label smoothing ε (``SoftmaxCrossEntropy``; 0: none, as the
             MNIST recipes; ``--model cifar``: 0.2).
+        test_flip: test (and save the model to be used) with each image's class scores averaged
+            with those of its mirror image (``training.FlipAverage``; the Fashion-MNIST recipe).
+            Training is the same either way, so a resumed run may change it.
     """
 
     epochs: int = 10
@@ -124,6 +127,7 @@ class MNISTConfig:
     flip: bool | None = None
     crop: int | None = None
     label_smoothing: float = 0.0
+    test_flip: bool = False
 
     @property
     def data_kind(self) -> str:
@@ -154,6 +158,8 @@ class MNISTConfig:
         positive_int("crop", allow_none=True, allow_zero=True)
         if self.flip is not None and not isinstance(self.flip, (bool, np.bool_)):
             raise ConfigError(f"flip must be True, False or None, got {self.flip!r}")
+        if not isinstance(self.test_flip, (bool, np.bool_)):
+            raise ConfigError(f"test_flip must be True or False, got {self.test_flip!r}")
         if not isinstance(self.data, str) or not self.data:
             raise ConfigError(f"data must be one of {', '.join(DATASETS)} or an image folder's path, got {self.data!r}")
         if self.model not in MODELS:
@@ -227,7 +233,7 @@ class MNISTConfig:
 
 MODELS = ("cnn", "resnet", "cifar")
 # the fields added with other data sets, and the value that leaves them out of a run's files
-_NEW_FIELDS = {"data": "mnist", "flip": None, "crop": None, "label_smoothing": 0.0}
+_NEW_FIELDS = {"data": "mnist", "flip": None, "crop": None, "label_smoothing": 0.0, "test_flip": False}
 
 # ``jimunet train --model resnet``: settings picked by measurement (see BENCHMARKS.md).
 RESNET_DEFAULTS = {"model": "resnet", "epochs": 10, "batch_size": 128, "lr": 0.2, "momentum": 0.9,
@@ -245,6 +251,13 @@ CIFAR_DEFAULTS = {"model": "cifar", "epochs": 10, "batch_size": 256, "lr": 0.2, 
                   "weight_decay": 5e-4, "dropout": 0.0, "lr_decay": 1.0, "label_smoothing": 0.2}
 CIFAR_WARMUP = 0.2  # the share of the run over which lr rises linearly from 0 to ``lr``
 
+# ``jimunet train --data fashion-mnist --model cifar``: the CIFAR-10 recipe's network and schedule on
+# Fashion-MNIST, with the clothes' augmentation (shifts and flips) and tested with flips
+# (``test_flip``); measured in BENCHMARKS.md ("Fashion-MNIST").
+FASHION_CIFAR_EPOCHS = 15
+FASHION_CIFAR_DEFAULTS = {**CIFAR_DEFAULTS, "epochs": FASHION_CIFAR_EPOCHS, "shift": 2, "flip": True,
+                          "test_flip": True}
+
 
 def recipe_defaults(model: str | None, data: str) -> dict:
     """The settings ``jimunet train --model MODEL --data DATA`` starts from (flags override them).
@@ -253,7 +266,7 @@ def recipe_defaults(model: str | None, data: str) -> dict:
     instead (``MNISTConfig.with_data_defaults``).
     """
     if model == "cifar":
-        return dict(CIFAR_DEFAULTS)
+        return dict(FASHION_CIFAR_DEFAULTS if data == "fashion-mnist" else CIFAR_DEFAULTS)
     if model != "resnet":
         return {}
     if data == "fashion-mnist":
@@ -343,7 +356,8 @@ def describe_recipe(config: MNISTConfig, steps: int) -> str:
     head = f"recipe: {c.epochs} epoch{'s' if c.epochs != 1 else ''} x {steps} steps of {c.batch_size}, "
     order = f"seed {c.seed}, {'shuffled' if c.shuffle else 'fixed order'}"
     shift = (f", random shifts up to {c.shift} px" if c.shift else "") + \
-        (f", random crops (padding {c.crop} px)" if c.crop else "") + (", horizontal flips" if c.flip else "")
+        (f", random crops (padding {c.crop} px)" if c.crop else "") + (", horizontal flips" if c.flip else "") + \
+        (", tested with flips" if c.test_flip else "")
     if c.model == "cifar":
         return (head + f"SGD lr 0 -> {c.lr} (first {CIFAR_WARMUP:.0%} of steps) -> 0 linearly, Nesterov momentum "
                 f"{c.momentum}, weight decay {c.weight_decay} on conv/dense weights, label smoothing "

@@ -103,18 +103,21 @@ class RunSummary(Callback):
     """The closing lines of train.log: the test error of model.npz and of best.npz (each named:
     they are different weights), the time spent communicating, the files and the times.
 
-    ``test_on(model)`` evaluates a model on the run's test images as the run did (for best.npz).
+    ``test_on(model)`` evaluates a model on the run's test images as the run did (for best.npz);
+    ``test_flip``: it averages each image's scores with its mirror image's (the lines say so).
     The training time is metrics.json's ``wall_time_s``, the figure the report shows.
     """
 
-    def __init__(self, run_dir, log, t_start: float, test_on=None):
+    def __init__(self, run_dir, log, t_start: float, test_on=None, test_flip: bool = False):
         self.run_dir, self.log, self.t_start, self.test_on = run_dir, log, t_start, test_on
+        self.test_flip = test_flip
 
     def on_run_end(self, trainer, test):
         h = trainer.history
         last = h.epochs[-1]["epoch"] if h.epochs else trainer.epoch
         self.log(f"test error {test.error:.2f}% (accuracy {100 * test.accuracy:.2f}%, "
-                 f"{int(test.confusion.sum())} images): model.npz, the weights after the last epoch ({last})")
+                 f"{int(test.confusion.sum())} images{', each averaged with its mirror image' if self.test_flip else ''}"
+                 f"): model.npz, the weights after the last epoch ({last})")
         if h.best_epoch:
             self.log(self._best_line(trainer, h, last))
         if trainer.comm is not None and h.train_seconds > 0:

@@ -24,6 +24,7 @@ from ..layers import BatchNorm
 from ..parallel import set_num_threads, split
 from ..serialization import CheckpointError
 from ..training import CallbackList, History, StopBetweenSteps, Trainer, TrainingDiverged, TrainingInterrupted, evaluate
+from ..training.evaluation import FlipAverage
 from ..training.checkpoint import read_checkpoint_meta
 from ..training.strategies import select_strategy
 from .recipes import RESUMABLE_FIELDS, ConfigError, MNISTConfig, build, describe_recipe, make_augment
@@ -223,7 +224,8 @@ def _train_mnist(cfg, run, resuming, callbacks, data, log, stops, comm=None) -> 
     if comm is not None:  # the recipe, once MNIST is here: ranks on this host find it in the cache
         comm.broadcast_json(cfg_dict)
     sizes = {k: part_size(getattr(data, k)) for k in ("train", "validation", "test")}
-    files = RunFiles(run, cfg_dict, sizes, data.source, data.meta)
+    # the model files say how to use the model: with test_flip, with flips (modelinfo)
+    files = RunFiles(run, cfg_dict, sizes, data.source, {**data.meta, **({"test_flip": True} if cfg.test_flip else {})})
     trainer = _make_trainer(cfg, data, comm, progress=cfg.progress, log=log,
                             callbacks=[files, StopBetweenSteps(), *callbacks])
     if cfg.device != "cpu":
@@ -240,7 +242,7 @@ def _train_mnist(cfg, run, resuming, callbacks, data, log, stops, comm=None) -> 
     def test_on(model):  # best.npz, tested as _fit_and_test tests model.npz
         return _test(model, cfg, data)
 
-    run_end = CallbackList([files, RunSummary(run.path, log, t_start, test_on),
+    run_end = CallbackList([files, RunSummary(run.path, log, t_start, test_on, cfg.test_flip),
                             *([ReportAtEnd(run.path, log, cfg.data_dir)] if cfg.report else [])])
     test = _fit_and_test(trainer, cfg, data, run, log, stops, run_end)
     run_end.call("on_run_end", trainer, test)
@@ -255,7 +257,8 @@ def _log_plan(trainer, cfg, data, log) -> None:
     n = part_size(data.train)
     shape = tuple(data.meta["input_shape"])
     # MNIST keeps the log line of its recipes (the README's transcripts); other data name their input
-    model = f"mnist_{cfg.model}" if shape == (28, 28, 1) else f"{cfg.model} for {'x'.join(map(str, shape))} images"
+    model = f"mnist_{cfg.model}" if shape == (28, 28, 1) and cfg.model != "cifar" else \
+        f"{cfg.model} for {'x'.join(map(str, shape))} images"
     log(f"model {model}: {n_params:,} parameters; data: {n} train / {part_size(data.validation)} "
         f"validation / {part_size(data.test)} test{source}")
     log(describe_recipe(cfg, trainer.steps_in_epoch(n, trainer.epoch)))
@@ -295,8 +298,9 @@ def _fit_and_test(trainer, cfg, data, run, log, stops, run_end):
 
 
 def _test(model, cfg, data):
-    """``model`` evaluated on the run's test images."""
-    return evaluate(model, *part_args(data.test), cfg.eval_batch_size, num_classes=len(data.meta["class_names"]),
+    """``model`` evaluated on the run's test images (each averaged with its mirror image with ``test_flip``)."""
+    return evaluate(FlipAverage(model) if cfg.test_flip else model, *part_args(data.test), cfg.eval_batch_size,
+                    num_classes=len(data.meta["class_names"]),
                     **_normalize(data))
 
 

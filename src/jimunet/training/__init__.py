@@ -3,7 +3,7 @@
     trainer.py     Trainer (epochs, batches, the stop flag) and fit
     strategies.py  how one step runs: LocalStep, AllReduceStep, ExactBlockStep (select_strategy)
     callbacks.py   Callback, CallbackList and the built-in callbacks, in their order
-    evaluation.py  evaluate, Evaluation, confusion_matrix
+    evaluation.py  evaluate, Evaluation, confusion_matrix, FlipAverage (test-time flip)
     checkpoint.py  checkpoint files (CHECKPOINT_FORMAT)
     errors.py      TrainingDiverged, TrainingInterrupted, Stopped, is_nan_error
 
@@ -23,11 +23,11 @@ from .callbacks import (Callback, CallbackList, DivergenceCheck, EpochStats, His
                         StopBetweenSteps, format_epoch)
 from .checkpoint import CHECKPOINT_FORMAT
 from .errors import Stopped, TrainingDiverged, TrainingInterrupted, is_nan_error
-from .evaluation import Evaluation, confusion_matrix, evaluate
+from .evaluation import Evaluation, FlipAverage, confusion_matrix, evaluate
 from .strategies import REDUCTIONS, AllReduceStep, ExactBlockStep, LocalStep, StepStrategy, select_strategy
 from .trainer import Trainer, fit
 
-__all__ = ["Trainer", "fit", "evaluate", "Evaluation", "confusion_matrix", "Callback", "CallbackList", "History",
+__all__ = ["Trainer", "fit", "evaluate", "Evaluation", "confusion_matrix", "FlipAverage", "Callback", "CallbackList", "History",
            "ProgressBar", "Log", "DivergenceCheck", "StopBetweenSteps", "EpochStats", "format_epoch",
            "TrainingDiverged", "TrainingInterrupted", "Stopped", "is_nan_error", "StepStrategy", "LocalStep",
            "AllReduceStep", "ExactBlockStep", "select_strategy", "REDUCTIONS", "CHECKPOINT_FORMAT"]

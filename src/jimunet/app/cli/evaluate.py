@@ -28,12 +28,13 @@ def run(args) -> int:
         data = test_set(info, args.data, data_dir=args.data_dir)
     except TestDataError as e:
         raise UserError(str(e)) from None
-    res = evaluate(model, *data.args, batch_size=args.batch_size, num_classes=info.num_classes, **data.normalize)
+    res = evaluate(info.predictor(model), *data.args, batch_size=args.batch_size, num_classes=info.num_classes, **data.normalize)
     meta = getattr(model, "metadata", {}) or {}
     n = meta.get("epoch")
     epochs = f", trained for {n} epoch{'s' if n != 1 else ''}" if isinstance(n, int) else ""
     print(f"model {args.model}{epochs}")
-    print(f"{data.title} test set: {data.size} images")
+    print(f"{data.title} test set: {data.size} images"
+          f"{', each averaged with its mirror image (the model was tested so)' if info.test_flip else ''}")
     print(f"accuracy {100 * res.accuracy:.2f}%   error {res.error:.2f}%   "
           f"({int(round(data.size * (1 - res.accuracy)))} misclassified)")
     what = "digit" if info.is_digit_model else "class"

@@ -39,7 +39,7 @@ def run(args) -> int:
         except (ImportError, ValueError) as e:  # Pillow missing; not an image of the model's kind
             raise UserError(str(e)) from None
     for f, x in batches:
-        probs = softmax(to_numpy(model.predict(info.normalize(x), batch_size=100)).astype(np.float64))
+        probs = softmax(to_numpy(info.predictor(model).predict(info.normalize(x), batch_size=100)).astype(np.float64))
         for i, p in enumerate(probs):
             top = np.argsort(-p, kind="stable")[:args.top]
             name = f if len(x) == 1 else f"{f}[{i}]"

@@ -5,7 +5,7 @@ import os
 
 from ... import distributed
 from ...training import TrainingDiverged, TrainingInterrupted
-from ..recipes import DATASETS, FASHION_EPOCHS, REDUCTIONS, ConfigError, MNISTConfig, recipe_defaults
+from ..recipes import DATASETS, FASHION_CIFAR_EPOCHS, FASHION_EPOCHS, REDUCTIONS, ConfigError, MNISTConfig, recipe_defaults
 from ..training import distributed_problem, load_run_config, train_mnist
 from .errors import EXIT_FAILURE, EXIT_OK, DEVICE_HELP, UserError, add_command, int_at_least, interrupted_exit, \
     non_negative_float, positive_float
@@ -71,6 +71,8 @@ def _given_settings(args) -> dict:
         given["self_test"] = True
     if args.no_report:
         given["report"] = False
+    if args.test_flip:
+        given["test_flip"] = True
     if args.out is not None:
         given["out"] = args.out
     if args.resume is not None and args.model is not None:
@@ -153,7 +155,11 @@ def register(subparsers):
                    "Nesterov with cosine decay (its own defaults: 10 epochs, batch 128, lr 0.2, shift 2; with "
                    f"--data fashion-mnist also horizontal flips, {FASHION_EPOCHS} epochs; colour images: crops "
                    "and flips instead of shifts); cifar: jimunet.models.cifar_resnet (a narrow ResNet-9) for "
-                   "colour images, one-cycle lr, label smoothing 0.2 (defaults: 10 epochs, batch 256, lr 0.2)")
+                   "colour images, one-cycle lr, label smoothing 0.2 (defaults: 10 epochs, batch 256, lr 0.2; "
+                   f"with --data fashion-mnist: {FASHION_CIFAR_EPOCHS} epochs, shifts of 2 px and flips, --test-flip)")
+    t.add_argument("--test-flip", action="store_true", help="test with each image's class scores averaged with "
+                   "its mirror image's, and save the model to be used so (for images whose mirror image is of the "
+                   "same class: clothes, photos; not digits)")
     t.add_argument("--shift", type=int_at_least(0), default=None, metavar="PX", help="augment training images "
                    "by random shifts of up to PX pixels (default 0; 2 with --model resnet)")
     t.add_argument("--device", default=None, metavar="D", help=DEVICE_HELP)

@@ -132,12 +132,14 @@ def model_inputs(x, normalize, dtype):
     return normalize(x, dtype) if looks_like_pixels(x) else x.astype(dtype, copy=False)
 
 
-def _predict(model, x, normalize=None, chunk=PREDICT_CHUNK):
-    """Softmax probabilities for ``x`` (pixels or model inputs), ``chunk`` images at a time."""
+def _predict(model, x, normalize=None, chunk=PREDICT_CHUNK, predictor=None):
+    """Softmax probabilities for ``x`` (pixels or model inputs), ``chunk`` images at a time, from
+    ``predictor`` (default ``model``; ``ModelInfo.predictor``: as the model was tested)."""
     dtype = model_dtype(model)
+    predictor = model if predictor is None else predictor
     parts = []
     for i in range(0, len(x), chunk):
-        logits = model.predict(model_inputs(x[i:i + chunk], normalize, dtype), batch_size=min(chunk, 250))
+        logits = predictor.predict(model_inputs(x[i:i + chunk], normalize, dtype), batch_size=min(chunk, 250))
         parts.append(softmax(np.asarray(to_numpy(logits), dtype=np.float64)))
     return np.concatenate(parts) if parts else np.zeros((0, 10))
 
@@ -270,7 +272,7 @@ def predict_run(model, x, y, num_mistakes=MAX_MISTAKES, info: ModelInfo | None =
     num_classes = int(max(out_shape[-1] if out_shape else 10, y.max() + 1))
     t0 = time.perf_counter()
     normalize = info.normalize if info is not None else None
-    probs = _predict(model, x, normalize)
+    probs = _predict(model, x, normalize, predictor=info.predictor(model) if info is not None else None)
     predict_s = time.perf_counter() - t0
     pred = probs.argmax(axis=1)
     cm = confusion_matrix(y, pred, num_classes)
