@@ -65,7 +65,8 @@ def test_evaluate_takes_it_like_a_model(model64):
 def test_bad_input_is_named():
     with pytest.raises(TypeError, match="expected a model with a predict method, got int"):
         FlipAverage(3)
-    with pytest.raises(ValueError, match=r"expected images of shape \(N, height, width, channels\), got shape \(4, 784\)"):
+    with pytest.raises(ValueError, match=r"expected images of shape \(N, height, width, channels\), "
+                                         r"got shape \(4, 784\)"):
         FlipAverage(jn.models.mnist_cnn(rng=0)).predict(np.zeros((4, 784), np.float32))
 
 

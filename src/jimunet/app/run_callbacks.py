@@ -115,9 +115,9 @@ class RunSummary(Callback):
     def on_run_end(self, trainer, test):
         h = trainer.history
         last = h.epochs[-1]["epoch"] if h.epochs else trainer.epoch
+        flipped = ", each averaged with its mirror image" if self.test_flip else ""
         self.log(f"test error {test.error:.2f}% (accuracy {100 * test.accuracy:.2f}%, "
-                 f"{int(test.confusion.sum())} images{', each averaged with its mirror image' if self.test_flip else ''}"
-                 f"): model.npz, the weights after the last epoch ({last})")
+                 f"{int(test.confusion.sum())} images{flipped}): model.npz, the weights after the last epoch ({last})")
         if h.best_epoch:
             self.log(self._best_line(trainer, h, last))
         if trainer.comm is not None and h.train_seconds > 0:

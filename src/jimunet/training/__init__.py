@@ -27,7 +27,7 @@ from .evaluation import Evaluation, FlipAverage, confusion_matrix, evaluate
 from .strategies import REDUCTIONS, AllReduceStep, ExactBlockStep, LocalStep, StepStrategy, select_strategy
 from .trainer import Trainer, fit
 
-__all__ = ["Trainer", "fit", "evaluate", "Evaluation", "confusion_matrix", "FlipAverage", "Callback", "CallbackList", "History",
-           "ProgressBar", "Log", "DivergenceCheck", "StopBetweenSteps", "EpochStats", "format_epoch",
+__all__ = ["Trainer", "fit", "evaluate", "Evaluation", "confusion_matrix", "FlipAverage", "Callback", "CallbackList",
+           "History", "ProgressBar", "Log", "DivergenceCheck", "StopBetweenSteps", "EpochStats", "format_epoch",
            "TrainingDiverged", "TrainingInterrupted", "Stopped", "is_nan_error", "StepStrategy", "LocalStep",
            "AllReduceStep", "ExactBlockStep", "select_strategy", "REDUCTIONS", "CHECKPOINT_FORMAT"]

@@ -28,7 +28,8 @@ def run(args) -> int:
         data = test_set(info, args.data, data_dir=args.data_dir)
     except TestDataError as e:
         raise UserError(str(e)) from None
-    res = evaluate(info.predictor(model), *data.args, batch_size=args.batch_size, num_classes=info.num_classes, **data.normalize)
+    res = evaluate(info.predictor(model), *data.args, batch_size=args.batch_size, num_classes=info.num_classes,
+                   **data.normalize)
     meta = getattr(model, "metadata", {}) or {}
     n = meta.get("epoch")
     epochs = f", trained for {n} epoch{'s' if n != 1 else ''}" if isinstance(n, int) else ""

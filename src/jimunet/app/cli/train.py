@@ -5,7 +5,8 @@ import os
 
 from ... import distributed
 from ...training import TrainingDiverged, TrainingInterrupted
-from ..recipes import DATASETS, FASHION_CIFAR_EPOCHS, FASHION_EPOCHS, REDUCTIONS, ConfigError, MNISTConfig, recipe_defaults
+from ..recipes import (DATASETS, FASHION_CIFAR_EPOCHS, FASHION_EPOCHS, REDUCTIONS, ConfigError, MNISTConfig,
+                       recipe_defaults)
 from ..training import distributed_problem, load_run_config, train_mnist
 from .errors import EXIT_FAILURE, EXIT_OK, DEVICE_HELP, UserError, add_command, int_at_least, interrupted_exit, \
     non_negative_float, positive_float
