@@ -6,7 +6,8 @@ the same recipe (batch 256, SGD with Nesterov momentum 0.9, weight decay 5e-4 on
 weights only, label smoothing 0.2, lr rising linearly from 0 to 0.2 over the first 20% of the
 steps and falling linearly to 0, random crops of the image padded by 4 black pixels and
 horizontal flips, per-channel normalisation estimated on the training images, 5,000 training
-images held out for validation), on the same JPEG folder read with Pillow. What differs:
+images held out for validation, tested with flips: each test image's logits averaged with its
+mirror image's), on the same JPEG folder read with Pillow. What differs:
 the random draws (PyTorch's and NumPy's generators; which images are held out), so the two
 runs agree in distribution, not bit for bit. Prints one line per epoch like ``jimunet train``.
 
@@ -24,6 +25,7 @@ import numpy as np
 
 WIDTH, BATCH, LR, MOMENTUM, WEIGHT_DECAY, SMOOTHING, WARMUP, CROP = 16, 256, 0.2, 0.9, 5e-4, 0.2, 0.2, 4
 VALIDATION = 5000
+TEST_FLIP = True  # the recipe's test_flip
 
 
 def build_net(width: int = WIDTH, num_classes: int = 10, channels: int = 3):
@@ -141,13 +143,21 @@ def make_optimizer(net):
                            lr=0.0, momentum=MOMENTUM, nesterov=True)
 
 
-def _accuracy(net, x, y, prep, batch=500):
+def scores(net, x, flip: bool = False):
+    """The logits of ``x`` (NCHW) in evaluation mode; ``flip``: averaged with those of the mirror
+    images, as ``jimunet.training.FlipAverage`` does."""
     import torch
     net.eval()
-    right = 0
     with torch.no_grad():
-        for i in range(0, len(x), batch):
-            right += int((net(prep(x[i:i + batch])).argmax(1) == torch.from_numpy(y[i:i + batch])).sum())
+        out = net(x)
+        return (out + net(torch.flip(x, dims=(3,)))) / 2 if flip else out
+
+
+def _accuracy(net, x, y, prep, batch=500, flip=False):
+    import torch
+    right = 0
+    for i in range(0, len(x), batch):
+        right += int((scores(net, prep(x[i:i + batch]), flip).argmax(1) == torch.from_numpy(y[i:i + batch])).sum())
     return right / len(x)
 
 
@@ -193,8 +203,9 @@ def train(root, epochs=10, threads=2, seed=66478, train_size=None, steps=None, e
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_accuracy": val_acc, "seconds": seconds})
         echo(f"epoch {epoch:3d}/{epochs}  train loss {np.mean(losses):.4f}  val error {100 * (1 - val_acc):6.2f}%  "
              f"lr {lr_at(step, total):.6f}  {seconds:7.1f} s ({len(losses) * BATCH / seconds:.0f} img/s)")
-    test_acc = _accuracy(net, x_te, y_te, prep)
-    echo(f"test error {100 * (1 - test_acc):.2f}% (accuracy {100 * test_acc:.2f}%, {len(x_te)} images); "
+    test_acc = _accuracy(net, x_te, y_te, prep, flip=TEST_FLIP)
+    echo(f"test error {100 * (1 - test_acc):.2f}% (accuracy {100 * test_acc:.2f}%, {len(x_te)} images, each "
+         f"averaged with its mirror image); "
          f"training time {spent:.1f} s, torch {torch.__version__}, {threads} threads")
     return {"test_accuracy": test_acc, "train_seconds": spent, "epochs": history}
 

@@ -79,11 +79,12 @@ def test_the_setting_is_checked_and_leaves_old_run_files_alone():
     assert "shifts up to 2 px, horizontal flips, tested with flips" in describe_recipe(cfg, 214)
 
 
-def test_the_fashion_recipe_is_the_cifar_network_tested_with_flips():
+def test_the_fashion_recipe_is_the_cifar_recipe_with_shifts_and_flips():
     assert recipe_defaults("cifar", "fashion-mnist") == FASHION_CIFAR_DEFAULTS
     assert FASHION_CIFAR_DEFAULTS == {**CIFAR_DEFAULTS, "epochs": FASHION_CIFAR_DEFAULTS["epochs"], "shift": 2,
                                       "flip": True, "test_flip": True}
-    assert recipe_defaults("cifar", "cifar10") == CIFAR_DEFAULTS  # CIFAR-10 tests without flips
+    assert recipe_defaults("cifar", "cifar10") == CIFAR_DEFAULTS and CIFAR_DEFAULTS["test_flip"] is True
+    assert recipe_defaults("cifar", "mnist")["test_flip"] is False  # digits are not tested mirrored
 
 
 def test_model_info_reads_it():

@@ -156,8 +156,9 @@ def register(subparsers):
                    "Nesterov with cosine decay (its own defaults: 10 epochs, batch 128, lr 0.2, shift 2; with "
                    f"--data fashion-mnist also horizontal flips, {FASHION_EPOCHS} epochs; colour images: crops "
                    "and flips instead of shifts); cifar: jimunet.models.cifar_resnet (a narrow ResNet-9) for "
-                   "colour images, one-cycle lr, label smoothing 0.2 (defaults: 10 epochs, batch 256, lr 0.2; "
-                   f"with --data fashion-mnist: {FASHION_CIFAR_EPOCHS} epochs, shifts of 2 px and flips, --test-flip)")
+                   "colour images, one-cycle lr, label smoothing 0.2 (defaults: 10 epochs, batch 256, lr 0.2, "
+                   f"--test-flip except on MNIST; with --data fashion-mnist: {FASHION_CIFAR_EPOCHS} epochs, shifts "
+                   "of 2 px and flips)")
     t.add_argument("--test-flip", action="store_true", help="test with each image's class scores averaged with "
                    "its mirror image's, and save the model to be used so (for images whose mirror image is of the "
                    "same class: clothes, photos; not digits)")
