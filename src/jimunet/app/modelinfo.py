@@ -3,11 +3,12 @@
 ``jimunet train`` stores these in the model file's metadata (``model.save(path, metadata)``):
 ``"input_shape": [H, W, C]``, ``"class_names": [...]``, ``"normalize": {"mean": [...], "std":
 [...]}`` (``Normalize.to_dict()``) and ``"dataset": {"name": "mnist" | "fashion-mnist" |
-"cifar10" | "folder", "path": "/abs/path"}`` (path: folders only), and ``"test_flip": true`` for a
-model to be used with test-time flips (``info.predictor(model)``). ``model_info(model)`` reads
-them, and gives a file written before they existed (or by ``jimunet import``) the defaults of an
-MNIST digit model: 28×28×1, classes "0".."9", ``Normalize.mnist()``, data set mnist. Every
-command and the server read a model's purpose through it, none reads the keys itself.
+"cifar10" | "folder", "path": "/abs/path"}`` (path: folders only), and ``"test_flip": true`` (with
+``"test_shift": n``) for a model to be used with test-time flips (and shifts;
+``info.predictor(model)``). ``model_info(model)`` reads them, and gives a file written before
+they existed (or by ``jimunet import``) the defaults of an MNIST digit model: 28×28×1, classes
+"0".."9", ``Normalize.mnist()``, data set mnist. Every command and the server read a model's
+purpose through it, none reads the keys itself.
 
 Example:
     >>> import jimunet as jn
@@ -56,6 +57,7 @@ class ModelInfo:
             handwritten digits (cropped, centred), and the page offers its drawing canvas.
         test_flip: the model was tested with each image's scores averaged with its mirror
             image's; ``predictor`` gives it that way.
+        test_shift: ... and with the views moved this many pixels (``FlipAverage``'s ``shift``).
     """
 
     input_shape: tuple
@@ -64,10 +66,11 @@ class ModelInfo:
     dataset: dict
     is_digit_model: bool
     test_flip: bool = False
+    test_shift: int = 0
 
     def predictor(self, model):
-        """What gives this model's class scores as it was tested: ``model``, or ``FlipAverage(model)``."""
-        return FlipAverage(model) if self.test_flip else model
+        """What gives this model's class scores as it was tested: ``model``, or ``FlipAverage(model, shift)``."""
+        return FlipAverage(model, self.test_shift) if self.test_flip else model
 
     @property
     def num_classes(self) -> int:
@@ -110,10 +113,14 @@ def model_info(model) -> ModelInfo:
     normalize = _normalize(meta.get("normalize"), shape[-1])
     names = _class_names(meta.get("class_names"), model, shape)
     digit = dataset["name"] == "mnist" and shape == MNIST_SHAPE
-    flip = meta.get("test_flip", False)
+    flip, shift = meta.get("test_flip", False), meta.get("test_shift", 0)
     if not isinstance(flip, bool):
         raise ModelInfoError(f"the model's metadata: test_flip must be true or false, got {_short(flip)}")
-    return ModelInfo(shape, names, normalize, dataset, digit, flip)
+    if not (isinstance(shift, int) and not isinstance(shift, bool) and 0 <= shift <= FlipAverage.MAX_SHIFT
+            and (flip or not shift)):
+        raise ModelInfoError(f"the model's metadata: test_shift must be 0 to {FlipAverage.MAX_SHIFT} pixels "
+                             f"(with test_flip), got {_short(shift)}")
+    return ModelInfo(shape, names, normalize, dataset, digit, flip, shift)
 
 
 def _input_shape(meta: dict) -> tuple:

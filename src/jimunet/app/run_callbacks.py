@@ -104,18 +104,18 @@ class RunSummary(Callback):
     they are different weights), the time spent communicating, the files and the times.
 
     ``test_on(model)`` evaluates a model on the run's test images as the run did (for best.npz);
-    ``test_flip``: it averages each image's scores with its mirror image's (the lines say so).
+    ``test_views``: what it averages each image's scores over, when more than the image (the lines say so).
     The training time is metrics.json's ``wall_time_s``, the figure the report shows.
     """
 
-    def __init__(self, run_dir, log, t_start: float, test_on=None, test_flip: bool = False):
+    def __init__(self, run_dir, log, t_start: float, test_on=None, test_views: str = ""):
         self.run_dir, self.log, self.t_start, self.test_on = run_dir, log, t_start, test_on
-        self.test_flip = test_flip
+        self.test_views = test_views
 
     def on_run_end(self, trainer, test):
         h = trainer.history
         last = h.epochs[-1]["epoch"] if h.epochs else trainer.epoch
-        flipped = ", each averaged with its mirror image" if self.test_flip else ""
+        flipped = f", {self.test_views}" if self.test_views else ""
         self.log(f"test error {test.error:.2f}% (accuracy {100 * test.accuracy:.2f}%, "
                  f"{int(test.confusion.sum())} images{flipped}): model.npz, the weights after the last epoch ({last})")
         if h.best_epoch:

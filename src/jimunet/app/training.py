@@ -224,8 +224,7 @@ def _train_mnist(cfg, run, resuming, callbacks, data, log, stops, comm=None) -> 
     if comm is not None:  # the recipe, once MNIST is here: ranks on this host find it in the cache
         comm.broadcast_json(cfg_dict)
     sizes = {k: part_size(getattr(data, k)) for k in ("train", "validation", "test")}
-    # the model files say how to use the model: with test_flip, with flips (modelinfo)
-    files = RunFiles(run, cfg_dict, sizes, data.source, {**data.meta, **({"test_flip": True} if cfg.test_flip else {})})
+    files = RunFiles(run, cfg_dict, sizes, data.source, {**data.meta, **_test_views_meta(cfg)})
     trainer = _make_trainer(cfg, data, comm, progress=cfg.progress, log=log,
                             callbacks=[files, StopBetweenSteps(), *callbacks])
     if cfg.device != "cpu":
@@ -242,7 +241,8 @@ def _train_mnist(cfg, run, resuming, callbacks, data, log, stops, comm=None) -> 
     def test_on(model):  # best.npz, tested as _fit_and_test tests model.npz
         return _test(model, cfg, data)
 
-    run_end = CallbackList([files, RunSummary(run.path, log, t_start, test_on, cfg.test_flip),
+    run_end = CallbackList([files, RunSummary(run.path, log, t_start, test_on,
+                                       _predictor(trainer.model, cfg).describe() if cfg.test_flip else ""),
                             *([ReportAtEnd(run.path, log, cfg.data_dir)] if cfg.report else [])])
     test = _fit_and_test(trainer, cfg, data, run, log, stops, run_end)
     run_end.call("on_run_end", trainer, test)
@@ -297,9 +297,20 @@ def _fit_and_test(trainer, cfg, data, run, log, stops, run_end):
         raise stop from None
 
 
+def _test_views_meta(cfg) -> dict:
+    """The model files' record of how the run tests (``modelinfo``: ``predictor`` does the same)."""
+    return {**({"test_flip": True} if cfg.test_flip else {}),
+            **({"test_shift": cfg.test_shift} if cfg.test_shift else {})}
+
+
+def _predictor(model, cfg):
+    """``model`` as the run tests it: alone, or averaged over mirror images (and shifts)."""
+    return FlipAverage(model, cfg.test_shift) if cfg.test_flip else model
+
+
 def _test(model, cfg, data):
-    """``model`` evaluated on the run's test images (each averaged with its mirror image with ``test_flip``)."""
-    return evaluate(FlipAverage(model) if cfg.test_flip else model, *part_args(data.test), cfg.eval_batch_size,
+    """``model`` evaluated on the run's test images (as ``_predictor`` gives it)."""
+    return evaluate(_predictor(model, cfg), *part_args(data.test), cfg.eval_batch_size,
                     num_classes=len(data.meta["class_names"]),
                     **_normalize(data))
 

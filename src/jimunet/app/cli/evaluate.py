@@ -34,8 +34,8 @@ def run(args) -> int:
     n = meta.get("epoch")
     epochs = f", trained for {n} epoch{'s' if n != 1 else ''}" if isinstance(n, int) else ""
     print(f"model {args.model}{epochs}")
-    print(f"{data.title} test set: {data.size} images"
-          f"{', each averaged with its mirror image (the model was tested so)' if info.test_flip else ''}")
+    views = f", {info.predictor(model).describe()} (the model was tested so)" if info.test_flip else ""
+    print(f"{data.title} test set: {data.size} images{views}")
     print(f"accuracy {100 * res.accuracy:.2f}%   error {res.error:.2f}%   "
           f"({int(round(data.size * (1 - res.accuracy)))} misclassified)")
     what = "digit" if info.is_digit_model else "class"

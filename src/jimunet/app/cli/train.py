@@ -12,7 +12,7 @@ from .errors import EXIT_FAILURE, EXIT_OK, DEVICE_HELP, UserError, add_command, 
     non_negative_float, positive_float
 
 _TRAIN_FLAGS = ("epochs", "batch_size", "lr", "seed", "train_size", "data_dir", "threads", "shift", "device",
-                "reduction", "data")
+                "reduction", "data", "test_shift")
 
 
 def run(args) -> int:
@@ -158,10 +158,13 @@ def register(subparsers):
                    "and flips instead of shifts); cifar: jimunet.models.cifar_resnet (a narrow ResNet-9) for "
                    "colour images, one-cycle lr, label smoothing 0.2 (defaults: 10 epochs, batch 256, lr 0.2, "
                    f"--test-flip except on MNIST; with --data fashion-mnist: {FASHION_CIFAR_EPOCHS} epochs, shifts "
-                   "of 2 px and flips)")
+                   "of 2 px and flips, --test-shift 1)")
     t.add_argument("--test-flip", action="store_true", help="test with each image's class scores averaged with "
                    "its mirror image's, and save the model to be used so (for images whose mirror image is of the "
                    "same class: clothes, photos; not digits)")
+    t.add_argument("--test-shift", type=int_at_least(0), default=None, metavar="PX", help="with --test-flip: also "
+                   "average the views of each test image moved PX pixels diagonally both ways, and their mirror "
+                   "images (6 views)")
     t.add_argument("--shift", type=int_at_least(0), default=None, metavar="PX", help="augment training images "
                    "by random shifts of up to PX pixels (default 0; 2 with --model resnet)")
     t.add_argument("--device", default=None, metavar="D", help=DEVICE_HELP)
