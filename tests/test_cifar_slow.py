@@ -8,9 +8,10 @@ from jimunet.app.cli import main
 from cifar_jpeg import cifar_jpeg  # noqa: F401
 
 # One epoch of the recipe on 20,000 training images (78 steps of 256): measured 41.29% test
-# accuracy on the JPEG copy, tested with flips as the recipe now is (41.35% before, without them) (the whole epoch of 45,000 images: 60.80%; 10,000 images, 39 steps:
-# only 19.18%, the one-cycle's peak comes too soon). The run is the same on any thread count;
-# the margin is for other BLAS builds' rounding.
+# accuracy on the JPEG copy, tested with flips as the recipe now is (41.35% without them; the
+# whole epoch of 45,000 images: 60.80%; 10,000 images, 39 steps: only 19.18%, the one-cycle's
+# peak comes too soon). The run is the same on any thread count; the margin is for other BLAS
+# builds' rounding.
 MIN_ACCURACY = 0.38
 
 
