@@ -39,6 +39,16 @@ def pytest_configure(config):
         raise pytest.UsageError(problem)
 
 
+@pytest.fixture(scope="session")
+def random_cnn_file(tmp_path_factory):
+    """An untrained ``mnist_cnn(rng=0)`` saved without metadata, shared by the serving tests; no
+    test may change it (one that does writes its own)."""
+    import jimunet as jn
+    path = tmp_path_factory.mktemp("model") / "random.npz"
+    jn.models.mnist_cnn(rng=0).save(path)
+    return path
+
+
 @pytest.fixture
 def terminal_signals():
     """SIGINT and SIGTERM in this process as in a terminal's foreground process, for a test that

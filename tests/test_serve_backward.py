@@ -20,15 +20,8 @@ STATIC = os.path.join(ROOT, "src", "jimunet", "app", "static")
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("m") / "random.npz"
-    jn.models.mnist_cnn(rng=0).save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def server(model_file):
-    s = ThreadServer(DigitApp.from_file(str(model_file)))
+def server(random_cnn_file):
+    s = ThreadServer(DigitApp.from_file(str(random_cnn_file)))
     yield s
     s.close()
 
@@ -37,10 +30,10 @@ def _post(server, path, doc):
     return request(server.url, "POST", path, body=doc)
 
 
-def test_backward_loss_and_gradients_equal_the_loaded_models(server, model_file):
+def test_backward_loss_and_gradients_equal_the_loaded_models(server, random_cnn_file):
     status, _, doc = _post(server, "/api/backward", {"pixels": digit()[..., 0].tolist(), "target": 3})
     assert status == 200, doc
-    model = jn.load(model_file)
+    model = jn.load(random_cnn_file)
     x = np.asarray(doc["input"], np.float32)[None, :, :, None]
     assert x.shape == (1, 28, 28, 1)
     loss_fn = jn.losses.SoftmaxCrossEntropy()
@@ -70,8 +63,8 @@ def test_gradcheck_cells_agree_in_float64(server):
         assert doc["dtype"] == "float64" and doc["relative_error"] <= 1e-6, doc
 
 
-def test_steps_raise_the_target_probability_and_leave_the_file_alone(server, model_file):
-    before = model_file.read_bytes()
+def test_steps_raise_the_target_probability_and_leave_the_file_alone(server, random_cnn_file):
+    before = random_cnn_file.read_bytes()
     px = digit()[..., 0].tolist()
     status, _, doc = _post(server, "/api/step", {"pixels": px, "target": 3, "steps": 3, "lr": 0.001})
     assert status == 200, doc
@@ -83,7 +76,7 @@ def test_steps_raise_the_target_probability_and_leave_the_file_alone(server, mod
     assert again["loss"] == doc["loss"]
     plain = _post(server, "/api/backward", {"pixels": px, "target": 3})[2]
     assert plain["loss"] == doc["losses"][0]
-    assert model_file.read_bytes() == before
+    assert random_cnn_file.read_bytes() == before
 
 
 @pytest.mark.parametrize("path, doc, fragment", [

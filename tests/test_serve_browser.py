@@ -77,13 +77,6 @@ def serving(request, *args):
     return proc
 
 
-@pytest.fixture(scope="module")
-def random_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "random.npz"
-    jn.models.mnist_cnn(rng=0).save(path)
-    return path
-
-
 def predict_cli(model, *files):
     """The top class ``jimunet predict MODEL FILES --top 1`` prints for each image."""
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
@@ -113,8 +106,8 @@ def lit_pixels(page, selector):
     })""")
 
 
-def test_draw_a_digit_and_see_prediction_and_feature_maps(request, page, random_model, tmp_path):
-    server = serving(request, random_model)
+def test_draw_a_digit_and_see_prediction_and_feature_maps(request, page, random_cnn_file, tmp_path):
+    server = serving(request, random_cnn_file)
     page.goto(server.url)
     page.wait_for_function("() => document.body.dataset.model === 'ready'")
     assert "1,663,370 parameters" in page.inner_text("#model-line")
@@ -150,7 +143,7 @@ def test_draw_a_digit_and_see_prediction_and_feature_maps(request, page, random_
     data_url = page.evaluate("pad.toDataURL('image/png')")
     png = tmp_path / "drawn.png"
     png.write_bytes(base64.b64decode(data_url.split(",", 1)[1]))
-    assert predict_cli(random_model, png) == [int(top)]
+    assert predict_cli(random_cnn_file, png) == [int(top)]
 
     page.click("#clear")
     assert page.inner_text("#prediction") == "–"

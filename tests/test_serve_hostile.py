@@ -25,15 +25,8 @@ LEAKS = re.compile(r"Traceback|\b[A-Z][A-Za-z]*(Error|Exception)\b|File \"")
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "random.npz"
-    jn.models.mnist_cnn(rng=0).save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def app(model_path):
-    return serve.DigitApp.from_file(model_path, test_set=(np.stack([digit(s) for s in range(4)]), np.arange(4)))
+def app(random_cnn_file):
+    return serve.DigitApp.from_file(random_cnn_file, test_set=(np.stack([digit(s) for s in range(4)]), np.arange(4)))
 
 
 def proc_status(pid) -> dict:
@@ -114,11 +107,11 @@ def test_a_large_picture_is_averaged_not_cut():
 
 
 @needs_proc
-def test_eight_picture_bombs_at_once_stay_bounded_and_memory_returns(model_path):
+def test_eight_picture_bombs_at_once_stay_bounded_and_memory_returns(random_cnn_file):
     """Eight 70 kB PNGs of 4096x4096 RGBA at once: the server peaked at 2.3 GB and kept 1 GB
     afterwards; now the peak stays under 600 MB over the start and the memory is given back."""
     data = hostile_png("RGBA")
-    p = ServeProcess(model_path, "--port", "0")
+    p = ServeProcess(random_cnn_file, "--port", "0")
     try:
         assert request(p.url, path="/api/model")[0] == 200
         start = proc_status(p.proc.pid)
@@ -222,8 +215,8 @@ def test_idle_connections_are_capped_and_closed_at_the_deadline(app, capfd):
 
 
 @needs_proc
-def test_the_command_serves_at_most_max_connections_at_once(model_path):
-    p = ServeProcess(model_path, "--port", "0")
+def test_the_command_serves_at_most_max_connections_at_once(random_cnn_file):
+    p = ServeProcess(random_cnn_file, "--port", "0")
     socks = []
     try:
         for _ in range(server.MAX_CONNECTIONS + 40):
@@ -346,9 +339,9 @@ def test_a_non_loopback_address_is_warned_about():
     assert "all interfaces" in server.exposure_warning("::")
 
 
-def test_the_command_prints_the_address_it_listens_on_and_warns(model_path):
+def test_the_command_prints_the_address_it_listens_on_and_warns(random_cnn_file):
     """`--host 0` listened on every interface and printed http://127.0.0.1:PORT/ without a warning."""
-    p = ServeProcess(model_path, "--host", "0", "--port", "0")
+    p = ServeProcess(random_cnn_file, "--host", "0", "--port", "0")
     try:
         assert p.url.startswith("http://0.0.0.0:")
         assert request(p.url, path="/api/model")[0] == 200
@@ -356,7 +349,7 @@ def test_the_command_prints_the_address_it_listens_on_and_warns(model_path):
         assert rc == 0 and "warning: listening on all interfaces (0.0.0.0)" in err, err
     finally:
         p.close()
-    r = subprocess.run([sys.executable, "-m", "jimunet", "serve", str(model_path), "--host", "no.such.host.invalid",
+    r = subprocess.run([sys.executable, "-m", "jimunet", "serve", str(random_cnn_file), "--host", "no.such.host.invalid",
                         "--port", "0"], capture_output=True, text=True, timeout=120,
                        env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src")))
     assert r.returncode == 2 and "cannot listen on no.such.host.invalid" in r.stderr, r.stderr
