@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 
+from bench_steps import jimunet_step
+
 
 def _step_fn(model_name, batch):
     import numpy as np
@@ -31,13 +33,7 @@ def _step_fn(model_name, batch):
     model = getattr(jn.models, model_name)(rng=0)
     loss_fn = jn.losses.SoftmaxCrossEntropy()
     opt = jn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-    def step():
-        loss_fn.forward(model.forward(x, training=True), y)
-        model.backward(loss_fn.backward(), input_grad=False)
-        opt.step()
-        opt.zero_grad()
-    return model, step
+    return model, jimunet_step(model, loss_fn, opt, x, y)
 
 
 def child(model_name, batch, threads, warm, iters, profile):

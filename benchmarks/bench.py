@@ -35,6 +35,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # its sibling modules, however it is loaded
+from bench_steps import jimunet_step  # noqa: E402 (no NumPy: --isa still comes first)
+
 TASKS = {  # name: (kind, batch, warm-up iterations, timed iterations)
     "train64": ("train", 64, 5, 60),
     "train256": ("train", 256, 2, 16),
@@ -101,13 +104,7 @@ def _run_jimunet(kind, batch, warm, iters, threads, device="cpu"):
     dense = [p for layer in model.layers if isinstance(layer, jn.layers.Dense) for p in layer.parameters()]
     conv = [p for p in model.parameters() if all(p is not q for q in dense)]
     opt = jn.optim.SGD([{"params": conv}, {"params": dense, "weight_decay": 5e-4}], lr=0.01, momentum=0.9)
-
-    def step():
-        loss_fn.forward(model.forward(x, training=True), y)
-        model.backward(loss_fn.backward(), input_grad=False)
-        opt.step()
-        opt.zero_grad()
-    return _time(step, warm, iters, sync)
+    return _time(jimunet_step(model, loss_fn, opt, x, y), warm, iters, sync)
 
 
 def _torch_model(torch):
@@ -224,7 +221,6 @@ def worker(framework, task, threads, device="cpu"):
 
 def _bench_cifar():
     """benchmarks/bench_cifar.py, imported only in a worker: it loads NumPy, which ``--isa`` must precede."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import bench_cifar
     return bench_cifar
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 import cifar_torch
+from bench_steps import jimunet_step
+
 
 def data(batch):
     rng = np.random.default_rng(0)
@@ -24,13 +26,7 @@ def run_jimunet(kind, batch, warm, iters, threads, time_fn):
     if kind == "infer":
         return time_fn(lambda: model.predict(x), warm, iters)
     opt.set_lr(0.1)
-
-    def step():
-        loss_fn.forward(model.forward(x, training=True), y)
-        model.backward(loss_fn.backward(), input_grad=False)
-        opt.step()
-        opt.zero_grad()
-    return time_fn(step, warm, iters)
+    return time_fn(jimunet_step(model, loss_fn, opt, x, y), warm, iters)
 
 
 def run_torch(kind, batch, warm, iters, threads, time_fn):

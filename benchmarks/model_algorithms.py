@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+from bench_steps import jimunet_step
+
 TASKS = {"train64": ("train", 64, 3, 30), "infer1000": ("infer", 1000, 1, 5)}  # kind, batch, warm-up, timed
 
 
@@ -34,12 +36,7 @@ def _images_per_second(algorithm, task):
     else:
         loss_fn = jn.losses.SoftmaxCrossEntropy()
         opt = jn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-        def step():
-            loss_fn.forward(model.forward(x, training=True), y)
-            model.backward(loss_fn.backward(), input_grad=False)
-            opt.step()
-            opt.zero_grad()
+        step = jimunet_step(model, loss_fn, opt, x, y)
     for _ in range(warm):
         step()
     t = time.perf_counter()
