@@ -24,6 +24,7 @@ from .. import losses, models, optim
 from ..backend import DeviceError, parse_device
 from ..data.augment import Compose, RandomCrop, RandomFlip, RandomShift
 from ..layers import Conv2D, Dense
+from ..training.evaluation import FlipAverage
 from ..training.strategies import REDUCTIONS
 
 IMAGE_SIZE = 28
@@ -166,9 +167,9 @@ class MNISTConfig:
         if not isinstance(self.test_flip, (bool, np.bool_)):
             raise ConfigError(f"test_flip must be True or False, got {self.test_flip!r}")
         positive_int("test_shift", allow_zero=True)
-        if self.test_shift > 4 or (self.test_shift and not self.test_flip):
-            raise ConfigError(f"test_shift must be 0 to 4 pixels, and needs test_flip, got {self.test_shift} "
-                              f"(test_flip {self.test_flip})")
+        if self.test_shift > FlipAverage.MAX_SHIFT or (self.test_shift and not self.test_flip):
+            raise ConfigError(f"test_shift must be 0 to {FlipAverage.MAX_SHIFT} pixels, and needs test_flip, got "
+                              f"{self.test_shift} (test_flip {self.test_flip})")
         if not isinstance(self.data, str) or not self.data:
             raise ConfigError(f"data must be one of {', '.join(DATASETS)} or an image folder's path, got {self.data!r}")
         if self.model not in MODELS:

@@ -28,13 +28,14 @@ def run(args) -> int:
         data = test_set(info, args.data, data_dir=args.data_dir)
     except TestDataError as e:
         raise UserError(str(e)) from None
-    res = evaluate(info.predictor(model), *data.args, batch_size=args.batch_size, num_classes=info.num_classes,
+    predictor = info.predictor(model)  # as the model was tested: with its test views, if any
+    res = evaluate(predictor, *data.args, batch_size=args.batch_size, num_classes=info.num_classes,
                    **data.normalize)
     meta = getattr(model, "metadata", {}) or {}
     n = meta.get("epoch")
     epochs = f", trained for {n} epoch{'s' if n != 1 else ''}" if isinstance(n, int) else ""
     print(f"model {args.model}{epochs}")
-    views = f", {info.predictor(model).describe()} (the model was tested so)" if info.test_flip else ""
+    views = f", {predictor.describe()} (the model was tested so)" if info.test_flip else ""
     print(f"{data.title} test set: {data.size} images{views}")
     print(f"accuracy {100 * res.accuracy:.2f}%   error {res.error:.2f}%   "
           f"({int(round(data.size * (1 - res.accuracy)))} misclassified)")
