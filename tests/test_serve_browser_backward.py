@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from serve_helpers import ROOT, ServeProcess  # noqa: E402
 from test_serve_browser import (ARGS, CHROMIUM, SETTLED, TIMEOUT_MS, browser, draw, page,  # noqa: E402,F401
-                                random_model, serving)
+                                serving)
 
 import jimunet as jn  # noqa: E402
 
@@ -53,8 +53,8 @@ def _check(page, selector, at):
     return {k: el.get_attribute(f"data-{k}") for k in ("analytic", "numeric", "error", "tensor")}, el.inner_text()
 
 
-def test_backward_view_gradcheck_steps_and_languages(request, page, random_model):
-    server = serving(request, random_model)
+def test_backward_view_gradcheck_steps_and_languages(request, page, random_cnn_file):
+    server = serving(request, random_cnn_file)
     page.goto(server.url)
     page.wait_for_function("() => document.body.dataset.model === 'ready'")
     draw(page, SEVEN)
@@ -101,7 +101,7 @@ def test_backward_view_gradcheck_steps_and_languages(request, page, random_model
     page.click("#lang")
     page.wait_for_function("() => document.body.dataset.lang === 'zh'")
     assert page.inner_text("#step") == "走一步 SGD" and "反向" in page.inner_text("#backward-panel")
-    allowed = KEEP | set(re.findall(r"[A-Za-z_][A-Za-z0-9_]{2,}", str(random_model)))
+    allowed = KEEP | set(re.findall(r"[A-Za-z_][A-Za-z0-9_]{2,}", str(random_cnn_file)))
     left = sorted(set(page.evaluate(UNTRANSLATED)) - allowed)
     assert not left, left
     page.click("#lang")
@@ -110,8 +110,8 @@ def test_backward_view_gradcheck_steps_and_languages(request, page, random_model
     assert not page.errors, page.errors
 
 
-def test_phone_width_has_no_horizontal_scroll(request, browser, random_model):
-    server = serving(request, random_model)
+def test_phone_width_has_no_horizontal_scroll(request, browser, random_cnn_file):
+    server = serving(request, random_cnn_file)
     context = browser.new_context(viewport={"width": 390, "height": 844})
     try:
         page = context.new_page()
