@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from ..data import Normalize
 from ..training.evaluation import FlipAverage
 
-__all__ = ["ModelInfo", "ModelInfoError", "model_info", "model_metadata", "DATASET_NAMES", "MNIST_SHAPE"]
+__all__ = ["ModelInfo", "ModelInfoError", "model_info", "model_metadata", "predictor_for", "DATASET_NAMES",
+           "MNIST_SHAPE"]
 
 DATASET_NAMES = ("mnist", "fashion-mnist", "cifar10", "folder")
 MNIST_SHAPE = (28, 28, 1)
@@ -69,8 +70,8 @@ class ModelInfo:
     test_shift: int = 0
 
     def predictor(self, model):
-        """What gives this model's class scores as it was tested: ``model``, or ``FlipAverage(model, shift)``."""
-        return FlipAverage(model, self.test_shift) if self.test_flip else model
+        """What gives this model's class scores as it was tested (``predictor_for``)."""
+        return predictor_for(model, self.test_flip, self.test_shift)
 
     @property
     def num_classes(self) -> int:
@@ -90,6 +91,12 @@ class ModelInfo:
         if name == "folder":
             return f"the folder {self.dataset.get('path') or '(unknown path)'}"
         return {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}[name]
+
+
+def predictor_for(model, test_flip: bool, test_shift: int = 0):
+    """``model``, or with ``test_flip`` ``FlipAverage(model, test_shift)``: what a run with these
+    settings tests, and what its model file (which records them) is used as."""
+    return FlipAverage(model, test_shift) if test_flip else model
 
 
 def model_metadata(input_shape, class_names, normalize: Normalize, dataset: dict) -> dict:

@@ -24,12 +24,12 @@ from ..layers import BatchNorm
 from ..parallel import set_num_threads, split
 from ..serialization import CheckpointError
 from ..training import CallbackList, History, StopBetweenSteps, Trainer, TrainingDiverged, TrainingInterrupted, evaluate
-from ..training.evaluation import FlipAverage
 from ..training.checkpoint import read_checkpoint_meta
 from ..training.strategies import select_strategy
 from .recipes import RESUMABLE_FIELDS, ConfigError, MNISTConfig, build, describe_recipe, make_augment
 from .rundir import RunDir, RunLog, StopSignals, new_run_dir, portable_config
 from .run_callbacks import ReportAtEnd, RunFiles, RunSummary
+from .modelinfo import predictor_for
 from .traindata import MNISTData, check_data, load_data, part_args, part_size
 
 __all__ = ["train_mnist", "TrainResult", "load_run_config", "MNISTData", "distributed_problem"]
@@ -305,7 +305,7 @@ def _test_views_meta(cfg) -> dict:
 
 def _predictor(model, cfg):
     """``model`` as the run tests it: alone, or averaged over mirror images (and shifts)."""
-    return FlipAverage(model, cfg.test_shift) if cfg.test_flip else model
+    return predictor_for(model, cfg.test_flip, cfg.test_shift)
 
 
 def _test(model, cfg, data):
