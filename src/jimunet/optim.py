@@ -33,7 +33,10 @@ class Optimizer:
 
     Args:
         params: an iterable of ``Parameter`` or of dicts ``{"params": [...], **overrides}``
-            (so, e.g., weight decay can apply to some parameters only).
+            (so, e.g., weight decay can apply to some parameters only). Every optimizer takes
+            ``lr_scale`` (default 1) in a group: the group's learning rate is that multiple of
+            the ``lr`` given and of every ``set_lr`` (a schedule's), e.g. a faster one for
+            BatchNorm's biases.
         defaults: hyper-parameters used where a group does not set them.
     """
 
@@ -43,7 +46,7 @@ class Optimizer:
     state_spec: dict | None = None
 
     def __init__(self, params, defaults: dict):
-        self.defaults = dict(defaults)
+        self.defaults = {**defaults, "lr_scale": 1.0}
         params = list(params)
         if not params:
             raise ValueError(f"{type(self).__name__}: got an empty parameter list")
@@ -54,12 +57,13 @@ class Optimizer:
         for g in params:
             if not isinstance(g, dict) or "params" not in g:
                 raise ValueError(f"{type(self).__name__}: param groups must be dicts with a 'params' key")
-            unknown = set(g) - set(defaults) - {"params"}
+            unknown = set(g) - set(self.defaults) - {"params"}
             if unknown:
                 raise ValueError(f"{type(self).__name__}: unknown hyper-parameters {sorted(unknown)} in a "
-                                 f"param group; known: {sorted(defaults)}")
+                                 f"param group; known: {sorted(self.defaults)}")
             group = {**self.defaults, **g, "params": list(g["params"])}
             group.update(self._checked(group, f" (param group {len(self.param_groups)})" if len(params) > 1 else ""))
+            group["lr"] = group["lr"] * group["lr_scale"]
             for p in group["params"]:
                 if not isinstance(p, Parameter):
                     raise ValueError(f"{type(self).__name__}: expected Parameter objects, got {type(p).__name__}")
@@ -76,6 +80,7 @@ class Optimizer:
         """
         owner = type(self).__name__ + where
         return {"lr": check_real(owner, "lr (the learning rate)", group["lr"], 0.0),
+                "lr_scale": check_real(owner, "lr_scale", group.get("lr_scale", 1.0), 0.0),
                 "weight_decay": check_real(owner, "weight_decay", group["weight_decay"], 0.0)}
 
     def _params(self):
@@ -102,10 +107,10 @@ class Optimizer:
         return self.param_groups[0]["lr"]
 
     def set_lr(self, lr: float) -> None:
-        """Set the learning rate of every group (what a schedule does each step)."""
+        """Set the learning rate of every group, times its ``lr_scale`` (what a schedule does each step)."""
         lr = check_real(f"{type(self).__name__}.set_lr", "lr (the learning rate)", lr, 0.0)
         for g in self.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["lr_scale"]
 
     def step(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
