@@ -98,8 +98,72 @@ def glorot_normal():
     return init
 
 
+def torch_uniform():
+    """PyTorch's default for ``Conv2d`` and ``Linear`` weights: U(-l, l) with ``l = 1/sqrt(fan_in)``."""
+    def init(shape, rng, dtype=np.float32):
+        fan_in, _ = _fans(shape)
+        lim = 1.0 / math.sqrt(fan_in)
+        return rng.uniform(-lim, lim, shape).astype(dtype)
+    init.config = {"name": "torch_uniform"}
+    return init
+
+
+def partial_dirac():
+    """``torch_uniform``, then for a conv (HWIO) the first ``min(in, out)`` filters set to
+    identities: filter ``i`` passes input channel ``i`` through its kernel's centre tap
+    (airbench's partial identity initialisation, ``torch.nn.init.dirac_`` on those filters)."""
+    base = torch_uniform()
+
+    def init(shape, rng, dtype=np.float32):
+        if len(shape) != 4:
+            raise ValueError(f"partial_dirac: expected a conv weight shape (kh, kw, in, out), got {tuple(shape)}")
+        w = base(shape, rng, dtype)
+        n = min(shape[2], shape[3])
+        w[:, :, :, :n] = 0
+        w[shape[0] // 2, shape[1] // 2, np.arange(n), np.arange(n)] = 1
+        return w
+    init.config = {"name": "partial_dirac"}
+    return init
+
+
+def patch_whitening(images, kernel_size: int = 2, eps: float = 5e-4):
+    """HWIO weights of a ``kernel_size`` conv that whitens the patches of ``images``.
+
+    The ``n = k·k·C`` eigenvectors of the patches' (uncentred) covariance, each divided by
+    ``sqrt(eigenvalue + eps)``, then the same filters negated: ``2n`` filters, largest
+    eigenvalue first. The conv's first ``n`` outputs have (up to ``eps``) the identity as
+    covariance over these patches, so the first layer starts decorrelated, as in airbench
+    (whose recipe freezes these weights).
+
+    Args:
+        images: float array (N, H, W, C), already normalised as the network's inputs are.
+        kernel_size: the patch size ``k`` (airbench: 2).
+        eps: added to each eigenvalue (airbench: 5e-4).
+
+    Returns:
+        float64 array (k, k, C, 2·k·k·C).
+    """
+    x = np.asarray(images)
+    k = int(kernel_size)
+    if x.ndim != 4 or x.dtype.kind != "f" or not len(x) or min(x.shape[1:3]) < k or k < 1:
+        raise ValueError(f"patch_whitening: expected float images (N, H, W, C) at least {k}x{k} and "
+                         f"N >= 1, got {x.dtype} array of shape {x.shape}")
+    if not np.isfinite(eps) or eps <= 0:
+        raise ValueError(f"patch_whitening: eps must be a positive number, got {shown(eps)}")
+    c = x.shape[3]
+    patches = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(1, 2))  # N, H', W', C, k, k
+    flat = patches.transpose(0, 1, 2, 4, 5, 3).reshape(-1, k * k * c).astype(np.float64)
+    if not np.isfinite(flat).all():
+        raise ValueError("patch_whitening: the images contain NaN or infinite values")
+    cov = flat.T @ flat / len(flat)
+    values, vectors = np.linalg.eigh(cov)
+    filters = (vectors / np.sqrt(values + eps)).T[::-1]  # rows: filters, largest eigenvalue first
+    filters = np.concatenate([filters, -filters])
+    return filters.reshape(-1, k, k, c).transpose(1, 2, 3, 0)
+
+
 _REGISTRY = {f.__name__: f for f in (zeros, constant, truncated_normal, he_normal, he_uniform,
-                                      glorot_uniform, glorot_normal)}
+                                      glorot_uniform, glorot_normal, torch_uniform, partial_dirac)}
 
 
 def get(spec):
