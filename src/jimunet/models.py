@@ -150,3 +150,54 @@ def cifar_resnet(rng=None, width: int = 16, num_classes: int = 10, dtype=np.floa
     x = GlobalAvgPool2D()(x)
     out = Dense(cin, num_classes, weight_init="glorot_uniform", rng=rng, dtype=dtype)(x)
     return Model(inp, out)
+
+
+AIRBENCH_WIDTHS = (64, 128, 128)  # airbench93's block widths (arXiv 2404.00498's 93% network)
+WHITEN_KERNEL = 2  # the whitening conv's patch size
+
+
+def cifar_airbench(rng=None, widths=AIRBENCH_WIDTHS, num_classes: int = 10, dtype=np.float32,
+                   input_shape=(32, 32, 3), bn_momentum: float = 0.4) -> Model:
+    """The network of Keller Jordan's airbench (``--model cifar`` on colour images).
+
+    whiten: conv 2×2 VALID to ``2·4·C`` channels (set by ``init.patch_whitening``, with a
+    bias) → ReLU → three blocks of [conv 3×3, maxpool 2×2, BatchNorm, ReLU, conv 3×3,
+    BatchNorm, ReLU] of ``widths`` channels → maxpool over the whole remaining map (3×3 for
+    32×32 images) → Flatten → Dense without bias. Convs without bias, ``init.partial_dirac``;
+    BatchNorm with ``eps`` 1e-12 and PyTorch momentum ``bn_momentum`` (airbench's 0.6
+    in its own convention). Differs from airbench93 in ReLU for GELU and in the last layer:
+    airbench multiplies its logits by 1/9; here the Dense weights start 9× smaller instead,
+    and the recipe trains them with 1/81 of the learning rate (``lr_scale``) and 81× the
+    weight decay coefficient, which is the same training, step for step, in exact arithmetic.
+    The recipe also keeps the whitening weights and BatchNorm's scales fixed (not in its
+    optimizer). Until ``init.patch_whitening`` sets them, the whitening weights are zero.
+
+    Example:
+        >>> import jimunet as jn
+        >>> s = jn.models.cifar_airbench(rng=0).summary()
+        >>> s.total_params, round(s.total_flops / 1e6, 1)
+        (569656, 108.7)
+    """
+    shape = _check_input_shape(input_shape)
+    rng = resolve_rng(rng)
+    widths = tuple(int(w) for w in widths)
+    if len(widths) != 3 or min(widths) < 1:
+        raise ValueError(f"widths must be three positive integers, got {widths!r}")
+    cin = 2 * WHITEN_KERNEL * WHITEN_KERNEL * shape[2]
+    sides = [d - WHITEN_KERNEL + 1 for d in shape[:2]]
+    for _ in widths:
+        sides = [d // 2 for d in sides]
+    if min(sides) < 1:
+        raise ValueError(f"cifar_airbench: input {shape} is too small (needs at least 9x9 pixels)")
+    inp = Input(shape, name="image")
+    x = ReLU()(Conv2D(shape[2], cin, WHITEN_KERNEL, padding="valid", weight_init="zeros", rng=rng, dtype=dtype)(inp))
+    for w in widths:
+        x = Conv2D(cin, w, 3, use_bias=False, weight_init="partial_dirac", rng=rng, dtype=dtype)(x)
+        x = ReLU()(BatchNorm(w, momentum=bn_momentum, eps=1e-12, dtype=dtype)(MaxPool2D(2)(x)))
+        x = Conv2D(w, w, 3, use_bias=False, weight_init="partial_dirac", rng=rng, dtype=dtype)(x)
+        x = ReLU()(BatchNorm(w, momentum=bn_momentum, eps=1e-12, dtype=dtype)(x))
+        cin = w
+    head = Dense(cin, num_classes, use_bias=False, weight_init="torch_uniform", rng=rng, dtype=dtype)
+    head.weight.data *= np.asarray(1 / 9, dtype)
+    out = head(Flatten()(MaxPool2D(tuple(sides))(x)))
+    return Model(inp, out)
