@@ -1,21 +1,55 @@
-"""``jimunet train --model cifar``: the recipe's network, loss and one-cycle schedule, its
-configuration, a run on a generated image folder, and a resumed run ending bit for bit where
-the uninterrupted one ends."""
+"""``jimunet train --model cifar``: the recipes' networks, losses and schedules (the narrow ResNet-9's
+one-cycle on MNIST and Fashion-MNIST, airbench's on colour images), their configurations, a run
+on a generated image folder, and resumed runs ending bit for bit where the uninterrupted ones end,
+on any thread count."""
 import numpy as np
 import pytest
 
 import jimunet as jn
 from jimunet.app.cli import main
-from jimunet.app.recipes import CIFAR_DEFAULTS, ConfigError, MNISTConfig, build, recipe_defaults
+from jimunet.app.recipes import (AIRBENCH_BIAS_LR, AIRBENCH_DEFAULTS, AIRBENCH_WHITEN_BIAS_EPOCHS, CIFAR_DEFAULTS,
+                                 FASHION_CIFAR_DEFAULTS, ConfigError, MNISTConfig, build, recipe_callbacks,
+                                 recipe_defaults)
 from jimunet.app.training import train_mnist
 
 from test_app_data import make_folder
 from test_modelinfo import cifar_like
 
 
+def test_which_recipe_cifar_means():
+    assert recipe_defaults("cifar", "cifar10") == AIRBENCH_DEFAULTS == recipe_defaults("cifar", "some/folder")
+    assert recipe_defaults("airbench", "mnist") == AIRBENCH_DEFAULTS
+    assert recipe_defaults("cifar", "fashion-mnist") == FASHION_CIFAR_DEFAULTS
+    assert recipe_defaults("cifar", "mnist") == {**CIFAR_DEFAULTS, "test_flip": False}
+
+
+def test_airbench_build():
+    cfg = MNISTConfig(data="cifar10", **AIRBENCH_DEFAULTS).validate()
+    model, loss_fn, optimizer, schedule = build(cfg, train_size=45000, input_shape=(32, 32, 3))
+    assert model.summary().total_params == 569656 and loss_fn.label_smoothing == 0.2
+    groups = optimizer.param_groups
+    whiten, head = model.layers[0], model.layers[-1]
+    bns = [l for l in model.layers if isinstance(l, jn.layers.BatchNorm)]
+    in_groups = {id(p) for g in groups for p in g["params"]}
+    assert id(whiten.weight) not in in_groups and not any(id(b.weight) in in_groups for b in bns)
+    assert [len(g["params"]) for g in groups] == [6, 1, 6, 1] and groups[3]["params"] == [head.weight]
+    wd = AIRBENCH_DEFAULTS["weight_decay"]
+    assert [g["lr_scale"] for g in groups] == [1.0, 1.0, AIRBENCH_BIAS_LR, 1 / 81]
+    assert groups[2]["weight_decay"] == wd / AIRBENCH_BIAS_LR and groups[3]["weight_decay"] == wd * 81
+    total = 11 * (45000 // 1024)
+    peak = int(0.23 * total)
+    assert schedule(0) == pytest.approx(0.3) and schedule(peak) == 1.5 and schedule(total) == pytest.approx(0.105)
+    lookahead, freeze = recipe_callbacks(cfg, model, optimizer, 45000)
+    assert lookahead.total == total and lookahead.every == 5
+    freeze.on_epoch_begin(None, AIRBENCH_WHITEN_BIAS_EPOCHS)
+    assert groups[1]["lr_scale"] == 1.0
+    freeze.on_epoch_begin(None, AIRBENCH_WHITEN_BIAS_EPOCHS + 1)
+    assert groups[1]["lr_scale"] == 0.0
+    assert recipe_callbacks(cfg.replace(model="cifar"), model, optimizer, 45000) == []
+
+
 def test_defaults_and_build():
-    assert recipe_defaults("cifar", "cifar10") == CIFAR_DEFAULTS == recipe_defaults("cifar", "some/folder")
-    cfg = MNISTConfig(data="cifar10", **CIFAR_DEFAULTS).validate()
+    cfg = MNISTConfig(data="cifar10", **CIFAR_DEFAULTS).validate()  # the ResNet-9 recipe, on colour images
     model, loss_fn, optimizer, schedule = build(cfg, train_size=45000, input_shape=(32, 32, 3))
     assert model.summary().total_params == jn.models.cifar_resnet(rng=0).summary().total_params == 412954
     assert loss_fn.label_smoothing == 0.2
@@ -47,7 +81,7 @@ def test_cli_trains_a_folder(tmp_path, capsys):
     assert main(["train", "--data", str(folder), "--model", "cifar", "--epochs", "1", "--batch-size", "8",
                  "--out", str(out), "--no-report", "--train-size", "24"]) == 0
     text = capsys.readouterr().out
-    assert "model cifar for 32x32x3 images" in text and "label smoothing 0.2" in text
+    assert "model airbench for 32x32x3 images" in text and "lookahead every 5 steps" in text
     assert (out / "model.npz").is_file()
 
 
@@ -69,3 +103,29 @@ def test_resume_is_bit_identical(tmp_path):
     a, b = np.load(whole / "model.npz"), np.load(part / "model.npz")
     keys = [k for k in a.files if not k.startswith("__")]
     assert keys and all(a[k].tobytes() == b[k].tobytes() for k in keys)
+
+
+class StopAfter(jn.training.callbacks.Callback):
+    def __init__(self, epochs):
+        self.epochs = epochs
+
+    def on_epoch_end(self, trainer, epoch, record):
+        trainer.stop_training = epoch >= self.epochs
+
+
+def test_airbench_resume_and_threads_are_bit_identical(tmp_path):
+    """Past the whitening bias's freeze and across lookahead pulls, resumed on another thread count."""
+    data = (cifar_like(64), cifar_like(20, seed=1))
+    epochs = AIRBENCH_WHITEN_BIAS_EPOCHS + 2
+    cfg = MNISTConfig(data="cifar10", **{**AIRBENCH_DEFAULTS, "epochs": epochs, "batch_size": 16},
+                      validation_size=16, train_size=48, report=False, threads=1)
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    train_mnist(cfg.replace(out=str(whole)), data=data, echo=False)
+    train_mnist(cfg.replace(out=str(part), threads=2), data=data, echo=False,
+                callbacks=[StopAfter(AIRBENCH_WHITEN_BIAS_EPOCHS + 1)])
+    train_mnist(cfg.replace(out=None, threads=2), resume=str(part), data=data, echo=False)
+    a, b = np.load(whole / "model.npz"), np.load(part / "model.npz")
+    keys = [k for k in a.files if not k.startswith("__")]
+    assert keys and all(a[k].tobytes() == b[k].tobytes() for k in keys)
+    whiten = jn.model.load(whole / "model.npz").layers[0].weight.data  # set from the data, then kept
+    assert whiten.shape == (2, 2, 3, 24) and np.abs(whiten).min() > 0

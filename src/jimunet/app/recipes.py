@@ -20,11 +20,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import losses, models, optim
-from ..backend import DeviceError, parse_device
+from .. import init, losses, models, optim
+from ..backend import DeviceError, parse_device, to_numpy
 from ..data.augment import Compose, RandomCrop, RandomFlip, RandomShift
-from ..layers import Conv2D, Dense
+from ..data.batching import transform_batch
+from ..data.dataset import is_dataset
+from ..layers import BatchNorm, Conv2D, Dense
+from ..training.callbacks import Callback
 from ..training.evaluation import FlipAverage
+from ..training.lookahead import Lookahead
 from ..training.strategies import REDUCTIONS
 
 IMAGE_SIZE = 28
@@ -241,7 +245,7 @@ class MNISTConfig:
         return dataclasses.replace(self, **changes)
 
 
-MODELS = ("cnn", "resnet", "cifar")
+MODELS = ("cnn", "resnet", "cifar", "airbench")
 # the fields added with other data sets, and the value that leaves them out of a run's files
 _NEW_FIELDS = {"data": "mnist", "flip": None, "crop": None, "label_smoothing": 0.0, "test_flip": False,
                "test_shift": 0}
@@ -271,16 +275,41 @@ FASHION_CIFAR_DEFAULTS = {**CIFAR_DEFAULTS, "epochs": FASHION_CIFAR_EPOCHS, "shi
                           "test_shift": 1}
 
 
+# ``jimunet train --data cifar10 --model cifar`` (and ``--model airbench`` on any data): Keller
+# Jordan's airbench93 (arXiv 2404.00498; ``models.cifar_airbench``) in this framework's terms. Its
+# hyper-parameters are per 1024 images of a summed loss with "decoupled" momentum; for the mean
+# loss: lr = 11.5 / (1 + 1/(1 - 0.85)) = 1.5 at batch 1024, and weight decay 0.0153 / 11.5 of the
+# learning rate. lr rises from 0.2·lr to lr over the first 23% of the steps, then falls to
+# 0.07·lr; BatchNorm biases train 64× faster; a lookahead average every 5 steps. Its
+# augmentation: 2-px translations and flips (here zero-padded crops and random flips, where
+# airbench reflects and alternates them). Measured in BENCHMARKS.md ("CIFAR-10: airbench").
+AIRBENCH_DEFAULTS = {"model": "airbench", "epochs": 11, "batch_size": 1024, "lr": 1.5, "momentum": 0.85,
+                     "weight_decay": 0.0153 / 11.5, "dropout": 0.0, "lr_decay": 1.0, "label_smoothing": 0.2,
+                     "crop": 2, "flip": True, "test_flip": True, "test_shift": 1}
+AIRBENCH_SCHEDULE = (0.23, 0.2, 0.07)  # warm-up share of the steps; lr at the start and at the end, × lr
+AIRBENCH_BIAS_LR = 64.0  # BatchNorm biases' lr_scale (their weight decay stays that of the others)
+AIRBENCH_HEAD_SCALE = 9.0  # airbench multiplies its logits by 1/9; here its Dense weights are 9× smaller
+AIRBENCH_WHITEN_IMAGES = 5000  # the training images whose patches set the whitening layer
+AIRBENCH_WHITEN_BIAS_EPOCHS = 3  # the whitening layer's bias trains for this many epochs, then stays
+LOOKAHEAD_EVERY = 5
+
+
 def recipe_defaults(model: str | None, data: str) -> dict:
     """The settings ``jimunet train --model MODEL --data DATA`` starts from (flags override them).
 
     Shifts (edge-padded) are for grayscale digits and clothes; colour images get crops and flips
-    instead (``MNISTConfig.with_data_defaults``).
+    instead (``MNISTConfig.with_data_defaults``). ``--model cifar`` is the CIFAR recipe for the
+    data: airbench on CIFAR-10 and folders of pictures, the narrow ResNet-9 (measured there) on
+    MNIST and Fashion-MNIST.
     """
+    if model == "airbench":
+        return dict(AIRBENCH_DEFAULTS)
     if model == "cifar":
         if data == "mnist":  # a digit's mirror image is no digit: tested as it is
             return {**CIFAR_DEFAULTS, "test_flip": False}
-        return dict(FASHION_CIFAR_DEFAULTS if data == "fashion-mnist" else CIFAR_DEFAULTS)
+        if data == "fashion-mnist":
+            return dict(FASHION_CIFAR_DEFAULTS)
+        return dict(AIRBENCH_DEFAULTS)
     if model != "resnet":
         return {}
     if data == "fashion-mnist":
@@ -320,6 +349,8 @@ def build(config: MNISTConfig, train_size: int, input_shape=(IMAGE_SIZE, IMAGE_S
     decay, Dense parameters with ``weight_decay`` (the sample's L2 term on fc1/fc2 only);
     ``lr·decay^floor(step·batch/train_size)`` as a function of the step.
     """
+    if config.model == "airbench":
+        return _build_airbench(config, train_size, tuple(input_shape), num_classes)
     if config.model in ("resnet", "cifar"):
         return _build_resnet(config, train_size, tuple(input_shape), num_classes)
     model = models.mnist_cnn(rng=int(config.seed), dropout=config.dropout, input_shape=tuple(input_shape),
@@ -347,14 +378,80 @@ def _build_resnet(config: MNISTConfig, train_size: int, input_shape, num_classes
     optimizer = optim.SGD([{"params": decayed, "weight_decay": config.weight_decay},
                            {"params": other, "weight_decay": 0.0}],
                           lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
-    steps = max(1, train_size // config.batch_size) if config.shuffle else max(1, -(-train_size // config.batch_size))
-    total = config.epochs * steps
+    total = total_steps(config, train_size)
     if config.model == "cifar":
         peak = max(1, round(CIFAR_WARMUP * total))
         schedule = optim.piecewise_linear([0, peak, max(total, peak + 1)], [0.0, config.lr, 0.0])
     else:
         schedule = optim.cosine_decay(config.lr, total_steps=total)
     return model, _loss(config), optimizer, schedule
+
+
+def total_steps(config: MNISTConfig, train_size: int) -> int:
+    """The SGD steps of the whole run (what the schedules span)."""
+    b = config.batch_size
+    steps = max(1, train_size // b) if config.shuffle else max(1, -(-train_size // b))
+    return config.epochs * steps
+
+
+def _build_airbench(config: MNISTConfig, train_size: int, input_shape, num_classes: int):
+    """``cifar_airbench(rng=seed)`` and airbench's optimisation (``AIRBENCH_DEFAULTS``): SGD with
+    Nesterov momentum in four groups: conv weights; the whitening bias (frozen after
+    ``AIRBENCH_WHITEN_BIAS_EPOCHS`` by ``recipe_callbacks``); BatchNorm biases at
+    ``AIRBENCH_BIAS_LR``× the learning rate; the Dense weights at 1/81 of it with 81× the decay
+    coefficient (airbench's 1/9 logit scale). The whitening weights and BatchNorm's scales are
+    in no group: they stay as set (``prepare_model``) and 1."""
+    model = models.cifar_airbench(rng=int(config.seed), input_shape=input_shape, num_classes=num_classes)
+    whiten, head = model.layers[0], model.layers[-1]
+    convs = [layer.weight for layer in model.layers if isinstance(layer, Conv2D) and layer is not whiten]
+    biases = [layer.bias for layer in model.layers if isinstance(layer, BatchNorm)]
+    wd, h2 = config.weight_decay, AIRBENCH_HEAD_SCALE ** 2
+    optimizer = optim.SGD([{"params": convs, "weight_decay": wd},
+                           {"params": [whiten.bias], "weight_decay": wd},
+                           {"params": biases, "weight_decay": wd / AIRBENCH_BIAS_LR, "lr_scale": AIRBENCH_BIAS_LR},
+                           {"params": [head.weight], "weight_decay": wd * h2, "lr_scale": 1 / h2}],
+                          lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
+    total = total_steps(config, train_size)
+    share, start, end = AIRBENCH_SCHEDULE
+    peak = max(1, int(share * total))
+    schedule = optim.piecewise_linear([0, peak, max(total, peak + 1)],
+                                      [start * config.lr, config.lr, end * config.lr])
+    return model, _loss(config), optimizer, schedule
+
+
+class FreezeGroup(Callback):
+    """Set param group ``group``'s ``lr_scale`` to 0 from epoch ``after + 1`` on: its parameters
+    stop changing (airbench trains its whitening bias for the first 3 epochs only)."""
+
+    def __init__(self, optimizer, group: int, after: int):
+        self.optimizer, self.group, self.after = optimizer, group, after
+
+    def on_epoch_begin(self, trainer, epoch: int):
+        if epoch > self.after:
+            self.optimizer.param_groups[self.group]["lr_scale"] = 0.0
+
+
+def recipe_callbacks(config: MNISTConfig, model, optimizer, train_size: int) -> list:
+    """The ``Trainer`` callbacks the recipe trains with (airbench: its lookahead and the
+    whitening bias's freeze)."""
+    if config.model != "airbench":
+        return []
+    return [Lookahead(model, total_steps(config, train_size), every=LOOKAHEAD_EVERY),
+            FreezeGroup(optimizer, 1, AIRBENCH_WHITEN_BIAS_EPOCHS)]
+
+
+def prepare_model(config: MNISTConfig, model, train, normalize) -> None:
+    """What the recipe sets from the training data before the first step (airbench: the whitening
+    layer, from the patches of the first ``AIRBENCH_WHITEN_IMAGES`` training images, normalised)."""
+    if config.model != "airbench":
+        return
+    if is_dataset(train):
+        n = min(len(train), AIRBENCH_WHITEN_IMAGES)
+        x = transform_batch(train.get_batch(np.arange(n))[0], normalize=normalize)
+    else:  # (inputs, labels) arrays, already model inputs
+        x = np.asarray(train[0][:AIRBENCH_WHITEN_IMAGES], dtype=np.float32)
+    whiten = model.layers[0]
+    whiten.weight.assign(init.patch_whitening(to_numpy(x), whiten.kernel_size[0]).astype(whiten.weight.data.dtype))
 
 
 def _loss(config: MNISTConfig):
@@ -372,6 +469,12 @@ def describe_recipe(config: MNISTConfig, steps: int) -> str:
     shift = (f", random shifts up to {c.shift} px" if c.shift else "") + \
         (f", random crops (padding {c.crop} px)" if c.crop else "") + (", horizontal flips" if c.flip else "") + \
         (", tested with flips" if c.test_flip else "") + (f" and {c.test_shift}-px shifts" if c.test_shift else "")
+    if c.model == "airbench":
+        share, start, end = AIRBENCH_SCHEDULE
+        return (head + f"SGD lr {start * c.lr:g} -> {c.lr} (first {share:.0%} of steps) -> {end * c.lr:g} linearly, "
+                f"Nesterov momentum {c.momentum}, weight decay {c.weight_decay:.3g} (BatchNorm biases: "
+                f"{AIRBENCH_BIAS_LR:g}x lr), lookahead every {LOOKAHEAD_EVERY} steps, whitened first layer, "
+                f"label smoothing {c.label_smoothing}{shift}, {order}")
     if c.model == "cifar":
         return (head + f"SGD lr 0 -> {c.lr} (first {CIFAR_WARMUP:.0%} of steps) -> 0 linearly, Nesterov momentum "
                 f"{c.momentum}, weight decay {c.weight_decay} on conv/dense weights, label smoothing "

@@ -26,7 +26,8 @@ from ..serialization import CheckpointError
 from ..training import CallbackList, History, StopBetweenSteps, Trainer, TrainingDiverged, TrainingInterrupted, evaluate
 from ..training.checkpoint import read_checkpoint_meta
 from ..training.strategies import select_strategy
-from .recipes import RESUMABLE_FIELDS, ConfigError, MNISTConfig, build, describe_recipe, make_augment
+from .recipes import (RESUMABLE_FIELDS, ConfigError, MNISTConfig, build, describe_recipe, make_augment, prepare_model,
+                      recipe_callbacks)
 from .rundir import RunDir, RunLog, StopSignals, new_run_dir, portable_config
 from .run_callbacks import ReportAtEnd, RunFiles, RunSummary
 from .modelinfo import predictor_for
@@ -154,7 +155,10 @@ def _make_trainer(cfg, data, comm, **kwargs) -> Trainer:
     model, loss_fn, optimizer, schedule = build(cfg, train_size=part_size(data.train),
                                                 input_shape=meta.get("input_shape", (28, 28, 1)),
                                                 num_classes=len(meta.get("class_names", range(10))))
+    prepare_model(cfg, model, data.train, data.normalize)
     model.to(cfg.device)  # DeviceError (a ValueError) says what to install or check
+    n = part_size(data.train)
+    kwargs["callbacks"] = [*recipe_callbacks(cfg, model, optimizer, n), *kwargs.get("callbacks", ())]
     return Trainer(model, loss_fn, optimizer, batch_size=cfg.batch_size, schedule=schedule, shuffle=cfg.shuffle,
                    rng=np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(1)[0]),
                    eval_batch_size=cfg.eval_batch_size, comm=comm, augment=make_augment(cfg),
@@ -257,7 +261,7 @@ def _log_plan(trainer, cfg, data, log) -> None:
     n = part_size(data.train)
     shape = tuple(data.meta["input_shape"])
     # MNIST keeps the log line of its recipes (the README's transcripts); other data name their input
-    model = f"mnist_{cfg.model}" if shape == (28, 28, 1) and cfg.model != "cifar" else \
+    model = f"mnist_{cfg.model}" if shape == (28, 28, 1) and cfg.model in ("cnn", "resnet") else \
         f"{cfg.model} for {'x'.join(map(str, shape))} images"
     log(f"model {model}: {n_params:,} parameters; data: {n} train / {part_size(data.validation)} "
         f"validation / {part_size(data.test)} test{source}")

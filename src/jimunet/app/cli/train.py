@@ -5,8 +5,8 @@ import os
 
 from ... import distributed
 from ...training import TrainingDiverged, TrainingInterrupted
-from ..recipes import (DATASETS, FASHION_CIFAR_EPOCHS, FASHION_EPOCHS, REDUCTIONS, ConfigError, MNISTConfig,
-                       recipe_defaults)
+from ..recipes import (AIRBENCH_DEFAULTS, DATASETS, FASHION_CIFAR_EPOCHS, FASHION_EPOCHS, MODELS, REDUCTIONS,
+                       ConfigError, MNISTConfig, recipe_defaults)
 from ..training import distributed_problem, load_run_config, train_mnist
 from .errors import EXIT_FAILURE, EXIT_OK, DEVICE_HELP, UserError, add_command, int_at_least, interrupted_exit, \
     non_negative_float, positive_float
@@ -151,14 +151,18 @@ def register(subparsers):
     t.add_argument("--no-report", action="store_true", help="do not write the HTML report at the end")
     t.add_argument("--threads", type=int_at_least(1), default=None, metavar="N", help="worker threads "
                    "(jimunet.set_num_threads)")
-    t.add_argument("--model", choices=("cnn", "resnet", "cifar"), default=None, help="cnn: the TF sample's network and "
+    t.add_argument("--model", choices=MODELS, default=None, help="cnn: the TF sample's network and "
                    "recipe (default); resnet: jimunet.models.mnist_resnet with BatchNorm, random shifts, SGD "
                    "Nesterov with cosine decay (its own defaults: 10 epochs, batch 128, lr 0.2, shift 2; with "
                    f"--data fashion-mnist also horizontal flips, {FASHION_EPOCHS} epochs; colour images: crops "
-                   "and flips instead of shifts); cifar: jimunet.models.cifar_resnet (a narrow ResNet-9) for "
-                   "colour images, one-cycle lr, label smoothing 0.2 (defaults: 10 epochs, batch 256, lr 0.2, "
-                   f"--test-flip except on MNIST; with --data fashion-mnist: {FASHION_CIFAR_EPOCHS} epochs, shifts "
-                   "of 2 px and flips, --test-shift 1)")
+                   "and flips instead of shifts); airbench: jimunet.models.cifar_airbench (Keller Jordan's "
+                   "airbench93: a whitened first layer, three conv blocks) with its schedule and lookahead "
+                   f"(defaults: {AIRBENCH_DEFAULTS['epochs']} epochs, batch {AIRBENCH_DEFAULTS['batch_size']}, lr "
+                   f"{AIRBENCH_DEFAULTS['lr']}, crops of 2 px and flips, --test-flip --test-shift 1); cifar: the "
+                   "CIFAR-10 recipe for the data: airbench for colour images; on MNIST and Fashion-MNIST "
+                   "jimunet.models.cifar_resnet (a narrow ResNet-9), one-cycle lr, label smoothing 0.2 (defaults: "
+                   "10 epochs, batch 256, lr 0.2; with --data fashion-mnist: "
+                   f"{FASHION_CIFAR_EPOCHS} epochs, shifts of 2 px and flips, --test-flip --test-shift 1)")
     t.add_argument("--test-flip", action="store_true", help="test with each image's class scores averaged with "
                    "its mirror image's, and save the model to be used so (for images whose mirror image is of the "
                    "same class: clothes, photos; not digits)")
