@@ -44,10 +44,12 @@ TASKS = {  # name: (kind, batch, warm-up iterations, timed iterations)
     "infer1000": ("infer", 1000, 1, 8),
     "train512": ("train", 512, 3, 30),          # GPU tasks (--device cuda)
     "infer10000": ("infer", 10000, 2, 10),
-    "cifar256": ("train", 256, 2, 6),           # the --model cifar recipe (bench_cifar.py; jimunet
+    "cifar256": ("train", 256, 2, 6),           # the narrow ResNet-9 recipe (bench_cifar.py; jimunet
     "cifar-infer1000": ("infer", 1000, 1, 4),   # and PyTorch only): --tasks cifar256 cifar-infer1000
+    "airbench1024": ("train", 1024, 1, 3),      # the CIFAR-10 recipe, airbench (bench_cifar.py):
+    "airbench-infer1000": ("infer", 1000, 1, 4),  # --tasks airbench1024 airbench-infer1000
 }
-CIFAR_TASKS = ("cifar256", "cifar-infer1000")
+CIFAR_TASKS = ("cifar256", "cifar-infer1000", "airbench1024", "airbench-infer1000")
 CPU_TASKS, GPU_TASKS = ["train64", "train256", "infer1000"], ["train64", "train512", "infer1000", "infer10000"]
 #: ``--isa avx2``: holds every framework's CPU kernels to AVX2, as a CPU without AVX-512 (the
 #: Zen 3 of issue #9, for one) would run them. Set before any of them loads, in this process
@@ -209,7 +211,7 @@ def worker(framework, task, threads, device="cpu"):
     kind, batch, warm, iters = TASKS[task]
     if task in CIFAR_TASKS:
         run = _bench_cifar().run_jimunet if framework == "jimunet" else _bench_cifar().run_torch
-        seconds = run(kind, batch, warm, iters, threads, _time)
+        seconds = run(kind, batch, warm, iters, threads, _time, airbench=task.startswith("airbench"))
     elif framework == "jimunet":
         seconds = _run_jimunet(kind, batch, warm, iters, threads, device)
     elif framework == "tensorflow":

@@ -115,11 +115,11 @@ def load_folder(root: str, split: str, threads: int = 8):
     return x, np.array([k for _, k in files], np.int64), classes
 
 
-def augment(xb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random crops of the batch padded by ``CROP`` black pixels, then horizontal flips (p = 0.5)."""
+def augment(xb: np.ndarray, rng: np.random.Generator, crop: int = CROP) -> np.ndarray:
+    """Random crops of the batch padded by ``crop`` black pixels, then horizontal flips (p = 0.5)."""
     n, h, w, _ = xb.shape
-    padded = np.pad(xb, ((0, 0), (CROP, CROP), (CROP, CROP), (0, 0)))
-    dy, dx = rng.integers(0, 2 * CROP + 1, n), rng.integers(0, 2 * CROP + 1, n)
+    padded = np.pad(xb, ((0, 0), (crop, crop), (crop, crop), (0, 0)))
+    dy, dx = rng.integers(0, 2 * crop + 1, n), rng.integers(0, 2 * crop + 1, n)
     rows = dy[:, None] + np.arange(h)[None, :]
     cols = dx[:, None] + np.arange(w)[None, :]
     out = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
@@ -143,21 +143,29 @@ def make_optimizer(net):
                            lr=0.0, momentum=MOMENTUM, nesterov=True)
 
 
-def scores(net, x, flip: bool = False):
+def scores(net, x, flip: bool = False, shift: int = 0):
     """The logits of ``x`` (NCHW) in evaluation mode; ``flip``: averaged with those of the mirror
-    images, as ``jimunet.training.FlipAverage`` does."""
+    images, and with ``shift`` also over the views moved ``shift`` px diagonally both ways (edge
+    pixels repeated), as ``jimunet.training.FlipAverage`` does."""
     import torch
     net.eval()
+    views = [x]
+    if flip and shift:
+        padded = torch.nn.functional.pad(x, (shift,) * 4, mode="replicate")
+        h, w = x.shape[2:]
+        views += [padded[:, :, 2 * shift:2 * shift + h, 2 * shift:2 * shift + w], padded[:, :, :h, :w]]
     with torch.no_grad():
-        out = net(x)
-        return (out + net(torch.flip(x, dims=(3,)))) / 2 if flip else out
+        if not flip:
+            return net(x)
+        return sum(net(v) + net(torch.flip(v, dims=(3,))) for v in views) / (2 * len(views))
 
 
-def _accuracy(net, x, y, prep, batch=500, flip=False):
+def accuracy(net, x, y, prep, batch=500, flip=False, shift=0):
     import torch
     right = 0
     for i in range(0, len(x), batch):
-        right += int((scores(net, prep(x[i:i + batch]), flip).argmax(1) == torch.from_numpy(y[i:i + batch])).sum())
+        out = scores(net, prep(x[i:i + batch]), flip, shift)
+        right += int((out.argmax(1) == torch.from_numpy(y[i:i + batch])).sum())
     return right / len(x)
 
 
@@ -199,11 +207,11 @@ def train(root, epochs=10, threads=2, seed=66478, train_size=None, steps=None, e
             step += 1
         seconds = time.perf_counter() - t0
         spent += seconds
-        val_acc = _accuracy(net, x_val, y_val, prep)
+        val_acc = accuracy(net, x_val, y_val, prep)
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_accuracy": val_acc, "seconds": seconds})
         echo(f"epoch {epoch:3d}/{epochs}  train loss {np.mean(losses):.4f}  val error {100 * (1 - val_acc):6.2f}%  "
              f"lr {lr_at(step, total):.6f}  {seconds:7.1f} s ({len(losses) * BATCH / seconds:.0f} img/s)")
-    test_acc = _accuracy(net, x_te, y_te, prep, flip=TEST_FLIP)
+    test_acc = accuracy(net, x_te, y_te, prep, flip=TEST_FLIP)
     echo(f"test error {100 * (1 - test_acc):.2f}% (accuracy {100 * test_acc:.2f}%, {len(x_te)} images, each "
          f"averaged with its mirror image); "
          f"training time {spent:.1f} s, torch {torch.__version__}, {threads} threads")

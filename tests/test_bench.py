@@ -130,10 +130,10 @@ def test_isa_avx2_refused_once_the_kernels_are_chosen():
         bench.main(["--isa", "avx2", "--info"])
 
 
-@pytest.mark.parametrize("task", ["cifar256", "cifar-infer1000"])
+@pytest.mark.parametrize("task", bench.CIFAR_TASKS)
 @pytest.mark.parametrize("framework", ["jimunet", "torch"])
 def test_cifar_tasks_run_both_frameworks(task, framework, monkeypatch):
-    """The cifar tasks time the --model cifar recipe's step (shrunk here to a batch of 4, one timed call)."""
+    """The cifar and airbench tasks time their recipe's step (shrunk here to a batch of 4, one timed call)."""
     pytest.importorskip("torch")
     kind = bench.TASKS[task][0]
     monkeypatch.setitem(bench.TASKS, task, (kind, 4, 0, 1))
@@ -144,7 +144,7 @@ def test_cifar_tasks_run_both_frameworks(task, framework, monkeypatch):
         step()
         return 1.0
     run = bench._bench_cifar().run_jimunet if framework == "jimunet" else bench._bench_cifar().run_torch
-    assert run(kind, 4, 0, 1, 1, timer) == 1.0 and calls == [(0, 1)]
+    assert run(kind, 4, 0, 1, 1, timer, airbench=task.startswith("airbench")) == 1.0 and calls == [(0, 1)]
 
 
 def test_cifar_tasks_refuse_tensorflow(monkeypatch):
