@@ -16,12 +16,12 @@ the random draws, so the two agree in distribution, not bit for bit.
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 
-from cifar_torch import accuracy, augment, load_folder
+import cifar_torch
+from cifar_torch import accuracy, augment, end_epoch, load_data
 
 WIDTHS, BATCH, LR, MOMENTUM, SMOOTHING, CROP, EPOCHS = (64, 128, 128), 1024, 1.5, 0.85, 0.2, 2, 11
 WEIGHT_DECAY = 0.0153 / 11.5
@@ -146,16 +146,8 @@ def train(root, epochs=EPOCHS, threads=2, seed=66478, train_size=None, steps=Non
     import torch
     torch.set_num_threads(threads)
     rng = np.random.default_rng(seed)
-    x_all, y_all, _ = load_folder(root, "train")
-    x_te, y_te, _ = load_folder(root, "test")
-    order = rng.permutation(len(x_all))
-    v = min(VALIDATION, len(x_all) // 10)
-    val, tr = order[:v], order[v:v + (train_size or len(x_all))]
-    x_tr, y_tr, x_val, y_val = x_all[tr], y_all[tr], x_all[val], y_all[val]
-    sample = x_tr[rng.permutation(len(x_tr))[:10_000]].astype(np.float64)
-    mean, std = sample.mean(axis=(0, 1, 2)), sample.std(axis=(0, 1, 2))
-    prep = lambda xb: torch.from_numpy(((xb - mean) / std).astype(np.float32).transpose(0, 3, 1, 2).copy())  # noqa: E731
-    net = build_net(num_classes=int(y_all.max()) + 1)
+    (x_tr, y_tr), (x_val, y_val), (x_te, y_te), prep = load_data(root, rng, train_size)
+    net = build_net(num_classes=int(y_tr.max()) + 1)
     init_like_jimunet(net, seed)
     t_start = time.perf_counter()
     whiten_from(net, prep(x_tr[:WHITEN_IMAGES]))
@@ -187,10 +179,8 @@ def train(root, epochs=EPOCHS, threads=2, seed=66478, train_size=None, steps=Non
             lookahead.step_end(step)
         seconds = time.perf_counter() - t0
         spent += seconds
-        val_acc = accuracy(net, x_val, y_val, prep)
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_accuracy": val_acc, "seconds": seconds})
-        echo(f"epoch {epoch:3d}/{epochs}  train loss {np.mean(losses):.4f}  val error {100 * (1 - val_acc):6.2f}%  "
-             f"lr {lr_at(step, total):.6f}  {seconds:7.1f} s ({len(losses) * BATCH / seconds:.0f} img/s)")
+        history.append(end_epoch(net, (x_val, y_val), prep, epoch, epochs, losses, seconds, lr_at(step, total),
+                                 BATCH, echo))
     test_acc = accuracy(net, x_te, y_te, prep, flip=True, shift=TEST_SHIFT)
     echo(f"test error {100 * (1 - test_acc):.2f}% (accuracy {100 * test_acc:.2f}%, {len(x_te)} images, each "
          f"averaged over 6 views); training time {spent:.1f} s, torch {torch.__version__}, {threads} threads")
@@ -198,15 +188,7 @@ def train(root, epochs=EPOCHS, threads=2, seed=66478, train_size=None, steps=Non
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("folder", help="the unpacked JPEG copy: FOLDER/train/<class>/, FOLDER/test/<class>/")
-    ap.add_argument("--epochs", type=int, default=EPOCHS)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=66478)
-    ap.add_argument("--train-size", type=int, default=None)
-    args = ap.parse_args(argv)
-    train(args.folder, epochs=args.epochs, threads=args.threads, seed=args.seed, train_size=args.train_size)
-    return 0
+    return cifar_torch.main(argv, train, EPOCHS, __doc__)
 
 
 if __name__ == "__main__":

@@ -169,6 +169,31 @@ def accuracy(net, x, y, prep, batch=500, flip=False, shift=0):
     return right / len(x)
 
 
+def load_data(root, rng, train_size=None):
+    """The folder's training images less ``VALIDATION`` held out (a random choice from ``rng``),
+    those held out, the test images (each ``(x uint8 NHWC, y)``), and ``prep``: a uint8 batch →
+    normalised float32 NCHW tensor, with per-channel statistics of 10,000 training images."""
+    import torch
+    x_all, y_all, _ = load_folder(root, "train")
+    x_te, y_te, _ = load_folder(root, "test")
+    order = rng.permutation(len(x_all))
+    v = min(VALIDATION, len(x_all) // 10)
+    val, tr = order[:v], order[v:v + (train_size or len(x_all))]
+    x_tr = x_all[tr]
+    sample = x_tr[rng.permutation(len(x_tr))[:10_000]].astype(np.float64)
+    mean, std = sample.mean(axis=(0, 1, 2)), sample.std(axis=(0, 1, 2))
+    prep = lambda xb: torch.from_numpy(((xb - mean) / std).astype(np.float32).transpose(0, 3, 1, 2).copy())  # noqa: E731
+    return (x_tr, y_all[tr]), (x_all[val], y_all[val]), (x_te, y_te), prep
+
+
+def end_epoch(net, validation, prep, epoch, epochs, losses, seconds, lr, batch, echo):
+    """Validate, print the epoch's line as ``jimunet train`` does, and return its record."""
+    val_acc = accuracy(net, *validation, prep)
+    echo(f"epoch {epoch:3d}/{epochs}  train loss {np.mean(losses):.4f}  val error {100 * (1 - val_acc):6.2f}%  "
+         f"lr {lr:.6f}  {seconds:7.1f} s ({len(losses) * batch / seconds:.0f} img/s)")
+    return {"epoch": epoch, "loss": float(np.mean(losses)), "val_accuracy": val_acc, "seconds": seconds}
+
+
 def train(root, epochs=10, threads=2, seed=66478, train_size=None, steps=None, echo=print):
     """Run the recipe; returns ``{"test_accuracy", "train_seconds", "epochs": [...]}``. ``steps``
     stops each epoch after that many steps (a smoke test)."""
@@ -176,16 +201,8 @@ def train(root, epochs=10, threads=2, seed=66478, train_size=None, steps=None, e
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    x_all, y_all, _ = load_folder(root, "train")
-    x_te, y_te, _ = load_folder(root, "test")
-    order = rng.permutation(len(x_all))
-    v = min(VALIDATION, len(x_all) // 10)
-    val, tr = order[:v], order[v:v + (train_size or len(x_all))]
-    x_tr, y_tr, x_val, y_val = x_all[tr], y_all[tr], x_all[val], y_all[val]
-    sample = x_tr[rng.permutation(len(x_tr))[:10_000]].astype(np.float64)
-    mean, std = sample.mean(axis=(0, 1, 2)), sample.std(axis=(0, 1, 2))
-    prep = lambda xb: torch.from_numpy(((xb - mean) / std).astype(np.float32).transpose(0, 3, 1, 2).copy())  # noqa: E731
-    net = build_net(num_classes=int(y_all.max()) + 1)
+    (x_tr, y_tr), (x_val, y_val), (x_te, y_te), prep = load_data(root, rng, train_size)
+    net = build_net(num_classes=int(y_tr.max()) + 1)
     init_like_jimunet(net, seed)
     opt = make_optimizer(net)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=SMOOTHING)
@@ -207,10 +224,8 @@ def train(root, epochs=10, threads=2, seed=66478, train_size=None, steps=None, e
             step += 1
         seconds = time.perf_counter() - t0
         spent += seconds
-        val_acc = accuracy(net, x_val, y_val, prep)
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_accuracy": val_acc, "seconds": seconds})
-        echo(f"epoch {epoch:3d}/{epochs}  train loss {np.mean(losses):.4f}  val error {100 * (1 - val_acc):6.2f}%  "
-             f"lr {lr_at(step, total):.6f}  {seconds:7.1f} s ({len(losses) * BATCH / seconds:.0f} img/s)")
+        history.append(end_epoch(net, (x_val, y_val), prep, epoch, epochs, losses, seconds, lr_at(step, total),
+                                 BATCH, echo))
     test_acc = accuracy(net, x_te, y_te, prep, flip=TEST_FLIP)
     echo(f"test error {100 * (1 - test_acc):.2f}% (accuracy {100 * test_acc:.2f}%, {len(x_te)} images, each "
          f"averaged with its mirror image); "
@@ -218,15 +233,17 @@ def train(root, epochs=10, threads=2, seed=66478, train_size=None, steps=None, e
     return {"test_accuracy": test_acc, "train_seconds": spent, "epochs": history}
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None, train_fn=None, epochs: int = 10, doc: str = __doc__):
+    """The command line of a port: ``train_fn`` (default: this recipe's ``train``) on a folder."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("folder", help="the unpacked JPEG copy: FOLDER/train/<class>/, FOLDER/test/<class>/")
-    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=epochs)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=66478)
     ap.add_argument("--train-size", type=int, default=None)
     args = ap.parse_args(argv)
-    train(args.folder, epochs=args.epochs, threads=args.threads, seed=args.seed, train_size=args.train_size)
+    (train_fn or train)(args.folder, epochs=args.epochs, threads=args.threads, seed=args.seed,
+                        train_size=args.train_size)
     return 0
 
 

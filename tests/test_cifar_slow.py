@@ -7,12 +7,11 @@ from jimunet.app.cli import main
 
 from cifar_jpeg import cifar_jpeg  # noqa: F401
 
-# One epoch of the recipe on 20,000 training images (78 steps of 256): measured 41.29% test
-# accuracy on the JPEG copy, tested with flips as the recipe now is (41.35% without them; the
-# whole epoch of 45,000 images: 60.80%; 10,000 images, 39 steps: only 19.18%, the one-cycle's
-# peak comes too soon). The run is the same on any thread count; the margin is for other BLAS
-# builds' rounding.
-MIN_ACCURACY = 0.38
+# One epoch of the recipe (airbench) on 20,000 training images (19 steps of 1024, its whole
+# schedule squeezed into them): measured 43.34% test accuracy on the JPEG copy, tested over its
+# 6 views. (The narrow ResNet-9 recipe this replaced: 41.29% in 78 steps of 256.) The run is the
+# same on any thread count; the margin is for other BLAS builds' rounding.
+MIN_ACCURACY = 0.40
 
 
 @pytest.mark.slow
@@ -21,5 +20,5 @@ def test_one_short_epoch_learns(cifar_jpeg, tmp_path):  # noqa: F811
     assert main(["train", "--data", str(cifar_jpeg), "--model", "cifar", "--epochs", "1", "--train-size", "20000",
                  "--threads", "2", "--no-report", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["config"]["model"] == "cifar" and metrics["steps"] == 20000 // 256
+    assert metrics["config"]["model"] == "airbench" and metrics["steps"] == 20000 // 1024
     assert metrics["test_accuracy"] >= MIN_ACCURACY
