@@ -240,3 +240,17 @@ def test_cifar_airbench_matches_pytorch_float64(training):
         np.testing.assert_allclose(b.bias.grad, t.bias.grad.numpy(), rtol=1e-9, atol=1e-12)
     head = model.layers[-1]  # holds airbench's 1/9 in its weights: 9x the gradient
     np.testing.assert_allclose(head.weight.grad, net.head.weight.grad.numpy().T * 9, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_cifar_airbench_gradcheck(training):
+    """The whole network against finite differences (tiny widths; random filters, so that no
+    max pool holds a tie that a finite step could flip)."""
+    model = jn.models.cifar_airbench(rng=3, widths=(3, 4, 4), input_shape=(12, 12, 3), num_classes=5,
+                                     dtype=np.float64)
+    rng = np.random.default_rng(4)
+    for layer in model.layers:
+        if isinstance(layer, jn.layers.Conv2D):
+            layer.weight.data[...] = rng.normal(0, 0.5, layer.weight.data.shape)
+    res = jn.gradcheck(model, rng.standard_normal((4, 12, 12, 3)), training=training, directions=8, seed=1, eps=1e-5)
+    assert res.ok and res.max_error < 1e-6, str(res)
