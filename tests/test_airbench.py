@@ -191,7 +191,8 @@ def test_torch_uniform_has_pytorchs_bound():
 
 def test_cifar_airbench_shapes_and_sizes():
     model = jn.models.cifar_airbench(rng=0)
-    s = model.summary()
+    assert isinstance(model, jn.Sequential)  # a chain
+    s = model.summary((32, 32, 3))
     assert (s.total_params, round(s.total_flops / 1e6, 1)) == (569656, 108.7)
     assert model.forward(np.zeros((2, 32, 32, 3), np.float32)).shape == (2, 10)
     assert not model.layers[0].weight.data.any()  # set by patch_whitening in the recipe
@@ -254,3 +255,4 @@ def test_cifar_airbench_gradcheck(training):
             layer.weight.data[...] = rng.normal(0, 0.5, layer.weight.data.shape)
     res = jn.gradcheck(model, rng.standard_normal((4, 12, 12, 3)), training=training, directions=8, seed=1, eps=1e-5)
     assert res.ok and res.max_error < 1e-6, str(res)
+

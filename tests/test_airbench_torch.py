@@ -26,7 +26,7 @@ def test_settings_are_the_recipes():
          d["test_shift"])
     assert (a.WARMUP, a.LR_START, a.LR_END) == AIRBENCH_SCHEDULE
     net = a.build_net()
-    assert sum(p.numel() for p in net.parameters()) == jn.models.cifar_airbench(rng=0).summary().total_params
+    assert sum(p.numel() for p in net.parameters()) == jn.models.cifar_airbench(rng=0).summary((32, 32, 3)).total_params
 
 
 def test_schedule_matches_the_recipe():

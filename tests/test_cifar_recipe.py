@@ -26,7 +26,7 @@ def test_which_recipe_cifar_means():
 def test_airbench_build():
     cfg = MNISTConfig(data="cifar10", **AIRBENCH_DEFAULTS).validate()
     model, loss_fn, optimizer, schedule = build(cfg, train_size=45000, input_shape=(32, 32, 3))
-    assert model.summary().total_params == 569656 and loss_fn.label_smoothing == 0.2
+    assert model.summary((32, 32, 3)).total_params == 569656 and loss_fn.label_smoothing == 0.2
     groups = optimizer.param_groups
     whiten, head = model.layers[0], model.layers[-1]
     bns = [l for l in model.layers if isinstance(l, jn.layers.BatchNorm)]

@@ -157,7 +157,7 @@ WHITEN_KERNEL = 2  # the whitening conv's patch size
 
 
 def cifar_airbench(rng=None, widths=AIRBENCH_WIDTHS, num_classes: int = 10, dtype=np.float32,
-                   input_shape=(32, 32, 3), bn_momentum: float = 0.4) -> Model:
+                   input_shape=(32, 32, 3), bn_momentum: float = 0.4) -> Sequential:
     """The network of Keller Jordan's airbench (``--model cifar`` on colour images).
 
     whiten: conv 2×2 VALID to ``2·4·C`` channels (set by ``init.patch_whitening``, with a
@@ -174,7 +174,7 @@ def cifar_airbench(rng=None, widths=AIRBENCH_WIDTHS, num_classes: int = 10, dtyp
 
     Example:
         >>> import jimunet as jn
-        >>> s = jn.models.cifar_airbench(rng=0).summary()
+        >>> s = jn.models.cifar_airbench(rng=0).summary((32, 32, 3))
         >>> s.total_params, round(s.total_flops / 1e6, 1)
         (569656, 108.7)
     """
@@ -189,15 +189,14 @@ def cifar_airbench(rng=None, widths=AIRBENCH_WIDTHS, num_classes: int = 10, dtyp
         sides = [d // 2 for d in sides]
     if min(sides) < 1:
         raise ValueError(f"cifar_airbench: input {shape} is too small (needs at least 9x9 pixels)")
-    inp = Input(shape, name="image")
-    x = ReLU()(Conv2D(shape[2], cin, WHITEN_KERNEL, padding="valid", weight_init="zeros", rng=rng, dtype=dtype)(inp))
+    layers = [Conv2D(shape[2], cin, WHITEN_KERNEL, padding="valid", weight_init="zeros", rng=rng, dtype=dtype),
+              ReLU()]
     for w in widths:
-        x = Conv2D(cin, w, 3, use_bias=False, weight_init="partial_dirac", rng=rng, dtype=dtype)(x)
-        x = ReLU()(BatchNorm(w, momentum=bn_momentum, eps=1e-12, dtype=dtype)(MaxPool2D(2)(x)))
-        x = Conv2D(w, w, 3, use_bias=False, weight_init="partial_dirac", rng=rng, dtype=dtype)(x)
-        x = ReLU()(BatchNorm(w, momentum=bn_momentum, eps=1e-12, dtype=dtype)(x))
+        layers += [Conv2D(cin, w, 3, use_bias=False, weight_init="partial_dirac", rng=rng, dtype=dtype),
+                   MaxPool2D(2), BatchNorm(w, momentum=bn_momentum, eps=1e-12, dtype=dtype), ReLU(),
+                   Conv2D(w, w, 3, use_bias=False, weight_init="partial_dirac", rng=rng, dtype=dtype),
+                   BatchNorm(w, momentum=bn_momentum, eps=1e-12, dtype=dtype), ReLU()]
         cin = w
     head = Dense(cin, num_classes, use_bias=False, weight_init="torch_uniform", rng=rng, dtype=dtype)
     head.weight.data *= np.asarray(1 / 9, dtype)
-    out = head(Flatten()(MaxPool2D(tuple(sides))(x)))
-    return Model(inp, out)
+    return Sequential(layers + [MaxPool2D(tuple(sides)), Flatten(), head])
