@@ -439,8 +439,10 @@ def recipe_callbacks(config: MNISTConfig, model, optimizer, train_size: int) -> 
     whitening bias's freeze)."""
     if config.model != "airbench":
         return []
+    whiten_bias = model.layers[0].bias
+    group = next(i for i, g in enumerate(optimizer.param_groups) if any(p is whiten_bias for p in g["params"]))
     return [Lookahead(model, total_steps(config, train_size), every=LOOKAHEAD_EVERY),
-            FreezeGroup(optimizer, 1, AIRBENCH_WHITEN_BIAS_EPOCHS)]
+            FreezeGroup(optimizer, group, AIRBENCH_WHITEN_BIAS_EPOCHS)]
 
 
 def prepare_model(config: MNISTConfig, model, train, normalize) -> None:

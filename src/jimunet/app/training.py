@@ -152,12 +152,11 @@ def _make_trainer(cfg, data, comm, **kwargs) -> Trainer:
     """The recipe's ``Trainer`` for ``data`` on ``cfg.device``, with ``cfg.threads`` threads."""
     _apply_threads(cfg.threads, 1 if comm is None else comm.local_size)
     meta = data.meta or {}
-    model, loss_fn, optimizer, schedule = build(cfg, train_size=part_size(data.train),
-                                                input_shape=meta.get("input_shape", (28, 28, 1)),
+    n = part_size(data.train)
+    model, loss_fn, optimizer, schedule = build(cfg, train_size=n, input_shape=meta.get("input_shape", (28, 28, 1)),
                                                 num_classes=len(meta.get("class_names", range(10))))
     prepare_model(cfg, model, data.train, data.normalize)
     model.to(cfg.device)  # DeviceError (a ValueError) says what to install or check
-    n = part_size(data.train)
     kwargs["callbacks"] = [*recipe_callbacks(cfg, model, optimizer, n), *kwargs.get("callbacks", ())]
     return Trainer(model, loss_fn, optimizer, batch_size=cfg.batch_size, schedule=schedule, shuffle=cfg.shuffle,
                    rng=np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(1)[0]),
