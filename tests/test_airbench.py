@@ -137,7 +137,8 @@ def test_lookahead_refuses_bad_arguments_and_state():
         with pytest.raises(ValueError, match="Lookahead"):
             Lookahead(model, **kwargs)
     la = Lookahead(model, total_steps=5)
-    for bad in ({}, {"average": [np.zeros(3)]}, {"average": "x"}):
+    nan = [np.full(p.data.shape, np.nan) for p in model.parameters() + model.buffers()]
+    for bad in ({}, {"average": [np.zeros(3)]}, {"average": "x"}, {"average": nan}):
         with pytest.raises(ValueError, match="Lookahead.load_state_dict"):
             la.load_state_dict(bad)
 

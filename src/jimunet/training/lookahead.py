@@ -86,4 +86,7 @@ class Lookahead(Callback):
                 any(getattr(s, "shape", None) != a.shape for s, a in zip(saved, arrays)):
             raise ValueError(f"Lookahead.load_state_dict: expected {len(arrays)} arrays shaped like the model's "
                              "parameters and buffers")
-        self.average = [xp_of(a).asarray(s, dtype=a.dtype).copy() for s, a in zip(saved, arrays)]
+        average = [xp_of(a).asarray(s, dtype=a.dtype).copy() for s, a in zip(saved, arrays)]
+        if not all(bool(xp_of(v).isfinite(v).all()) for v in average):
+            raise ValueError("Lookahead.load_state_dict: the average contains NaN or infinite values")
+        self.average = average
