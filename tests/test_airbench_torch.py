@@ -10,12 +10,12 @@ import pytest
 import jimunet as jn
 from jimunet.app.recipes import AIRBENCH_DEFAULTS, AIRBENCH_SCHEDULE, MNISTConfig, build, recipe_callbacks
 
-from test_app_data import make_folder
 
 torch = pytest.importorskip("torch")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 import airbench_torch  # noqa: E402
 import cifar_torch  # noqa: E402
+from test_cifar_torch import two_steps_on_a_generated_folder  # noqa: E402
 
 
 def test_settings_are_the_recipes():
@@ -41,7 +41,7 @@ def test_lookahead_is_jimunets():
     net = airbench_torch.build_net(widths=(4, 8, 8)).double()
     airbench_torch.copy_from_jimunet(net, model)
     cfg = MNISTConfig(data="cifar10", **{**AIRBENCH_DEFAULTS, "epochs": 1, "batch_size": 2})
-    ours = recipe_callbacks(cfg, model, None, train_size=24)[0]
+    ours = recipe_callbacks(cfg, model, jn.optim.SGD(model.parameters(), lr=0.1), train_size=24)[0]
     ours.on_train_begin(None)
     theirs = airbench_torch.Lookahead(net, total=12)
     rng = np.random.default_rng(0)
@@ -69,8 +69,4 @@ def test_test_views_are_flip_average_with_shift():
 
 
 def test_two_steps_on_a_generated_folder(tmp_path):
-    folder = make_folder(tmp_path / "data", size=(32, 32), train=12, test=4)
-    lines = []
-    result = airbench_torch.train(str(folder), epochs=2, threads=1, steps=1, echo=lines.append)
-    assert len(result["epochs"]) == 2 and (12 * result["test_accuracy"]).is_integer()  # right answers / 12 images
-    assert lines[0].startswith("epoch   1/2  train loss") and lines[-1].startswith("test error")
+    two_steps_on_a_generated_folder(airbench_torch, tmp_path)

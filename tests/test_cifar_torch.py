@@ -73,9 +73,14 @@ def test_augment_crops_and_flips():
     assert out.shape == x.shape and out.dtype == np.uint8
 
 
-def test_two_steps_on_a_generated_folder(tmp_path):
+def two_steps_on_a_generated_folder(port, tmp_path):
+    """A port's ``train`` for 2 epochs of one step each on a tiny generated folder: its result and lines."""
     folder = make_folder(tmp_path / "data", size=(32, 32), train=12, test=4)
     lines = []
-    result = cifar_torch.train(str(folder), epochs=2, threads=1, steps=1, echo=lines.append)
+    result = port.train(str(folder), epochs=2, threads=1, steps=1, echo=lines.append)
     assert len(result["epochs"]) == 2 and (12 * result["test_accuracy"]).is_integer()  # right answers / 12 images
     assert lines[0].startswith("epoch   1/2  train loss") and lines[-1].startswith("test error")
+
+
+def test_two_steps_on_a_generated_folder(tmp_path):
+    two_steps_on_a_generated_folder(cifar_torch, tmp_path)
