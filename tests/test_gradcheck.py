@@ -227,8 +227,11 @@ class _DropoutForgetsScale(L.Dropout):
 class _MaxPoolToAllTies(L.MaxPool2D):
     """Routes the gradient to every cell equal to the max (wrong on ties, fine otherwise)."""
 
+    def forward(self, x, training=False):
+        return super().forward(x, training=False)  # an inference pass keeps the input and output
+
     def backward(self, grad, input_grad=True):
-        xpad, y, pads, x_shape = self.cache
+        _, xpad, y, pads, x_shape = self.cache
         dx = np.zeros(x_shape)
         for s in self._slabs(y.shape[1:3]):
             dx[s] += np.where(xpad[s] == y, grad, 0)

@@ -408,8 +408,10 @@ TIE_CASES = [  # (pool_size, stride, padding, h, w)
 
 @pytest.mark.parametrize("pool_size,stride,padding,h,w", TIE_CASES)
 @pytest.mark.parametrize("data", ["ints012", "mnist_like"])
-def test_maxpool_ties_route_gradient_like_torch(pool_size, stride, padding, h, w, data):
-    """Many equal values: the gradient must go to the FIRST max of each window, as in torch.
+@pytest.mark.parametrize("training", [True, False])
+def test_maxpool_ties_route_gradient_like_torch(pool_size, stride, padding, h, w, data, training):
+    """Many equal values: the gradient must go to the FIRST max of each window, as in torch,
+    whether the forward pass kept each window's winner (training) or its input and output.
 
     Integer upstream gradients keep every sum exact, so equality is exact.
     """
@@ -421,7 +423,7 @@ def test_maxpool_ties_route_gradient_like_torch(pool_size, stride, padding, h, w
         x[:, h // 3:h // 3 + 2, w // 3:w // 3 + 3, :] = rng.integers(0, 3, size=(3, 2, 3, 2))
         x[0] = 0.0  # one sample entirely background
     layer = jn.layers.MaxPool2D(pool_size, stride=stride, padding=padding)
-    y = layer.forward(x)
+    y = layer.forward(x, training=training)
     g = rng.integers(1, 50, size=y.shape).astype(np.float64)
     dx = layer.backward(g)
     k = jn.functional.pair(pool_size)
@@ -432,6 +434,33 @@ def test_maxpool_ties_route_gradient_like_torch(pool_size, stride, padding, h, w
     # each window routes its gradient to exactly one cell: the total is preserved
     assert dx.sum() == g.sum()
     check("pool", dx, dxt, "max ties dx")
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_maxpool_window_of_more_than_256_cells(training):
+    """A training pass keeps each window's winner in the smallest type that holds its offset
+    (uint16 for 17x17 windows): the last cells must still win."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 4, size=(2, 17, 34, 3)).astype(np.float64)
+    x[0, 16, 16, 0] = x[1, 16, 33, 2] = 9.0  # the last cell of a window wins
+    layer = jn.layers.MaxPool2D(17)
+    y = layer.forward(x, training=training)
+    g = rng.integers(1, 50, size=y.shape).astype(np.float64)
+    dx = layer.backward(g)
+    yt, dxt = torch_pool("max", x, dict(k=(17, 17), s=(17, 17), padding="valid"), g, torch.float64)
+    np.testing.assert_array_equal(y, yt.detach().numpy())
+    np.testing.assert_array_equal(dx, dxt.numpy())
+    assert dx[0, 16, 16, 0] == g[0, 0, 0, 0] and dx[1, 16, 33, 2] == g[1, 0, 1, 2]
+    assert not training or layer.cache.winner.dtype == np.uint16
+
+
+def test_maxpool_training_keeps_a_byte_per_output_not_the_input():
+    x = np.random.default_rng(0).standard_normal((4, 8, 8, 3)).astype(np.float32)
+    layer = jn.layers.MaxPool2D(2)
+    layer.forward(x, training=True)
+    assert layer.cache.winner.dtype == np.uint8 and layer.cache.xpad is None and layer.cache.y is None
+    layer.forward(x, training=False)
+    assert layer.cache.winner is None and layer.cache.xpad is x  # a reference: inference copies nothing
 
 
 def test_maxpool_tie_goes_to_first_in_row_major_order():

@@ -13,7 +13,11 @@ from .conv import _fmt_pad
 
 
 class MaxPoolCache(NamedTuple):
-    """What ``MaxPool2D.backward`` needs: the padded input, the output, the padding and the input's shape."""
+    """What ``MaxPool2D.backward`` needs: which cell of each window won (``winner``: the window
+    offset in row-major order, in the smallest unsigned type that holds it; a training pass's) or the padded input and the output to
+    find it from (an inference pass's, which keeps references only), the padding and the
+    input's shape."""
+    winner: object
     xpad: object
     y: object
     pads: tuple
@@ -101,50 +105,78 @@ class MaxPool2D(_Pool2D):
     def forward(self, x, training: bool = False):
         self._check_input(x, 4, None, "NHWC batch (batch, height, width, channels)")
         pads, (oh, ow) = self._geometry(x.shape[1:3])
+        xp = xp_of(x)
         xpad = pad_nhwc(x, pads, -np.inf)
-        y = xp_of(x).empty((x.shape[0], oh, ow, x.shape[3]), x.dtype)
+        y = xp.empty((x.shape[0], oh, ow, x.shape[3]), x.dtype)
+        # Training keeps each window's winner, a byte per output, where the input and output it
+        # could be found from are ~5x the output's bytes (a 2x2 pool): kept for a backward pass
+        # that may never come, and at batch 1024 hundreds of MB.
+        winner = xp.zeros(y.shape, self._winner_dtype()) if training else None
 
         def block(sl):
             yb, xb = y[sl], xpad[sl]
+            wb = None if winner is None else winner[sl]
+            above = None if winner is None else xp.empty(yb.shape, bool)
             for k, s in enumerate(self._slabs((oh, ow))):
                 if k == 0:
                     yb[...] = xb[s]
-                else:
-                    xp_of(x).maximum(yb, xb[s], out=yb)
+                    continue
+                if wb is not None:  # strictly above: on ties the first maximum keeps the window
+                    xp.greater(xb[s], yb, out=above)
+                    xp.copyto(wb, k, where=above)
+                xp.maximum(yb, xb[s], out=yb)
         pfor(block, x.shape[0], x.size, like=x)
-        self.cache = MaxPoolCache(xpad, y, pads, x.shape)
+        self.cache = MaxPoolCache(winner, None if training else xpad, None if training else y, pads, x.shape)
         return y
+
+    def _winner_dtype(self):
+        return np.min_scalar_type(self.pool_size[0] * self.pool_size[1] - 1)  # uint8 up to 16x16 windows
+
+    def _winners(self, xpad, y):
+        """Each window's winner from an inference pass's input and output: its first cell equal to the max."""
+        xp = xp_of(y)
+        winner = xp.zeros(y.shape, self._winner_dtype())
+
+        def block(sl):
+            wb, xb, yb = winner[sl], xpad[sl], y[sl]
+            found = xp.zeros(yb.shape, bool)
+            hit = xp.empty(yb.shape, bool)
+            for k, s in enumerate(self._slabs(y.shape[1:3])):
+                xp.equal(xb[s], yb, out=hit)
+                hit &= ~found
+                xp.copyto(wb, k, where=hit)
+                found |= hit
+        pfor(block, y.shape[0], xpad.size, like=y)
+        return winner
 
     def backward(self, grad, input_grad: bool = True):
         if self.cache is None:
             raise self._no_forward()
-        xpad, y, pads, x_shape = self.cache
-        self._check_grad(grad, y.shape)
+        winner, xpad, y, pads, x_shape = self.cache
+        if winner is None:
+            winner = self._winners(xpad, y)
+        self._check_grad(grad, winner.shape)
         xp = xp_of(grad)
-        dxpad = xp.empty(xpad.shape, dtype=grad.dtype)
-        (kh, kw), (sh, sw), (oh, ow) = self.pool_size, self.stride, y.shape[1:3]
+        (pt, pb), (pl, pr) = pads
+        pad_shape = (x_shape[0], x_shape[1] + pt + pb, x_shape[2] + pl + pr, x_shape[3])
+        dxpad = xp.empty(pad_shape, dtype=grad.dtype)
+        (kh, kw), (sh, sw), (oh, ow) = self.pool_size, self.stride, winner.shape[1:3]
         disjoint = sh >= kh and sw >= kw
         # Disjoint windows that tile the whole input write every cell exactly once.
-        tiled = disjoint and (sh, sw) == (kh, kw) and xpad.shape[1:3] == (oh * kh, ow * kw)
+        tiled = disjoint and (sh, sw) == (kh, kw) and pad_shape[1:3] == (oh * kh, ow * kw)
 
         def block(sl):
-            dxb, xb, yb, gb = dxpad[sl], xpad[sl], y[sl], grad[sl]
+            dxb, wb, gb = dxpad[sl], winner[sl], grad[sl]
             if not tiled:
                 dxb[...] = 0
-            taken = None
-            for s in self._slabs((oh, ow)):
-                hit = xb[s] == yb
-                if taken is None:
-                    taken = hit.copy()
-                else:  # only the first max in the window takes the gradient
-                    xp.greater(hit, taken, out=hit)
-                    taken |= hit
+            hit = xp.empty(wb.shape, bool)
+            for k, s in enumerate(self._slabs((oh, ow))):
+                xp.equal(wb, k, out=hit)
                 if disjoint:
                     xp.multiply(gb, hit, out=dxb[s])
                 else:
                     dxb[s] += gb * hit
-        pfor(block, grad.shape[0], xpad.size, like=grad)
-        (pt, _), (pl, _) = pads
+        pfor(block, grad.shape[0], dxpad.size, like=grad)
         return dxpad[:, pt:pt + x_shape[1], pl:pl + x_shape[2], :]
 
 
