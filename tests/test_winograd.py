@@ -9,6 +9,7 @@ import pytest
 
 import jimunet as jn
 from jimunet.functional import winograd as wg
+from jimunet.layers import conv as conv_module
 from jimunet.layers.conv import auto_tile
 
 #: The documented bounds (Conv2D docstring, README): max|err| / max|exact|.
@@ -134,27 +135,65 @@ def test_float64_winograd_equals_im2col(n, h, w, c, o, k, padding, tile):
         assert max(_chunks_per_block(win)) > 1, _chunks_per_block(win)
 
 
-@pytest.mark.parametrize("training", [True, False])
+#: What a forward pass leaves for the weight gradient: a training pass keeps the transformed
+#: input tiles ("tiles") or the padded input ("input", transformed again in backward); an
+#: inference pass keeps its padded input, and a backward after it transforms it again.
+KEEPS = ["tiles", "input", "inference"]
+
+
+def _forward_for(layer, x, keep, monkeypatch):
+    if keep != "inference":
+        monkeypatch.setattr(conv_module, "WINOGRAD_TRAINING_KEEPS", keep)
+    return layer.forward(x, training=keep != "inference")
+
+
+@pytest.mark.parametrize("keep", KEEPS)
 @pytest.mark.parametrize("n", [24, 64])
-def test_weight_gradient_of_blocks_of_several_chunks(n, training):
+def test_weight_gradient_of_blocks_of_several_chunks(n, keep, monkeypatch):
     # dW sums each block's chunks, then the blocks; db sums each block's samples. A chunk
-    # dropped or counted twice, or samples of the wrong block, show here (kept input tiles,
-    # training=True, and transformed again, training=False), at two batch sizes, twice (the
-    # second pass adds into .grad and reuses the plan's chunks).
+    # dropped or counted twice, or samples of the wrong block, show here (with each kind of
+    # kept input), at two batch sizes, twice (the second pass adds into .grad and reuses the
+    # plan's chunks).
     ref, win = _pair_of_layers(80, 80, 3, "same", 4, np.float64, seed=4)
     rng = np.random.default_rng(n)
     x, g = rng.standard_normal((n, 14, 14, 80)), rng.standard_normal((n, 14, 14, 80))
     for layer in (ref, win):
         for _ in range(2):
-            layer.forward(x, training=training)
+            _forward_for(layer, x, keep, monkeypatch)
             layer.backward(g, input_grad=False)
     per_block = _chunks_per_block(win)
     assert len(per_block) > 1 and min(per_block) > 1, per_block
-    assert win.last_algorithm == ("winograd", (4, 4)) and (win.cache.plan["kept"] is not None) == training
+    plan = win.cache.plan
+    assert win.last_algorithm == ("winograd", (4, 4)) and (plan["kept"] is not None) == (keep == "tiles")
+    assert plan["chunked"] == (keep == "tiles")  # padded a chunk at a time unless the padded input is kept
     assert rel(win.weight.grad, ref.weight.grad) <= BOUND64
     assert rel(win.bias.grad, ref.bias.grad) <= BOUND64
     db = 2 * g.sum(axis=(0, 1, 2))  # and db is exactly what it should be, not merely close
     assert rel(win.bias.grad, db) <= 1e-14
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_what_forward_keeps_changes_no_bit_of_the_gradients(dtype, monkeypatch):
+    """The same transforms in the same order, whichever input is kept and however it is padded
+    (a whole batch, or a chunk at a time in a block's buffer; dY's last tiles cut by the output
+    edge, 13x11 with 4x4 tiles), on 1 and 3 threads."""
+    rng = np.random.default_rng(5)
+    x, g = rng.standard_normal((40, 13, 11, 24)).astype(dtype), rng.standard_normal((40, 13, 11, 32)).astype(dtype)
+    results, saved = [], jn.get_num_threads()
+    try:
+        for keep in KEEPS:
+            for threads in (1, 3):
+                jn.set_num_threads(threads)
+                layer = jn.layers.Conv2D(24, 32, 3, algorithm="winograd", winograd_tile=4, rng=1, dtype=dtype)
+                y = _forward_for(layer, x, keep, monkeypatch)
+                dx = layer.backward(g)
+                results.append((keep, threads, y, dx, layer.weight.grad, layer.bias.grad))
+    finally:
+        jn.set_num_threads(saved)
+    first = results[0]
+    for other in results[1:]:
+        for a, b in zip(first[2:], other[2:]):
+            assert a.tobytes() == b.tobytes(), (first[:2], other[:2])
 
 
 @pytest.mark.parametrize("algorithm", ["im2col", "winograd"])
@@ -225,18 +264,17 @@ def test_float32_winograd_within_the_bound_of_a_float64_reference(kernel, tile, 
     assert rel(y_i2c, y64) <= BOUND32 / 10
 
 
-@pytest.mark.parametrize("training", [True, False])
-def test_weight_gradient_with_and_without_the_kept_input_tiles(training):
-    # training=True keeps the transformed input tiles for dW; otherwise backward transforms
-    # the input again. Both give im2col's gradient, accumulated (added) into .grad.
+@pytest.mark.parametrize("keep", KEEPS)
+def test_weight_gradient_with_and_without_the_kept_input_tiles(keep, monkeypatch):
+    # Each kind of kept input gives im2col's gradient, accumulated (added) into .grad.
     ref, win = _pair_of_layers(16, 8, 3, "same", 4, np.float64)
     rng = np.random.default_rng(3)
     x, g = rng.standard_normal((70, 9, 6, 16)), rng.standard_normal((70, 9, 6, 8))
     for layer in (ref, win):
         for _ in range(2):
-            layer.forward(x, training=training)
+            _forward_for(layer, x, keep, monkeypatch)
             layer.backward(g, input_grad=False)
-    assert (win.last_algorithm[0], win.cache.plan["kept"] is not None) == ("winograd", training)
+    assert (win.last_algorithm[0], win.cache.plan["kept"] is not None) == ("winograd", keep == "tiles")
     assert rel(win.weight.grad, ref.weight.grad) <= BOUND64
     assert rel(win.bias.grad, ref.bias.grad) <= BOUND64
 

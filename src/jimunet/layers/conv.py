@@ -56,6 +56,11 @@ def _tile_pair(tile, what="Conv2D winograd_tile"):
 #: BENCHMARKS.md). The same rule, channels swapped, decides ``dX``.
 AUTO_MIN_CHANNELS = 8
 
+#: What a Winograd layer's training pass keeps for its weight gradient: ``"tiles"``, the
+#: transformed input (2.25x the input's bytes with 4x4 tiles), or ``"input"``, the padded
+#: input, transformed again in backward. See BENCHMARKS.md ("#23 speed steps").
+WINOGRAD_TRAINING_KEEPS = "tiles"
+
 
 def auto_tile(kernel, out_hw, in_channels, out_channels):
     """The Winograd tile ``auto`` uses for a stride-1 convolution, or None for im2col.
@@ -262,8 +267,8 @@ class Conv2D(Layer):
         algorithm = self._choose(out_hw)
         if algorithm[0] == "winograd":
             # In training the transformed input tiles are kept: the weight gradient reuses them.
-            y, plan = self._winograd(x, pads, self.weight.data, algorithm[1], "fwd", self.bias, keep_input=training,
-                                     replacing=self.cache)
+            y, plan = self._winograd(x, pads, self.weight.data, algorithm[1], "fwd", self.bias,
+                                     keep=WINOGRAD_TRAINING_KEEPS if training else None, replacing=self.cache)
         else:
             y, plan = self._im2col_forward(x, pads, out_hw)
         self.cache = ConvCache(algorithm, plan, x.shape, pads, out_hw)
@@ -301,23 +306,25 @@ class Conv2D(Layer):
         pfor(block, n, n * rows * plan["k"], like=x, parts=plan["slices"])
         return y.reshape(n, oh, ow, self.out_channels), plan
 
-    def _winograd(self, src, pads, w, tile, key, bias=None, keep_input=False, replacing=None):
+    def _winograd(self, src, pads, w, tile, key, bias=None, keep=None, replacing=None):
         """Stride-1 correlation of ``src`` (``(N, H, W, C)``, zero-padded by ``pads``) with
         the HWIO kernel ``w`` by Winograd ``F(tile, kernel)``, plus ``bias``.
 
         Returns the output and the plan (``conv_plans.winograd_plan``, kept under ``key``),
-        which the weight gradient reads: the chunks, the padded input and, with
-        ``keep_input``, the transformed input tiles. ``replacing``: the cache this call's
-        replaces (its plan may be reused)."""
+        which the weight gradient reads: the chunks and what ``keep`` says (``"tiles"``: the
+        transformed input tiles; ``"input"``: the padded input). ``replacing``: the cache this
+        call's replaces (its plan may be reused). dX's calls (``key`` "bwd") and those keeping
+        the tiles pad one chunk at a time; an inference pass pads its blocks whole, as before."""
         xp = xp_of(src)
         n, h, wd, c = src.shape
         (pt, _), (pl, _) = pads
         dt = np.result_type(src.dtype, w.dtype)
-        sig = (tuple(src.shape), np.dtype(dt), pads, tuple(w.shape), tuple(tile), keep_input, xp,
+        chunked = keep == "tiles" or key == "bwd"
+        sig = (tuple(src.shape), np.dtype(dt), pads, tuple(w.shape), tuple(tile), keep, chunked, xp,
                tuple((b.start, b.stop) for b in batch_blocks(n)))
         plan = self._work.plan(key, sig, replacing=replacing, build=lambda: _plans.winograd_plan(
-            src.shape, dt, pads, w.shape, tile, keep_input, xp))
-        u = self._transformed_filter(w, tile, dt, reuse=key == "fwd" and not keep_input)
+            src.shape, dt, pads, w.shape, tile, keep, chunked, xp))
+        u = self._transformed_filter(w, tile, dt, reuse=key == "fwd" and keep is None)
         (oh, ow), o = plan["out_hw"], w.shape[3]
         y = xp.empty((n, oh, ow, o), dt)
         b = None if bias is None else bias.data.astype(dt, copy=False)
@@ -325,8 +332,11 @@ class Conv2D(Layer):
 
         def run(block_ids):
             for bi in range(block_ids.start, block_ids.stop):
-                ext[samples[bi], pt:pt + h, pl:pl + wd, :] = src[samples[bi]]
-                for sl, chunk in chunk_plans[bi]:
+                if not chunked:
+                    ext[samples[bi], pt:pt + h, pl:pl + wd, :] = src[samples[bi]]
+                for sl, chunk, interior in chunk_plans[bi]:
+                    if chunked:
+                        interior[...] = src[sl]
                     chunk.correlate(u, y[sl], b)
         pfor(run, len(samples), n * oh * ow * max(c, o) * 8, blocks=len(samples), like=src)
         return y, plan
@@ -366,7 +376,11 @@ class Conv2D(Layer):
         a2 = (mh + kh - 1) * (mw + kw - 1)
         dt = np.result_type(dy.dtype, plan["ext"].dtype)
         whole = oh == th * mh and ow == tw * mw
-        dypad = dy if whole else self._work.buffer("dw_dy", (n, th * mh, tw * mw, o), dt, xp, zeros=True)
+        # dY zero-padded to whole tiles, a chunk at a time in each block's own buffer (whose
+        # border is never written): a copy of the whole dY would be as big as the layer's output.
+        largest = max(sl.stop - sl.start for sl in plan["chunks"])
+        dypad = None if whole else self._work.buffer("dw_dy", (len(blocks), largest, th * mh, tw * mw, o), dt, xp,
+                                                     zeros=True)
         partial = xp.empty((len(blocks), 2, a2, c, o), dt)
         db = xp.empty((len(blocks), o), dt) if self.bias is not None else None
         dw_chunks = _plans.weight_grad_chunks(plan, dt, self.kernel_size, self.in_channels, self.out_channels)
@@ -374,10 +388,11 @@ class Conv2D(Layer):
         def run(block_ids):
             for bi in range(block_ids.start, block_ids.stop):
                 for i, (sl, chunk) in enumerate(dw_chunks[bi]):
+                    d = dy[sl] if whole else dypad[bi, :sl.stop - sl.start]
                     if not whole:
-                        dypad[sl, :oh, :ow, :] = dy[sl]
+                        d[:, :oh, :ow, :] = dy[sl]
                     target = partial[bi, 0 if i == 0 else 1]  # the first chunk writes, later ones add
-                    chunk.accumulate(dypad[sl], target)
+                    chunk.accumulate(d, target)
                     if i:
                         partial[bi, 0] += target
                 if db is not None:

@@ -110,13 +110,20 @@ def im2col_plan(x, pads, out_hw, kernel, stride, parts, bias_row):
             "k": k, "transposed": transposed, "bias_row": bias_row, "pad_shape": pad_shape}
 
 
-def winograd_plan(shape, dtype, pads, w_shape, tile, keep_input, xp):
+def winograd_plan(shape, dtype, pads, w_shape, tile, keep, chunked, xp):
     """Buffers and chunks for a Winograd correlation of an input of ``shape``, with a
     ``winograd.ChunkPlan`` for each chunk.
 
     The batch's blocks (``batch_blocks``) are cut into chunks of whole images whose
     scratch fits ``WINOGRAD_CHUNK_BYTES``: shapes fixed by the problem, and by a
-    process's share of it only through its blocks."""
+    process's share of it only through its blocks.
+
+    ``keep``: what a weight gradient will read after the call: ``"tiles"`` (the transformed
+    input, kept), ``"input"`` (the padded input, kept whole to be transformed again) or None
+    (nothing: inference, dX). ``chunked``: each chunk is padded in its block's own buffer,
+    where a padded copy of the whole batch would be as big as the input (not with ``"input"``)."""
+    if chunked and keep == "input":
+        raise ValueError("a chunked plan keeps no whole padded input")
     n, h, wd, c = shape
     blocks = batch_blocks(n)
     kh, kw, _, o = w_shape
@@ -124,9 +131,6 @@ def winograd_plan(shape, dtype, pads, w_shape, tile, keep_input, xp):
     (mh, mw) = tile
     oh, ow = h + pt + pb - kh + 1, wd + pl + pr - kw + 1
     th, tw = -(-oh // mh), -(-ow // mw)
-    # The padded input also holds the rows and columns that complete the last tiles;
-    # its border is zeroed once, each call rewrites the interior.
-    ext = xp.zeros((n, th * mh + kh - 1, tw * mw + kw - 1, c), dtype)
     per_image = _wg.scratch_size(tile, (kh, kw), th * tw, c, o)
     chunk = max(1, WINOGRAD_CHUNK_BYTES // (2 * per_image * np.dtype(dtype).itemsize))
     chunks, block_chunks = [], []
@@ -134,17 +138,25 @@ def winograd_plan(shape, dtype, pads, w_shape, tile, keep_input, xp):
         first = len(chunks)
         chunks += [slice(i, min(i + chunk, b.stop)) for i in range(b.start, b.stop, chunk)]
         block_chunks.append(slice(first, len(chunks)))
+    # The padded input also holds the rows and columns that complete the last tiles;
+    # its border is zeroed once, each call rewrites the interior.
+    padded_hw = (th * mh + kh - 1, tw * mw + kw - 1)
+    largest = max(sl.stop - sl.start for sl in chunks)
+    ext = xp.zeros((len(blocks), largest, *padded_hw, c) if chunked else (n, *padded_hw, c), dtype)
     scratch = xp.empty((len(blocks), 2, min(chunk, n) * per_image), dtype)
     v_per_image = (mh + kh - 1) * (mw + kw - 1) * th * tw * c
-    kept = xp.empty((n * v_per_image,), dtype) if keep_input else None
-    chunk_plans = [[(sl, _wg.ChunkPlan(xp, dtype, ext[sl], (oh, ow), tile, (kh, kw), o, scratch[bi],
+    kept = xp.empty((n * v_per_image,), dtype) if keep == "tiles" else None
+
+    def padded(bi, sl):  # the chunk's padded input
+        return ext[bi, :sl.stop - sl.start] if chunked else ext[sl]
+    chunk_plans = [[(sl, _wg.ChunkPlan(xp, dtype, padded(bi, sl), (oh, ow), tile, (kh, kw), o, scratch[bi],
                                        None if kept is None else
-                                       kept[sl.start * v_per_image:sl.stop * v_per_image]))
+                                       kept[sl.start * v_per_image:sl.stop * v_per_image]),
+                     padded(bi, sl)[:, pt:pt + h, pl:pl + wd, :] if chunked else None)
                     for sl in chunks[block_chunks[bi]]] for bi in range(len(blocks))]
-    return {"tile": tuple(tile),
-            "tiles": (th, tw), "out_hw": (oh, ow), "ext": ext, "kept": kept, "chunks": chunks,
-            "blocks": block_chunks, "block_samples": blocks, "v_per_image": v_per_image,
-            "chunk_plans": chunk_plans}
+    return {"tile": tuple(tile), "tiles": (th, tw), "out_hw": (oh, ow), "ext": ext, "chunked": chunked,
+            "kept": kept, "chunks": chunks, "blocks": block_chunks, "block_samples": blocks,
+            "v_per_image": v_per_image, "chunk_plans": chunk_plans}
 
 
 def weight_grad_chunks(plan, dtype, kernel, in_channels, out_channels):
@@ -159,13 +171,16 @@ def weight_grad_chunks(plan, dtype, kernel, in_channels, out_channels):
     largest = max(sl.stop - sl.start for sl in plan["chunks"])
     per_image = _wg.scratch_size(tile, kernel, th * tw, c, o)
     scratch = xp.empty((len(plan["blocks"]), 4, largest * per_image), dtype)
-    kept, ext = plan["kept"], plan["ext"]
+    kept, ext, chunked = plan["kept"], plan["ext"], plan["chunked"]
 
     def v_of(sl):  # the chunk's kept transformed input (α², T, C); None: transform again
         if kept is None:
             return None
         return kept[sl.start * vpi:sl.stop * vpi].reshape(-1, (sl.stop - sl.start) * th * tw, c)
-    chunks = [[(sl, _wg.WeightGradChunk(xp, dtype, v_of(sl), ext[sl], (th, tw), tile, kernel, o, scratch[bi]))
+    if kept is None and chunked:
+        raise ValueError("the weight gradient needs the transformed or the whole padded input; this plan kept neither")
+    chunks = [[(sl, _wg.WeightGradChunk(xp, dtype, v_of(sl), ext[bi, :sl.stop - sl.start] if chunked else ext[sl],
+                                        (th, tw), tile, kernel, o, scratch[bi]))
                for sl in plan["chunks"][plan["blocks"][bi]]] for bi in range(len(plan["blocks"]))]
     kept_chunks.clear()  # one dtype at a time
     kept_chunks[np.dtype(dtype).str] = chunks
