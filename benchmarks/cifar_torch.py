@@ -169,15 +169,15 @@ def accuracy(net, x, y, prep, batch=500, flip=False, shift=0):
     return right / len(x)
 
 
-def load_data(root, rng, train_size=None):
-    """The folder's training images less ``VALIDATION`` held out (a random choice from ``rng``),
+def load_data(root, rng, train_size=None, validation=VALIDATION):
+    """The folder's training images less ``validation`` held out (a random choice from ``rng``),
     those held out, the test images (each ``(x uint8 NHWC, y)``), and ``prep``: a uint8 batch →
     normalised float32 NCHW tensor, with per-channel statistics of 10,000 training images."""
     import torch
     x_all, y_all, _ = load_folder(root, "train")
     x_te, y_te, _ = load_folder(root, "test")
     order = rng.permutation(len(x_all))
-    v = min(VALIDATION, len(x_all) // 10)
+    v = min(validation, len(x_all) // 10)
     val, tr = order[:v], order[v:v + (train_size or len(x_all))]
     x_tr = x_all[tr]
     sample = x_tr[rng.permutation(len(x_tr))[:10_000]].astype(np.float64)
@@ -187,9 +187,11 @@ def load_data(root, rng, train_size=None):
 
 
 def end_epoch(net, validation, prep, epoch, epochs, losses, seconds, lr, batch, echo):
-    """Validate, print the epoch's line as ``jimunet train`` does, and return its record."""
-    val_acc = accuracy(net, *validation, prep)
-    echo(f"epoch {epoch:3d}/{epochs}  train loss {np.mean(losses):.4f}  val error {100 * (1 - val_acc):6.2f}%  "
+    """Validate (where images are held out), print the epoch's line as ``jimunet train`` does, and
+    return its record."""
+    val_acc = accuracy(net, *validation, prep) if len(validation[0]) else None
+    val = "   n/a" if val_acc is None else f"{100 * (1 - val_acc):6.2f}%"
+    echo(f"epoch {epoch:3d}/{epochs}  train loss {np.mean(losses):.4f}  val error {val}  "
          f"lr {lr:.6f}  {seconds:7.1f} s ({len(losses) * batch / seconds:.0f} img/s)")
     return {"epoch": epoch, "loss": float(np.mean(losses)), "val_accuracy": val_acc, "seconds": seconds}
 

@@ -7,9 +7,10 @@ import pytest
 
 import jimunet as jn
 from jimunet.app.cli import main
+from jimunet.app import recipes
 from jimunet.app.recipes import (AIRBENCH_BIAS_LR, AIRBENCH_DEFAULTS, AIRBENCH_WHITEN_BIAS_EPOCHS, CIFAR_DEFAULTS,
-                                 FASHION_CIFAR_DEFAULTS, ConfigError, MNISTConfig, build, recipe_callbacks,
-                                 recipe_defaults)
+                                 FASHION_CIFAR_DEFAULTS, ConfigError, MNISTConfig, build, prepare_model,
+                                 recipe_callbacks, recipe_defaults)
 from jimunet.app.training import train_mnist
 
 from test_app_data import make_folder
@@ -48,6 +49,25 @@ def test_airbench_build():
     assert recipe_callbacks(cfg.replace(model="cifar"), model, optimizer, 45000) == []
 
 
+def test_whitening_sample_is_a_random_choice_of_the_training_images(monkeypatch):
+    """A folder lists its images class by class: the whitening layer must not see only the first classes."""
+    monkeypatch.setattr(recipes, "AIRBENCH_WHITEN_IMAGES", 8)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 32, 32, 3)).astype(np.float32)
+    x[:32] *= np.float32(0.1)  # the "first class": another covariance than the rest
+    train = (x, np.repeat(np.arange(2), 32))
+    cfg = MNISTConfig(data="cifar10", **AIRBENCH_DEFAULTS)
+
+    def whitening(seed):
+        model = build(cfg.replace(seed=seed), train_size=64, input_shape=(32, 32, 3))[0]
+        prepare_model(cfg.replace(seed=seed), model, train, normalize=None)
+        return model.layers[0].weight.data
+
+    first = jn.init.patch_whitening(x[:8], 2).astype(np.float32)
+    assert np.array_equal(whitening(1), whitening(1))  # a fixed choice for a seed (resume: kept in the checkpoint)
+    assert not np.allclose(whitening(1), first, rtol=0.1) and not np.array_equal(whitening(1), whitening(2))
+
+
 def test_defaults_and_build():
     cfg = MNISTConfig(data="cifar10", **CIFAR_DEFAULTS).validate()  # the ResNet-9 recipe, on colour images
     model, loss_fn, optimizer, schedule = build(cfg, train_size=45000, input_shape=(32, 32, 3))
@@ -82,7 +102,11 @@ def test_cli_trains_a_folder(tmp_path, capsys):
                  "--out", str(out), "--no-report", "--train-size", "24"]) == 0
     text = capsys.readouterr().out
     assert "model airbench for 32x32x3 images" in text and "lookahead every 5 steps" in text
+    assert "24 train / 0 validation" in text  # airbench trains on every training image
     assert (out / "model.npz").is_file()
+    assert main(["train", "--data", str(folder), "--model", "cifar", "--epochs", "1", "--batch-size", "8",
+                 "--out", str(tmp_path / "held"), "--no-report", "--train-size", "20", "--validation-size", "3"]) == 0
+    assert "20 train / 3 validation" in capsys.readouterr().out
 
 
 class StopAfterEpoch1(jn.training.callbacks.Callback):
@@ -117,8 +141,8 @@ def test_airbench_resume_and_threads_are_bit_identical(tmp_path):
     """Past the whitening bias's freeze and across lookahead pulls, resumed on another thread count."""
     data = (cifar_like(64), cifar_like(20, seed=1))
     epochs = AIRBENCH_WHITEN_BIAS_EPOCHS + 2
-    cfg = MNISTConfig(data="cifar10", **{**AIRBENCH_DEFAULTS, "epochs": epochs, "batch_size": 16},
-                      validation_size=16, train_size=48, report=False, threads=1)
+    cfg = MNISTConfig(data="cifar10", **{**AIRBENCH_DEFAULTS, "epochs": epochs, "batch_size": 16, "validation_size": 16},
+                      train_size=48, report=False, threads=1)
     whole, part = tmp_path / "whole", tmp_path / "part"
     train_mnist(cfg.replace(out=str(whole)), data=data, echo=False)
     train_mnist(cfg.replace(out=str(part), threads=2), data=data, echo=False,

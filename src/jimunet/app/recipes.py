@@ -288,13 +288,14 @@ FASHION_CIFAR_DEFAULTS = {**CIFAR_DEFAULTS, "epochs": FASHION_CIFAR_EPOCHS, "shi
 # airbench reflects and alternates them). Measured in BENCHMARKS.md ("CIFAR-10: airbench").
 AIRBENCH_DEFAULTS = {"model": "airbench", "epochs": 11, "batch_size": 1024, "lr": 1.5, "momentum": 0.85,
                      "weight_decay": 0.0153 / 11.5, "dropout": 0.0, "lr_decay": 1.0, "label_smoothing": 0.2,
-                     "crop": 2, "flip": True, "test_flip": True, "test_shift": 1}
+                     "crop": 2, "flip": True, "test_flip": True, "test_shift": 1, "validation_size": 0}
 AIRBENCH_SCHEDULE = (0.23, 0.2, 0.07)  # warm-up share of the steps; lr at the start and at the end, × lr
 AIRBENCH_BIAS_LR = 64.0  # BatchNorm biases' lr_scale (their weight decay stays that of the others)
 AIRBENCH_HEAD_SCALE = 9.0  # airbench multiplies its logits by 1/9; here its Dense weights are 9× smaller
-AIRBENCH_WHITEN_IMAGES = 5000  # the training images whose patches set the whitening layer
+AIRBENCH_WHITEN_IMAGES = 5000  # the training images (a random choice) whose patches set the whitening layer
 AIRBENCH_WHITEN_BIAS_EPOCHS = 3  # the whitening layer's bias trains for this many epochs, then stays
 LOOKAHEAD_EVERY = 5
+_WHITEN_STREAM = 0x57  # the whitening sample's random stream, apart from the weights' and the shuffling's
 
 
 def recipe_defaults(model: str | None, data: str) -> dict:
@@ -447,14 +448,17 @@ def recipe_callbacks(config: MNISTConfig, model, optimizer, train_size: int) -> 
 
 def prepare_model(config: MNISTConfig, model, train, normalize) -> None:
     """What the recipe sets from the training data before the first step (airbench: the whitening
-    layer, from the patches of the first ``AIRBENCH_WHITEN_IMAGES`` training images, normalised)."""
+    layer, from the patches of ``AIRBENCH_WHITEN_IMAGES`` training images, normalised: a random
+    choice drawn with the run's seed, as a folder lists its images class by class)."""
     if config.model != "airbench":
         return
+    n_all = len(train) if is_dataset(train) else len(train[0])
+    n = min(n_all, AIRBENCH_WHITEN_IMAGES)
+    chosen = np.sort(np.random.default_rng([config.seed, _WHITEN_STREAM]).choice(n_all, n, replace=False))
     if is_dataset(train):
-        n = min(len(train), AIRBENCH_WHITEN_IMAGES)
-        x = transform_batch(train.get_batch(np.arange(n))[0], normalize=normalize)
+        x = transform_batch(train.get_batch(chosen)[0], normalize=normalize)
     else:  # (inputs, labels) arrays, already model inputs
-        x = np.asarray(train[0][:AIRBENCH_WHITEN_IMAGES], dtype=np.float32)
+        x = np.asarray(train[0][chosen], dtype=np.float32)
     whiten = model.layers[0]
     whiten.weight.assign(init.patch_whitening(to_numpy(x), whiten.kernel_size[0]).astype(whiten.weight.data.dtype))
 

@@ -11,7 +11,7 @@ from ..training import distributed_problem, load_run_config, train_mnist
 from .errors import EXIT_FAILURE, EXIT_OK, DEVICE_HELP, UserError, add_command, int_at_least, interrupted_exit, \
     non_negative_float, positive_float
 
-_TRAIN_FLAGS = ("epochs", "batch_size", "lr", "seed", "train_size", "data_dir", "threads", "shift", "device",
+_TRAIN_FLAGS = ("epochs", "batch_size", "lr", "seed", "train_size", "validation_size", "data_dir", "threads", "shift", "device",
                 "reduction", "data", "test_shift")
 
 
@@ -135,6 +135,9 @@ def register(subparsers):
                    "dropout and shuffling (default 66478)")
     t.add_argument("--train-size", type=int_at_least(1), default=None, metavar="N", help="train on the first N of "
                    "the 55,000 training images (default all)")
+    t.add_argument("--validation-size", type=int_at_least(0), default=None, metavar="N", help="hold out N "
+                   "training images for validation (default 5,000; a folder's: at most a tenth of its images; "
+                   "0 with --model airbench and the CIFAR-10 recipe, which train on all of them)")
     t.add_argument("--data", default=None, metavar="DATA", help=f"{', '.join(DATASETS)} (downloaded if missing) or "
                    "the path of an image folder (FOLDER/<class>/*.png|jpg, or FOLDER/train/<class> and "
                    "FOLDER/test/<class>); default mnist. Colour images are trained with random crops (padding 4) "
