@@ -529,13 +529,15 @@ ACTS = {
 
 @pytest.mark.parametrize("name", sorted(ACTS))
 @pytest.mark.parametrize("shape,scale", [((4, 9), 1.0), ((2, 5, 6, 3), 3.0), ((3, 17), 40.0), ((1, 1), 0.5)])
-def test_activation_matches_torch(name, shape, scale):
+@pytest.mark.parametrize("training", [True, False])
+def test_activation_matches_torch(name, shape, scale, training):
+    # training: ReLU keeps where x > 0 rather than its output
     rng = np.random.default_rng(sum(shape))
     x = rng.standard_normal(shape) * scale
     x.flat[::5] = 0.0  # exact zeros: the kink of ReLU/LeakyReLU must match torch's convention
     make, ref = ACTS[name]
     layer = make()
-    y = layer.forward(x)
+    y = layer.forward(x, training=training)
     g = rng.standard_normal(y.shape)
     dx = layer.backward(g)
     xt = t(x, True)
@@ -543,6 +545,17 @@ def test_activation_matches_torch(name, shape, scale):
     yt.backward(torch.tensor(g))
     check("activations", y, yt, f"{name} forward")
     check("activations", dx, xt.grad, f"{name} dx")
+
+
+def test_relu_training_keeps_a_byte_per_value_and_the_gradients_dtype():
+    x = np.array([[-1.0, 0.0, -0.0, 2.0, np.inf, -np.inf]], dtype=np.float64)
+    layer = jn.layers.ReLU()
+    layer.forward(x, training=True)
+    assert layer.cache.dtype == bool
+    dx = layer.backward(np.ones(x.shape, np.float32))
+    assert dx.dtype == np.float64 and dx.tolist() == [[0.0, 0.0, 0.0, 1.0, 1.0, 0.0]]
+    layer.forward(x)
+    assert layer.cache.dtype == np.float64 and layer.backward(np.ones(x.shape, np.float32)).tolist() == dx.tolist()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

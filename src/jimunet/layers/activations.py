@@ -40,16 +40,27 @@ class ReLU(_Elementwise):
         array([0., 2.])
     """
 
-    def _forward(self, x):
+    def forward(self, x, training: bool = False):
+        self._check_input(x)
         xp = xp_of(x)
         y = xp.empty_like(x)
-        pfor(lambda sl: xp.maximum(x[sl], 0, out=y[sl]), x.shape[0], x.size, like=x)
-        return y, y
+        # Training keeps where x > 0 (a byte per value), not the output: the next layer may not
+        # keep it (a Winograd conv keeps its transformed input, a max pool its winners).
+        positive = xp.empty(x.shape, bool) if training else None
 
-    def _backward(self, grad, y):
+        def block(sl):
+            xp.maximum(x[sl], 0, out=y[sl])
+            if positive is not None:
+                xp.greater(x[sl], 0, out=positive[sl])
+        pfor(block, x.shape[0], x.size, like=x)
+        self.cache, self._out_dtype = (y if positive is None else positive), y.dtype
+        return y
+
+    def _backward(self, grad, kept):
         xp = xp_of(grad)
-        dx = xp.empty(grad.shape, xp.result_type(grad.dtype, y.dtype))
-        pfor(lambda sl: xp.multiply(grad[sl], y[sl] > 0, out=dx[sl]), grad.shape[0], grad.size, like=grad)
+        dx = xp.empty(grad.shape, xp.result_type(grad.dtype, self._out_dtype))
+        pfor(lambda sl: xp.multiply(grad[sl], kept[sl] if kept.dtype == bool else kept[sl] > 0, out=dx[sl]),
+             grad.shape[0], grad.size, like=grad)
         return dx
 
 
