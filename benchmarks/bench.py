@@ -48,8 +48,12 @@ TASKS = {  # name: (kind, batch, warm-up iterations, timed iterations)
     "cifar-infer1000": ("infer", 1000, 1, 4),   # and PyTorch only): --tasks cifar256 cifar-infer1000
     "airbench1024": ("train", 1024, 1, 3),      # the CIFAR-10 recipe, airbench (bench_cifar.py):
     "airbench-infer1000": ("infer", 1000, 1, 4),  # --tasks airbench1024 airbench-infer1000
+    "resnet128": ("train", 128, 3, 20),         # the --model resnet recipe, mnist_resnet (bench_cifar.py)
+    "resnet-infer1000": ("infer", 1000, 1, 8),
 }
-CIFAR_TASKS = ("cifar256", "cifar-infer1000", "airbench1024", "airbench-infer1000")
+# The recipe networks' tasks (jimunet and PyTorch only): task -> bench_cifar's network
+RECIPE_TASKS = {"cifar256": "cifar", "cifar-infer1000": "cifar", "airbench1024": "airbench",
+                "airbench-infer1000": "airbench", "resnet128": "resnet", "resnet-infer1000": "resnet"}
 CPU_TASKS, GPU_TASKS = ["train64", "train256", "infer1000"], ["train64", "train512", "infer1000", "infer10000"]
 #: ``--isa avx2``: holds every framework's CPU kernels to AVX2, as a CPU without AVX-512 (the
 #: Zen 3 of issue #9, for one) would run them. Set before any of them loads, in this process
@@ -209,9 +213,9 @@ def _run_tensorflow(kind, batch, warm, iters, threads, train="function", infer="
 
 def worker(framework, task, threads, device="cpu"):
     kind, batch, warm, iters = TASKS[task]
-    if task in CIFAR_TASKS:
+    if task in RECIPE_TASKS:
         run = _bench_cifar().run_jimunet if framework == "jimunet" else _bench_cifar().run_torch
-        seconds = run(kind, batch, warm, iters, threads, _time, airbench=task.startswith("airbench"))
+        seconds = run(kind, batch, warm, iters, threads, _time, net=RECIPE_TASKS[task])
     elif framework == "jimunet":
         seconds = _run_jimunet(kind, batch, warm, iters, threads, device)
     elif framework == "tensorflow":
@@ -490,8 +494,9 @@ def main(argv=None):
         print("machine:", describe_machine(machine_info()))
         return
     frameworks = choose_frameworks(args.frameworks, args.device, args.channels_last)
-    if set(args.tasks) & set(CIFAR_TASKS) and (set(frameworks) - {"jimunet", "torch"} or args.device != "cpu"):
-        raise SystemExit("the cifar tasks run on the CPU in jimunet and PyTorch only: add --frameworks jimunet torch")
+    if set(args.tasks) & set(RECIPE_TASKS) and (set(frameworks) - {"jimunet", "torch"} or args.device != "cpu"):
+        raise SystemExit("the recipe tasks (cifar, airbench, resnet) run on the CPU in jimunet and PyTorch only: "
+                         "add --frameworks jimunet torch")
     info = machine_info()
     print("machine:", describe_machine(info), f"| threads {args.threads}")
     if args.device != "cpu":

@@ -130,10 +130,10 @@ def test_isa_avx2_refused_once_the_kernels_are_chosen():
         bench.main(["--isa", "avx2", "--info"])
 
 
-@pytest.mark.parametrize("task", bench.CIFAR_TASKS)
+@pytest.mark.parametrize("task", list(bench.RECIPE_TASKS))
 @pytest.mark.parametrize("framework", ["jimunet", "torch"])
-def test_cifar_tasks_run_both_frameworks(task, framework, monkeypatch):
-    """The cifar and airbench tasks time their recipe's step (shrunk here to a batch of 4, one timed call)."""
+def test_recipe_tasks_run_both_frameworks(task, framework, monkeypatch):
+    """The cifar, airbench and resnet tasks time their recipe's step (shrunk here to a batch of 4, one timed call)."""
     pytest.importorskip("torch")
     kind = bench.TASKS[task][0]
     monkeypatch.setitem(bench.TASKS, task, (kind, 4, 0, 1))
@@ -144,10 +144,10 @@ def test_cifar_tasks_run_both_frameworks(task, framework, monkeypatch):
         step()
         return 1.0
     run = bench._bench_cifar().run_jimunet if framework == "jimunet" else bench._bench_cifar().run_torch
-    assert run(kind, 4, 0, 1, 1, timer, airbench=task.startswith("airbench")) == 1.0 and calls == [(0, 1)]
+    assert run(kind, 4, 0, 1, 1, timer, net=bench.RECIPE_TASKS[task]) == 1.0 and calls == [(0, 1)]
 
 
 def test_cifar_tasks_refuse_tensorflow(monkeypatch):
     monkeypatch.setattr(bench, "choose_frameworks", lambda *a: ["jimunet", "tensorflow"])
-    with pytest.raises(SystemExit, match="cifar tasks run on the CPU in jimunet and PyTorch only"):
+    with pytest.raises(SystemExit, match="recipe tasks .* run on the CPU in jimunet and PyTorch only"):
         bench.main(["--tasks", "cifar256", "--frameworks", "jimunet", "tensorflow", "--rounds", "1"])
