@@ -116,14 +116,18 @@ class MaxPool2D(_Pool2D):
         def block(sl):
             yb, xb = y[sl], xpad[sl]
             wb = None if winner is None else winner[sl]
-            above = None if winner is None else xp.empty(yb.shape, bool)
+            if wb is not None:
+                above, offset = xp.empty(yb.shape, bool), xp.empty_like(wb)
             for k, s in enumerate(self._slabs((oh, ow))):
                 if k == 0:
                     yb[...] = xb[s]
                     continue
-                if wb is not None:  # strictly above: on ties the first maximum keeps the window
+                if wb is not None:
+                    # Strictly above: on ties the first maximum keeps the window. The offsets
+                    # rise, so the winner is the largest k that was above (a max, where a
+                    # masked copy costs 10x as much).
                     xp.greater(xb[s], yb, out=above)
-                    xp.copyto(wb, k, where=above)
+                    xp.maximum(wb, xp.multiply(above, wb.dtype.type(k), out=offset), out=wb)
                 xp.maximum(yb, xb[s], out=yb)
         pfor(block, x.shape[0], x.size, like=x)
         self.cache = MaxPoolCache(winner, None if training else xpad, None if training else y, pads, x.shape)
@@ -139,12 +143,11 @@ class MaxPool2D(_Pool2D):
 
         def block(sl):
             wb, xb, yb = winner[sl], xpad[sl], y[sl]
-            found = xp.zeros(yb.shape, bool)
-            hit = xp.empty(yb.shape, bool)
+            found, hit, offset = xp.zeros(yb.shape, bool), xp.empty(yb.shape, bool), xp.empty_like(wb)
             for k, s in enumerate(self._slabs(y.shape[1:3])):
                 xp.equal(xb[s], yb, out=hit)
-                hit &= ~found
-                xp.copyto(wb, k, where=hit)
+                xp.greater(hit, found, out=hit)  # not found before
+                xp.maximum(wb, xp.multiply(hit, wb.dtype.type(k), out=offset), out=wb)
                 found |= hit
         pfor(block, y.shape[0], xpad.size, like=y)
         return winner
