@@ -10,6 +10,7 @@ import math
 
 from .._messages import shown
 from ..backend import xp_of
+from ..parallel import pfor
 from .base import Layer, register
 
 
@@ -64,9 +65,14 @@ class Add(_Merge):
 
     def forward(self, xs, training: bool = False):
         self._check_inputs(xs)
-        y = xs[0] + xs[1]
-        for x in xs[2:]:
-            y += x
+        xp = xp_of(xs[0])
+        y = xp.empty(xs[0].shape, xs[0].dtype)
+
+        def block(sl):  # the inputs added left to right, samples split over the threads
+            xp.add(xs[0][sl], xs[1][sl], out=y[sl])
+            for x in xs[2:]:
+                y[sl] += x[sl]
+        pfor(block, y.shape[0], y.size * len(xs), like=y)
         self.cache = [x.shape for x in xs]
         return y
 

@@ -9,7 +9,7 @@ from .. import init as _init
 from .._messages import shown
 from ..backend import xp_of
 from ..functional.padding import MAX_SIZE
-from ..parallel import batch_sync
+from ..parallel import batch_sync, pfor
 from .base import Layer, check_dtype_arg, check_number, register
 
 
@@ -25,10 +25,11 @@ class BatchNormCache(NamedTuple):
 
 
 def _by_rows(fn, a) -> None:
-    """``fn(rows)`` over the rows of the (rows, C) array ``a``, for elementwise work: the one
-    place to split these passes. Splitting them over the threads (``pfor``) was measured slower
-    on the busy 2-core machine (BENCHMARKS.md, "#23 speed steps"), so they run whole."""
-    fn(slice(0, a.shape[0]))
+    """``fn(rows)`` over ``pfor``'s blocks of the rows of the (rows, C) array ``a``, on the
+    threads. For elementwise work only: every value's arithmetic is the same however the rows
+    are cut, so the result does not depend on the thread count. (Smaller, cache-sized chunks
+    were measured slower: a NumPy call per chunk costs more than staying in L2 saves.)"""
+    pfor(fn, a.shape[0], a.size, like=a)
 
 
 def _fast_sum(a, dtype) -> bool:
@@ -150,15 +151,15 @@ class BatchNorm(Layer):
         return 2 * int(np.prod(input_shape))  # one multiply-add per value once folded
 
     def _statistics(self, x2, dtype, m: int):
-        """Mean, biased variance, 1/sqrt(var + eps) and x̂ of the (rows, C) array ``x2`` (one
-        process's arithmetic: the exact reduction runs this very code on the gathered batch)."""
+        """Mean, biased variance, 1/sqrt(var + eps) and ``x2 - mean`` (x̂ once multiplied by the
+        former: ``forward`` does it in the pass that computes the output) of the (rows, C) array
+        ``x2`` (one process's arithmetic: the exact reduction runs this very code on the gathered
+        batch)."""
         xp = xp_of(x2)
         mean = _channel_mean(x2, dtype)
         xc = self._centred(x2, mean)
         var = xp.einsum("ij,ij->j", xc, xc) / m  # biased: the normalisation uses it
-        inv = 1.0 / xp.sqrt(var + self.eps)
-        _by_rows(lambda r: xp.multiply(xc[r], inv, out=xc[r]), xc)
-        return mean, var, inv, xc
+        return mean, var, 1.0 / xp.sqrt(var + self.eps), xc
 
     @staticmethod
     def _centred(x2, mean):
@@ -175,13 +176,12 @@ class BatchNorm(Layer):
         mean = sync.add(_channel_sum(x2, dtype)) / m
         xc = self._centred(x2, mean)
         var = sync.add(xp.einsum("ij,ij->j", xc, xc)) / m
-        inv = 1.0 / xp.sqrt(var + self.eps)
-        _by_rows(lambda r: xp.multiply(xc[r], inv, out=xc[r]), xc)
-        return mean, var, inv, xc
+        return mean, var, 1.0 / xp.sqrt(var + self.eps), xc
 
     def _train_forward(self, x, x2, dtype):
         """Batch statistics (of the whole batch also when this is one process's share of it),
-        the running estimates moved, and the cache; returns x̂ of ``x2``'s rows."""
+        the running estimates moved, and the cache; returns ``(a, inv, scaled)``: a is x̂ of
+        ``x2``'s rows if ``scaled``, else ``x2 - mean``, to be multiplied by inv in place."""
         sync = batch_sync(x.shape[0])
         per = x2.shape[0] // max(1, x.shape[0])  # values per channel of one sample
         m = x2.shape[0] if sync is None else sync.total * per  # ... of the whole batch
@@ -189,13 +189,14 @@ class BatchNorm(Layer):
             raise ValueError(f"{self.describe()}: training needs more than one value per channel to "
                              f"estimate a variance, got input of shape {tuple(x.shape)}"
                              f"{'' if sync is None else f' (of a batch of {sync.total})'}")
-        xhat_all = None
+        xhat_all, scaled = None, False
         if sync is None:
             mean, var, inv, xhat = self._statistics(x2, dtype, m)
         elif sync.exact:
             whole = sync.gather(x).reshape(-1, self.num_features)
             mean, var, inv, xhat_all = self._statistics(whole, dtype, m)
-            xhat = xhat_all[sync.rows.start * per:sync.rows.stop * per]
+            _by_rows(lambda r: xp_of(x).multiply(xhat_all[r], inv, out=xhat_all[r]), xhat_all)  # all of x̂: backward sums it
+            xhat, scaled = xhat_all[sync.rows.start * per:sync.rows.stop * per], True
         else:
             mean, var, inv, xhat = self._summed_statistics(x2, dtype, m, sync)
         mom = self.momentum
@@ -203,7 +204,7 @@ class BatchNorm(Layer):
         rm[...] = (1 - mom) * rm + mom * mean
         rv[...] = (1 - mom) * rv + mom * (var * (m / (m - 1)))  # unbiased for the running estimate
         self.cache = BatchNormCache(True, xhat, inv, x.shape, m, sync, xhat_all)
-        return xhat
+        return xhat, inv, scaled
 
     def forward(self, x, training: bool = False):
         self._check_input(x, None, self.num_features, "NHWC batch or (batch, features) array")
@@ -213,20 +214,24 @@ class BatchNorm(Layer):
         xp = xp_of(x)
         x2 = x.reshape(-1, self.num_features)
         dtype = np.result_type(x.dtype, self.weight.data.dtype)
+        rm = self.running_mean.data
         if training:
-            xhat = self._train_forward(x, x2, dtype)
+            xhat, inv, scaled = self._train_forward(x, x2, dtype)
         else:
             inv = 1.0 / xp.sqrt(self.running_var.data.astype(dtype) + self.eps)
-            xhat = self._centred(x2, self.running_mean.data)
-            _by_rows(lambda r: xp.multiply(xhat[r], inv, out=xhat[r]), xhat)
+            xhat, scaled = xp.empty(x2.shape, xp.result_type(x2.dtype, rm.dtype)), False
             self.cache = BatchNormCache(False, xhat, inv, x.shape)
         w, b = self.weight.data, self.bias.data
         y = xp.empty(xhat.shape, xp.result_type(xhat.dtype, w.dtype))
 
-        def affine(r):  # γ·x̂ + β, two roundings as before, in one pass
+        def block(r):  # the roundings of (x - μ)·inv·γ + β one after the other, in one pass
+            if not training:
+                xp.subtract(x2[r], rm, out=xhat[r])
+            if not scaled:
+                xhat[r] *= inv
             xp.multiply(xhat[r], w, out=y[r])
             y[r] += b
-        _by_rows(affine, xhat)
+        _by_rows(block, xhat)
         return y.reshape(x.shape)
 
     def _grad_sums(self, grad, dy, input_grad: bool):

@@ -268,7 +268,10 @@ class GlobalAvgPool2D(Layer):
     def forward(self, x, training: bool = False):
         self._check_input(x, 4, None, "NHWC batch (batch, height, width, channels)")
         self.cache = x.shape  # the input's shape
-        return x.mean(axis=(1, 2))
+        xp = xp_of(x)
+        y = xp.empty((x.shape[0], x.shape[3]), xp.result_type(x.dtype, 1.0))
+        pfor(lambda sl: xp.mean(x[sl], axis=(1, 2), out=y[sl]), x.shape[0], x.size, like=x)  # per sample
+        return y
 
     def backward(self, grad, input_grad: bool = True):
         if self.cache is None:
@@ -278,5 +281,9 @@ class GlobalAvgPool2D(Layer):
         if not input_grad:
             return None
         dx = xp_of(grad).empty(self.cache, grad.dtype)
-        dx[...] = (grad / (h * w))[:, None, None, :]
+        share = (grad / (h * w))[:, None, None, :]
+
+        def block(sl):
+            dx[sl] = share[sl]
+        pfor(block, n, dx.size, like=dx)
         return dx
