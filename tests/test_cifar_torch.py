@@ -24,17 +24,22 @@ def test_same_parameter_count_and_output_shape():
     assert tuple(net(torch.zeros(2, 3, 32, 32)).shape) == model.forward(x).shape == (2, 10)
 
 
-@pytest.mark.parametrize("training", [False, True])
-def test_same_logits_from_the_same_weights_float64(training):
-    model = jn.models.cifar_resnet(rng=1, dtype=np.float64)
-    rng = np.random.default_rng(0)
-    for layer in model.layers:  # non-trivial BatchNorm parameters and statistics
+def randomize_batchnorm(model, rng):
+    """Non-trivial BatchNorm parameters and statistics, so that a port's mistakes in them show."""
+    for layer in model.layers:
         if isinstance(layer, jn.layers.BatchNorm):
             c = layer.weight.data.shape
             layer.weight.data[...] = rng.uniform(0.5, 1.5, c)
             layer.bias.data[...] = rng.normal(0, 0.2, c)
             layer.running_mean.data[...] = rng.normal(0, 0.3, c)
             layer.running_var.data[...] = rng.uniform(0.5, 2.0, c)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_same_logits_from_the_same_weights_float64(training):
+    model = jn.models.cifar_resnet(rng=1, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    randomize_batchnorm(model, rng)
     net = cifar_torch.build_net().double()
     cifar_torch.copy_from_jimunet(net, model)
     x = rng.standard_normal((4, 32, 32, 3))

@@ -8,6 +8,8 @@ import pytest
 
 import jimunet as jn
 
+from test_cifar_torch import randomize_batchnorm
+
 torch = pytest.importorskip("torch")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 import cifar_torch  # noqa: E402
@@ -18,13 +20,7 @@ import resnet_torch  # noqa: E402
 def test_same_logits_and_gradients_float64(training):
     model = jn.models.mnist_resnet(rng=1, dtype=np.float64)
     rng = np.random.default_rng(0)
-    for layer in model.layers:  # non-trivial BatchNorm parameters and statistics
-        if isinstance(layer, jn.layers.BatchNorm):
-            c = layer.weight.data.shape
-            layer.weight.data[...] = rng.uniform(0.5, 1.5, c)
-            layer.bias.data[...] = rng.normal(0, 0.2, c)
-            layer.running_mean.data[...] = rng.normal(0, 0.3, c)
-            layer.running_var.data[...] = rng.uniform(0.5, 2.0, c)
+    randomize_batchnorm(model, rng)
     net = resnet_torch.build_net().double()
     assert sum(p.numel() for p in net.parameters()) == model.summary().total_params == 147066
     cifar_torch.copy_from_jimunet(net, model)
