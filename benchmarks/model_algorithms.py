@@ -1,10 +1,12 @@
-"""Whole-model A/B: ``mnist_cnn`` with every Conv2D forced to im2col vs ``algorithm="auto"``.
+"""Whole-model A/B: ``mnist_cnn`` (tasks train64, infer1000) or ``cifar_airbench`` (airbench1024,
+airbench-infer1000) with every Conv2D forced to im2col vs ``algorithm="auto"``.
 
 Each measurement runs in a fresh process and the two alternate, round after round, so
 drifting machine load hits both alike; prints images/s per round and the median of the
 per-round ratios auto / im2col.
 
     python benchmarks/model_algorithms.py --rounds 5 --tasks train64 infer1000
+    python benchmarks/model_algorithms.py --rounds 3 --tasks airbench1024 airbench-infer1000
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ import time
 
 from bench_steps import jimunet_step
 
-TASKS = {"train64": ("train", 64, 3, 30), "infer1000": ("infer", 1000, 1, 5)}  # kind, batch, warm-up, timed
+TASKS = {"train64": ("train", 64, 3, 30), "infer1000": ("infer", 1000, 1, 5),  # kind, batch, warm-up, timed
+         "airbench1024": ("train", 1024, 1, 3), "airbench-infer1000": ("infer", 1000, 1, 3)}
 
 
 def _images_per_second(algorithm, task):
@@ -24,9 +27,13 @@ def _images_per_second(algorithm, task):
     import jimunet as jn
     kind, batch, warm, iters = TASKS[task]
     rng = np.random.default_rng(0)
-    x = ((rng.integers(0, 256, (batch, 28, 28, 1)) - 127.5) / 255).astype(np.float32)
+    airbench = task.startswith("airbench")
+    shape = (32, 32, 3) if airbench else (28, 28, 1)
+    x = ((rng.integers(0, 256, (batch, *shape)) - 127.5) / 255).astype(np.float32)
     y = rng.integers(0, 10, batch)
-    model = jn.models.mnist_cnn(rng=0)
+    model = jn.models.cifar_airbench(rng=0) if airbench else jn.models.mnist_cnn(rng=0)
+    if airbench:
+        model.layers[0].weight.assign(jn.init.patch_whitening(x[:500], 2))
     for layer in model.layers:
         if isinstance(layer, jn.layers.Conv2D):
             layer.algorithm = algorithm
