@@ -378,9 +378,8 @@ class Conv2D(Layer):
         whole = oh == th * mh and ow == tw * mw
         # dY zero-padded to whole tiles, a chunk at a time in each block's own buffer (whose
         # border is never written): a copy of the whole dY would be as big as the layer's output.
-        largest = max(sl.stop - sl.start for sl in plan["chunks"])
-        dypad = None if whole else self._work.buffer("dw_dy", (len(blocks), largest, th * mh, tw * mw, o), dt, xp,
-                                                     zeros=True)
+        dypad = None if whole else self._work.buffer("dw_dy", (len(blocks), plan["largest"], th * mh, tw * mw, o), dt,
+                                                     xp, zeros=True)
         partial = xp.empty((len(blocks), 2, a2, c, o), dt)
         db = xp.empty((len(blocks), o), dt) if self.bias is not None else None
         dw_chunks = _plans.weight_grad_chunks(plan, dt, self.kernel_size, self.in_channels, self.out_channels)

@@ -147,16 +147,17 @@ def winograd_plan(shape, dtype, pads, w_shape, tile, keep, chunked, xp):
     v_per_image = (mh + kh - 1) * (mw + kw - 1) * th * tw * c
     kept = xp.empty((n * v_per_image,), dtype) if keep == "tiles" else None
 
-    def padded(bi, sl):  # the chunk's padded input
-        return ext[bi, :sl.stop - sl.start] if chunked else ext[sl]
-    chunk_plans = [[(sl, _wg.ChunkPlan(xp, dtype, padded(bi, sl), (oh, ow), tile, (kh, kw), o, scratch[bi],
+    # Each chunk's padded input, per block: its own rows of the whole copy, or its block's buffer.
+    inputs = [[ext[bi, :sl.stop - sl.start] if chunked else ext[sl] for sl in chunks[block_chunks[bi]]]
+              for bi in range(len(blocks))]
+    chunk_plans = [[(sl, _wg.ChunkPlan(xp, dtype, xpad, (oh, ow), tile, (kh, kw), o, scratch[bi],
                                        None if kept is None else
                                        kept[sl.start * v_per_image:sl.stop * v_per_image]),
-                     padded(bi, sl)[:, pt:pt + h, pl:pl + wd, :] if chunked else None)
-                    for sl in chunks[block_chunks[bi]]] for bi in range(len(blocks))]
+                     xpad[:, pt:pt + h, pl:pl + wd, :] if chunked else None)
+                    for sl, xpad in zip(chunks[block_chunks[bi]], inputs[bi])] for bi in range(len(blocks))]
     return {"tile": tuple(tile), "tiles": (th, tw), "out_hw": (oh, ow), "ext": ext, "chunked": chunked,
-            "kept": kept, "chunks": chunks, "blocks": block_chunks, "block_samples": blocks,
-            "v_per_image": v_per_image, "chunk_plans": chunk_plans}
+            "kept": kept, "chunks": chunks, "largest": largest, "blocks": block_chunks, "block_samples": blocks,
+            "v_per_image": v_per_image, "inputs": inputs, "chunk_plans": chunk_plans}
 
 
 def weight_grad_chunks(plan, dtype, kernel, in_channels, out_channels):
@@ -168,20 +169,19 @@ def weight_grad_chunks(plan, dtype, kernel, in_channels, out_channels):
     xp = xp_of(plan["ext"])
     (th, tw), tile = plan["tiles"], plan["tile"]
     c, o, vpi = in_channels, out_channels, plan["v_per_image"]
-    largest = max(sl.stop - sl.start for sl in plan["chunks"])
     per_image = _wg.scratch_size(tile, kernel, th * tw, c, o)
-    scratch = xp.empty((len(plan["blocks"]), 4, largest * per_image), dtype)
-    kept, ext, chunked = plan["kept"], plan["ext"], plan["chunked"]
+    scratch = xp.empty((len(plan["blocks"]), 4, plan["largest"] * per_image), dtype)
+    kept = plan["kept"]
 
     def v_of(sl):  # the chunk's kept transformed input (α², T, C); None: transform again
         if kept is None:
             return None
         return kept[sl.start * vpi:sl.stop * vpi].reshape(-1, (sl.stop - sl.start) * th * tw, c)
-    if kept is None and chunked:
+    if kept is None and plan["chunked"]:
         raise ValueError("the weight gradient needs the transformed or the whole padded input; this plan kept neither")
-    chunks = [[(sl, _wg.WeightGradChunk(xp, dtype, v_of(sl), ext[bi, :sl.stop - sl.start] if chunked else ext[sl],
-                                        (th, tw), tile, kernel, o, scratch[bi]))
-               for sl in plan["chunks"][plan["blocks"][bi]]] for bi in range(len(plan["blocks"]))]
+    chunks = [[(sl, _wg.WeightGradChunk(xp, dtype, v_of(sl), xpad, (th, tw), tile, kernel, o, scratch[bi]))
+               for sl, xpad in zip(plan["chunks"][plan["blocks"][bi]], plan["inputs"][bi])]
+              for bi in range(len(plan["blocks"]))]
     kept_chunks.clear()  # one dtype at a time
     kept_chunks[np.dtype(dtype).str] = chunks
     return chunks

@@ -14,9 +14,9 @@ from .conv import _fmt_pad
 
 class MaxPoolCache(NamedTuple):
     """What ``MaxPool2D.backward`` needs: which cell of each window won (``winner``: the window
-    offset in row-major order, in the smallest unsigned type that holds it; a training pass's) or the padded input and the output to
-    find it from (an inference pass's, which keeps references only), the padding and the
-    input's shape."""
+    offset in row-major order, in the smallest unsigned type that holds it; a training pass's)
+    or the padded input and the output to find it from (an inference pass's, which keeps
+    references only), the padding and the input's shape."""
     winner: object
     xpad: object
     y: object
