@@ -252,7 +252,7 @@ class SGD(Optimizer):
                 data, grad = _flat(p.data, p.data, p), _flat(p.grad, p.data, p)
                 flat_buf = None if buf is None else _flat(buf, p.data, p)
                 pfor(lambda sl: self._update(data[sl], grad[sl], None if buf is None else flat_buf[sl], g, first),
-                     p.data.size, p.data.size, like=p.data)
+                     p.data.size, p.data.size, like=p.data, blas=False)
 
     @staticmethod
     def _update(p, grad, buf, g, first):

@@ -75,7 +75,7 @@ class Parameter:
         return int(self.data.size)
 
     def zero_grad(self) -> None:
-        pfor(lambda sl: self.grad.reshape(-1)[sl].fill(0), self.grad.size, self.grad.size, like=self.grad)
+        pfor(lambda sl: self.grad.reshape(-1)[sl].fill(0), self.grad.size, self.grad.size, like=self.grad, blas=False)
 
     def __repr__(self) -> str:
         return f"Parameter(name={self.name!r}, shape={tuple(self.data.shape)}, dtype={self.data.dtype})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 from ..backend import xp_of
+from ..functional.rows import relu_into
 from ..parallel import pfor
 from .base import Layer, check_number, register
 
@@ -49,10 +50,10 @@ class ReLU(_Elementwise):
         positive = xp.empty(x.shape, bool) if training else None
 
         def block(sl):
-            xp.maximum(x[sl], 0, out=y[sl])
+            relu_into(x[sl], y[sl])
             if positive is not None:
                 xp.greater(x[sl], 0, out=positive[sl])
-        pfor(block, x.shape[0], x.size, like=x)
+        pfor(block, x.shape[0], x.size, like=x, blas=False)
         self.cache, self._out_dtype = (y if positive is None else positive), y.dtype
         return y
 
@@ -60,7 +61,7 @@ class ReLU(_Elementwise):
         xp = xp_of(grad)
         dx = xp.empty(grad.shape, xp.result_type(grad.dtype, self._out_dtype))
         pfor(lambda sl: xp.multiply(grad[sl], kept[sl] if kept.dtype == bool else kept[sl] > 0, out=dx[sl]),
-             grad.shape[0], grad.size, like=grad)
+             grad.shape[0], grad.size, like=grad, blas=False)
         return dx
 
 

@@ -72,7 +72,7 @@ class Add(_Merge):
             xp.add(xs[0][sl], xs[1][sl], out=y[sl])
             for x in xs[2:]:
                 y[sl] += x[sl]
-        pfor(block, y.shape[0], y.size * len(xs), like=y)
+        pfor(block, y.shape[0], y.size * len(xs), like=y, blas=False)
         self.cache = [x.shape for x in xs]
         return y
 

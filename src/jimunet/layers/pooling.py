@@ -129,7 +129,7 @@ class MaxPool2D(_Pool2D):
                     xp.greater(xb[s], yb, out=above)
                     xp.maximum(wb, xp.multiply(above, wb.dtype.type(k), out=offset), out=wb)
                 xp.maximum(yb, xb[s], out=yb)
-        pfor(block, x.shape[0], x.size, like=x)
+        pfor(block, x.shape[0], x.size, like=x, blas=False)
         self.cache = MaxPoolCache(winner, None if training else xpad, None if training else y, pads, x.shape)
         return y
 
@@ -149,7 +149,7 @@ class MaxPool2D(_Pool2D):
                 xp.greater(hit, found, out=hit)  # not found before
                 xp.maximum(wb, xp.multiply(hit, wb.dtype.type(k), out=offset), out=wb)
                 found |= hit
-        pfor(block, y.shape[0], xpad.size, like=y)
+        pfor(block, y.shape[0], xpad.size, like=y, blas=False)
         return winner
 
     def backward(self, grad, input_grad: bool = True):
@@ -179,7 +179,7 @@ class MaxPool2D(_Pool2D):
                     xp.multiply(gb, hit, out=dxb[s])
                 else:
                     dxb[s] += gb * hit
-        pfor(block, grad.shape[0], dxpad.size, like=grad)
+        pfor(block, grad.shape[0], dxpad.size, like=grad, blas=False)
         return dxpad[:, pt:pt + x_shape[1], pl:pl + x_shape[2], :]
 
 
@@ -270,7 +270,7 @@ class GlobalAvgPool2D(Layer):
         self.cache = x.shape  # the input's shape
         xp = xp_of(x)
         y = xp.empty((x.shape[0], x.shape[3]), xp.result_type(x.dtype, 1.0))
-        pfor(lambda sl: xp.mean(x[sl], axis=(1, 2), out=y[sl]), x.shape[0], x.size, like=x)  # per sample
+        pfor(lambda sl: xp.mean(x[sl], axis=(1, 2), out=y[sl]), x.shape[0], x.size, like=x, blas=False)  # per sample
         return y
 
     def backward(self, grad, input_grad: bool = True):
@@ -285,5 +285,5 @@ class GlobalAvgPool2D(Layer):
 
         def block(sl):
             dx[sl] = share[sl]
-        pfor(block, n, dx.size, like=dx)
+        pfor(block, n, dx.size, like=dx, blas=False)
         return dx
