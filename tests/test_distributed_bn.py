@@ -14,13 +14,17 @@ statistics of the whole batch (``jimunet.parallel.batch_sync``, ``distributed.Ba
 - "allreduce": the processes add their per-channel sums (rank order, so every process gets
   the same numbers): one process's weights up to float rounding. In float32 that rounding
   is mostly BatchNorm's own: one process adds a channel's 15,680 values (20 images of
-  28×28) one after another, ~1e-6 off the exact sum, and two processes add two other
-  halves. Measured after 4 steps, in units of max(|largest weight of the tensor|, 0.1):
-  float32 2.3e-5 (resnet), 2.5e-6 (Sequential); float64 4.3e-15 — where two single-process
-  runs that differ only in BLAS rounding (``blas_rounding.py``) differ by 1.9e-6 and
-  4.3e-15. The tests allow ``TOL32`` = 2e-4 and ``TOL64`` = 1e-10; without the exchange the
-  same runs differ by 0.012 to 0.36 (a Dense bias before a BatchNorm has no gradient but
-  weight decay and stays near 0, hence the 0.1 floor of the scale).
+  28×28) in its blocks of long rows, two processes each add their half, and the four steps
+  of training amplify the difference. Measured after 4 steps, in units of max(|largest
+  weight of the tensor|, 0.1): float32 2.5e-4 (resnet; its BatchNorm biases), 1.4e-6
+  (Sequential); float64 4.3e-15. The resnet run is ill-conditioned in float32: its second
+  step's gradients differ by 1-2% between float32 and float64, so the float32 run of one
+  process is itself 2.5e-4 away from the float64 run (2.3e-5 when BatchNorm summed row after
+  row, as one process and the all-reduce then both did, and the two runs differed by 2.3e-5
+  too). The tests allow ``TOL32`` = 1e-3 and ``TOL64`` = 1e-10;
+  without the exchange the same runs differ by 0.012 to 0.36 (a Dense bias before a
+  BatchNorm has no gradient but weight decay and stays near 0, hence the 0.1 floor of the
+  scale).
 
 The MPI jobs reuse ``test_distributed.py``'s launcher: each in its own session, every
 process killed when the test ends, however it ends.
@@ -35,7 +39,7 @@ from jimunet.parallel import batch_sync, synced_batch
 from jimunet.random import batch_shard
 from test_distributed import TESTS, _api_runs, _assert_identical_weights, _jimunet, _single, _weights, mpi  # noqa: F401
 
-TOL32, TOL64 = 2e-4, 1e-10  # "allreduce", float32 and float64: of max(largest |weight|, FLOOR); see above
+TOL32, TOL64 = 1e-3, 1e-10  # "allreduce", float32 and float64: of max(largest |weight|, FLOOR); see above
 FLOOR = 0.1
 
 

@@ -9,49 +9,83 @@ from .. import init as _init
 from .._messages import shown
 from ..backend import xp_of
 from ..functional.padding import MAX_SIZE
-from ..parallel import batch_sync, pfor
+from ..functional.rows import LONG_ROW, long_vector, per_channel
+from ..parallel import BLOCKS, batch_sync, pfor, split
 from .base import Layer, check_dtype_arg, check_number, register
 
 
 class BatchNormCache(NamedTuple):
     """What ``BatchNorm.backward`` needs from its forward call."""
     training: bool  # batch statistics (True) or the running ones
-    xhat: object  # the normalised input, (rows, C): this call's rows
+    x: object  # training: this call's rows of the centred input x - μ_B, (rows, C); else the input
     inv: object  # 1/sqrt(var + eps) per channel
     shape: tuple  # the input's shape
     m: int = 0  # values per channel in the whole batch (training)
     sync: object = None  # the data-parallel exchange (``parallel.batch_sync``); None in one process
-    xhat_all: object = None  # with an exact exchange: the whole batch's x̂, for backward's sums
+    xc_all: object = None  # with an exact exchange: the whole batch's x - μ_B, for backward's sums
+    mean: object = None  # evaluation: the running mean the forward pass used
+
+
+# Arrays of fewer values than this are worked on in one block on the calling thread: handing
+# blocks to the threads costs ~40 µs a region, more than a 7×7×64 batch of 128's pass saves.
+THREADED_SIZE = 1 << 19
+
+
+def _blocks(a) -> list:
+    """The fixed blocks of ``a``'s rows: their number follows ``a``'s size, never the thread count."""
+    return split(a.shape[0], max(1, min(BLOCKS, a.size // THREADED_SIZE)))
 
 
 def _by_rows(fn, a) -> None:
-    """``fn(rows)`` over ``pfor``'s blocks of the rows of the (rows, C) array ``a``, on the
-    threads. For elementwise work only: every value's arithmetic is the same however the rows
-    are cut, so the result does not depend on the thread count. (Smaller, cache-sized chunks
-    were measured slower: a NumPy call per chunk costs more than staying in L2 saves.)"""
-    pfor(fn, a.shape[0], a.size, like=a)
+    """``fn(rows)`` for each of ``_blocks(a)`` of the (rows, C) array ``a``, on the threads. For
+    elementwise work: every value's arithmetic is the same however the rows are cut."""
+    blocks = _blocks(a)
+    if len(blocks) == 1:  # no region to enter
+        fn(blocks[0])
+    else:
+        pfor(fn, a.shape[0], a.size, like=a, parts=blocks, blas=False)
 
 
-def _fast_sum(a, dtype) -> bool:
-    """Whether einsum adds ``a``'s rows exactly as ``a.sum(axis=0, dtype=dtype)`` does: for C ≥ 2
-    both add row after row into the C sums. With one channel the reduction sums pairwise and
-    einsum would not, so that case, casts, strided input and device arrays keep the reduction
-    (``tests/test_parallel_layers.py`` checks the equality)."""
-    return xp_of(a) is np and a.ndim == 2 and a.shape[1] >= 2 and a.flags.c_contiguous and \
-        (dtype is None or np.dtype(dtype) == a.dtype)
+def _block_sums(a, fn) -> list:
+    """Sums over the rows of the (rows, C) array ``a``, the same for every thread count:
+    ``fn(rows)`` gives one block's per-channel partial sums (a tuple of arrays) for each of
+    ``_blocks(a)``, on the threads, and they are added in block order."""
+    blocks = _blocks(a)
+    if len(blocks) == 1:
+        return list(fn(blocks[0]))
+    partials = [None] * len(blocks)
+
+    def run(sl):
+        for i in range(sl.start, sl.stop):
+            partials[i] = fn(blocks[i])
+    pfor(run, len(blocks), a.size, like=a, parts=[slice(i, i + 1) for i in range(len(blocks))], blas=False)
+    totals = list(partials[0])
+    for more in partials[1:]:
+        for total, p in zip(totals, more):
+            total += p
+    return totals
 
 
-def _channel_sum(a, dtype=None):
-    """``a.sum(axis=0, dtype=dtype)`` of a (rows, C) array, bit for bit; einsum's loop costs a
-    quarter of the reduction's per row (~0.6 instead of 2.4 ms for a 28×28×16 batch of 128)."""
-    return np.einsum("ij->j", a) if _fast_sum(a, dtype) else a.sum(axis=0, dtype=dtype)
+def _row_sums(a, b=None, dtype=None):
+    """``Σ a`` over the rows of the (rows, C) block ``a`` (with ``b``: ``Σ a·b``), in ``dtype``.
 
-
-def _channel_mean(a, dtype):
-    """``a.mean(axis=0, dtype=dtype)``, bit for bit: where ``_fast_sum``, the same sum divided
-    by the count in ``a``'s dtype (the mean divides in float64 and rounds to float32; with a
-    count below 2**53 the two roundings give float32's one)."""
-    return np.einsum("ij->j", a) / a.shape[0] if _fast_sum(a, dtype) else a.mean(axis=0, dtype=dtype)
+    As rows of k·C values, k = ``LONG_ROW // C`` (NumPy's loop over rows of C values costs more
+    than the additions: 3× on a 28×28×16 batch), then the k partial rows added in order, then
+    the rows left over. Off the CPU, the plain reduction.
+    """
+    xp = xp_of(a)
+    dtype = np.dtype(dtype or (a.dtype if b is None else xp.result_type(a.dtype, b.dtype)))
+    spec, ops = ("ij->j", (a,)) if b is None else ("ij,ij->j", (a, b))
+    rows, c = a.shape
+    k = max(1, LONG_ROW // c)
+    whole = rows - rows % k
+    if xp is not np or whole == 0:
+        return xp.einsum(spec, *ops, dtype=dtype)
+    head = np.einsum(spec, *(o[:whole].reshape(-1, k * c) for o in ops), dtype=dtype)
+    total = head.reshape(k, c).sum(axis=0)
+    if whole < rows:
+        total += np.einsum(spec, *(o[whole:] for o in ops), dtype=dtype)
+    return total
 
 
 @register
@@ -70,12 +104,18 @@ class BatchNorm(Layer):
     ``dγ = Σ dy·x̂`` and ``dx = γ/(m·sqrt(σ²_B + eps))·(m·dy - dβ - x̂·dγ)``; in evaluation
     the statistics are constants, so ``dx = γ·dy/sqrt(running_var + eps)``.
 
+    How it computes: training keeps ``x - μ_B`` (x̂ is never stored) and outputs
+    ``(x - μ_B)·(γ/sqrt(σ²_B + eps)) + β``; evaluation folds the running statistics into one
+    multiply-add per value. Every sum over the batch (μ_B, σ²_B, dβ, dγ) adds fixed blocks of
+    rows on the threads, each as long rows of channels (``_row_sums``), in a fixed order: the
+    same numbers for any thread count, and closer to the exact sums than adding row after row.
+
     Data-parallel training (``jimunet.distributed``): a process that computes its share of a
     batch gets the statistics of the WHOLE batch, as one process would (``per_sample``): in
     the exact reduction every process gathers the whole batch's input (forward) and output
     gradient (backward) and computes the sums exactly as one process does, so the result is
     bit-identical; in the all-reduce the processes add their per-channel sums (Σx, then
-    Σ(x-μ)², and Σdy, Σdy·x̂ for backward), equal to one process's up to float rounding.
+    Σ(x-μ)², and Σdy, Σdy·(x-μ) for backward), equal to one process's up to float rounding.
 
     ``running_mean`` and ``running_var`` are buffers: saved with the model and in
     checkpoints (``buffers()``), but not ``parameters()``, so no optimizer or weight decay
@@ -150,38 +190,26 @@ class BatchNorm(Layer):
     def flops(self, input_shape):
         return 2 * int(np.prod(input_shape))  # one multiply-add per value once folded
 
-    def _statistics(self, x2, dtype, m: int):
-        """Mean, biased variance, 1/sqrt(var + eps) and ``x2 - mean`` (x̂ once multiplied by the
-        former: ``forward`` does it in the pass that computes the output) of the (rows, C) array
-        ``x2`` (one process's arithmetic: the exact reduction runs this very code on the gathered
-        batch)."""
+    def _statistics(self, x2, dtype, m: int, sync=None):
+        """Mean, biased variance, 1/sqrt(var + eps) and ``x2 - mean`` of the (rows, C) array
+        ``x2``. With ``sync`` (the all-reduce), the per-channel sums of the processes' rows are
+        added, so the statistics are the whole batch's (float rounding may differ from one
+        process's); the exact reduction runs this very code on the gathered batch."""
         xp = xp_of(x2)
-        mean = _channel_mean(x2, dtype)
-        xc = self._centred(x2, mean)
-        var = xp.einsum("ij,ij->j", xc, xc) / m  # biased: the normalisation uses it
-        return mean, var, 1.0 / xp.sqrt(var + self.eps), xc
-
-    @staticmethod
-    def _centred(x2, mean):
-        """``x2 - mean`` into a new array, through ``_by_rows``."""
-        xp = xp_of(x2)
+        whole = (lambda v: v) if sync is None else sync.add
+        mean = whole(_block_sums(x2, lambda r: (_row_sums(x2[r], dtype=dtype),))[0]) / m
         xc = xp.empty(x2.shape, xp.result_type(x2.dtype, mean.dtype))
-        _by_rows(lambda r: xp.subtract(x2[r], mean, out=xc[r]), x2)
-        return xc
+        mean_t = long_vector(mean)
 
-    def _summed_statistics(self, x2, dtype, m: int, sync):
-        """``_statistics`` of the whole batch from this process's rows ``x2``, with the per-channel
-        sums added over the processes (the all-reduce's exchange; float rounding may differ)."""
-        xp = xp_of(x2)
-        mean = sync.add(_channel_sum(x2, dtype)) / m
-        xc = self._centred(x2, mean)
-        var = sync.add(xp.einsum("ij,ij->j", xc, xc)) / m
+        def centre(r):  # x - μ and its share of Σ(x - μ)², while the block is in cache
+            per_channel(xp.subtract, x2[r], mean, xc[r], mean_t)
+            return (_row_sums(xc[r], xc[r]),)
+        var = whole(_block_sums(x2, centre)[0]) / m  # biased: the normalisation uses it
         return mean, var, 1.0 / xp.sqrt(var + self.eps), xc
 
     def _train_forward(self, x, x2, dtype):
         """Batch statistics (of the whole batch also when this is one process's share of it),
-        the running estimates moved, and the cache; returns ``(a, inv, scaled)``: a is x̂ of
-        ``x2``'s rows if ``scaled``, else ``x2 - mean``, to be multiplied by inv in place."""
+        the running estimates moved, and the cache; returns ``(x2 - μ_B, inv)``."""
         sync = batch_sync(x.shape[0])
         per = x2.shape[0] // max(1, x.shape[0])  # values per channel of one sample
         m = x2.shape[0] if sync is None else sync.total * per  # ... of the whole batch
@@ -189,22 +217,21 @@ class BatchNorm(Layer):
             raise ValueError(f"{self.describe()}: training needs more than one value per channel to "
                              f"estimate a variance, got input of shape {tuple(x.shape)}"
                              f"{'' if sync is None else f' (of a batch of {sync.total})'}")
-        xhat_all, scaled = None, False
+        xc_all = None
         if sync is None:
-            mean, var, inv, xhat = self._statistics(x2, dtype, m)
+            mean, var, inv, xc = self._statistics(x2, dtype, m)
         elif sync.exact:
             whole = sync.gather(x).reshape(-1, self.num_features)
-            mean, var, inv, xhat_all = self._statistics(whole, dtype, m)
-            _by_rows(lambda r: xp_of(x).multiply(xhat_all[r], inv, out=xhat_all[r]), xhat_all)  # all of x̂: backward sums it
-            xhat, scaled = xhat_all[sync.rows.start * per:sync.rows.stop * per], True
+            mean, var, inv, xc_all = self._statistics(whole, dtype, m)
+            xc = xc_all[sync.rows.start * per:sync.rows.stop * per]
         else:
-            mean, var, inv, xhat = self._summed_statistics(x2, dtype, m, sync)
+            mean, var, inv, xc = self._statistics(x2, dtype, m, sync)
         mom = self.momentum
         rm, rv = self.running_mean.data, self.running_var.data
         rm[...] = (1 - mom) * rm + mom * mean
         rv[...] = (1 - mom) * rv + mom * (var * (m / (m - 1)))  # unbiased for the running estimate
-        self.cache = BatchNormCache(True, xhat, inv, x.shape, m, sync, xhat_all)
-        return xhat, inv, scaled
+        self.cache = BatchNormCache(True, xc, inv, x.shape, m, sync, xc_all)
+        return xc, inv
 
     def forward(self, x, training: bool = False):
         self._check_input(x, None, self.num_features, "NHWC batch or (batch, features) array")
@@ -214,38 +241,45 @@ class BatchNorm(Layer):
         xp = xp_of(x)
         x2 = x.reshape(-1, self.num_features)
         dtype = np.result_type(x.dtype, self.weight.data.dtype)
-        rm = self.running_mean.data
-        if training:
-            xhat, inv, scaled = self._train_forward(x, x2, dtype)
-        else:
-            inv = 1.0 / xp.sqrt(self.running_var.data.astype(dtype) + self.eps)
-            xhat, scaled = xp.empty(x2.shape, xp.result_type(x2.dtype, rm.dtype)), False
-            self.cache = BatchNormCache(False, xhat, inv, x.shape)
         w, b = self.weight.data, self.bias.data
-        y = xp.empty(xhat.shape, xp.result_type(xhat.dtype, w.dtype))
+        if training:  # y = (x - μ_B)·(inv·γ) + β
+            src, inv = self._train_forward(x, x2, dtype)
+            shift = b
+        else:  # folded: y = x·(inv·γ) + (β - μ·inv·γ)
+            src, inv = x2, 1.0 / xp.sqrt(self.running_var.data.astype(dtype) + self.eps)
+            self.cache = BatchNormCache(False, x2, inv, x.shape, mean=self.running_mean.data.astype(dtype))
+        scale = inv * w
+        if not training:
+            shift = b - self.running_mean.data * scale
+        y = xp.empty(src.shape, xp.result_type(src.dtype, scale.dtype, shift.dtype))
+        scale_t, shift_t = long_vector(scale), long_vector(shift)
 
-        def block(r):  # the roundings of (x - μ)·inv·γ + β one after the other, in one pass
-            if not training:
-                xp.subtract(x2[r], rm, out=xhat[r])
-            if not scaled:
-                xhat[r] *= inv
-            xp.multiply(xhat[r], w, out=y[r])
-            y[r] += b
-        _by_rows(block, xhat)
+        def block(r):
+            per_channel(xp.multiply, src[r], scale, y[r], scale_t)
+            per_channel(xp.add, y[r], shift, y[r], shift_t)
+        _by_rows(block, y)
         return y.reshape(x.shape)
 
-    def _grad_sums(self, grad, dy, input_grad: bool):
+    def _grad_sums(self, dy, grad, input_grad: bool):
         """``(Σdy, Σdy·x̂)`` per channel over the whole batch, after adding the parameters'
         share of them to their gradients (None for the sums where ``input_grad`` is False)."""
-        xp = xp_of(grad)
+        xp = xp_of(dy)
         c = self.cache
-        if c.sync is not None and c.sync.exact and c.training:  # the whole batch's sums, as one process
-            dy_all = c.sync.gather(grad).reshape(-1, self.num_features)
-            dbeta = _channel_sum(dy_all)
-            dgamma = xp.einsum("ij,ij->j", dy_all, c.xhat_all)
+        dtype = xp.result_type(dy.dtype, c.inv.dtype)  # float32 gradients of float64 parameters: summed in float64
+        if not c.training:  # x̂ = (x - running mean)·inv, its x - μ made block by block
+            def sums(r):
+                xc = xp.empty(dy[r].shape, xp.result_type(c.x.dtype, c.mean.dtype))
+                per_channel(xp.subtract, c.x[r], c.mean, xc)
+                return _row_sums(dy[r], dtype=dtype), _row_sums(dy[r], xc)
         else:
-            dbeta = _channel_sum(dy)
-            dgamma = xp.einsum("ij,ij->j", dy, c.xhat)
+            xc = c.x
+            if c.sync is not None and c.sync.exact:  # the whole batch's sums, as one process
+                dy, xc = c.sync.gather(grad).reshape(-1, self.num_features), c.xc_all
+
+            def sums(r):
+                return _row_sums(dy[r], dtype=dtype), _row_sums(dy[r], xc[r])
+        dbeta, dyxc = _block_sums(dy, sums)
+        dgamma = dyxc * c.inv
         self.bias.grad += dbeta  # the all-reduce adds the other processes' shares to these
         self.weight.grad += dgamma
         if c.sync is not None and not c.sync.exact and c.training and input_grad:
@@ -255,26 +289,28 @@ class BatchNorm(Layer):
     def backward(self, grad, input_grad: bool = True):
         if self.cache is None:
             raise self._no_forward()
-        training, xhat, inv, shape = self.cache[:4]
-        self._check_grad(grad, shape)
+        c = self.cache
+        self._check_grad(grad, c.shape)
         dy = grad.reshape(-1, self.num_features)
-        dbeta, dgamma = self._grad_sums(grad, dy, input_grad)
+        dbeta, dgamma = self._grad_sums(dy, grad, input_grad)
         if not input_grad:
             return None
         xp = xp_of(grad)
-        scale = self.weight.data * inv
-        if not training:
+        scale = self.weight.data * c.inv
+        scale_t = long_vector(scale)
+        if not c.training:
             dx = xp.empty(dy.shape, xp.result_type(dy.dtype, scale.dtype))
-            _by_rows(lambda r: xp.multiply(dy[r], scale, out=dx[r]), dy)
-            return dx.reshape(shape)
-        m = self.cache.m
-        a, b = dgamma / m, dbeta / m
-        dx = xp.empty(xhat.shape, xp.result_type(xhat.dtype, a.dtype))
+            _by_rows(lambda r: per_channel(xp.multiply, dy[r], scale, dx[r], scale_t), dy)
+            return dx.reshape(c.shape)
+        xc = c.x
+        a, b = dgamma * c.inv / c.m, dbeta / c.m  # x̂·dγ/m = (x - μ)·(inv·dγ/m)
+        dx = xp.empty(xc.shape, xp.result_type(xc.dtype, dy.dtype, a.dtype))
+        a_t, b_t = long_vector(a), long_vector(b)
 
-        def block(r):  # γ/(m·σ)·(m·dy - dβ - x̂·dγ), the same four roundings, in one pass
-            xp.multiply(xhat[r], a, out=dx[r])
-            dx[r] += b
+        def block(r):  # γ·inv/m·(m·dy - dβ - x̂·dγ), in one pass over the block
+            per_channel(xp.multiply, xc[r], a, dx[r], a_t)
+            per_channel(xp.add, dx[r], b, dx[r], b_t)
             xp.subtract(dy[r], dx[r], out=dx[r])
-            dx[r] *= scale
+            per_channel(xp.multiply, dx[r], scale, dx[r], scale_t)
         _by_rows(block, dx)
-        return dx.reshape(shape)
+        return dx.reshape(c.shape)
