@@ -97,8 +97,10 @@ def main(argv=None):
         m, b, t, w, i, p = args.child
         child(m, int(b), int(t), int(w), int(i), p == "1")
         return 0
+    if not args.a or not (args.b or args.profile):
+        ap.error("give two src folders (one is enough with --profile)")
     if args.profile:
-        for label, src in (("A", args.a), ("B", args.b)):
+        for label, src in (("A", args.a), ("B", args.b)) if args.b else (("A", args.a),):
             print(f"{label} ({src}), load {os.getloadavg()[0]:.1f}:")
             print(_run(src, args, profile=True), end="", flush=True)
         return 0
