@@ -244,13 +244,11 @@ class BatchNorm(Layer):
         w, b = self.weight.data, self.bias.data
         if training:  # y = (x - μ_B)·(inv·γ) + β
             src, inv = self._train_forward(x, x2, dtype)
-            shift = b
         else:  # folded: y = x·(inv·γ) + (β - μ·inv·γ)
             src, inv = x2, 1.0 / xp.sqrt(self.running_var.data.astype(dtype) + self.eps)
             self.cache = BatchNormCache(False, x2, inv, x.shape, mean=self.running_mean.data.astype(dtype))
         scale = inv * w
-        if not training:
-            shift = b - self.running_mean.data * scale
+        shift = b if training else b - self.cache.mean * scale
         y = xp.empty(src.shape, xp.result_type(src.dtype, scale.dtype, shift.dtype))
         scale_t, shift_t = long_vector(scale), long_vector(shift)
 
