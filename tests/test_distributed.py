@@ -32,6 +32,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 
@@ -233,7 +234,7 @@ def _mpiexec_or_skip() -> str:
 def mpi(tmp_path):
     """Starts MPI jobs in their own sessions; kills whatever is left of them at the end."""
     exe = _mpiexec_or_skip()
-    jobs = []
+    jobs, tmpdirs = [], []
 
     class Launcher:
         token = uuid.uuid4().hex
@@ -244,6 +245,12 @@ def mpi(tmp_path):
                         "OMPI_MCA_mpi_yield_when_idle": "1",  # waiting ranks give their core to the others
                         "JIMUNET_TEST_JOB": self.token})
             env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+            # Each job's MPI session directory (ompi.<pid of mpiexec>, with its PMIx sockets) in a
+            # fresh short directory: a job these tests SIGKILL leaves its own behind, and a later
+            # mpiexec given the same pid (pids wrap at 32768 on small machines) failed to start
+            # ("The PMIx server's listener thread failed to start").
+            tmpdirs.append(tempfile.mkdtemp(prefix="jn-mpi-"))
+            env["TMPDIR"] = tmpdirs[-1]
             return env
 
         def start(self, *programs, cwd=None):
@@ -277,6 +284,8 @@ def mpi(tmp_path):
         if p.poll() is None:
             p.kill()
         p.communicate()
+    for d in tmpdirs:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _proc_stat(pid: str):
