@@ -162,6 +162,9 @@ def pfor(fn, n: int, work: int | None = None, blocks: int = BLOCKS, like=None, p
     small = work is not None and work < 1 << 16
     if parts is None:
         parts = [slice(0, n)] if small else split(n, blocks)
+    if len(parts) == 1 and not blas:  # one piece and no BLAS to hold: no region to enter
+        fn(parts[0])
+        return
 
     def run(group):
         for part in parts[group]:

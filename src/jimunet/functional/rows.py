@@ -54,8 +54,8 @@ def relu_into(x, out):
     against a row of zeros instead of the slow scalar loop."""
     if xp_of(x) is not np or not (x.flags.c_contiguous and out.flags.c_contiguous):
         return xp_of(x).maximum(x, 0, out=out)
-    zero = np.zeros(1, out.dtype)
-    per_channel(np.maximum, x.reshape(-1, 1), zero, out.reshape(-1, 1), _zeros(out.dtype))
+    zeros = _zeros(out.dtype)
+    per_channel(np.maximum, x.reshape(-1, 1), zeros[:1], out.reshape(-1, 1), zeros)
     return out
 
 

@@ -14,6 +14,21 @@ from ..parallel import pfor
 from .base import Layer, register
 
 
+def add_arrays(xs):
+    """``xs[0] + xs[1] + ...`` (two or more arrays of one shape) into a new array: the arrays
+    added left to right, the samples split over the threads. ``Add`` and a graph model's
+    gradient sums (a tensor read by several nodes) add this way."""
+    xp = xp_of(xs[0])
+    y = xp.empty(xs[0].shape, xp.result_type(*xs))
+
+    def block(sl):
+        xp.add(xs[0][sl], xs[1][sl], out=y[sl])
+        for x in xs[2:]:
+            y[sl] += x[sl]
+    pfor(block, y.shape[0], y.size * len(xs), like=y, blas=False)
+    return y
+
+
 class _Merge(Layer):
     """``cache``: the inputs' shapes, in order."""
 
@@ -65,16 +80,8 @@ class Add(_Merge):
 
     def forward(self, xs, training: bool = False):
         self._check_inputs(xs)
-        xp = xp_of(xs[0])
-        y = xp.empty(xs[0].shape, xs[0].dtype)
-
-        def block(sl):  # the inputs added left to right, samples split over the threads
-            xp.add(xs[0][sl], xs[1][sl], out=y[sl])
-            for x in xs[2:]:
-                y[sl] += x[sl]
-        pfor(block, y.shape[0], y.size * len(xs), like=y, blas=False)
         self.cache = [x.shape for x in xs]
-        return y
+        return add_arrays(xs)
 
     def backward(self, grad, input_grad: bool = True):
         self._check_grads(grad, self.cache[0] if self.cache else None)

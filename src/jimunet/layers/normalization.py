@@ -10,7 +10,7 @@ from .._messages import shown
 from ..backend import xp_of
 from ..functional.padding import MAX_SIZE
 from ..functional.rows import LONG_ROW, long_vector, per_channel
-from ..parallel import BLOCKS, batch_sync, pfor, split
+from ..parallel import BLOCKS, add_blocks_in_order, batch_sync, pfor, split
 from .base import Layer, check_dtype_arg, check_number, register
 
 
@@ -39,11 +39,7 @@ def _blocks(a) -> list:
 def _by_rows(fn, a) -> None:
     """``fn(rows)`` for each of ``_blocks(a)`` of the (rows, C) array ``a``, on the threads. For
     elementwise work: every value's arithmetic is the same however the rows are cut."""
-    blocks = _blocks(a)
-    if len(blocks) == 1:  # no region to enter
-        fn(blocks[0])
-    else:
-        pfor(fn, a.shape[0], a.size, like=a, parts=blocks, blas=False)
+    pfor(fn, a.shape[0], a.size, like=a, parts=_blocks(a), blas=False)
 
 
 def _block_sums(a, fn) -> list:
@@ -51,19 +47,15 @@ def _block_sums(a, fn) -> list:
     ``fn(rows)`` gives one block's per-channel partial sums (a tuple of arrays) for each of
     ``_blocks(a)``, on the threads, and they are added in block order."""
     blocks = _blocks(a)
-    if len(blocks) == 1:
-        return list(fn(blocks[0]))
     partials = [None] * len(blocks)
 
     def run(sl):
         for i in range(sl.start, sl.stop):
             partials[i] = fn(blocks[i])
     pfor(run, len(blocks), a.size, like=a, parts=[slice(i, i + 1) for i in range(len(blocks))], blas=False)
-    totals = list(partials[0])
-    for more in partials[1:]:
-        for total, p in zip(totals, more):
-            total += p
-    return totals
+    sums = [list(by_block) for by_block in zip(*partials)]  # sums[k][i]: block i's share of sum k
+    add_blocks_in_order(sums)
+    return [s[0] for s in sums]
 
 
 def _row_sums(a, b=None, dtype=None):
@@ -74,7 +66,8 @@ def _row_sums(a, b=None, dtype=None):
     the rows left over. Off the CPU, the plain reduction.
     """
     xp = xp_of(a)
-    dtype = np.dtype(dtype or (a.dtype if b is None else xp.result_type(a.dtype, b.dtype)))
+    if dtype is None:
+        dtype = a.dtype if b is None else xp.result_type(a.dtype, b.dtype)
     spec, ops = ("ij->j", (a,)) if b is None else ("ij,ij->j", (a, b))
     rows, c = a.shape
     k = max(1, LONG_ROW // c)
