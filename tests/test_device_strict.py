@@ -107,13 +107,14 @@ def _device_run(model_name):
 def test_a_planted_host_device_mix_is_caught(model_name, monkeypatch):
     """A layer that converts its input with np.asarray, or adds a NumPy array to a device array:
     harmless on the CPU, an error on the stand-in, as on a GPU."""
-    original = jn.layers.ReLU.forward
-    monkeypatch.setattr(jn.layers.ReLU, "forward", lambda self, x, *args, **kwargs:
+    # rows_forward: every ReLU's forward goes through it, also when it runs fused with BatchNorm or Add
+    original = jn.layers.ReLU.rows_forward
+    monkeypatch.setattr(jn.layers.ReLU, "rows_forward", lambda self, x, *args, **kwargs:
                         original(self, np.asarray(x), *args, **kwargs))
     MODELS[model_name](0).forward(data(2)[0])  # on the CPU nothing is wrong
     with pytest.raises(TypeError, match="Implicit conversion to a NumPy array is not allowed"):
         _device_run(model_name)
-    monkeypatch.setattr(jn.layers.ReLU, "forward", lambda self, x, *args, **kwargs:
+    monkeypatch.setattr(jn.layers.ReLU, "rows_forward", lambda self, x, *args, **kwargs:
                         original(self, x + np.zeros(x.shape[-1], x.dtype), *args, **kwargs))
     MODELS[model_name](0).forward(data(2)[0])
     with pytest.raises(TypeError, match="Unsupported type <class 'numpy.ndarray'>"):

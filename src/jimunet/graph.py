@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections import Counter
 
 from ._messages import shown
+from .layers.activations import fused_relu
 from .layers.base import data_already_checked, from_config
 from .layers.symbolic import Input, SymbolicTensor, shape_str
 from .layers.memory import activation_elements
@@ -218,14 +219,24 @@ class Model(Network):
             vals[self._cut(a)] = x
         # a new list: a network used at several nodes of a graph keeps one per node
         caches = list(self._caches or [None] * len(self._nodes))
+        fused = self._fused()
         with data_already_checked():
-            for i in range(a, b):
+            i = a
+            while i < b:
                 li, ins, multi = self._nodes[i]
                 layer = self.layers[li]
                 arg = [vals[t] for t in ins] if multi else vals[ins[0]]
                 layer.cache = caches[i]  # the cache this call replaces (its buffers may be reused)
+                if fused[i] and i + 1 < b:  # this node and the ReLU after it, as one pass
+                    relu = self.layers[self._nodes[i + 1][0]]
+                    relu.cache = caches[i + 1]
+                    vals[k + i] = vals[k + i + 1] = layer.forward_relu(arg, training, relu)
+                    caches[i], caches[i + 1] = layer.cache, relu.cache
+                    i += 2
+                    continue
                 vals[k + i] = layer.forward(arg, training=training)
                 caches[i] = layer.cache
+                i += 1
         self._caches = caches
         if b < len(self._nodes):
             return vals[self._cut(b)]
@@ -268,6 +279,19 @@ class Model(Network):
         if a:
             return acc[start]
         return acc[0] if self._single_in else acc[:k]
+
+    def _fused(self):
+        """Per node: whether it runs together with the ReLU of the next node (``fused_relu``),
+        which alone reads its output (the ReLU overwrites it)."""
+        k, nodes = len(self._input_shapes), self._nodes
+        alone = getattr(self, "_read_alone", None)  # the graph never changes: found once
+        if alone is None:
+            readers = Counter(t for _, ins, _ in nodes for t in ins)
+            readers.update(self._output_ids)
+            alone = self._read_alone = [i + 1 < len(nodes) and nodes[i + 1][1] == [k + i] and readers[k + i] == 1
+                                        for i in range(len(nodes))]
+        return [alone[i] and fused_relu(self.layers[li], self.layers[nodes[i + 1][0]])
+                for i, (li, _, _) in enumerate(nodes)]
 
     # -- stages: where a data-parallel step may split the graph ---------------------------
 

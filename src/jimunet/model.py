@@ -11,6 +11,7 @@ from .backend import all_finite, to_device, to_numpy, xp_of
 from .data.batching import predict_dataset
 from .data.dataset import is_dataset
 from .layers import MaxPool2D, ReLU
+from .layers.activations import fused_relu
 from .layers import memory
 from .layers.base import (Layer, check_bool, check_weight_header, data_already_checked, from_config, json_kind,
                           placeholder_parameters)
@@ -272,7 +273,8 @@ class Sequential(Network):
         fuse: run each ``ReLU → MaxPool2D`` pair as ``MaxPool2D → ReLU``. Max commutes
             with ReLU, and so does the choice of the first maximum, so outputs and
             gradients are identical, while ReLU touches 4× fewer values (for 2×2 pools).
-            ``False`` runs the layers strictly in list order.
+            And run each ``BatchNorm → ReLU`` as one pass (``layers.activations.fused_relu``,
+            bit for bit the same). ``False`` runs the layers one by one, in list order.
 
     Only the first layer scans the input for NaN; the others check shapes and dtypes but
     skip that data pass over results the model made itself (a NaN arising inside the
@@ -335,12 +337,21 @@ class Sequential(Network):
         order = self._order()
         positions = range(*stages.indices(len(order)))
         if positions and positions[0] == 0:
-            x = self.layers[order[0]].forward(x, training=training)
-            positions = positions[1:]
+            x, done = self._step(x, training, order, 0, positions.stop)
+            positions = positions[done:]
         with data_already_checked():  # the first layer scanned the data for NaN
-            for k in positions:
-                x = self.layers[order[k]].forward(x, training=training)
+            k = positions.start
+            while k < positions.stop:
+                x, done = self._step(x, training, order, k, positions.stop)
+                k += done
         return x
+
+    def _step(self, x, training, order, k, stop):
+        """Run position ``k``, or ``k`` and ``k + 1`` as one (``fused_relu``): ``(output, positions run)``."""
+        layer = self.layers[order[k]]
+        if self.fuse and k + 1 < stop and fused_relu(layer, self.layers[order[k + 1]]):
+            return layer.forward_relu(x, training, self.layers[order[k + 1]]), 2
+        return layer.forward(x, training=training), 1
 
     def backward(self, grad, input_grad: bool = True, stages: slice = slice(None)):
         """Back-propagate ``grad``; with ``input_grad=False`` the first layer skips dX (returns None).

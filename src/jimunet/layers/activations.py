@@ -9,6 +9,18 @@ from ..parallel import pfor
 from .base import Layer, check_number, register
 
 
+#: Whether ``Sequential`` and ``Model`` run a ``BatchNorm`` or an ``Add`` and the ``ReLU`` that
+#: reads its output as one pass over memory (``fused_relu``). The results are bit for bit those
+#: of the two layers run one after the other; tests turn it off to show that.
+FUSE_RELU = True
+
+
+def fused_relu(layer, following) -> bool:
+    """Whether ``layer.forward_relu(x, training, following)`` may stand for ``layer``'s forward
+    then ``following``'s, when nothing else reads ``layer``'s output (the ReLU overwrites it)."""
+    return FUSE_RELU and type(following) is ReLU and hasattr(layer, "forward_relu")
+
+
 class _Elementwise(Layer):
     """An activation: ``_forward(x)`` gives the output and the one array ``_backward`` needs
     (the input or the output), which is the layer's ``cache``."""
@@ -43,19 +55,30 @@ class ReLU(_Elementwise):
 
     def forward(self, x, training: bool = False):
         self._check_input(x)
+        y = xp_of(x).empty_like(x)
+        pfor(self.rows_forward(x, y, training), x.shape[0], x.size, like=x, blas=False)
+        return y
+
+    def rows_forward(self, x, y, training: bool, shape=None):
+        """This layer's forward pass of ``x`` into ``y`` (``x`` itself for in place), done piece
+        by piece: returns ``fn(rows)`` that computes ``y[rows]``; every piece must be run. Sets
+        the cache, of ``shape`` (the layer's input shape, when ``x`` is a reshaped view).
+
+        ``BatchNorm`` and ``Add`` followed by a ReLU run it on each block of their output while
+        that block is in cache (``fused_relu``)."""
         xp = xp_of(x)
-        y = xp.empty_like(x)
         # Training keeps where x > 0 (a byte per value), not the output: the next layer may not
         # keep it (a Winograd conv keeps its transformed input, a max pool its winners).
         positive = xp.empty(x.shape, bool) if training else None
 
-        def block(sl):
-            relu_into(x[sl], y[sl])
-            if positive is not None:
-                xp.greater(x[sl], 0, out=positive[sl])
-        pfor(block, x.shape[0], x.size, like=x, blas=False)
-        self.cache, self._out_dtype = (y if positive is None else positive), y.dtype
-        return y
+        def block(rows):
+            if positive is not None:  # before the ReLU: y may be x
+                xp.greater(x[rows], 0, out=positive[rows])
+            relu_into(x[rows], y[rows])
+        shape = x.shape if shape is None else shape
+        self.cache = y.reshape(shape) if positive is None else positive.reshape(shape)
+        self._out_dtype = y.dtype
+        return block
 
     def _backward(self, grad, kept):
         xp = xp_of(grad)

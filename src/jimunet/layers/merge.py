@@ -14,17 +14,20 @@ from ..parallel import pfor
 from .base import Layer, register
 
 
-def add_arrays(xs):
-    """``xs[0] + xs[1] + ...`` (two or more arrays of one shape) into a new array: the arrays
-    added left to right, the samples split over the threads. ``Add`` and a graph model's
-    gradient sums (a tensor read by several nodes) add this way."""
+def add_arrays(xs, out=None, then=None):
+    """``xs[0] + xs[1] + ...`` (two or more arrays of one shape) into a new array (or ``out``):
+    the arrays added left to right, the samples split over the threads, and ``then(samples)``
+    run on each block of the sum after it. ``Add`` and a graph model's gradient sums (a tensor
+    read by several nodes) add this way."""
     xp = xp_of(xs[0])
-    y = xp.empty(xs[0].shape, xp.result_type(*xs))
+    y = xp.empty(xs[0].shape, xp.result_type(*xs)) if out is None else out
 
     def block(sl):
         xp.add(xs[0][sl], xs[1][sl], out=y[sl])
         for x in xs[2:]:
             y[sl] += x[sl]
+        if then is not None:
+            then(sl)
     pfor(block, y.shape[0], y.size * len(xs), like=y, blas=False)
     return y
 
@@ -82,6 +85,15 @@ class Add(_Merge):
         self._check_inputs(xs)
         self.cache = [x.shape for x in xs]
         return add_arrays(xs)
+
+    def forward_relu(self, xs, training: bool, relu):
+        """``relu.forward(self.forward(xs, training), training)``, bit for bit, with both layers'
+        caches as after those two calls; ReLU works in place on each block of the sum."""
+        self._check_inputs(xs)
+        self.cache = [x.shape for x in xs]
+        xp = xp_of(xs[0])
+        y = xp.empty(xs[0].shape, xp.result_type(*xs))
+        return add_arrays(xs, out=y, then=relu.rows_forward(y, y, training))
 
     def backward(self, grad, input_grad: bool = True):
         self._check_grads(grad, self.cache[0] if self.cache else None)

@@ -227,6 +227,15 @@ class BatchNorm(Layer):
         return xc, inv
 
     def forward(self, x, training: bool = False):
+        return self._forward(x, training)
+
+    def forward_relu(self, x, training: bool, relu):
+        """``relu.forward(self.forward(x, training), training)``, bit for bit, with both layers'
+        caches as after those two calls, but ReLU works in place on each block of the output
+        while the block is still in cache (one pass over memory fewer, no second array)."""
+        return self._forward(x, training, relu)
+
+    def _forward(self, x, training, relu=None):
         self._check_input(x, None, self.num_features, "NHWC batch or (batch, features) array")
         if x.ndim not in (2, 4):
             raise ValueError(f"{self.describe()}: expected a 4-D NHWC batch or a 2-D (batch, features) array, "
@@ -244,10 +253,13 @@ class BatchNorm(Layer):
         shift = b if training else b - self.cache.mean * scale
         y = xp.empty(src.shape, xp.result_type(src.dtype, scale.dtype, shift.dtype))
         scale_t, shift_t = long_vector(scale), long_vector(shift)
+        then = None if relu is None else relu.rows_forward(y, y, training, x.shape)
 
         def block(r):
             per_channel(xp.multiply, src[r], scale, y[r], scale_t)
             per_channel(xp.add, y[r], shift, y[r], shift_t)
+            if then is not None:
+                then(r)
         _by_rows(block, y)
         return y.reshape(x.shape)
 
