@@ -10,6 +10,7 @@ import pytest
 import jimunet as jn
 from jimunet.functional import winograd as wg
 from jimunet.layers import conv as conv_module
+from jimunet.layers import conv_plans
 from jimunet.layers.conv import auto_tile
 
 #: The documented bounds (Conv2D docstring, README): max|err| / max|exact|.
@@ -194,6 +195,41 @@ def test_what_forward_keeps_changes_no_bit_of_the_gradients(dtype, monkeypatch):
     for other in results[1:]:
         for a, b in zip(first[2:], other[2:]):
             assert a.tobytes() == b.tobytes(), (first[:2], other[:2])
+
+
+def test_scratch_is_kept_per_thread_slot_and_follows_the_thread_count(monkeypatch):
+    """Blocks that run on one thread share a scratch set (``parallel.thread_slots``): one layer
+    object, its thread count changed between steps, keeps one set per thread and gives the
+    same bits as a layer that only ever ran on one thread (several chunks per block, dY's last
+    tiles cut by the output edge, so the shared padded buffers are reused)."""
+    rng = np.random.default_rng(6)
+    x, g = rng.standard_normal((64, 13, 13, 40)).astype(np.float32), rng.standard_normal((64, 13, 13, 48))
+    g = g.astype(np.float32)
+    monkeypatch.setattr(conv_plans, "WINOGRAD_CHUNK_BYTES", 700_000)  # chunks of 3, 3 and 2 images per block
+    saved = jn.get_num_threads()
+
+    def step(layer):
+        layer.weight.grad[...] = 0
+        layer.bias.grad[...] = 0
+        y = layer.forward(x, training=True)
+        return y, layer.backward(g), layer.weight.grad.copy(), layer.bias.grad.copy()
+    try:
+        jn.set_num_threads(1)
+        alone = jn.layers.Conv2D(40, 48, 3, algorithm="winograd", winograd_tile=4, rng=2)
+        reference = step(alone)
+        layer = jn.layers.Conv2D(40, 48, 3, algorithm="winograd", winograd_tile=4, rng=2)
+        for threads in (3, 1, 2, 8, 2):
+            jn.set_num_threads(threads)
+            results = step(layer)
+            plan = layer.cache.plan
+            slots = plan["slots"]
+            assert len(slots) == 8 and max(slots) + 1 == threads  # 8 blocks of 8 images
+            assert [c.stop - c.start for c in plan["chunks"][plan["blocks"][0]]] == [3, 3, 2]
+            assert plan["ext"].shape[0] == threads and plan["dw_chunks"]
+            for a, b in zip(results, reference):
+                assert a.tobytes() == b.tobytes(), threads
+    finally:
+        jn.set_num_threads(saved)
 
 
 @pytest.mark.parametrize("algorithm", ["im2col", "winograd"])

@@ -139,6 +139,15 @@ def split(n: int, k: int):
 BLOCKS = 8
 
 
+def thread_slots(n: int) -> list:
+    """For each of ``n`` parts that ``pfor(fn, n, blocks=n)`` runs one at a time, the group of
+    threads' work it falls in at the current thread count. Parts of one slot never run at the
+    same time, so scratch space kept per slot instead of per part serves them all (its
+    contents never reach a result, so the numbers stay those of any thread count). The slots
+    change with ``set_num_threads``: what keeps them must be made again then."""
+    return [g for g, sl in enumerate(split(n, _num_threads)) for _ in range(sl.start, sl.stop)]
+
+
 def pfor(fn, n: int, work: int | None = None, blocks: int = BLOCKS, like=None, parts=None, blas: bool = True) -> None:
     """Call ``fn(slice)`` once for each of ``blocks`` disjoint slices covering ``range(n)``,
     the slices spread over the threads in contiguous runs.

@@ -12,7 +12,7 @@ from ..backend import xp_of
 from ..functional import winograd as _wg
 from ..functional.im2col import im2col_copy
 from ..functional.padding import MAX_SIZE, conv_output_size, normalize_padding, pad_amounts, pair
-from ..parallel import batch_blocks, paccumulate_tmatmul, pfor, sum_blocks
+from ..parallel import batch_blocks, get_num_threads, paccumulate_tmatmul, pfor, sum_blocks
 from ..random import resolve_rng
 from . import conv_plans as _plans
 from .base import Layer, check_bool, check_dtype_arg, register
@@ -321,7 +321,7 @@ class Conv2D(Layer):
         dt = np.result_type(src.dtype, w.dtype)
         chunked = keep == "tiles" or key == "bwd"
         sig = (tuple(src.shape), np.dtype(dt), pads, tuple(w.shape), tuple(tile), keep, chunked, xp,
-               tuple((b.start, b.stop) for b in batch_blocks(n)))
+               tuple((b.start, b.stop) for b in batch_blocks(n)), get_num_threads())  # scratch per thread slot
         plan = self._work.plan(key, sig, replacing=replacing, build=lambda: _plans.winograd_plan(
             src.shape, dt, pads, w.shape, tile, keep, chunked, xp))
         u = self._transformed_filter(w, tile, dt, reuse=key == "fwd" and keep is None)
@@ -378,8 +378,9 @@ class Conv2D(Layer):
         whole = oh == th * mh and ow == tw * mw
         # dY zero-padded to whole tiles, a chunk at a time in each block's own buffer (whose
         # border is never written): a copy of the whole dY would be as big as the layer's output.
-        dypad = None if whole else self._work.buffer("dw_dy", (len(blocks), plan["largest"], th * mh, tw * mw, o), dt,
-                                                     xp, zeros=True)
+        slots = plan["slots"]
+        dypad = None if whole else self._work.buffer("dw_dy", (max(slots) + 1, plan["largest"], th * mh, tw * mw, o),
+                                                     dt, xp, zeros=True)
         partial = xp.empty((len(blocks), 2, a2, c, o), dt)
         db = xp.empty((len(blocks), o), dt) if self.bias is not None else None
         dw_chunks = _plans.weight_grad_chunks(plan, dt, self.kernel_size, self.in_channels, self.out_channels)
@@ -387,7 +388,7 @@ class Conv2D(Layer):
         def run(block_ids):
             for bi in range(block_ids.start, block_ids.stop):
                 for i, (sl, chunk) in enumerate(dw_chunks[bi]):
-                    d = dy[sl] if whole else dypad[bi, :sl.stop - sl.start]
+                    d = dy[sl] if whole else dypad[slots[bi], :sl.stop - sl.start]
                     if not whole:
                         d[:, :oh, :ow, :] = dy[sl]
                     target = partial[bi, 0 if i == 0 else 1]  # the first chunk writes, later ones add

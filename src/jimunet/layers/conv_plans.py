@@ -19,7 +19,7 @@ import numpy as np
 from ..backend import xp_of
 from ..functional import winograd as _wg
 from ..functional.im2col import im2col_copy
-from ..parallel import batch_blocks
+from ..parallel import batch_blocks, thread_slots
 
 # Winograd runs on chunks of whole images whose scratch (two buffers, see
 # ``winograd.scratch_size``) fits in about this many bytes, so each chunk's transforms
@@ -142,20 +142,23 @@ def winograd_plan(shape, dtype, pads, w_shape, tile, keep, chunked, xp):
     # its border is zeroed once, each call rewrites the interior.
     padded_hw = (th * mh + kh - 1, tw * mw + kw - 1)
     largest = max(sl.stop - sl.start for sl in chunks)
-    ext = xp.zeros((len(blocks), largest, *padded_hw, c) if chunked else (n, *padded_hw, c), dtype)
-    scratch = xp.empty((len(blocks), 2, min(chunk, n) * per_image), dtype)
+    # Scratch (and a chunk's padded input) per thread slot, not per block: blocks of one slot
+    # run one after the other (``thread_slots``), so 2 threads keep 2 sets instead of 8.
+    slots = thread_slots(len(blocks))
+    ext = xp.zeros((max(slots) + 1, largest, *padded_hw, c) if chunked else (n, *padded_hw, c), dtype)
+    scratch = xp.empty((max(slots) + 1, 2, min(chunk, n) * per_image), dtype)
     v_per_image = (mh + kh - 1) * (mw + kw - 1) * th * tw * c
     kept = xp.empty((n * v_per_image,), dtype) if keep == "tiles" else None
 
-    # Each chunk's padded input, per block: its own rows of the whole copy, or its block's buffer.
-    inputs = [[ext[bi, :sl.stop - sl.start] if chunked else ext[sl] for sl in chunks[block_chunks[bi]]]
+    # Each chunk's padded input, per block: its own rows of the whole copy, or its slot's buffer.
+    inputs = [[ext[slots[bi], :sl.stop - sl.start] if chunked else ext[sl] for sl in chunks[block_chunks[bi]]]
               for bi in range(len(blocks))]
-    chunk_plans = [[(sl, _wg.ChunkPlan(xp, dtype, xpad, (oh, ow), tile, (kh, kw), o, scratch[bi],
+    chunk_plans = [[(sl, _wg.ChunkPlan(xp, dtype, xpad, (oh, ow), tile, (kh, kw), o, scratch[slots[bi]],
                                        None if kept is None else
                                        kept[sl.start * v_per_image:sl.stop * v_per_image]),
                      xpad[:, pt:pt + h, pl:pl + wd, :] if chunked else None)
                     for sl, xpad in zip(chunks[block_chunks[bi]], inputs[bi])] for bi in range(len(blocks))]
-    return {"tile": tuple(tile), "tiles": (th, tw), "out_hw": (oh, ow), "ext": ext, "chunked": chunked,
+    return {"tile": tuple(tile), "tiles": (th, tw), "out_hw": (oh, ow), "ext": ext, "chunked": chunked, "slots": slots,
             "kept": kept, "chunks": chunks, "largest": largest, "blocks": block_chunks, "block_samples": blocks,
             "v_per_image": v_per_image, "inputs": inputs, "chunk_plans": chunk_plans}
 
@@ -170,7 +173,8 @@ def weight_grad_chunks(plan, dtype, kernel, in_channels, out_channels):
     (th, tw), tile = plan["tiles"], plan["tile"]
     c, o, vpi = in_channels, out_channels, plan["v_per_image"]
     per_image = _wg.scratch_size(tile, kernel, th * tw, c, o)
-    scratch = xp.empty((len(plan["blocks"]), 4, plan["largest"] * per_image), dtype)
+    slots = plan["slots"]
+    scratch = xp.empty((max(slots) + 1, 4, plan["largest"] * per_image), dtype)
     kept = plan["kept"]
 
     def v_of(sl):  # the chunk's kept transformed input (α², T, C); None: transform again
@@ -179,7 +183,7 @@ def weight_grad_chunks(plan, dtype, kernel, in_channels, out_channels):
         return kept[sl.start * vpi:sl.stop * vpi].reshape(-1, (sl.stop - sl.start) * th * tw, c)
     if kept is None and plan["chunked"]:
         raise ValueError("the weight gradient needs the transformed or the whole padded input; this plan kept neither")
-    chunks = [[(sl, _wg.WeightGradChunk(xp, dtype, v_of(sl), xpad, (th, tw), tile, kernel, o, scratch[bi]))
+    chunks = [[(sl, _wg.WeightGradChunk(xp, dtype, v_of(sl), xpad, (th, tw), tile, kernel, o, scratch[slots[bi]]))
                for sl, xpad in zip(plan["chunks"][plan["blocks"][bi]], plan["inputs"][bi])]
               for bi in range(len(plan["blocks"]))]
     kept_chunks.clear()  # one dtype at a time
