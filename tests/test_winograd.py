@@ -197,6 +197,30 @@ def test_what_forward_keeps_changes_no_bit_of_the_gradients(dtype, monkeypatch):
             assert a.tobytes() == b.tobytes(), (first[:2], other[:2])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_auto_keeps_the_tiles_up_to_the_limit_and_the_input_beyond(dtype, monkeypatch):
+    """``WINOGRAD_TRAINING_KEEPS = "auto"``: the tiles while their bytes are within
+    ``WINOGRAD_KEEP_TILES_BYTES``, the padded input from one byte less; the same bits either way."""
+    monkeypatch.setattr(conv_module, "WINOGRAD_TRAINING_KEEPS", "tiles")
+    rng = np.random.default_rng(7)
+    x, g = rng.standard_normal((10, 13, 11, 6)).astype(dtype), rng.standard_normal((10, 13, 11, 8)).astype(dtype)
+    layer = jn.layers.Conv2D(6, 8, 3, algorithm="winograd", winograd_tile=4, rng=3, dtype=dtype)
+    layer.forward(x, training=True)
+    tiles = layer.cache.plan["kept"].nbytes
+    assert tiles == 10 * (4 * 6) * (3 * 6) * 6 * np.dtype(dtype).itemsize  # 4x3 tiles of 6x6 points, 6 channels
+    monkeypatch.setattr(conv_module, "WINOGRAD_TRAINING_KEEPS", "auto")
+    results = []
+    for limit, kept in ((tiles, "tiles"), (tiles - 1, "input")):
+        monkeypatch.setattr(conv_module, "WINOGRAD_KEEP_TILES_BYTES", limit)
+        layer = jn.layers.Conv2D(6, 8, 3, algorithm="winograd", winograd_tile=4, rng=3, dtype=dtype)
+        y = layer.forward(x, training=True)
+        plan = layer.cache.plan
+        assert (plan["kept"] is not None, plan["chunked"]) == ((True, True) if kept == "tiles" else (False, False))
+        results.append((y, layer.backward(g), layer.weight.grad, layer.bias.grad))
+    for a, b in zip(*results):
+        assert a.tobytes() == b.tobytes()
+
+
 def test_scratch_is_kept_per_thread_slot_and_follows_the_thread_count(monkeypatch):
     """Blocks that run on one thread share a scratch set (``parallel.thread_slots``): one layer
     object, its thread count changed between steps, keeps one set per thread and gives the

@@ -2,6 +2,7 @@
 Winograd minimal filtering for stride-1 layers (``algorithm=``)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,9 +58,16 @@ def _tile_pair(tile, what="Conv2D winograd_tile"):
 AUTO_MIN_CHANNELS = 8
 
 #: What a Winograd layer's training pass keeps for its weight gradient: ``"tiles"``, the
-#: transformed input (2.25x the input's bytes with 4x4 tiles), or ``"input"``, the padded
-#: input, transformed again in backward. See BENCHMARKS.md ("#23 speed steps").
-WINOGRAD_TRAINING_KEEPS = "tiles"
+#: transformed input (2.25x the input's bytes with 4x4 tiles), ``"input"``, the padded
+#: input, transformed again in backward, or ``"auto"``: the tiles when they take at most
+#: ``WINOGRAD_KEEP_TILES_BYTES``, else the input. Every choice gives the same bits. See
+#: BENCHMARKS.md ("#23 speed steps", step 4).
+WINOGRAD_TRAINING_KEEPS = "auto"
+
+#: ``"auto"``'s limit, per layer: ``mnist_resnet``'s tiles at batch 128 (at most 9.4 MB) are
+#: kept, airbench's at batch 1024 (75-216 MB) are not. Measured on airbench: 17% less peak
+#: memory (1,670 -> 1,391 MB, below PyTorch's) for 4% more CPU per step.
+WINOGRAD_KEEP_TILES_BYTES = 32 << 20
 
 
 def auto_tile(kernel, out_hw, in_channels, out_channels):
@@ -266,14 +274,23 @@ class Conv2D(Layer):
         pads, out_hw = self._geometry(x.shape[1:3])
         algorithm = self._choose(out_hw)
         if algorithm[0] == "winograd":
-            # In training the transformed input tiles are kept: the weight gradient reuses them.
+            # In training the weight gradient reads the transformed input tiles (kept, or made again).
+            keep = self._training_keep(x, out_hw, algorithm[1]) if training else None
             y, plan = self._winograd(x, pads, self.weight.data, algorithm[1], "fwd", self.bias,
-                                     keep=WINOGRAD_TRAINING_KEEPS if training else None, replacing=self.cache)
+                                     keep=keep, replacing=self.cache)
         else:
             y, plan = self._im2col_forward(x, pads, out_hw)
         self.cache = ConvCache(algorithm, plan, x.shape, pads, out_hw)
         _plans.lend(plan, self.cache)
         return y
+
+    def _training_keep(self, x, out_hw, tile):
+        """``"tiles"`` or ``"input"``: what this training pass keeps (``WINOGRAD_TRAINING_KEEPS``)."""
+        if WINOGRAD_TRAINING_KEEPS != "auto":
+            return WINOGRAD_TRAINING_KEEPS
+        points = math.prod(-(-n // m) * (m + k - 1) for n, m, k in zip(out_hw, tile, self.kernel_size))
+        itemsize = np.result_type(x.dtype, self.weight.data.dtype).itemsize
+        return "tiles" if x.shape[0] * points * self.in_channels * itemsize <= WINOGRAD_KEEP_TILES_BYTES else "input"
 
     def _im2col_forward(self, x, pads, out_hw):
         """The output by im2col and one GEMM per block of samples, and the plan whose
