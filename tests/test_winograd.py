@@ -252,6 +252,15 @@ def test_scratch_is_kept_per_thread_slot_and_follows_the_thread_count(monkeypatc
             assert plan["ext"].shape[0] == threads and plan["dw_chunks"]
             for a, b in zip(results, reference):
                 assert a.tobytes() == b.tobytes(), threads
+        for forward_threads, backward_threads in ((1, 3), (3, 1), (2, 8)):  # changed in between
+            jn.set_num_threads(forward_threads)
+            layer.weight.grad[...] = 0
+            layer.bias.grad[...] = 0
+            y = layer.forward(x, training=True)
+            jn.set_num_threads(backward_threads)
+            results = (y, layer.backward(g), layer.weight.grad, layer.bias.grad)
+            for a, b in zip(results, reference):
+                assert a.tobytes() == b.tobytes(), (forward_threads, backward_threads)
     finally:
         jn.set_num_threads(saved)
 

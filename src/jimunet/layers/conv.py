@@ -13,7 +13,7 @@ from ..backend import xp_of
 from ..functional import winograd as _wg
 from ..functional.im2col import im2col_copy
 from ..functional.padding import MAX_SIZE, conv_output_size, normalize_padding, pad_amounts, pair
-from ..parallel import batch_blocks, get_num_threads, paccumulate_tmatmul, pfor, sum_blocks
+from ..parallel import batch_blocks, get_num_threads, paccumulate_tmatmul, pfor, sum_blocks, thread_slots
 from ..random import resolve_rng
 from . import conv_plans as _plans
 from .base import Layer, check_bool, check_dtype_arg, register
@@ -414,7 +414,11 @@ class Conv2D(Layer):
                         partial[bi, 0] += target
                 if db is not None:
                     dy[samples[bi]].sum(axis=(0, 1, 2), out=db[bi])
-        pfor(run, len(blocks), n * oh * ow * max(c, o) * 8, blocks=len(blocks), like=dy)
+        # The scratch slots are the forward pass's: with another thread count since, blocks
+        # of one slot could run at once, so they all run in turn on this thread.
+        same = slots == thread_slots(len(blocks))
+        pfor(run, len(blocks), n * oh * ow * max(c, o) * 8, blocks=len(blocks), like=dy,
+             parts=None if same else [slice(0, len(blocks))])
 
         def finish(dw, db_total=None):  # the whole sum first, then one add into .grad
             pfor(lambda _: xp.add(self.weight.grad, _wg.finish_weight_grad(dw, (mh, mw), (kh, kw)),
