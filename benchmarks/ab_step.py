@@ -49,7 +49,7 @@ def child(model_name, batch, threads, warm, iters, profile):
     spent = collections.defaultdict(float)
     if profile:
         for layer in model.layers:
-            for phase in ("forward", "backward"):
+            for phase in ("forward", "backward", "forward_relu")[:3 if hasattr(layer, "forward_relu") else 2]:
                 def timed(*a, _f=getattr(layer, phase), _k=(type(layer).__name__, phase), **k):
                     t = time.perf_counter()
                     try:
@@ -67,7 +67,7 @@ def child(model_name, batch, threads, warm, iters, profile):
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     print(f"{batch / total:.1f} {(time.process_time() - cpu) / iters * 1e3:.1f} {peak_mb:.0f}")
     for (name, phase), s in sorted(spent.items(), key=lambda kv: -kv[1]):
-        print(f"  {name:16s} {phase:8s} {s / iters * 1e3:7.2f} ms {s / iters / total * 100:5.1f}%")
+        print(f"  {name:16s} {phase:12s} {s / iters * 1e3:7.2f} ms {s / iters / total * 100:5.1f}%")
     if profile:
         print(f"  {'the rest (loss, optimizer, graph sums)':34s} {(total - sum(spent.values()) / iters) * 1e3:6.2f} ms;"
               f" step {total * 1e3:.1f} ms")

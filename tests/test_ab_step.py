@@ -23,6 +23,7 @@ def test_ab_rounds_alternate_and_report_load_ratio_and_cpu_time():
 
 
 def test_profile_names_each_layer_class_and_phase():
-    out = _run(SRC, SRC, "--profile", *TINY)
-    assert out.count("Conv2D           forward") == 2 and out.count("Dense            backward") == 2
+    out = _run(SRC, SRC, "--profile", *TINY[2:], "--model", "mnist_resnet")  # with BatchNorm's fused calls
+    assert out.count("Conv2D           forward ") == 2 and out.count("Dense            backward ") == 2
+    assert out.count("BatchNorm        forward_relu ") == 2  # the fused calls are timed too
     assert out.count("the rest (loss, optimizer, graph sums)") == 2
