@@ -36,10 +36,15 @@ def _blocks(a) -> list:
     return split(a.shape[0], max(1, min(BLOCKS, a.size // THREADED_SIZE)))
 
 
+#: Elementwise passes are cut finer than the sums: their cut changes no number.
+ELEMENTWISE_SIZE = 1 << 17
+
+
 def _by_rows(fn, a) -> None:
-    """``fn(rows)`` for each of ``_blocks(a)`` of the (rows, C) array ``a``, on the threads. For
+    """``fn(rows)`` for each block of the (rows, C) array ``a``, on the threads. For
     elementwise work: every value's arithmetic is the same however the rows are cut."""
-    pfor(fn, a.shape[0], a.size, like=a, parts=_blocks(a), blas=False)
+    pfor(fn, a.shape[0], a.size, like=a, parts=split(a.shape[0], max(1, min(BLOCKS, a.size // ELEMENTWISE_SIZE))),
+         blas=False)
 
 
 def _block_sums(a, fn) -> list:
