@@ -49,7 +49,7 @@ def child(model_name, batch, threads, warm, iters, profile):
     spent = collections.defaultdict(float)
     if profile:
         for layer in model.layers:
-            for phase in ("forward", "backward", "forward_relu")[:3 if hasattr(layer, "forward_relu") else 2]:
+            for phase in ("forward", "backward") + (("forward_relu",) if hasattr(layer, "forward_relu") else ()):
                 def timed(*a, _f=getattr(layer, phase), _k=(type(layer).__name__, phase), **k):
                     t = time.perf_counter()
                     try:

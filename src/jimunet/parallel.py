@@ -145,7 +145,12 @@ def thread_slots(n: int) -> list:
     same time, so scratch space kept per slot instead of per part serves them all (its
     contents never reach a result, so the numbers stay those of any thread count). The slots
     change with ``set_num_threads``: what keeps them must be made again then."""
-    return [g for g, sl in enumerate(split(n, _num_threads)) for _ in range(sl.start, sl.stop)]
+    return [g for g, sl in enumerate(_thread_groups(n)) for _ in range(sl.start, sl.stop)]
+
+
+def _thread_groups(parts: int):
+    """The contiguous runs of ``parts`` pieces that ``pfor`` gives its threads, one run each."""
+    return split(parts, _num_threads)
 
 
 def pfor(fn, n: int, work: int | None = None, blocks: int = BLOCKS, like=None, parts=None, blas: bool = True) -> None:
@@ -186,7 +191,7 @@ def pfor(fn, n: int, work: int | None = None, blocks: int = BLOCKS, like=None, p
     _local.inside = True
     try:
         with _blas_single_thread() if blas else nullcontext():
-            groups = split(len(parts), 1 if small else _num_threads)
+            groups = [slice(0, len(parts))] if small else _thread_groups(len(parts))
             if len(groups) == 1:
                 run(groups[0])
             else:

@@ -2,7 +2,6 @@
 Winograd minimal filtering for stride-1 layers (``algorithm=``)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -288,9 +287,9 @@ class Conv2D(Layer):
         """``"tiles"`` or ``"input"``: what this training pass keeps (``WINOGRAD_TRAINING_KEEPS``)."""
         if WINOGRAD_TRAINING_KEEPS != "auto":
             return WINOGRAD_TRAINING_KEEPS
-        points = math.prod(-(-n // m) * (m + k - 1) for n, m, k in zip(out_hw, tile, self.kernel_size))
-        itemsize = np.result_type(x.dtype, self.weight.data.dtype).itemsize
-        return "tiles" if x.shape[0] * points * self.in_channels * itemsize <= WINOGRAD_KEEP_TILES_BYTES else "input"
+        per_image = _wg.multiplications(out_hw, self.kernel_size, self.in_channels, 1, tile)  # α²·tiles·C values
+        nbytes = x.shape[0] * per_image * np.result_type(x.dtype, self.weight.data.dtype).itemsize
+        return "tiles" if nbytes <= WINOGRAD_KEEP_TILES_BYTES else "input"
 
     def _im2col_forward(self, x, pads, out_hw):
         """The output by im2col and one GEMM per block of samples, and the plan whose

@@ -14,13 +14,14 @@ from ..parallel import pfor
 from .base import Layer, register
 
 
-def add_arrays(xs, out=None, then=None):
-    """``xs[0] + xs[1] + ...`` (two or more arrays of one shape) into a new array (or ``out``):
-    the arrays added left to right, the samples split over the threads, and ``then(samples)``
-    run on each block of the sum after it. ``Add`` and a graph model's gradient sums (a tensor
-    read by several nodes) add this way."""
+def add_arrays(xs, then=None):
+    """``xs[0] + xs[1] + ...`` (two or more arrays of one shape) into a new array: the arrays
+    added left to right, the samples split over the threads. ``then(y)``, given the new array,
+    returns a function of a block of samples run on each block of the sum right after it.
+    ``Add`` and a graph model's gradient sums (a tensor read by several nodes) add this way."""
     xp = xp_of(xs[0])
-    y = xp.empty(xs[0].shape, xp.result_type(*xs)) if out is None else out
+    y = xp.empty(xs[0].shape, xp.result_type(*xs))
+    then = None if then is None else then(y)
 
     def block(sl):
         xp.add(xs[0][sl], xs[1][sl], out=y[sl])
@@ -82,18 +83,17 @@ class Add(_Merge):
         return (len(input_shapes) - 1) * math.prod(input_shapes[0])
 
     def forward(self, xs, training: bool = False):
-        self._check_inputs(xs)
-        self.cache = [x.shape for x in xs]
-        return add_arrays(xs)
+        return self._forward(xs, training)
 
     def forward_relu(self, xs, training: bool, relu):
         """``relu.forward(self.forward(xs, training), training)``, bit for bit, with both layers'
         caches as after those two calls; ReLU works in place on each block of the sum."""
+        return self._forward(xs, training, relu)
+
+    def _forward(self, xs, training, relu=None):
         self._check_inputs(xs)
         self.cache = [x.shape for x in xs]
-        xp = xp_of(xs[0])
-        y = xp.empty(xs[0].shape, xp.result_type(*xs))
-        return add_arrays(xs, out=y, then=relu.rows_forward(y, y, training))
+        return add_arrays(xs, None if relu is None else lambda y: relu.rows_forward(y, y, training))
 
     def backward(self, grad, input_grad: bool = True):
         self._check_grads(grad, self.cache[0] if self.cache else None)

@@ -31,20 +31,20 @@ class BatchNormCache(NamedTuple):
 THREADED_SIZE = 1 << 19
 
 
-def _blocks(a) -> list:
-    """The fixed blocks of ``a``'s rows: their number follows ``a``'s size, never the thread count."""
-    return split(a.shape[0], max(1, min(BLOCKS, a.size // THREADED_SIZE)))
-
-
 #: Elementwise passes are cut finer than the sums: their cut changes no number.
 ELEMENTWISE_SIZE = 1 << 17
+
+
+def _blocks(a, size: int = THREADED_SIZE) -> list:
+    """The fixed blocks of ``a``'s rows, one per ``size`` values (at most ``BLOCKS``): their
+    number follows ``a``'s size, never the thread count."""
+    return split(a.shape[0], max(1, min(BLOCKS, a.size // size)))
 
 
 def _by_rows(fn, a) -> None:
     """``fn(rows)`` for each block of the (rows, C) array ``a``, on the threads. For
     elementwise work: every value's arithmetic is the same however the rows are cut."""
-    pfor(fn, a.shape[0], a.size, like=a, parts=split(a.shape[0], max(1, min(BLOCKS, a.size // ELEMENTWISE_SIZE))),
-         blas=False)
+    pfor(fn, a.shape[0], a.size, like=a, parts=_blocks(a, ELEMENTWISE_SIZE), blas=False)
 
 
 def _block_sums(a, fn) -> list:
