@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import jimunet as jn
-from jimunet.app.recipes import AIRBENCH_DEFAULTS, AIRBENCH_SCHEDULE, MNISTConfig, build, recipe_callbacks
+from jimunet.app.recipes import AIRBENCH_DEFAULTS, AIRBENCH_SCHEDULE, CIFAR10_DEFAULTS, MNISTConfig, build, recipe_callbacks
 
 
 torch = pytest.importorskip("torch")
@@ -20,7 +20,7 @@ from test_cifar_torch import two_steps_on_a_generated_folder  # noqa: E402
 
 def test_settings_are_the_recipes():
     a = airbench_torch
-    d = AIRBENCH_DEFAULTS
+    d = CIFAR10_DEFAULTS
     assert (a.EPOCHS, a.BATCH, a.LR, a.MOMENTUM, a.WEIGHT_DECAY, a.SMOOTHING, a.CROP, a.TEST_SHIFT) == \
         (d["epochs"], d["batch_size"], d["lr"], d["momentum"], d["weight_decay"], d["label_smoothing"], d["crop"],
          d["test_shift"])

@@ -8,8 +8,8 @@ import pytest
 import jimunet as jn
 from jimunet.app.cli import main
 from jimunet.app import recipes
-from jimunet.app.recipes import (AIRBENCH_BIAS_LR, AIRBENCH_DEFAULTS, AIRBENCH_WHITEN_BIAS_EPOCHS, CIFAR_DEFAULTS,
-                                 FASHION_CIFAR_DEFAULTS, ConfigError, MNISTConfig, build, prepare_model,
+from jimunet.app.recipes import (AIRBENCH_BIAS_LR, AIRBENCH_DEFAULTS, AIRBENCH_WHITEN_BIAS_EPOCHS, CIFAR10_DEFAULTS,
+                                 CIFAR_DEFAULTS, FASHION_CIFAR_DEFAULTS, ConfigError, MNISTConfig, build, prepare_model,
                                  recipe_callbacks, recipe_defaults)
 from jimunet.app.training import train_mnist
 
@@ -18,8 +18,9 @@ from test_modelinfo import cifar_like
 
 
 def test_which_recipe_cifar_means():
-    assert recipe_defaults("cifar", "cifar10") == AIRBENCH_DEFAULTS == recipe_defaults("cifar", "some/folder")
-    assert recipe_defaults("airbench", "mnist") == AIRBENCH_DEFAULTS
+    assert recipe_defaults("cifar", "cifar10") == CIFAR10_DEFAULTS == recipe_defaults("cifar", "some/folder")
+    assert CIFAR10_DEFAULTS == {**AIRBENCH_DEFAULTS, "epochs": 15}
+    assert recipe_defaults("airbench", "mnist") == AIRBENCH_DEFAULTS and AIRBENCH_DEFAULTS["epochs"] == 11
     assert recipe_defaults("cifar", "fashion-mnist") == FASHION_CIFAR_DEFAULTS
     assert recipe_defaults("cifar", "mnist") == {**CIFAR_DEFAULTS, "test_flip": False}
 

@@ -5,8 +5,8 @@ import os
 
 from ... import distributed
 from ...training import TrainingDiverged, TrainingInterrupted
-from ..recipes import (AIRBENCH_DEFAULTS, DATASETS, FASHION_CIFAR_EPOCHS, FASHION_EPOCHS, MODELS, REDUCTIONS,
-                       ConfigError, MNISTConfig, recipe_defaults)
+from ..recipes import (AIRBENCH_DEFAULTS, CIFAR10_EPOCHS, DATASETS, FASHION_CIFAR_EPOCHS, FASHION_EPOCHS, MODELS,
+                       REDUCTIONS, ConfigError, MNISTConfig, recipe_defaults)
 from ..training import distributed_problem, load_run_config, train_mnist
 from .errors import EXIT_FAILURE, EXIT_OK, DEVICE_HELP, UserError, add_command, int_at_least, interrupted_exit, \
     non_negative_float, positive_float
@@ -162,7 +162,8 @@ def register(subparsers):
                    "airbench93: a whitened first layer, three conv blocks) with its schedule and lookahead "
                    f"(defaults: {AIRBENCH_DEFAULTS['epochs']} epochs, batch {AIRBENCH_DEFAULTS['batch_size']}, lr "
                    f"{AIRBENCH_DEFAULTS['lr']}, crops of 2 px and flips, --test-flip --test-shift 1); cifar: the "
-                   "CIFAR-10 recipe for the data: airbench for colour images; on MNIST and Fashion-MNIST "
+                   f"CIFAR-10 recipe for the data: airbench over {CIFAR10_EPOCHS} epochs for colour images; on MNIST "
+                   "and Fashion-MNIST "
                    "jimunet.models.cifar_resnet (a narrow ResNet-9), one-cycle lr, label smoothing 0.2 (defaults: "
                    "10 epochs, batch 256, lr 0.2; with --data fashion-mnist: "
                    f"{FASHION_CIFAR_EPOCHS} epochs, shifts of 2 px and flips, --test-flip --test-shift 1)")
