@@ -55,6 +55,9 @@ TASKS = {  # name: (kind, batch, warm-up iterations, timed iterations)
 RECIPE_TASKS = {"cifar256": "cifar", "cifar-infer1000": "cifar", "airbench1024": "airbench",
                 "airbench-infer1000": "airbench", "resnet128": "resnet", "resnet-infer1000": "resnet"}
 CPU_TASKS, GPU_TASKS = ["train64", "train256", "infer1000"], ["train64", "train512", "infer1000", "infer10000"]
+#: ``--keep-freed-memory``: ``jimunet.allocator.GLIBC_TUNABLES``, spelled out because this process
+#: must not load NumPy before ``--isa`` is set.
+KEEP_FREED_MEMORY = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
 #: ``--isa avx2``: holds every framework's CPU kernels to AVX2, as a CPU without AVX-512 (the
 #: Zen 3 of issue #9, for one) would run them. Set before any of them loads, in this process
 #: and the workers; each variable is the library's own documented switch.
@@ -358,6 +361,8 @@ def machine_info() -> dict:
     info["tensorflow"] = version or "not installed"
     if version:
         info["tensorflow_onednn"] = onednn
+    if os.environ.get("GLIBC_TUNABLES"):
+        info["GLIBC_TUNABLES"] = os.environ["GLIBC_TUNABLES"]
     if os.environ.get("TF_ENABLE_ONEDNN_OPTS"):
         info["TF_ENABLE_ONEDNN_OPTS"] = os.environ["TF_ENABLE_ONEDNN_OPTS"]
     return info
@@ -371,6 +376,8 @@ def describe_machine(info: dict) -> str:
             f"NumPy {info['numpy']}, {info['blas']} {info['blas_version']} kernel {info['blas_kernel']}")
     if "OPENBLAS_CORETYPE" in info:
         line += f" (OPENBLAS_CORETYPE={info['OPENBLAS_CORETYPE']})"
+    if "GLIBC_TUNABLES" in info:
+        line += f" (GLIBC_TUNABLES={info['GLIBC_TUNABLES']})"
     line += f" | jimunet {info.get('jimunet', 'n/a')}, PyTorch {info['torch']}"
     if "torch_cpu_capability" in info:
         line += f" ({info['torch_cpu_capability']} kernels)"
@@ -476,6 +483,9 @@ def main(argv=None):
     ap.add_argument("--info", action="store_true", help="only print the machine description and exit")
     ap.add_argument("--isa", choices=["native", "avx2"], default="native",
                     help="avx2: hold every framework to its AVX2 kernels (a CPU without AVX-512)")
+    ap.add_argument("--keep-freed-memory", action="store_true",
+                    help="every framework's workers with glibc's malloc keeping freed memory for reuse, as "
+                         "jimunet train runs (jimunet.keep_freed_memory; here through GLIBC_TUNABLES)")
     ap.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "TASK"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.isa == "avx2":
@@ -484,6 +494,8 @@ def main(argv=None):
             raise SystemExit(f"--isa avx2 must be set before {', '.join(loaded)} is imported: "
                              "run bench.py as a script")
         os.environ.update(AVX2_ENV)  # the workers inherit it
+    if args.keep_freed_memory:
+        os.environ["GLIBC_TUNABLES"] = KEEP_FREED_MEMORY  # read by each worker's C library at its start
     if args.tf32:
         os.environ["CUPY_TF32"] = "1"  # read by CuPy at import, and passed on to the workers
     if args.worker:

@@ -61,3 +61,12 @@ def terminal_signals():
     for signum, handler in saved.items():
         if handler is not None:  # None: set outside Python, which cannot be put back
             signal.signal(signum, handler)
+
+
+@pytest.fixture(autouse=True)
+def malloc_as_it_was(monkeypatch):
+    """``jimunet train`` run inside the test process (``cli.main``) leaves malloc's settings alone:
+    ``keep_freed_memory`` is for a process that only trains, not for a test session (its tests:
+    test_allocator.py, and the commands the CLI tests start as processes)."""
+    from jimunet.app.cli import train
+    monkeypatch.setattr(train, "keep_freed_memory", lambda: False)

@@ -124,6 +124,15 @@ def test_isa_avx2_holds_every_framework_to_avx2_and_says_so(no_tensorflow):
         assert f"{name}={value}" in out or f"{name}={value!r}" in out
 
 
+def test_keep_freed_memory_is_jimunets_setting_given_to_every_worker(no_tensorflow, monkeypatch):
+    from jimunet.allocator import GLIBC_TUNABLES
+    assert bench.KEEP_FREED_MEMORY == GLIBC_TUNABLES
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    out = subprocess.run([sys.executable, str(BENCH), "--keep-freed-memory", "--info"], capture_output=True,
+                         text=True, check=True).stdout
+    assert f"(GLIBC_TUNABLES={GLIBC_TUNABLES})" in out
+
+
 def test_isa_avx2_refused_once_the_kernels_are_chosen():
     assert "numpy" in sys.modules  # this process chose NumPy's kernels at import
     with pytest.raises(SystemExit, match="before numpy"):

@@ -81,6 +81,14 @@ def test_self_test_epochs_given_win_for_either_model(monkeypatch):
     assert [c.epochs for c in seen] == [1, 3, 10, 1, 3, 10]
 
 
+def test_train_keeps_freed_memory_for_its_steps(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cli_train, "keep_freed_memory", lambda: calls.append("kept"))
+    monkeypatch.setattr(cli_train, "train_mnist", lambda config, **kw: calls.append("trained"))
+    assert cli.main(["train", "--self-test"]) == 0
+    assert calls == ["kept", "trained"]
+
+
 def one_line_error(r, prog):
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()

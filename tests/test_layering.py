@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # Bottom to top. A module is placed by the longest prefix of its dotted name listed here.
 LEVELS = [
     ("runtime", ["jimunet._version", "jimunet._messages", "jimunet.backend", "jimunet.random", "jimunet.parallel",
-                 "jimunet.distributed", "jimunet.serialization"]),
+                 "jimunet.allocator", "jimunet.distributed", "jimunet.serialization"]),
     ("math and data", ["jimunet.functional", "jimunet.data", "jimunet.datasets"]),
     ("blocks", ["jimunet.parameter", "jimunet.init", "jimunet.losses", "jimunet.optim", "jimunet.gradcheck",
                 "jimunet.layers"]),

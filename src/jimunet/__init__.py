@@ -14,6 +14,7 @@ Example:
 from ._version import __version__
 
 from . import backend, data, datasets, distributed, functional, init, layers, losses, models, onnx, optim  # noqa: E402
+from .allocator import keep_freed_memory  # noqa: E402
 from .backend import DeviceError, asarray  # noqa: E402
 from .gradcheck import GradcheckError, gradcheck  # noqa: E402
 from .model import Sequential, Summary, load  # noqa: E402
@@ -28,4 +29,4 @@ from .training import Trainer, evaluate, fit  # noqa: E402
 __all__ = ["backend", "data", "datasets", "distributed", "functional", "init", "layers", "losses", "models", "onnx", "optim",
            "gradcheck", "GradcheckError", "Sequential", "Model", "Input", "Summary", "load", "Parameter", "set_seed",
            "CheckpointError", "set_num_threads", "get_num_threads", "asarray", "DeviceError", "training", "Trainer",
-           "fit", "evaluate"]
+           "fit", "evaluate", "keep_freed_memory"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from ... import distributed
+from ...allocator import keep_freed_memory
 from ...training import TrainingDiverged, TrainingInterrupted
 from ..recipes import (AIRBENCH_DEFAULTS, CIFAR10_EPOCHS, DATASETS, FASHION_CIFAR_EPOCHS, FASHION_EPOCHS, MODELS,
                        REDUCTIONS, ConfigError, MNISTConfig, recipe_defaults)
@@ -17,6 +18,7 @@ _TRAIN_FLAGS = ("epochs", "batch_size", "lr", "seed", "train_size", "validation_
 
 def run(args) -> int:
     """Train with the recipe and the flags given; resume a run with ``--resume``."""
+    keep_freed_memory()  # this process only trains: each step reuses the last one's pages
     comm = _distributed(args)
     given = _given_settings(args)
     if args.self_test and args.resume is None and "epochs" not in given:
