@@ -292,7 +292,7 @@ AIRBENCH_DEFAULTS = {"model": "airbench", "epochs": 11, "batch_size": 1024, "lr"
                      "crop": 2, "flip": True, "test_flip": True, "test_shift": 1, "validation_size": 0}
 # ``--model cifar`` on colour images: airbench93's recipe over 15 epochs instead of its 11. On the
 # JPEG copy (quality 75, 4:2:0 colour) the 11-epoch network is short of training: 15 epochs gave
-# 89.29% against 88.55% (seed 1) in ~26 minutes on 2 cores (BENCHMARKS.md, "15 epochs").
+# 89.23% (mean of 3 seeds) against 88.56%, in 20-22.5 minutes on 2 cores (BENCHMARKS.md, "15 epochs").
 # ``--model airbench`` stays airbench93's 11.
 CIFAR10_EPOCHS = 15
 CIFAR10_DEFAULTS = {**AIRBENCH_DEFAULTS, "epochs": CIFAR10_EPOCHS}
