@@ -25,8 +25,13 @@ def test_the_end_of_a_run_gives_model_npz_and_best_npz_their_own_test_errors(tmp
     assert m and float(m.group(1)) == round(r.test_error, 2), log
     m = re.search(rf"test error of best\.npz, the weights of epoch {best_epoch} \(the lowest validation error, "
                   rf"[\d.]+%\): ([\d.]+)% \(accuracy [\d.]+%\)\n", log)
-    best = jn.evaluate(jn.load(run / "best.npz"), preprocess(x_test), y_test)
-    assert m and float(m.group(1)) == round(best.error, 2) and best.error != r.test_error, log
+    best_model = jn.load(run / "best.npz")
+    best = jn.evaluate(best_model, preprocess(x_test), y_test)
+    assert m and float(m.group(1)) == round(best.error, 2), log
+    # two sets of weights (their test errors may still coincide: on 200 noise images they did
+    # on one machine and not on another, so the test does not ask them to differ)
+    last = jn.load(run / "model.npz")
+    assert any(not np.array_equal(a.data, b.data) for a, b in zip(best_model.parameters(), last.parameters()))
     # the training time printed is the report's (metrics.json's wall_time_s), named as such
     wall = json.loads((run / "metrics.json").read_text())["wall_time_s"]
     assert f"(training time {wall:.1f} s, the report's figure: the epochs alone, all sessions; " in log
