@@ -13,25 +13,21 @@ from jimunet.data.images import preprocess
 def test_the_end_of_a_run_gives_model_npz_and_best_npz_their_own_test_errors(tmp_path):
     rng = np.random.default_rng(3)
     x, y = rng.integers(0, 256, (400, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 400)  # noise: errors move
-    x_test, y_test = rng.integers(0, 256, (200, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 200)
+    # 2,000 test images: on 200 the two weights' errors coincided (93.00%) with some BLAS rounding
+    x_test, y_test = rng.integers(0, 256, (2000, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 2000)
     run = tmp_path / "run"
     r = train_mnist(MNISTConfig(epochs=4, validation_size=100, out=str(run), report=False, progress=False),
                     data=((x, y), (x_test, y_test)), echo=False)
     log = (run / "train.log").read_text()
     best_epoch = r.history.best_epoch
     assert best_epoch != 4  # this seed's run, so that best.npz and model.npz differ (else one line says so)
-    m = re.search(r"test error ([\d.]+)% \(accuracy [\d.]+%, 200 images\): model\.npz, the weights after the "
+    m = re.search(r"test error ([\d.]+)% \(accuracy [\d.]+%, 2000 images\): model\.npz, the weights after the "
                   r"last epoch \(4\)\n", log)
     assert m and float(m.group(1)) == round(r.test_error, 2), log
     m = re.search(rf"test error of best\.npz, the weights of epoch {best_epoch} \(the lowest validation error, "
                   rf"[\d.]+%\): ([\d.]+)% \(accuracy [\d.]+%\)\n", log)
-    best_model = jn.load(run / "best.npz")
-    best = jn.evaluate(best_model, preprocess(x_test), y_test)
-    assert m and float(m.group(1)) == round(best.error, 2), log
-    # two sets of weights (their test errors may still coincide: on 200 noise images they did
-    # on one machine and not on another, so the test does not ask them to differ)
-    last = jn.load(run / "model.npz")
-    assert any(not np.array_equal(a.data, b.data) for a, b in zip(best_model.parameters(), last.parameters()))
+    best = jn.evaluate(jn.load(run / "best.npz"), preprocess(x_test), y_test)
+    assert m and float(m.group(1)) == round(best.error, 2) and best.error != r.test_error, log
     # the training time printed is the report's (metrics.json's wall_time_s), named as such
     wall = json.loads((run / "metrics.json").read_text())["wall_time_s"]
     assert f"(training time {wall:.1f} s, the report's figure: the epochs alone, all sessions; " in log
