@@ -6,10 +6,10 @@ activations and gradients at every step, so each step faults all their pages in 
 kernel zeroes every one of them: in the airbench recipe (batch 1024, activations of 60-250 MB)
 a quarter to a third of the CPU time went to the system (BENCHMARKS.md, "#23 speed steps",
 step 6). After ``keep_freed_memory()`` malloc takes large blocks from its heap as well and
-never trims the heap, so the next step reuses pages that are already there. What it costs: the process keeps
-the memory of its largest step until it exits, plus some fragmentation (airbench at batch 1024:
-a peak of 1,605 MB instead of 1,390). ``jimunet train`` calls it; a long-lived process that
-trains once and then does something else should not.
+never trims the heap, so the next step reuses pages that are already there. What it costs:
+the process keeps the memory of its largest step until it exits, plus some fragmentation
+(airbench at batch 1024: a peak of 1,605 MB instead of 1,390). ``jimunet train`` calls it; a
+long-lived process that trains once and then does something else should not.
 """
 from __future__ import annotations
 
