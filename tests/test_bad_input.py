@@ -73,6 +73,7 @@ ALL_LAYERS = [
     ("LeakyReLU", lambda: L.LeakyReLU(), (3, 6)),
     ("Sigmoid", lambda: L.Sigmoid(), (3, 6)),
     ("Tanh", lambda: L.Tanh(), (3, 6)),
+    ("GELU", lambda: L.GELU(), (3, 6)),
     ("Flatten", lambda: L.Flatten(), (2, 3, 3)),
     ("Dropout", lambda: L.Dropout(0.5, rng=0), (3, 6)),
 ]

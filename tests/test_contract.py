@@ -31,6 +31,7 @@ LAYERS = [
     ("LeakyReLU", lambda dt: L.LeakyReLU(0.1), (9,)),
     ("Sigmoid", lambda dt: L.Sigmoid(), (3, 2, 2)),
     ("Tanh", lambda dt: L.Tanh(), (8,)),
+    ("GELU", lambda dt: L.GELU(), (3, 2, 2)),
     ("Flatten", lambda dt: L.Flatten(), (3, 4, 2)),
     ("Dropout", lambda dt: L.Dropout(0.5, rng=6), (5, 4)),
     ("BatchNorm_nhwc", lambda dt: _bn(3, dt), (4, 3, 3)),

@@ -43,6 +43,7 @@ CASES = [
     ("leaky_relu", lambda: L.LeakyReLU(0.2), (2, 3, 3, 2), False),
     ("sigmoid", lambda: L.Sigmoid(), (3, 7), False),
     ("tanh", lambda: L.Tanh(), (2, 3, 3, 2), False),
+    ("gelu", lambda: L.GELU(), (2, 3, 3, 2), False),
     ("flatten", lambda: L.Flatten(), (2, 3, 2, 2), False),
     ("dropout_train", lambda: L.Dropout(0.4, rng=8), (4, 6), True),
     ("dropout_train_4d", lambda: L.Dropout(0.5, rng=9), (2, 3, 3, 2), True),

@@ -524,6 +524,7 @@ ACTS = {
     "leaky0.3": (lambda: jn.layers.LeakyReLU(0.3), lambda z: F.leaky_relu(z, 0.3)),
     "sigmoid": (lambda: jn.layers.Sigmoid(), torch.sigmoid),
     "tanh": (lambda: jn.layers.Tanh(), torch.tanh),
+    "gelu": (lambda: jn.layers.GELU(), lambda z: F.gelu(z, approximate="tanh")),
 }
 
 
@@ -835,6 +836,7 @@ FLOAT64_CASES = {
     "LeakyReLU": lambda: (jn.layers.LeakyReLU(0.2), (5, 4, 3), True, lambda xt: F.leaky_relu(xt, 0.2)),
     "Sigmoid": lambda: (jn.layers.Sigmoid(), (5, 4, 3), True, torch.sigmoid),
     "Tanh": lambda: (jn.layers.Tanh(), (5, 4, 3), True, torch.tanh),
+    "GELU": lambda: (jn.layers.GELU(), (5, 4, 3), True, lambda xt: F.gelu(xt, approximate="tanh")),
     "Flatten": lambda: (jn.layers.Flatten(), (5, 4, 3), True, lambda xt: torch.flatten(xt, 1)),
     # Only precision and dtype here: the mask's law is tested above; the reference reuses the
     # layer's own zero pattern and applies the scale computed in float64.

@@ -12,11 +12,11 @@ import numpy as np
 from ..backend import to_numpy
 from ..functional.im2col import im2col
 from ..functional.padding import pad_nhwc
-from ..layers import AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, LeakyReLU, MaxPool2D, ReLU, Sigmoid, Tanh
+from ..layers import GELU, AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, LeakyReLU, MaxPool2D, ReLU, Sigmoid, Tanh
 
 __all__ = ["as_single_image", "model_dtype", "steps", "trace", "conv_blocks", "kind_of", "ACTIVATIONS", "POOLS"]
 
-ACTIVATIONS = (ReLU, LeakyReLU, Sigmoid, Tanh)
+ACTIVATIONS = (ReLU, GELU, LeakyReLU, Sigmoid, Tanh)
 POOLS = (MaxPool2D, AvgPool2D)  # the windowed poolings (GlobalAvgPool2D has no window)
 
 

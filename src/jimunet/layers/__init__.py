@@ -1,5 +1,5 @@
 """Stateful building blocks, one family per file."""
-from .activations import LeakyReLU, ReLU, Sigmoid, Tanh
+from .activations import GELU, LeakyReLU, ReLU, Sigmoid, Tanh
 from .base import Layer, from_config, register
 from .conv import Conv2D
 from .dense import Dense
@@ -9,6 +9,6 @@ from .normalization import BatchNorm
 from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from .reshape import Flatten
 
-__all__ = ["Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "Dense", "ReLU", "LeakyReLU", "Sigmoid", "Tanh",
+__all__ = ["Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "Dense", "ReLU", "GELU", "LeakyReLU", "Sigmoid", "Tanh",
            "Flatten", "Dropout", "BatchNorm", "Add", "Concatenate", "GlobalAvgPool2D", "from_config",
            "register"]

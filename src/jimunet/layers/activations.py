@@ -1,4 +1,4 @@
-"""Elementwise activations: ReLU, LeakyReLU, Sigmoid, Tanh."""
+"""Elementwise activations: ReLU, GELU, LeakyReLU, Sigmoid, Tanh."""
 from __future__ import annotations
 
 import math
@@ -9,8 +9,8 @@ from ..parallel import pfor
 from .base import Layer, check_number, register
 
 
-#: Whether ``Sequential`` and ``Model`` run a ``BatchNorm`` or an ``Add`` and the ``ReLU`` that
-#: reads its output as one pass over memory (``fused_relu``). The results are bit for bit those
+#: Whether ``Sequential`` and ``Model`` run a ``BatchNorm`` or an ``Add`` and the ``ReLU`` (or
+#: ``GELU``) that reads its output as one pass over memory (``fused_relu``). The results are bit for bit those
 #: of the two layers run one after the other; tests turn it off to show that.
 FUSE_RELU = True
 
@@ -18,7 +18,7 @@ FUSE_RELU = True
 def fused_relu(layer, following) -> bool:
     """Whether ``layer.forward_relu(x, training, following)`` may stand for ``layer``'s forward
     then ``following``'s, when nothing else reads ``layer``'s output (the ReLU overwrites it)."""
-    return FUSE_RELU and type(following) is ReLU and hasattr(layer, "forward_relu")
+    return FUSE_RELU and type(following) in (ReLU, GELU) and hasattr(layer, "forward_relu")
 
 
 class _Elementwise(Layer):
@@ -85,6 +85,78 @@ class ReLU(_Elementwise):
         dx = xp.empty(grad.shape, xp.result_type(grad.dtype, self._out_dtype))
         pfor(lambda sl: xp.multiply(grad[sl], kept[sl] if kept.dtype == bool else kept[sl] > 0, out=dx[sl]),
              grad.shape[0], grad.size, like=grad, blas=False)
+        return dx
+
+
+#: GELU's tanh form: ``0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`` (Hendrycks & Gimpel, 2016).
+GELU_C, GELU_K = math.sqrt(2.0 / math.pi), 0.044715
+
+
+def _gelu_inner_tanh(x):
+    """``tanh(√(2/π)·x·(1 + 0.044715·x²))``, a new array."""
+    xp = xp_of(x)
+    t = xp.multiply(x, x)
+    t *= GELU_C * GELU_K
+    t += GELU_C
+    t *= x
+    return xp.tanh(t, out=t)
+
+
+@register
+class GELU(_Elementwise):
+    """``x·Φ(x)`` in its tanh form, ``0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))``: PyTorch's
+    ``GELU(approximate="tanh")``, as BERT and GPT-2 have it. A smooth ReLU: it lets a little of
+    the negative inputs through and has a gradient everywhere. (The exact form needs ``erf``,
+    which NumPy lacks; the two differ by less than 5e-4.)
+
+    Example:
+        >>> import numpy as np, jimunet as jn
+        >>> jn.layers.GELU()(np.array([-1.0, 0.0, 2.0])).round(4)
+        array([-0.1588,  0.    ,  1.9546])
+    """
+
+    def forward(self, x, training: bool = False):
+        self._check_input(x)
+        y = xp_of(x).empty_like(x)
+        pfor(self.rows_forward(x, y, training), x.shape[0], x.size, like=x, blas=False)
+        return y
+
+    def rows_forward(self, x, y, training: bool, shape=None):
+        """As ``ReLU.rows_forward``: ``fn(rows)`` computes ``y[rows]`` (``y`` may be ``x``). The
+        gradient needs the input: kept as it is, or copied block by block where ``y`` is ``x``."""
+        xp = xp_of(x)
+        kept = xp.empty(x.shape, x.dtype) if y is x else None
+
+        def block(rows):
+            src = x[rows]
+            if kept is not None:  # before y, which may be x, is written
+                kept[rows] = src
+                src = kept[rows]
+            t = _gelu_inner_tanh(src)
+            t *= 0.5
+            t += 0.5
+            xp.multiply(src, t, out=y[rows])
+        self.cache = (x if kept is None else kept).reshape(x.shape if shape is None else shape)
+        return block
+
+    def _backward(self, grad, x):
+        # d/dx = 0.5·(1 + t) + 0.5·x·(1 - t²)·√(2/π)·(1 + 3·0.044715·x²), t the forward's tanh
+        xp = xp_of(grad)
+        dx = xp.empty(grad.shape, xp.result_type(grad.dtype, x.dtype))
+
+        def block(sl):
+            xs = x[sl]
+            t = _gelu_inner_tanh(xs)
+            slope = xp.multiply(xs, xs)
+            slope *= 3 * GELU_K * GELU_C
+            slope += GELU_C
+            slope *= xs
+            slope *= 1.0 - t * t
+            t += 1.0
+            t += slope
+            t *= 0.5
+            xp.multiply(grad[sl], t, out=dx[sl])
+        pfor(block, grad.shape[0], grad.size, like=grad, blas=False)
         return dx
 
 

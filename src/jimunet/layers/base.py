@@ -163,7 +163,7 @@ class Layer:
     #: ``backward`` returns a list of gradients, one per input (``Add``, ``Concatenate``).
     multi_input = False
 
-    #: True for elementwise activations (``ReLU``, ``LeakyReLU``, ``Sigmoid``, ``Tanh``).
+    #: True for elementwise activations (``ReLU``, ``GELU``, ``LeakyReLU``, ``Sigmoid``, ``Tanh``).
     activation = False
 
     #: What ``backward`` needs from the last ``forward`` call (None before any call); set by
