@@ -30,11 +30,16 @@ BIAS_LR, LOGIT_SCALE, WHITEN_IMAGES, WHITEN_BIAS_EPOCHS, LOOKAHEAD_EVERY = 64.0,
 VALIDATION, TEST_SHIFT = 0, 1
 
 
-def build_net(widths=WIDTHS, num_classes: int = 10, channels: int = 3):
-    """airbench's network (ReLU for GELU) as a ``torch.nn.Module`` on NCHW input: ``whiten``,
-    ``convs``, ``bns`` (jimunet's order) and ``head``; ``forward`` includes the 1/9 scale."""
+ACTIVATIONS = ("relu", "gelu")  # as jimunet.models.cifar_airbench's; GELU in its tanh form
+
+
+def build_net(widths=WIDTHS, num_classes: int = 10, channels: int = 3, activation: str = "relu"):
+    """airbench's network (ReLU for GELU unless ``activation="gelu"``) as a ``torch.nn.Module``
+    on NCHW input: ``whiten``, ``convs``, ``bns`` (jimunet's order) and ``head``; ``forward``
+    includes the 1/9 scale."""
     import torch
     nn = torch.nn
+    act = torch.relu if activation == "relu" else lambda z: nn.functional.gelu(z, approximate="tanh")
 
     class Airbench(nn.Module):
         def __init__(self):
@@ -49,10 +54,10 @@ def build_net(widths=WIDTHS, num_classes: int = 10, channels: int = 3):
             self.head = nn.Linear(cin, num_classes, bias=False)
 
         def forward(self, x):
-            x = torch.relu(self.whiten(x))
+            x = act(self.whiten(x))
             for i in range(0, len(self.convs), 2):
-                x = torch.relu(self.bns[i](nn.functional.max_pool2d(self.convs[i](x), 2)))
-                x = torch.relu(self.bns[i + 1](self.convs[i + 1](x)))
+                x = act(self.bns[i](nn.functional.max_pool2d(self.convs[i](x), 2)))
+                x = act(self.bns[i + 1](self.convs[i + 1](x)))
             x = nn.functional.max_pool2d(x, x.shape[2:])
             return self.head(x.flatten(1)) * LOGIT_SCALE
 
@@ -140,14 +145,15 @@ class Lookahead:
                     t.copy_(avg)
 
 
-def train(root, epochs=EPOCHS, threads=2, seed=66478, train_size=None, steps=None, echo=print):
+def train(root, epochs=EPOCHS, threads=2, seed=66478, train_size=None, steps=None, echo=print,
+          activation="relu"):
     """Run the recipe; returns ``{"test_accuracy", "train_seconds", "epochs": [...]}``. ``steps``
     stops each epoch after that many steps (a smoke test)."""
     import torch
     torch.set_num_threads(threads)
     rng = np.random.default_rng(seed)
     (x_tr, y_tr), (x_val, y_val), (x_te, y_te), prep = load_data(root, rng, train_size, VALIDATION)
-    net = build_net(num_classes=int(y_tr.max()) + 1)
+    net = build_net(num_classes=int(y_tr.max()) + 1, activation=activation)
     init_like_jimunet(net, seed)
     t_start = time.perf_counter()
     whiten_from(net, prep(x_tr[:WHITEN_IMAGES]))
@@ -188,7 +194,7 @@ def train(root, epochs=EPOCHS, threads=2, seed=66478, train_size=None, steps=Non
 
 
 def main(argv=None):
-    return cifar_torch.main(argv, train, EPOCHS, __doc__)
+    return cifar_torch.main(argv, train, EPOCHS, __doc__, activations=ACTIVATIONS)
 
 
 if __name__ == "__main__":

@@ -138,12 +138,13 @@ class StopAfter(jn.training.callbacks.Callback):
         trainer.stop_training = epoch >= self.epochs
 
 
-def test_airbench_resume_and_threads_are_bit_identical(tmp_path):
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_airbench_resume_and_threads_are_bit_identical(tmp_path, activation):
     """Past the whitening bias's freeze and across lookahead pulls, resumed on another thread count."""
     data = (cifar_like(64), cifar_like(20, seed=1))
     epochs = AIRBENCH_WHITEN_BIAS_EPOCHS + 2
     cfg = MNISTConfig(data="cifar10", **{**AIRBENCH_DEFAULTS, "epochs": epochs, "batch_size": 16, "validation_size": 16},
-                      train_size=48, report=False, threads=1)
+                      train_size=48, report=False, threads=1, activation=activation)
     whole, part = tmp_path / "whole", tmp_path / "part"
     train_mnist(cfg.replace(out=str(whole)), data=data, echo=False)
     train_mnist(cfg.replace(out=str(part), threads=2), data=data, echo=False,
@@ -152,5 +153,32 @@ def test_airbench_resume_and_threads_are_bit_identical(tmp_path):
     a, b = np.load(whole / "model.npz"), np.load(part / "model.npz")
     keys = [k for k in a.files if not k.startswith("__")]
     assert keys and all(a[k].tobytes() == b[k].tobytes() for k in keys)
-    whiten = jn.model.load(whole / "model.npz").layers[0].weight.data  # set from the data, then kept
+    loaded = jn.model.load(whole / "model.npz")
+    whiten = loaded.layers[0].weight.data  # set from the data, then kept
     assert whiten.shape == (2, 2, 3, 24) and np.abs(whiten).min() > 0
+    assert type(loaded.layers[1]).__name__ == activation.upper().replace("RELU", "ReLU")
+
+
+def test_the_activation_option():
+    assert "activation" not in MNISTConfig().to_dict()  # run files of ReLU networks read as before
+    cfg = MNISTConfig(data="cifar10", **{**CIFAR10_DEFAULTS, "activation": "gelu"}).validate()
+    assert MNISTConfig.from_dict(cfg.to_dict()) == cfg and cfg.to_dict()["activation"] == "gelu"
+    model = build(cfg, train_size=1024, input_shape=(32, 32, 3))[0]
+    assert sum(isinstance(layer, jn.layers.GELU) for layer in model.layers) == 7
+    assert not any(isinstance(layer, jn.layers.ReLU) for layer in model.layers)
+    assert "whitened first layer, GELU, label smoothing" in recipes.describe_recipe(cfg, 48)
+    with pytest.raises(ConfigError, match="activation must be one of relu, gelu, got 'swish'"):
+        cfg.replace(activation="swish").validate()
+    with pytest.raises(ConfigError, match="activation 'gelu' is for the airbench network .* the 'resnet' network"):
+        MNISTConfig(model="resnet", activation="gelu").validate()
+
+
+def test_cli_trains_a_folder_with_gelu(tmp_path, capsys):
+    folder = make_folder(tmp_path / "data", size=(32, 32), train=12, test=4)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(folder), "--model", "cifar", "--activation", "gelu", "--epochs", "1",
+                 "--batch-size", "8", "--out", str(out), "--no-report", "--train-size", "24"]) == 0
+    assert "whitened first layer, GELU" in capsys.readouterr().out
+    assert any(isinstance(layer, jn.layers.GELU) for layer in jn.load(out / "model.npz").layers)
+    with pytest.raises(SystemExit):  # argparse: not a choice
+        main(["train", "--data", str(folder), "--model", "cifar", "--activation", "swish"])

@@ -63,6 +63,8 @@ MODELS = {
     "mnist_resnet": (lambda dt: jn.models.mnist_resnet(rng=0, dtype=dt), (28, 28, 1), 6, {"BatchNorm": 4, "Add": 3}),
     # the last block's ReLU runs after its max pool (Sequential's fuse), so 5 of its 6 BatchNorms
     "cifar_airbench": (lambda dt: jn.models.cifar_airbench(rng=0, dtype=dt), (32, 32, 3), 4, {"BatchNorm": 5, "Add": 0}),
+    "cifar_airbench_gelu": (lambda dt: jn.models.cifar_airbench(rng=0, dtype=dt, activation="gelu"), (32, 32, 3), 4,
+                            {"BatchNorm": 6, "Add": 0}),  # GELU does not commute with the max pool
     "cifar_resnet": (lambda dt: jn.models.cifar_resnet(rng=0, dtype=dt), (32, 32, 3), 2, {"BatchNorm": 6, "Add": 2}),
     "shared": (_graph_with_shared_relu_and_bn_output_read_twice, (6, 6, 3), 5, {"BatchNorm": 0, "Add": 1}),
 }

@@ -5,7 +5,7 @@ import numpy as np
 
 from . import init
 from .graph import Model
-from .layers import Add, BatchNorm, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU
+from .layers import GELU, Add, BatchNorm, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU
 from .layers.symbolic import Input
 from .model import Sequential
 from .random import resolve_rng, spawn_rng
@@ -152,18 +152,20 @@ def cifar_resnet(rng=None, width: int = 16, num_classes: int = 10, dtype=np.floa
     return Model(inp, out)
 
 
+ACTIVATIONS = {"relu": ReLU, "gelu": GELU}  # cifar_airbench's activation=
 AIRBENCH_WIDTHS = (64, 128, 128)  # airbench93's block widths (arXiv 2404.00498's 93% network)
 WHITEN_KERNEL = 2  # the whitening conv's patch size
 
 
 def cifar_airbench(rng=None, widths=AIRBENCH_WIDTHS, num_classes: int = 10, dtype=np.float32,
-                   input_shape=(32, 32, 3), bn_momentum: float = 0.4) -> Sequential:
+                   input_shape=(32, 32, 3), bn_momentum: float = 0.4, activation: str = "relu") -> Sequential:
     """The network of Keller Jordan's airbench (``--model cifar`` on colour images).
 
     whiten: conv 2×2 VALID to ``2·4·C`` channels (set by ``init.patch_whitening``, with a
     bias) → ReLU → three blocks of [conv 3×3, maxpool 2×2, BatchNorm, ReLU, conv 3×3,
     BatchNorm, ReLU] of ``widths`` channels → maxpool over the whole remaining map (3×3 for
-    32×32 images) → Flatten → Dense without bias. Convs without bias, ``init.partial_dirac``;
+    32×32 images) → Flatten → Dense without bias. ``activation="gelu"``: every ReLU a ``GELU``
+    (tanh form), as airbench has it. Convs without bias, ``init.partial_dirac``;
     BatchNorm with ``eps`` 1e-12 and PyTorch momentum ``bn_momentum`` (airbench's 0.6
     in its own convention). Differs from airbench93 in ReLU for GELU and in the last layer:
     airbench multiplies its logits by 1/9; here the Dense weights start 9× smaller instead,
@@ -183,6 +185,9 @@ def cifar_airbench(rng=None, widths=AIRBENCH_WIDTHS, num_classes: int = 10, dtyp
     widths = tuple(int(w) for w in widths)
     if len(widths) != 3 or min(widths) < 1:
         raise ValueError(f"widths must be three positive integers, got {widths!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATIONS))}, got {activation!r}")
+    act = ACTIVATIONS[activation]
     cin = 2 * WHITEN_KERNEL * WHITEN_KERNEL * shape[2]
     sides = [d - WHITEN_KERNEL + 1 for d in shape[:2]]
     for _ in widths:
@@ -190,12 +195,12 @@ def cifar_airbench(rng=None, widths=AIRBENCH_WIDTHS, num_classes: int = 10, dtyp
     if min(sides) < 1:
         raise ValueError(f"cifar_airbench: input {shape} is too small (needs at least 9x9 pixels)")
     layers = [Conv2D(shape[2], cin, WHITEN_KERNEL, padding="valid", weight_init="zeros", rng=rng, dtype=dtype),
-              ReLU()]
+              act()]
     for w in widths:
         layers += [Conv2D(cin, w, 3, use_bias=False, weight_init="partial_dirac", rng=rng, dtype=dtype),
-                   MaxPool2D(2), BatchNorm(w, momentum=bn_momentum, eps=1e-12, dtype=dtype), ReLU(),
+                   MaxPool2D(2), BatchNorm(w, momentum=bn_momentum, eps=1e-12, dtype=dtype), act(),
                    Conv2D(w, w, 3, use_bias=False, weight_init="partial_dirac", rng=rng, dtype=dtype),
-                   BatchNorm(w, momentum=bn_momentum, eps=1e-12, dtype=dtype), ReLU()]
+                   BatchNorm(w, momentum=bn_momentum, eps=1e-12, dtype=dtype), act()]
         cin = w
     head = Dense(cin, num_classes, use_bias=False, weight_init="torch_uniform", rng=rng, dtype=dtype)
     head.weight.data *= np.asarray(1 / 9, dtype)

@@ -109,6 +109,8 @@ class MNISTConfig:
         test_shift: with ``test_flip``, also average the views moved by this many pixels
             diagonally both ways, and their mirror images (``FlipAverage(shift=...)``; the
             Fashion-MNIST recipe: 1, chosen on the validation images).
+        activation: ``"relu"`` or ``"gelu"`` (``layers.GELU``), for ``model="airbench"`` only
+            (``models.cifar_airbench(activation=...)``).
     """
 
     epochs: int = 10
@@ -141,6 +143,7 @@ class MNISTConfig:
     label_smoothing: float = 0.0
     test_flip: bool = False
     test_shift: int = 0
+    activation: str = "relu"
 
     @property
     def data_kind(self) -> str:
@@ -181,6 +184,11 @@ class MNISTConfig:
             raise ConfigError(f"data must be one of {', '.join(DATASETS)} or an image folder's path, got {self.data!r}")
         if self.model not in MODELS:
             raise ConfigError(f"model must be one of {sorted(MODELS)}, got {self.model!r}")
+        if self.activation not in models.ACTIVATIONS:
+            raise ConfigError(f"activation must be one of {', '.join(models.ACTIVATIONS)}, got {self.activation!r}")
+        if self.activation != "relu" and self.model != "airbench":
+            raise ConfigError(f"activation {self.activation!r} is for the airbench network (--model airbench, or "
+                              f"--model cifar on colour images); the {self.model!r} network has ReLUs")
         if self.shift > IMAGE_SIZE // 2:
             raise ConfigError(f"shift must be <= {IMAGE_SIZE // 2} pixels, got {self.shift}")
         if self.reduction not in REDUCTIONS:
@@ -251,7 +259,7 @@ class MNISTConfig:
 MODELS = ("cnn", "resnet", "cifar", "airbench")
 # the fields added with other data sets, and the value that leaves them out of a run's files
 _NEW_FIELDS = {"data": "mnist", "flip": None, "crop": None, "label_smoothing": 0.0, "test_flip": False,
-               "test_shift": 0}
+               "test_shift": 0, "activation": "relu"}
 
 # ``jimunet train --model resnet``: settings picked by measurement (see BENCHMARKS.md).
 RESNET_DEFAULTS = {"model": "resnet", "epochs": 10, "batch_size": 128, "lr": 0.2, "momentum": 0.9,
@@ -412,7 +420,8 @@ def _build_airbench(config: MNISTConfig, train_size: int, input_shape, num_class
     ``AIRBENCH_BIAS_LR``× the learning rate; the Dense weights at 1/81 of it with 81× the decay
     coefficient (airbench's 1/9 logit scale). The whitening weights and BatchNorm's scales are
     in no group: they stay as set (``prepare_model``) and 1."""
-    model = models.cifar_airbench(rng=int(config.seed), input_shape=input_shape, num_classes=num_classes)
+    model = models.cifar_airbench(rng=int(config.seed), input_shape=input_shape, num_classes=num_classes,
+                                  activation=config.activation)
     whiten, head = model.layers[0], model.layers[-1]
     convs = [layer.weight for layer in model.layers if isinstance(layer, Conv2D) and layer is not whiten]
     biases = [layer.bias for layer in model.layers if isinstance(layer, BatchNorm)]
@@ -490,7 +499,7 @@ def describe_recipe(config: MNISTConfig, steps: int) -> str:
         return (head + f"SGD lr {start * c.lr:g} -> {c.lr} (first {share:.0%} of steps) -> {end * c.lr:g} linearly, "
                 f"Nesterov momentum {c.momentum}, weight decay {c.weight_decay:.3g} (BatchNorm biases: "
                 f"{AIRBENCH_BIAS_LR:g}x lr), lookahead every {LOOKAHEAD_EVERY} steps, whitened first layer, "
-                f"label smoothing {c.label_smoothing}{shift}, {order}")
+                + ("GELU, " if c.activation == "gelu" else "") + f"label smoothing {c.label_smoothing}{shift}, {order}")
     if c.model == "cifar":
         return (head + f"SGD lr 0 -> {c.lr} (first {CIFAR_WARMUP:.0%} of steps) -> 0 linearly, Nesterov momentum "
                 f"{c.momentum}, weight decay {c.weight_decay} on conv/dense weights, label smoothing "

@@ -6,6 +6,7 @@ import os
 from ... import distributed
 from ...allocator import keep_freed_memory
 from ...training import TrainingDiverged, TrainingInterrupted
+from ...models import ACTIVATIONS
 from ..recipes import (AIRBENCH_DEFAULTS, CIFAR10_EPOCHS, DATASETS, FASHION_CIFAR_EPOCHS, FASHION_EPOCHS, MODELS,
                        REDUCTIONS, ConfigError, MNISTConfig, recipe_defaults)
 from ..training import distributed_problem, load_run_config, train_mnist
@@ -13,7 +14,7 @@ from .errors import EXIT_FAILURE, EXIT_OK, DEVICE_HELP, UserError, add_command, 
     non_negative_float, positive_float
 
 _TRAIN_FLAGS = ("epochs", "batch_size", "lr", "seed", "train_size", "validation_size", "data_dir", "threads", "shift", "device",
-                "reduction", "data", "test_shift")
+                "reduction", "data", "test_shift", "activation")
 
 
 def run(args) -> int:
@@ -175,6 +176,9 @@ def register(subparsers):
     t.add_argument("--test-shift", type=int_at_least(0), default=None, metavar="PX", help="with --test-flip: also "
                    "average the views of each test image moved PX pixels diagonally both ways, and their mirror "
                    "images (6 views)")
+    t.add_argument("--activation", choices=tuple(ACTIVATIONS), default=None, help="the airbench network's "
+                   "activation (--model airbench, or --model cifar on colour images): relu (default), or gelu "
+                   "(its tanh form)")
     t.add_argument("--shift", type=int_at_least(0), default=None, metavar="PX", help="augment training images "
                    "by random shifts of up to PX pixels (default 0; 2 with --model resnet)")
     t.add_argument("--device", default=None, metavar="D", help=DEVICE_HELP)
