@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 import airbench_torch  # noqa: E402
 import cifar_torch  # noqa: E402
+from test_app_data import make_folder  # noqa: E402
 from test_cifar_torch import two_steps_on_a_generated_folder  # noqa: E402
 
 
@@ -58,9 +59,10 @@ def test_lookahead_is_jimunets():
                                    model.layers[2].weight.data.transpose(3, 2, 0, 1), rtol=1e-12, atol=1e-12)
 
 
-def test_test_views_are_flip_average_with_shift():
-    model = jn.models.cifar_airbench(rng=2, widths=(4, 8, 8), dtype=np.float64)
-    net = airbench_torch.build_net(widths=(4, 8, 8)).double()
+@pytest.mark.parametrize("activation", airbench_torch.ACTIVATIONS)
+def test_test_views_are_flip_average_with_shift(activation):
+    model = jn.models.cifar_airbench(rng=2, widths=(4, 8, 8), dtype=np.float64, activation=activation)
+    net = airbench_torch.build_net(widths=(4, 8, 8), activation=activation).double()
     airbench_torch.copy_from_jimunet(net, model)
     x = np.random.default_rng(3).standard_normal((3, 32, 32, 3))
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
@@ -70,3 +72,24 @@ def test_test_views_are_flip_average_with_shift():
 
 def test_two_steps_on_a_generated_folder(tmp_path):
     two_steps_on_a_generated_folder(airbench_torch, tmp_path)
+
+
+def test_the_command_line_takes_the_activation(tmp_path, capsys, monkeypatch):
+    folder = make_folder(tmp_path / "data", size=(32, 32), train=12, test=4)
+    built = []
+    real = airbench_torch.build_net
+    monkeypatch.setattr(airbench_torch, "build_net", lambda *a, **k: built.append(k["activation"]) or real(*a, **k))
+    assert airbench_torch.main([str(folder), "--epochs", "1", "--threads", "1", "--activation", "gelu"]) == 0
+    assert built == ["gelu"] and "test error" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        airbench_torch.main([str(folder), "--activation", "swish"])
+
+
+def test_the_gpu_sweep_runs_its_smoke_plan_anywhere(tmp_path, capsys):
+    import airbench_gpu_sweep
+    folder = make_folder(tmp_path / "data", size=(32, 32), train=12, test=4)
+    assert airbench_gpu_sweep.main([str(folder), "--smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "loaded 36 + 12 images" in out and "smoke              seed 1  accuracy" in out
+    assert [(n, s) for n, _, s in airbench_gpu_sweep.PLAN][:6] == [
+        ("base15", 1), ("gelu15", 1), ("alt15", 1), ("gelu+alt15", 1), ("wide10", 1), ("wide-gelu+alt10", 1)]
