@@ -14,7 +14,7 @@ import pytest
 import jimunet as jn
 import strict_xp
 from jimunet import backend
-from jimunet.layers import AvgPool2D, Conv2D, Dense, Dropout, Flatten, LeakyReLU, MaxPool2D, ReLU, Sigmoid, Tanh
+from jimunet.layers import GELU, AvgPool2D, Conv2D, Dense, Dropout, Flatten, LeakyReLU, MaxPool2D, ReLU, Sigmoid, Tanh
 
 
 def _gpu_usable() -> bool:
@@ -51,7 +51,7 @@ LAYERS = [
     lambda dt: Conv2D(3, 4, 5, stride=2, padding="valid", dtype=dt, rng=1),
     lambda dt: Conv2D(3, 4, (2, 3), stride=(2, 1), padding=1, dtype=dt, rng=2),
     lambda dt: MaxPool2D(2), lambda dt: MaxPool2D(3, stride=2, padding="same"),
-    lambda dt: AvgPool2D(2, padding="same"), lambda dt: ReLU(), lambda dt: LeakyReLU(0.1),
+    lambda dt: AvgPool2D(2, padding="same"), lambda dt: ReLU(), lambda dt: GELU(), lambda dt: LeakyReLU(0.1),
     lambda dt: Sigmoid(), lambda dt: Tanh(), lambda dt: Flatten(),
 ]
 
@@ -153,6 +153,7 @@ def test_cli_trains_on_the_gpu_and_resumes_on_the_cpu(tmp_path, capsys):
 GRAPH_MODELS = {
     "resnet": lambda: jn.models.mnist_resnet(rng=3, stem=4, blocks=((6, 2), (6, 1)), dtype=np.float64),
     "airbench": lambda: jn.models.cifar_airbench(rng=3, widths=(8, 12, 12), dtype=np.float64),
+    "airbench-gelu": lambda: jn.models.cifar_airbench(rng=3, widths=(8, 12, 12), dtype=np.float64, activation="gelu"),
 }
 
 
