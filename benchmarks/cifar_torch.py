@@ -235,9 +235,10 @@ def train(root, epochs=10, threads=2, seed=66478, train_size=None, steps=None, e
     return {"test_accuracy": test_acc, "train_seconds": spent, "epochs": history}
 
 
-def main(argv=None, train_fn=None, epochs: int = 10, doc: str = __doc__, activations=None):
+def main(argv=None, train_fn=None, epochs: int = 10, doc: str = __doc__, activations=None, activation=None):
     """The command line of a port: ``train_fn`` (default: this recipe's ``train``) on a folder;
-    ``activations``: the choices of an ``--activation`` flag passed on to it (None: no flag)."""
+    ``activations``: the choices of an ``--activation`` flag (default ``activation``) passed on to
+    it (None: no flag)."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("folder", help="the unpacked JPEG copy: FOLDER/train/<class>/, FOLDER/test/<class>/")
     ap.add_argument("--epochs", type=int, default=epochs)
@@ -245,7 +246,7 @@ def main(argv=None, train_fn=None, epochs: int = 10, doc: str = __doc__, activat
     ap.add_argument("--seed", type=int, default=66478)
     ap.add_argument("--train-size", type=int, default=None)
     if activations:
-        ap.add_argument("--activation", choices=activations, default=activations[0])
+        ap.add_argument("--activation", choices=activations, default=activation)
     args = ap.parse_args(argv)
     extra = {"activation": args.activation} if activations else {}
     (train_fn or train)(args.folder, epochs=args.epochs, threads=args.threads, seed=args.seed,

@@ -26,6 +26,7 @@ def test_settings_are_the_recipes():
         (d["epochs"], d["batch_size"], d["lr"], d["momentum"], d["weight_decay"], d["label_smoothing"], d["crop"],
          d["test_shift"])
     assert (a.WARMUP, a.LR_START, a.LR_END) == AIRBENCH_SCHEDULE
+    assert a.ACTIVATION == d["activation"]
     net = a.build_net()
     assert sum(p.numel() for p in net.parameters()) == jn.models.cifar_airbench(rng=0).summary((32, 32, 3)).total_params
 
@@ -79,8 +80,9 @@ def test_the_command_line_takes_the_activation(tmp_path, capsys, monkeypatch):
     built = []
     real = airbench_torch.build_net
     monkeypatch.setattr(airbench_torch, "build_net", lambda *a, **k: built.append(k["activation"]) or real(*a, **k))
-    assert airbench_torch.main([str(folder), "--epochs", "1", "--threads", "1", "--activation", "gelu"]) == 0
-    assert built == ["gelu"] and "test error" in capsys.readouterr().out
+    for flag in ([], ["--activation", "relu"]):
+        assert airbench_torch.main([str(folder), "--epochs", "1", "--threads", "1", *flag]) == 0
+    assert built == ["gelu", "relu"] and capsys.readouterr().out.count("test error") == 2  # the recipe's: GELU
     with pytest.raises(SystemExit):
         airbench_torch.main([str(folder), "--activation", "swish"])
 

@@ -19,7 +19,8 @@ from test_modelinfo import cifar_like
 
 def test_which_recipe_cifar_means():
     assert recipe_defaults("cifar", "cifar10") == CIFAR10_DEFAULTS == recipe_defaults("cifar", "some/folder")
-    assert CIFAR10_DEFAULTS == {**AIRBENCH_DEFAULTS, "epochs": 15}
+    assert CIFAR10_DEFAULTS == {**AIRBENCH_DEFAULTS, "epochs": 15, "activation": "gelu"}
+    assert "activation" not in AIRBENCH_DEFAULTS  # --model airbench: ReLU
     assert recipe_defaults("airbench", "mnist") == AIRBENCH_DEFAULTS and AIRBENCH_DEFAULTS["epochs"] == 11
     assert recipe_defaults("cifar", "fashion-mnist") == FASHION_CIFAR_DEFAULTS
     assert recipe_defaults("cifar", "mnist") == {**CIFAR_DEFAULTS, "test_flip": False}

@@ -165,7 +165,7 @@ def register(subparsers):
                    "airbench93: a whitened first layer, three conv blocks) with its schedule and lookahead "
                    f"(defaults: {AIRBENCH_DEFAULTS['epochs']} epochs, batch {AIRBENCH_DEFAULTS['batch_size']}, lr "
                    f"{AIRBENCH_DEFAULTS['lr']}, crops of 2 px and flips, --test-flip --test-shift 1); cifar: the "
-                   f"CIFAR-10 recipe for the data: airbench over {CIFAR10_EPOCHS} epochs for colour images; on MNIST "
+                   f"CIFAR-10 recipe for the data: airbench over {CIFAR10_EPOCHS} epochs with GELU for colour images; on MNIST "
                    "and Fashion-MNIST "
                    "jimunet.models.cifar_resnet (a narrow ResNet-9), one-cycle lr, label smoothing 0.2 (defaults: "
                    "10 epochs, batch 256, lr 0.2; with --data fashion-mnist: "
@@ -177,8 +177,8 @@ def register(subparsers):
                    "average the views of each test image moved PX pixels diagonally both ways, and their mirror "
                    "images (6 views)")
     t.add_argument("--activation", choices=tuple(ACTIVATIONS), default=None, help="the airbench network's "
-                   "activation (--model airbench, or --model cifar on colour images): relu (default), or gelu "
-                   "(its tanh form)")
+                   "activation: gelu (its tanh form; the default of --model cifar on colour images) or relu (the "
+                   "default of --model airbench)")
     t.add_argument("--shift", type=int_at_least(0), default=None, metavar="PX", help="augment training images "
                    "by random shifts of up to PX pixels (default 0; 2 with --model resnet)")
     t.add_argument("--device", default=None, metavar="D", help=DEVICE_HELP)
