@@ -1,8 +1,8 @@
 """bench.py's recipe tasks: a recipe's training step (forward, loss, backward, Nesterov SGD with
 its param groups) and inference, in jimunet and in the PyTorch port, on random batches. ``net``:
 ``"cifar"`` the narrow ResNet-9 (32×32×3, batch 256, benchmarks/cifar_torch.py), ``"airbench"``
-the CIFAR-10 recipe (32×32×3, batch 1024, benchmarks/airbench_torch.py; its lookahead, every 5
-steps, is left out of both), ``"resnet"`` the ``--model resnet`` recipe's ``mnist_resnet``
+the CIFAR-10 recipe (``CIFAR10_DEFAULTS``: 32×32×3, batch 1024, GELU; benchmarks/airbench_torch.py;
+its lookahead, every 5 steps, is left out of both), ``"resnet"`` the ``--model resnet`` recipe's ``mnist_resnet``
 (28×28×1, batch 128, benchmarks/resnet_torch.py). ``time_fn(step, warm, iters)`` is bench.py's
 timer."""
 from __future__ import annotations
@@ -25,11 +25,11 @@ def data(batch, net="cifar"):
 
 def run_jimunet(kind, batch, warm, iters, threads, time_fn, net="cifar"):
     import jimunet as jn
-    from jimunet.app.recipes import AIRBENCH_DEFAULTS, CIFAR_DEFAULTS, RESNET_DEFAULTS, MNISTConfig, build
+    from jimunet.app.recipes import CIFAR10_DEFAULTS, CIFAR_DEFAULTS, RESNET_DEFAULTS, MNISTConfig, build
     if threads and hasattr(jn, "set_num_threads"):
         jn.set_num_threads(threads)
     x, y = data(batch, net)
-    defaults = {"cifar": CIFAR_DEFAULTS, "airbench": AIRBENCH_DEFAULTS, "resnet": RESNET_DEFAULTS}[net]
+    defaults = {"cifar": CIFAR_DEFAULTS, "airbench": CIFAR10_DEFAULTS, "resnet": RESNET_DEFAULTS}[net]
     cfg = MNISTConfig(data="mnist" if net == "resnet" else "cifar10", **defaults)
     model, loss_fn, opt, _ = build(cfg, train_size=45000, input_shape=x.shape[1:])
     if net == "airbench":
@@ -46,7 +46,7 @@ def run_torch(kind, batch, warm, iters, threads, time_fn, net="cifar"):
     x, y = data(batch, net)
     x, y = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(y)
     port = {"cifar": cifar_torch, "airbench": airbench_torch, "resnet": resnet_torch}[net]
-    model = port.build_net()
+    model = port.build_net(**({"activation": port.ACTIVATION} if net == "airbench" else {}))
     getattr(port, "init_like_jimunet", cifar_torch.init_like_jimunet)(model, 0)
     if net == "airbench":
         airbench_torch.whiten_from(model, x[:500])

@@ -160,3 +160,18 @@ def test_cifar_tasks_refuse_tensorflow(monkeypatch):
     monkeypatch.setattr(bench, "choose_frameworks", lambda *a: ["jimunet", "tensorflow"])
     with pytest.raises(SystemExit, match="recipe tasks .* run on the CPU in jimunet and PyTorch only"):
         bench.main(["--tasks", "cifar256", "--frameworks", "jimunet", "tensorflow", "--rounds", "1"])
+
+
+def test_the_airbench_tasks_time_the_recipes_network(monkeypatch):
+    """GELU in both frameworks, as ``CIFAR10_DEFAULTS`` has it."""
+    pytest.importorskip("torch")
+    import jimunet as jn
+    cifar = bench._bench_cifar()
+    made = []
+    real_net, real_model = cifar.airbench_torch.build_net, jn.models.cifar_airbench
+    monkeypatch.setattr(cifar.airbench_torch, "build_net", lambda **k: made.append(("torch", k)) or real_net(**k))
+    monkeypatch.setattr(jn.models, "cifar_airbench", lambda **k: made.append(("jimunet", k["activation"])) or real_model(**k))
+    timer = lambda step, warm, iters: 1.0  # noqa: E731
+    cifar.run_jimunet("infer", 2, 0, 1, 1, timer, net="airbench")
+    cifar.run_torch("infer", 2, 0, 1, 1, timer, net="airbench")
+    assert made == [("jimunet", "gelu"), ("torch", {"activation": "gelu"})]
