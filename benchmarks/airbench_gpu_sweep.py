@@ -136,7 +136,8 @@ def main(argv=None):
         print(f"{name:18s} seed {seed}  accuracy {100 * acc:.2f}%  train {spent:.1f} s", flush=True)
     print("means:")
     for name, accs in results.items():
-        print(f"{name:18s} n={len(accs)}  mean {100 * np.mean(accs):.2f}%  [{' '.join(f'{100 * a:.2f}' for a in accs)}]")
+        listed = " ".join(f"{100 * a:.2f}" for a in accs)
+        print(f"{name:18s} n={len(accs)}  mean {100 * np.mean(accs):.2f}%  [{listed}]")
     return 0
 
 

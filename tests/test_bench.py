@@ -170,7 +170,8 @@ def test_the_airbench_tasks_time_the_recipes_network(monkeypatch):
     made = []
     real_net, real_model = cifar.airbench_torch.build_net, jn.models.cifar_airbench
     monkeypatch.setattr(cifar.airbench_torch, "build_net", lambda **k: made.append(("torch", k)) or real_net(**k))
-    monkeypatch.setattr(jn.models, "cifar_airbench", lambda **k: made.append(("jimunet", k["activation"])) or real_model(**k))
+    monkeypatch.setattr(jn.models, "cifar_airbench",
+                        lambda **k: made.append(("jimunet", k["activation"])) or real_model(**k))
     timer = lambda step, warm, iters: 1.0  # noqa: E731
     cifar.run_jimunet("infer", 2, 0, 1, 1, timer, net="airbench")
     cifar.run_torch("infer", 2, 0, 1, 1, timer, net="airbench")

@@ -59,6 +59,14 @@ def _graph_with_shared_relu_and_bn_output_read_twice(dtype):
     return jn.Model(inp, out)
 
 
+def _graph_with_gelus(dtype):
+    """BatchNorm → GELU and Add → GELU (a residual block with GELU)."""
+    inp = jn.Input((6, 6, 3))
+    h = L.GELU()(L.BatchNorm(4, dtype=dtype)(L.Conv2D(3, 4, 3, rng=0, dtype=dtype)(inp)))
+    h = L.GELU()(L.Add()([h, L.Conv2D(3, 4, 1, rng=1, dtype=dtype)(inp)]))
+    return jn.Model(inp, L.Dense(4, 3, rng=2, dtype=dtype)(L.GlobalAvgPool2D()(h)))
+
+
 MODELS = {
     "mnist_resnet": (lambda dt: jn.models.mnist_resnet(rng=0, dtype=dt), (28, 28, 1), 6, {"BatchNorm": 4, "Add": 3}),
     # the last block's ReLU runs after its max pool (Sequential's fuse), so 5 of its 6 BatchNorms
@@ -66,6 +74,7 @@ MODELS = {
     "cifar_airbench_gelu": (lambda dt: jn.models.cifar_airbench(rng=0, dtype=dt, activation="gelu"), (32, 32, 3), 4,
                             {"BatchNorm": 6, "Add": 0}),  # GELU does not commute with the max pool
     "cifar_resnet": (lambda dt: jn.models.cifar_resnet(rng=0, dtype=dt), (32, 32, 3), 2, {"BatchNorm": 6, "Add": 2}),
+    "gelus": (_graph_with_gelus, (6, 6, 3), 5, {"BatchNorm": 1, "Add": 1}),
     "shared": (_graph_with_shared_relu_and_bn_output_read_twice, (6, 6, 3), 5, {"BatchNorm": 0, "Add": 1}),
 }
 

@@ -152,7 +152,7 @@ def cifar_resnet(rng=None, width: int = 16, num_classes: int = 10, dtype=np.floa
     return Model(inp, out)
 
 
-ACTIVATIONS = {"relu": ReLU, "gelu": GELU}  # cifar_airbench's activation=
+AIRBENCH_ACTIVATIONS = {"relu": ReLU, "gelu": GELU}  # cifar_airbench's activation=
 AIRBENCH_WIDTHS = (64, 128, 128)  # airbench93's block widths (arXiv 2404.00498's 93% network)
 WHITEN_KERNEL = 2  # the whitening conv's patch size
 
@@ -185,9 +185,10 @@ def cifar_airbench(rng=None, widths=AIRBENCH_WIDTHS, num_classes: int = 10, dtyp
     widths = tuple(int(w) for w in widths)
     if len(widths) != 3 or min(widths) < 1:
         raise ValueError(f"widths must be three positive integers, got {widths!r}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATIONS))}, got {activation!r}")
-    act = ACTIVATIONS[activation]
+    if activation not in AIRBENCH_ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(map(repr, AIRBENCH_ACTIVATIONS))}, "
+                         f"got {activation!r}")
+    act = AIRBENCH_ACTIVATIONS[activation]
     cin = 2 * WHITEN_KERNEL * WHITEN_KERNEL * shape[2]
     sides = [d - WHITEN_KERNEL + 1 for d in shape[:2]]
     for _ in widths:

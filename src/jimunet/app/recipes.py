@@ -184,8 +184,9 @@ class MNISTConfig:
             raise ConfigError(f"data must be one of {', '.join(DATASETS)} or an image folder's path, got {self.data!r}")
         if self.model not in MODELS:
             raise ConfigError(f"model must be one of {sorted(MODELS)}, got {self.model!r}")
-        if self.activation not in models.ACTIVATIONS:
-            raise ConfigError(f"activation must be one of {', '.join(models.ACTIVATIONS)}, got {self.activation!r}")
+        if self.activation not in models.AIRBENCH_ACTIVATIONS:
+            raise ConfigError(f"activation must be one of {', '.join(models.AIRBENCH_ACTIVATIONS)}, "
+                              f"got {self.activation!r}")
         if self.activation != "relu" and self.model != "airbench":
             raise ConfigError(f"activation {self.activation!r} is for the airbench network (--model airbench, or "
                               f"--model cifar on colour images); the {self.model!r} network has ReLUs")

@@ -10,8 +10,8 @@ from .base import Layer, check_number, register
 
 
 #: Whether ``Sequential`` and ``Model`` run a ``BatchNorm`` or an ``Add`` and the ``ReLU`` (or
-#: ``GELU``) that reads its output as one pass over memory (``fused_relu``). The results are bit for bit those
-#: of the two layers run one after the other; tests turn it off to show that.
+#: ``GELU``) that reads its output as one pass over memory (``fused_relu``). The results are bit
+#: for bit those of the two layers run one after the other; tests turn it off to show that.
 FUSE_RELU = True
 
 

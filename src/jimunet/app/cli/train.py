@@ -6,7 +6,7 @@ import os
 from ... import distributed
 from ...allocator import keep_freed_memory
 from ...training import TrainingDiverged, TrainingInterrupted
-from ...models import ACTIVATIONS
+from ...models import AIRBENCH_ACTIVATIONS
 from ..recipes import (AIRBENCH_DEFAULTS, CIFAR10_EPOCHS, DATASETS, FASHION_CIFAR_EPOCHS, FASHION_EPOCHS, MODELS,
                        REDUCTIONS, ConfigError, MNISTConfig, recipe_defaults)
 from ..training import distributed_problem, load_run_config, train_mnist
@@ -165,8 +165,8 @@ def register(subparsers):
                    "airbench93: a whitened first layer, three conv blocks) with its schedule and lookahead "
                    f"(defaults: {AIRBENCH_DEFAULTS['epochs']} epochs, batch {AIRBENCH_DEFAULTS['batch_size']}, lr "
                    f"{AIRBENCH_DEFAULTS['lr']}, crops of 2 px and flips, --test-flip --test-shift 1); cifar: the "
-                   f"CIFAR-10 recipe for the data: airbench over {CIFAR10_EPOCHS} epochs with GELU for colour images; on MNIST "
-                   "and Fashion-MNIST "
+                   f"CIFAR-10 recipe for the data: airbench over {CIFAR10_EPOCHS} epochs with GELU for colour "
+                   "images; on MNIST and Fashion-MNIST "
                    "jimunet.models.cifar_resnet (a narrow ResNet-9), one-cycle lr, label smoothing 0.2 (defaults: "
                    "10 epochs, batch 256, lr 0.2; with --data fashion-mnist: "
                    f"{FASHION_CIFAR_EPOCHS} epochs, shifts of 2 px and flips, --test-flip --test-shift 1)")
@@ -176,8 +176,8 @@ def register(subparsers):
     t.add_argument("--test-shift", type=int_at_least(0), default=None, metavar="PX", help="with --test-flip: also "
                    "average the views of each test image moved PX pixels diagonally both ways, and their mirror "
                    "images (6 views)")
-    t.add_argument("--activation", choices=tuple(ACTIVATIONS), default=None, help="the airbench network's "
-                   "activation: gelu (its tanh form; the default of --model cifar on colour images) or relu (the "
+    t.add_argument("--activation", choices=tuple(AIRBENCH_ACTIVATIONS), default=None, help="the airbench "
+                   "network's activation: gelu (its tanh form; the default of --model cifar on colour images) or relu (the "
                    "default of --model airbench)")
     t.add_argument("--shift", type=int_at_least(0), default=None, metavar="PX", help="augment training images "
                    "by random shifts of up to PX pixels (default 0; 2 with --model resnet)")
