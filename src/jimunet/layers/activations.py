@@ -43,8 +43,19 @@ class _Elementwise(Layer):
         return self._backward(grad, self.cache)
 
 
+class _ByRows(_Elementwise):
+    """An activation whose forward pass is ``rows_forward``, run block by block on the threads;
+    the same blocks let a ``BatchNorm`` or ``Add`` before it run it in place (``fused_relu``)."""
+
+    def forward(self, x, training: bool = False):
+        self._check_input(x)
+        y = xp_of(x).empty_like(x)
+        pfor(self.rows_forward(x, y, training), x.shape[0], x.size, like=x, blas=False)
+        return y
+
+
 @register
-class ReLU(_Elementwise):
+class ReLU(_ByRows):
     """``max(x, 0)``; gradient passes where the input was positive.
 
     Example:
@@ -52,12 +63,6 @@ class ReLU(_Elementwise):
         >>> jn.layers.ReLU()(np.array([-1.0, 2.0]))
         array([0., 2.])
     """
-
-    def forward(self, x, training: bool = False):
-        self._check_input(x)
-        y = xp_of(x).empty_like(x)
-        pfor(self.rows_forward(x, y, training), x.shape[0], x.size, like=x, blas=False)
-        return y
 
     def rows_forward(self, x, y, training: bool, shape=None):
         """This layer's forward pass of ``x`` into ``y`` (``x`` itself for in place), done piece
@@ -103,7 +108,7 @@ def _gelu_inner_tanh(x):
 
 
 @register
-class GELU(_Elementwise):
+class GELU(_ByRows):
     """``x·Φ(x)`` in its tanh form, ``0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))``: PyTorch's
     ``GELU(approximate="tanh")``, as BERT and GPT-2 have it. A smooth ReLU: it lets a little of
     the negative inputs through and has a gradient everywhere. (The exact form needs ``erf``,
@@ -114,12 +119,6 @@ class GELU(_Elementwise):
         >>> jn.layers.GELU()(np.array([-1.0, 0.0, 2.0])).round(4)
         array([-0.1588,  0.    ,  1.9546])
     """
-
-    def forward(self, x, training: bool = False):
-        self._check_input(x)
-        y = xp_of(x).empty_like(x)
-        pfor(self.rows_forward(x, y, training), x.shape[0], x.size, like=x, blas=False)
-        return y
 
     def rows_forward(self, x, y, training: bool, shape=None):
         """As ``ReLU.rows_forward``: ``fn(rows)`` computes ``y[rows]`` (``y`` may be ``x``). The
